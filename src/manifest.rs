@@ -1,0 +1,208 @@
+//! The payload MANIFEST (`/usr/lib/k8s-nokmem/MANIFEST`), written by
+//! `scripts/build-payload.sh`: an INI file with a `[payload]` section and one section per
+//! binary (`[runc]`, `[kubelet]`) giving its version, source, Go version, build tags,
+//! architecture, size and sha256.
+
+use std::path::Path;
+
+use ini::Ini;
+
+use crate::paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("failed to read payload manifest")]
+    Read(#[source] paths::FileError),
+    #[error("payload manifest {file} is not valid INI at line {line}: {msg}")]
+    Syntax {
+        file: String,
+        line: usize,
+        msg: String,
+    },
+    #[error("payload manifest {file} has no [{section}] section")]
+    MissingSection { file: String, section: String },
+    #[error("payload manifest {file}: [{section}] lacks '{key}'")]
+    MissingKey {
+        file: String,
+        section: String,
+        key: String,
+    },
+    #[error("payload manifest {file}: [{section}] {key} = '{value}' is not {expected}")]
+    BadValue {
+        file: String,
+        section: String,
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// One payload binary as the build recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Binary {
+    /// Section name: `runc` or `kubelet`.
+    pub name: String,
+    /// File name inside the payload directory.
+    pub file: String,
+    /// Bare version (`1.20.2`, no leading v).
+    pub version: String,
+    pub source: String,
+    pub go: String,
+    pub tags: Vec<String>,
+    pub arch: String,
+    pub size: u64,
+    /// Lowercase hex sha256.
+    pub sha256: String,
+    /// How the build checked it runs.
+    pub check: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Manifest {
+    pub arch: String,
+    pub built: String,
+    pub binaries: Vec<Binary>,
+}
+
+const BINARY_SECTIONS: [&str; 2] = ["runc", "kubelet"];
+
+impl Manifest {
+    /// Read and parse a MANIFEST file; `shown` names it in messages.
+    pub fn load(path: &Path, shown: &str) -> Result<Manifest, ManifestError> {
+        let text = paths::read_to_string(path).map_err(ManifestError::Read)?;
+        Manifest::parse(&text, shown)
+    }
+
+    /// Parse MANIFEST text (pure).
+    pub fn parse(text: &str, file: &str) -> Result<Manifest, ManifestError> {
+        let ini = Ini::load_from_str(text).map_err(|e| ManifestError::Syntax {
+            file: file.to_string(),
+            line: e.line,
+            msg: e.msg.to_string(),
+        })?;
+        let section = |name: &str| {
+            ini.section(Some(name))
+                .ok_or_else(|| ManifestError::MissingSection {
+                    file: file.to_string(),
+                    section: name.to_string(),
+                })
+        };
+        let get = |props: &ini::Properties, section: &str, key: &str| {
+            props
+                .get(key)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ManifestError::MissingKey {
+                    file: file.to_string(),
+                    section: section.to_string(),
+                    key: key.to_string(),
+                })
+        };
+        let bad = |section: &str, key: &str, value: &str, expected| ManifestError::BadValue {
+            file: file.to_string(),
+            section: section.to_string(),
+            key: key.to_string(),
+            value: value.to_string(),
+            expected,
+        };
+
+        let payload = section("payload")?;
+        let arch = get(payload, "payload", "arch")?;
+        let built = get(payload, "payload", "built").unwrap_or_default();
+        let mut binaries = Vec::new();
+        for name in BINARY_SECTIONS {
+            let props = section(name)?;
+            let size_text = get(props, name, "size")?;
+            let size = size_text
+                .parse()
+                .map_err(|_| bad(name, "size", &size_text, "a size in bytes"))?;
+            let sha256 = get(props, name, "sha256")?.to_ascii_lowercase();
+            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(name, "sha256", &sha256, "64 hex digits"));
+            }
+            let file_name = get(props, name, "file")?;
+            if file_name.contains('/') || file_name.starts_with('.') {
+                return Err(bad(name, "file", &file_name, "a plain file name"));
+            }
+            binaries.push(Binary {
+                name: name.to_string(),
+                file: file_name,
+                version: get(props, name, "version")?,
+                source: get(props, name, "source").unwrap_or_default(),
+                go: get(props, name, "go").unwrap_or_default(),
+                tags: props
+                    .get("tags")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect(),
+                arch: get(props, name, "arch").unwrap_or_else(|_| arch.clone()),
+                size,
+                sha256,
+                check: get(props, name, "check").unwrap_or_default(),
+            });
+        }
+        Ok(Manifest {
+            arch,
+            built,
+            binaries,
+        })
+    }
+
+    /// The binary recorded under `name` (`runc` or `kubelet`).
+    pub fn binary(&self, name: &str) -> Option<&Binary> {
+        self.binaries.iter().find(|b| b.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "; k8s-nokmem payload manifest\n[payload]\narch = arm64\nbuilt = 2026-11-27T23:59:00Z\n\n\
+        [runc]\nfile = runc\nversion = 1.1.5\nversion_output = runc version 1.1.5\n\
+        source = debian:runc=1.1.5+ds1-1+deb12u1\ngo = go1.19.8\n\
+        tags = seccomp netgo osusergo static_build nokmem\narch = arm64\nsize = 9437184\n\
+        sha256 = AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nkmem = safe\n\
+        check = --version under qemu-aarch64-static\n\n\
+        [kubelet]\nfile = kubelet\nversion = 1.20.2\nsource = debian:kubernetes=1.20.5+really1.20.2-1\n\
+        go = go1.19.8\ntags = selinux notest nokmem\narch = arm64\nsize = 101000000\n\
+        sha256 = bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\nkmem = safe\ncheck = amd64 twin --version\n";
+
+    #[test]
+    fn parses_a_build_manifest() {
+        let m = Manifest::parse(GOOD, "MANIFEST").unwrap();
+        assert_eq!(m.arch, "arm64");
+        let runc = m.binary("runc").unwrap();
+        assert_eq!(runc.version, "1.1.5");
+        assert_eq!(runc.size, 9437184);
+        assert_eq!(runc.sha256, "a".repeat(64), "sha256 is lowercased");
+        assert!(runc.tags.iter().any(|t| t == "nokmem"));
+        assert_eq!(m.binary("kubelet").unwrap().version, "1.20.2");
+    }
+
+    #[test]
+    fn broken_manifests_say_what_is_wrong() {
+        let cases = [
+            (
+                GOOD.replace("[kubelet]", "[kubelet-x]"),
+                "no [kubelet] section",
+            ),
+            (GOOD.replace("size = 9437184", "size = big"), "size = 'big'"),
+            (
+                GOOD.replace("sha256 = bbbb", "sha256 = zz"),
+                "64 hex digits",
+            ),
+            (
+                GOOD.replace("file = runc", "file = ../runc"),
+                "a plain file name",
+            ),
+            (GOOD.replace("version = 1.20.2\n", ""), "lacks 'version'"),
+            ("[payload\n".to_string(), "not valid INI"),
+        ];
+        for (text, want) in cases {
+            let err = Manifest::parse(&text, "'/usr/lib/k8s-nokmem/MANIFEST'").unwrap_err();
+            assert!(err.to_string().contains(want), "want '{want}', got: {err}");
+        }
+    }
+}
