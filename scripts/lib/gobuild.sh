@@ -279,11 +279,12 @@ kn_inspect_init() {
         if [ -n "${K8S_NOKMEM_BIN:-}" ] && [ ! -x "$bin" ]; then
             kn_die "K8S_NOKMEM_BIN='$bin' is not an executable" 2
         fi
-        if [ -x "$bin" ] && "$bin" inspect --help >/dev/null 2>&1; then
+        # Usable once `inspect` takes --json and a FILE (the stub before that takes neither).
+        if [ -x "$bin" ] && "$bin" inspect --help 2>/dev/null | grep -q -e '--json'; then
             KN_INSPECT_BIN=$bin
             kn_log "kmem check: '$bin inspect --json'"
         else
-            kn_log "kmem check: fallback (go version -m tags contain nokmem, and no memory.kmem.limit_in_bytes / libcontainer/cgroups/fs/kmem.go in the bytes): '$bin' has no inspect subcommand yet"
+            kn_log "kmem check: fallback (go version -m tags contain nokmem, and no memory.kmem.limit_in_bytes / libcontainer/cgroups/fs/kmem.go in the bytes): '$bin' has no 'inspect --json FILE' yet"
         fi
     fi
 }

@@ -141,6 +141,7 @@ func probe(o options) (err error) {
 	pid := -1
 	var child *exec.Cmd
 	var childIn *os.File
+	childKill := false
 	switch o.pid {
 	case "self":
 		pid = os.Getpid()
@@ -159,7 +160,21 @@ func probe(o options) (err error) {
 		child.Stdout = os.Stdout
 		child.Stderr = os.Stderr
 		if startErr := child.Start(); startErr != nil {
-			return fmt.Errorf("failed to start child %q: %v", exe, startErr)
+			// Under qemu-user without binfmt_misc a foreign binary cannot exec
+			// itself; any process will do, so fall back to sleep(1), which exits
+			// when we kill it.
+			sleep, lookErr := exec.LookPath("sleep")
+			if lookErr != nil {
+				return fmt.Errorf("failed to start child %q: %v (and no sleep in PATH)", exe, startErr)
+			}
+			fmt.Fprintf(os.Stderr, "probe: note: cannot exec %q (%v); using %q as the child\n", exe, startErr, sleep)
+			child = exec.Command(sleep, "600")
+			child.Stdout = os.Stdout
+			child.Stderr = os.Stderr
+			if startErr := child.Start(); startErr != nil {
+				return fmt.Errorf("failed to start child %q: %v", sleep, startErr)
+			}
+			childKill = true
 		}
 		r.Close()
 		childIn = w
@@ -168,6 +183,9 @@ func probe(o options) (err error) {
 	stopChild := func() {
 		if child != nil {
 			childIn.Close()
+			if childKill {
+				_ = child.Process.Kill()
+			}
 			_ = child.Wait()
 			child = nil
 		}
