@@ -126,11 +126,13 @@ kn_debian_source() {
 }
 
 kn_debian_fetch() {
-    local pkg=$1 dsc=$2 sha=$3 dir=$4 srcdir="$KN_CACHE/src" t0 got
+    local pkg=$1 dsc=$2 sha=$3 dir=$4 srcdir="$KN_CACHE/src" t0 got ver
     t0=$(date +%s)
     mkdir -p "$srcdir"
-    kn_log "[source $pkg] apt-get source --download-only $pkg=${dsc#"${pkg}"_} into $srcdir"
-    if ! (cd "$srcdir" && apt-get source --download-only -qq "$pkg=$(basename "${dsc#"${pkg}"_}" .dsc)") \
+    ver=${dsc#"${pkg}"_}
+    ver=${ver%.dsc}
+    kn_log "[source $pkg] apt-get source --download-only $pkg=$ver into $srcdir"
+    if ! (cd "$srcdir" && apt-get source --download-only -qq "$pkg=$ver") \
         >"$KN_WORK/apt-source-$pkg.log" 2>&1; then
         sed 's/^/  /' "$KN_WORK/apt-source-$pkg.log" >&2
         kn_die "failed to download source package '$pkg' with apt-get source

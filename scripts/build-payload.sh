@@ -1,0 +1,428 @@
+#!/usr/bin/env bash
+# Build the k8s-nokmem payload: static runc and kubelet built with the Go build tag
+# `nokmem`, checked, with a MANIFEST per architecture. See --help.
+set -euo pipefail
+
+KN_PROG=build-payload
+KN_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+# shellcheck source=scripts/lib/gobuild.sh
+. "$KN_REPO/scripts/lib/gobuild.sh"
+
+RUNC_TAGS=(seccomp netgo osusergo static_build nokmem)
+KUBELET_TAGS=(selinux notest nokmem)
+# Every package that holds kubelet's version variables in some Kubernetes release
+# (1.14: pkg/version and client-go; 1.15+: component-base). In GOPATH mode the vendored
+# ones carry the vendor/ prefix: without it `-X` is silently ignored.
+KUBE_VERSION_PKGS=(
+    k8s.io/kubernetes/vendor/k8s.io/component-base/version
+    k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version
+    k8s.io/kubernetes/pkg/version
+)
+
+usage() {
+    cat <<EOF
+usage: scripts/build-payload.sh [--arch amd64|arm64|all] [--only runc|kubelet] [--out DIR]
+                                [--kubernetes-src DIR] [--runc-src DIR]
+                                [--cache DIR] [--no-cache] [--go GO]
+
+Builds the payload of the k8s-nokmem package: runc and kubelet, static, compiled with
+the Go build tag 'nokmem' so that they never switch on cgroup v1 kernel-memory (kmem)
+accounting (runc's libcontainer/cgroups/fs/kmem.go is replaced by kmem_disabled.go; in
+kubelet that code is the runc copy under vendor/). Writes
+
+  DIR/<arch>/runc, DIR/<arch>/kubelet, DIR/<arch>/MANIFEST   (INI: versions, sources,
+                                                             Go, tags, size, sha256)
+
+Options:
+  --arch A              amd64, arm64 or all (default: all)
+  --only B              build only runc or only kubelet (default: both); the MANIFEST
+                        keeps the other binary's section while that file is unchanged
+  --out DIR             output directory (default: target/payload in the repository)
+  --kubernetes-src DIR  build kubelet from a local Kubernetes tree instead of Debian's
+  --runc-src DIR        build runc from a local runc tree instead of Debian's
+  --cache DIR           sources, Go build cache and finished binaries
+                        (default: \${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem})
+  --no-cache            rebuild from scratch: do not read or write cached binaries and
+                        use a throw-away Go build cache (downloaded sources are kept)
+  --go GO               the go command (default: \$GO, else go)
+  -h, --help            this help
+
+Sources. By default both come from Debian's source packages, offline from the mirror
+(needs a deb-src entry: scripts/install-deps.sh adds it; air-gapped, the tree unpacked
+earlier in the cache is reused). Bookworm has runc 1.1.5, which no longer has any kmem
+code (the tag is harmless), and kubernetes 1.20.5+really1.20.2, a full tree whose
+vendor/ holds runc v1.0.0-rc92 with kmem.go: that is why kubelet needs the tag.
+A local checkout of any version works too, e.g. upstream kubernetes v1.14.6 and runc
+v1.0.0-rc9 as in the original write-up; both build in GOPATH mode:
+  - Kubernetes 1.14 needs Go 1.12 (pass --go /path/to/go1.12/bin/go); 1.20 builds with
+    bookworm's Go 1.19. Its version comes from 'git describe --tags' (override with
+    KUBE_GIT_VERSION=v1.14.6).
+  - runc v1.0.0-rc9 builds with Go >= 1.11 (its own vendor/); runc 1.1 from Debian uses
+    the golang-github-* packages in /usr/share/gocode ('apt-get build-dep runc').
+Go < 1.13 has no -trimpath (left out then); Go < 1.18 records no build tags in the
+binary (then only its bytes are checked for kmem code).
+
+How each binary is built (GOPATH mode, GO111MODULE=off, no module proxy):
+  kubelet  CGO_ENABLED=0 GOARCH=<arch> go build -trimpath -tags ${KUBELET_TAGS[*]}
+           -ldflags "-s -w -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v…"
+  runc     CGO_ENABLED=1 (libseccomp, static glibc) -tags ${RUNC_TAGS[*]}
+           -ldflags "-s -w -extldflags -static -X main.version=… -X main.gitCommit=…";
+           for a foreign arch CC=<triplet>-gcc PKG_CONFIG_LIBDIR=/usr/lib/<triplet>/pkgconfig
+           (gcc-aarch64-linux-gnu, libseccomp-dev:arm64)
+
+Checks, before a MANIFEST is written (any failure: exit 1, naming the binary):
+  - 'file' says statically linked, for the right machine;
+  - no kmem: 'k8s-nokmem inspect --json FILE' (K8S_NOKMEM_BIN, default
+    target/release/k8s-nokmem, built with cargo when missing); until the helper has that
+    subcommand: 'go version -m' shows -tags with nokmem and the bytes hold neither
+    memory.kmem.limit_in_bytes nor libcontainer/cgroups/fs/kmem.go;
+  - --version prints the expected version: natively, or for a foreign runc under
+    qemu-user (qemu-aarch64-static); a foreign kubelet takes minutes under emulation, so
+    its native twin from the same source and tags stands in. MANIFEST 'check' says which.
+
+Cache: a binary is reused when the sha256 of (source digest: the .dsc sha256, or git
+HEAD plus a hash of uncommitted changes; arch; tags; ldflags; go version; C compiler and
+libseccomp for runc; this script's version) is unchanged. Cold: runc ~1 min, kubelet
+~7 min per arch on 2 cores (1.3 GB RAM); cached: seconds. Progress and timings go to
+stderr, the summary table to stdout.
+
+Environment: GO, K8S_NOKMEM_CACHE, K8S_NOKMEM_BIN, KUBE_GIT_VERSION (local Kubernetes
+tree only). Exit status: 0 ok, 1 a build or a check failed, 2 usage or environment error.
+
+Examples:
+  scripts/build-payload.sh                          # both, amd64 and arm64, from Debian
+  scripts/build-payload.sh --arch arm64 --only runc
+  KUBE_GIT_VERSION=v1.14.6 scripts/build-payload.sh --go ~/go1.12/bin/go \\
+      --kubernetes-src ~/src/kubernetes --runc-src ~/src/runc --out /tmp/payload
+EOF
+}
+
+ARCHES=all
+ONLY=''
+OUT_DIR=$KN_REPO/target/payload
+K8S_SRC_ARG=''
+RUNC_SRC_ARG=''
+KN_CACHE=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}
+KN_NO_CACHE=0
+KN_GO=${GO:-go}
+
+need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || kn_die "$1 needs a value (see --help)" 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --arch) need_arg "$@"; ARCHES=$2; shift 2 ;;
+    --only) need_arg "$@"; ONLY=$2; shift 2 ;;
+    --out) need_arg "$@"; OUT_DIR=$2; shift 2 ;;
+    --kubernetes-src) need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
+    --runc-src) need_arg "$@"; RUNC_SRC_ARG=$2; shift 2 ;;
+    --cache) need_arg "$@"; KN_CACHE=$2; shift 2 ;;
+    --no-cache) KN_NO_CACHE=1; shift ;;
+    --go) need_arg "$@"; KN_GO=$2; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) kn_die "unknown argument '$1' (see --help)" 2 ;;
+    esac
+done
+case "$ONLY" in
+'') NAMES=(runc kubelet) ;;
+runc | kubelet) NAMES=("$ONLY") ;;
+*) kn_die "--only must be runc or kubelet, not '$ONLY'" 2 ;;
+esac
+command -v "$KN_GO" >/dev/null || kn_die "'$KN_GO' not found (apt-get install golang-go, or pass --go)" 2
+HOST_ARCH=$(kn_host_arch)
+case "$ARCHES" in
+# The host architecture first: a foreign kubelet is checked through its native twin.
+all) ARCHES="$HOST_ARCH $(printf '%s\n' amd64 arm64 | grep -vx "$HOST_ARCH" | tr '\n' ' ')" ;;
+amd64 | arm64) ;;
+*) kn_die "--arch must be amd64, arm64 or all, not '$ARCHES'" 2 ;;
+esac
+for t in file sha256sum; do
+    command -v "$t" >/dev/null || kn_die "'$t' not found (run scripts/install-deps.sh)" 2
+done
+
+T_START=$(date +%s)
+KN_WORK=$(mktemp -d "${TMPDIR:-/tmp}/build-payload.XXXXXX")
+trap 'rm -rf "$KN_WORK"' EXIT
+kn_prepare_cache
+GO_VERSION=$(kn_go_version)
+TRIM=$(kn_trimpath_flag "$GO_VERSION")
+kn_log "$GO_VERSION, host $HOST_ARCH, cache $KN_CACHE$([ "$KN_NO_CACHE" = 1 ] && echo ' (--no-cache)'), out $OUT_DIR"
+
+# Per "<arch>/<name>": what the MANIFEST and the summary need.
+declare -A M_VERSION M_VOUT M_SOURCE M_TAGS M_CHECK M_KMEM M_HOW
+
+# ---------------------------------------------------------------------------------
+# Sources (resolved once, when first needed)
+
+RUNC_READY=''
+runc_source() {
+    [ -n "$RUNC_READY" ] && return 0
+    if [ -n "$RUNC_SRC_ARG" ]; then kn_local_source "$RUNC_SRC_ARG"; else kn_debian_source runc; fi
+    RUNC_DIR=$KN_SRC_DIR RUNC_DIGEST=$KN_SRC_DIGEST RUNC_DESC=$KN_SRC_DESC
+    [ -f "$RUNC_DIR/VERSION" ] && [ -f "$RUNC_DIR/main.go" ] ||
+        kn_die "'$RUNC_DIR' does not look like a runc tree (no VERSION or main.go)" 2
+    RUNC_VERSION=$(tr -d ' \n' <"$RUNC_DIR/VERSION")
+    if [ -n "$KN_SRC_DEBVER" ]; then
+        # As Debian's own build does: the Debian version stands for the commit.
+        RUNC_COMMIT="debian-$KN_SRC_DEBVER"
+    elif [ -n "$KN_SRC_COMMIT" ]; then
+        RUNC_COMMIT=$KN_SRC_COMMIT
+        [ "$KN_SRC_DIRTY" = 1 ] && RUNC_COMMIT="$RUNC_COMMIT-dirty"
+    else
+        RUNC_COMMIT=unknown
+    fi
+    kn_log "[runc] source $RUNC_DESC ($RUNC_DIR), version $RUNC_VERSION"
+    RUNC_READY=1
+}
+
+K8S_READY=''
+k8s_source() {
+    [ -n "$K8S_READY" ] && return 0
+    local v
+    if [ -n "$K8S_SRC_ARG" ]; then kn_local_source "$K8S_SRC_ARG"; else kn_debian_source kubernetes; fi
+    K8S_DIR=$KN_SRC_DIR K8S_DIGEST=$KN_SRC_DIGEST K8S_DESC=$KN_SRC_DESC
+    [ -d "$K8S_DIR/cmd/kubelet" ] && [ -d "$K8S_DIR/vendor" ] ||
+        kn_die "'$K8S_DIR' does not look like a Kubernetes tree with vendor/ (no cmd/kubelet or vendor)" 2
+    K8S_COMMIT='' K8S_TREE=archive
+    if [ -n "${KUBE_GIT_VERSION:-}" ]; then
+        K8S_GITVERSION=$KUBE_GIT_VERSION
+    elif [ -n "$KN_SRC_DEBVER" ]; then
+        # 1.20.5+really1.20.2-1.1+deb12u1 -> 1.20.2
+        v=${KN_SRC_DEBVER#*:}
+        v=${v%-*}
+        v=${v##*+really}
+        K8S_GITVERSION="v${v%%+*}"
+    elif [ -n "$KN_SRC_COMMIT" ]; then
+        K8S_GITVERSION=$(git -C "$K8S_DIR" describe --tags --match 'v[0-9]*' --abbrev=14 HEAD 2>/dev/null) ||
+            kn_die "cannot tell the Kubernetes version of '$K8S_DIR' (git describe --tags found no tag)
+  note: set KUBE_GIT_VERSION, e.g. KUBE_GIT_VERSION=v1.14.6" 2
+    else
+        kn_die "cannot tell the Kubernetes version of '$K8S_DIR'; set KUBE_GIT_VERSION, e.g. v1.14.6" 2
+    fi
+    if [ -n "$KN_SRC_COMMIT" ]; then
+        K8S_COMMIT=$KN_SRC_COMMIT K8S_TREE=clean
+        if [ "$KN_SRC_DIRTY" = 1 ]; then
+            K8S_TREE=dirty
+            [ -n "${KUBE_GIT_VERSION:-}" ] || K8S_GITVERSION="$K8S_GITVERSION-dirty"
+        fi
+    fi
+    [[ $K8S_GITVERSION =~ ^v([0-9]+)\.([0-9]+) ]] ||
+        kn_die "Kubernetes version '$K8S_GITVERSION' is not vMAJOR.MINOR…" 2
+    K8S_MAJOR=${BASH_REMATCH[1]} K8S_MINOR=${BASH_REMATCH[2]}
+    K8S_BUILDDATE=$(date -u -d "@${KN_SRC_EPOCH:-$(date +%s)}" +%Y-%m-%dT%H:%M:%SZ)
+    kn_log "[kubelet] source $K8S_DESC ($K8S_DIR), version $K8S_GITVERSION"
+    K8S_READY=1
+}
+
+# ---------------------------------------------------------------------------------
+# Builds. build_<name> ARCH OUT: make OUT (from the cache or by compiling); sets
+# BUILD_HOW ("cache hit" or "built").
+
+run_build() { # LABEL LOG CMD...: run a build command, show its log on failure
+    local label=$1 log=$2
+    shift 2
+    if ! "$@" >"$log" 2>&1; then
+        tail -n 40 "$log" | sed 's/^/  /' >&2
+        kn_die "$label go build failed (full log: $log)"
+    fi
+}
+
+build_runc() {
+    local arch=$1 out=$2 label="[runc $1]" cc pkgcfg='' gopath gocodes ldflags key_text key seccomp
+    runc_source
+    if [ "$arch" = "$HOST_ARCH" ]; then
+        cc=${CC:-gcc}
+    else
+        cc="$(kn_triplet "$arch")-gcc"
+        pkgcfg="/usr/lib/$(kn_triplet "$arch")/pkgconfig"
+    fi
+    command -v "$cc" >/dev/null ||
+        kn_die "$label C compiler '$cc' not found (scripts/install-deps.sh installs gcc-aarch64-linux-gnu)" 2
+    seccomp=$(if [ -n "$pkgcfg" ]; then export PKG_CONFIG_LIBDIR=$pkgcfg; fi
+        pkg-config --modversion libseccomp 2>/dev/null) ||
+        kn_die "$label libseccomp for $arch not found by pkg-config (apt-get install libseccomp-dev:$arch)" 2
+    ldflags="-s -w -extldflags -static -X main.version=$RUNC_VERSION -X main.gitCommit=$RUNC_COMMIT"
+    key_text="script=$KN_SCRIPT_VERSION
+what=runc
+source=$RUNC_DIGEST
+arch=$arch
+tags=${RUNC_TAGS[*]}
+ldflags=$ldflags
+go=$GO_VERSION
+cc=$("$cc" --version | head -n1)
+libseccomp=$seccomp"
+    key=$(kn_sha256_text "$key_text")
+    if kn_cache_get "$key" runc "$out"; then
+        BUILD_HOW="cache hit"
+        return 0
+    fi
+    kn_log "$label building ($RUNC_DESC, tags ${RUNC_TAGS[*]}, CC=$cc)"
+    gopath=$KN_WORK/gopath-runc
+    if [ ! -e "$gopath/src/github.com/opencontainers/runc" ]; then
+        mkdir -p "$gopath/src/github.com/opencontainers"
+        ln -s "$RUNC_DIR" "$gopath/src/github.com/opencontainers/runc"
+    fi
+    gocodes=$gopath
+    [ -d /usr/share/gocode/src ] && gocodes="$gopath:/usr/share/gocode"
+    # shellcheck disable=SC2086  # $TRIM is one flag or nothing
+    run_build "$label" "$KN_WORK/runc-$arch.log" \
+        env GO111MODULE=off GOPATH="$gocodes" GOFLAGS='' GOPROXY=off GOCACHE="$(kn_gocache)" \
+        CGO_ENABLED=1 GOOS=linux GOARCH="$arch" CC="$cc" \
+        ${pkgcfg:+PKG_CONFIG_LIBDIR="$pkgcfg"} \
+        "$KN_GO" build $TRIM -tags "$(kn_tags_flag "$GO_VERSION" "${RUNC_TAGS[@]}")" \
+        -ldflags "$ldflags" -o "$out" github.com/opencontainers/runc
+    kn_cache_put "$key" "$key_text" runc "$out"
+    BUILD_HOW="built"
+}
+
+build_kubelet() {
+    local arch=$1 out=$2 label="[kubelet $1]" gopath ldflags pkg key_text key
+    k8s_source
+    ldflags="-s -w"
+    for pkg in "${KUBE_VERSION_PKGS[@]}"; do
+        ldflags+=" -X $pkg.gitVersion=$K8S_GITVERSION -X $pkg.gitMajor=$K8S_MAJOR"
+        ldflags+=" -X $pkg.gitMinor=$K8S_MINOR -X $pkg.gitTreeState=$K8S_TREE"
+        ldflags+=" -X $pkg.buildDate=$K8S_BUILDDATE"
+        [ -z "$K8S_COMMIT" ] || ldflags+=" -X $pkg.gitCommit=$K8S_COMMIT"
+    done
+    key_text="script=$KN_SCRIPT_VERSION
+what=kubelet
+source=$K8S_DIGEST
+arch=$arch
+tags=${KUBELET_TAGS[*]}
+ldflags=$ldflags
+go=$GO_VERSION"
+    key=$(kn_sha256_text "$key_text")
+    if kn_cache_get "$key" kubelet "$out"; then
+        BUILD_HOW="cache hit"
+        return 0
+    fi
+    kn_log "$label building ($K8S_DESC, tags ${KUBELET_TAGS[*]}; ~7 min cold on 2 cores)"
+    gopath=$KN_WORK/gopath-k8s
+    if [ ! -e "$gopath/src/k8s.io/kubernetes" ]; then
+        mkdir -p "$gopath/src/k8s.io"
+        ln -s "$K8S_DIR" "$gopath/src/k8s.io/kubernetes"
+    fi
+    # shellcheck disable=SC2086  # $TRIM is one flag or nothing
+    run_build "$label" "$KN_WORK/kubelet-$arch.log" \
+        env GO111MODULE=off GOPATH="$gopath" GOFLAGS='' GOPROXY=off GOCACHE="$(kn_gocache)" \
+        CGO_ENABLED=0 GOOS=linux GOARCH="$arch" \
+        "$KN_GO" build $TRIM -tags "$(kn_tags_flag "$GO_VERSION" "${KUBELET_TAGS[@]}")" \
+        -ldflags "$ldflags" -o "$out" k8s.io/kubernetes/cmd/kubelet
+    kn_cache_put "$key" "$key_text" kubelet "$out"
+    BUILD_HOW="built"
+}
+
+# build_and_check NAME ARCH: build into $KN_WORK/bin/ARCH/NAME and run every check.
+build_and_check() {
+    local name=$1 arch=$2 id="$2/$1" label="[$1 $2]" out t0 want
+    out=$KN_WORK/bin/$arch/$name
+    [ -f "$out" ] && return 0 # already done (a twin)
+    mkdir -p "$KN_WORK/bin/$arch"
+    t0=$(date +%s)
+    "build_$name" "$arch" "$out.tmp"
+    mv "$out.tmp" "$out"
+    M_HOW[$id]="$BUILD_HOW ($(($(date +%s) - t0)) s)"
+    if [ "$BUILD_HOW" = built ]; then
+        kn_log "$label built in $(($(date +%s) - t0)) s"
+    else
+        kn_log "$label cache hit"
+    fi
+    kn_check_static "$out" "$arch" "$label"
+    kn_check_nokmem "$out" "$label"
+    M_KMEM[$id]=$KN_KMEM_HOW
+    if [ "$name" = runc ]; then
+        M_VERSION[$id]=$RUNC_VERSION M_SOURCE[$id]=$RUNC_DESC M_TAGS[$id]="${RUNC_TAGS[*]}"
+        want="runc version $RUNC_VERSION"
+    else
+        M_VERSION[$id]=${K8S_GITVERSION#v} M_SOURCE[$id]=$K8S_DESC M_TAGS[$id]="${KUBELET_TAGS[*]}"
+        want="Kubernetes $K8S_GITVERSION"
+    fi
+    if [ "$name" = kubelet ] && [ "$arch" != "$HOST_ARCH" ]; then
+        build_and_check kubelet "$HOST_ARCH"
+        M_VOUT[$id]=${M_VOUT[$HOST_ARCH/kubelet]}
+        M_CHECK[$id]="--version of its $HOST_ARCH twin (same source and tags; $arch under qemu-user takes minutes)"
+    else
+        kn_run_version "$out" "$arch"
+        M_VOUT[$id]=$KN_VERSION_LINE
+        M_CHECK[$id]=$KN_CHECK_HOW
+        [ "$KN_VERSION_LINE" = "$want" ] ||
+            kn_die "$label '$out --version' says '$KN_VERSION_LINE', expected '$want' (ldflags -X not applied?)"
+    fi
+    kn_log "$label checks ok: static $arch; kmem: $KN_KMEM_HOW; ${M_CHECK[$id]}: ${M_VOUT[$id]}"
+}
+
+# manifest_section NAME ARCH FILE: the INI section for one binary.
+manifest_section() {
+    local name=$1 arch=$2 file=$3 id="$2/$1"
+    cat <<EOF
+[$name]
+file = $name
+version = ${M_VERSION[$id]}
+version_output = ${M_VOUT[$id]}
+source = ${M_SOURCE[$id]}
+go = $GO_VERSION
+tags = ${M_TAGS[$id]}
+arch = $arch
+size = $(kn_size "$file")
+sha256 = $(kn_sha256 "$file")
+kmem = safe
+check = ${M_CHECK[$id]}
+EOF
+}
+
+# kept_section NAME DIR: the existing MANIFEST's section for NAME, printed only when
+# DIR/NAME still has the sha256 it records.
+kept_section() {
+    local name=$1 dir=$2 text sha
+    [ -f "$dir/MANIFEST" ] && [ -f "$dir/$name" ] || return 1
+    text=$(awk -v s="[$name]" '/^\[/ {on = ($0 == s)} on' "$dir/MANIFEST")
+    sha=$(sed -n 's/^sha256 = //p' <<<"$text")
+    [ -n "$sha" ] && [ "$sha" = "$(kn_sha256 "$dir/$name")" ] || return 1
+    printf '%s\n' "$text" | sed '/^[[:space:]]*$/d'
+}
+
+# install_arch ARCH: copy the checked binaries to OUT/ARCH and write its MANIFEST.
+install_arch() {
+    local arch=$1 dest=$OUT_DIR/$1 name kept s others=() sections=()
+    mkdir -p "$dest"
+    for name in "${NAMES[@]}"; do
+        cp "$KN_WORK/bin/$arch/$name" "$dest/.$name.tmp"
+        mv "$dest/.$name.tmp" "$dest/$name"
+        sections+=("$(manifest_section "$name" "$arch" "$dest/$name")")
+    done
+    for name in runc kubelet; do
+        [[ " ${NAMES[*]} " == *" $name "* ]] && continue
+        if kept="$(kept_section "$name" "$dest")"; then
+            sections+=("$kept")
+            others+=("$name")
+        else
+            kn_warn "[$arch] $dest/MANIFEST has no [$name] section: build it too (without --only) for a complete payload"
+        fi
+    done
+    {
+        printf '; k8s-nokmem payload manifest, written by scripts/build-payload.sh\n'
+        printf '[payload]\narch = %s\nbuilt = %s\n' "$arch" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        for s in "${sections[@]}"; do
+            printf '\n%s\n' "$s"
+        done
+    } >"$dest/.MANIFEST.tmp"
+    mv "$dest/.MANIFEST.tmp" "$dest/MANIFEST"
+    kn_log "[$arch] wrote $dest/MANIFEST${others[*]:+ (kept the unchanged ${others[*]} section)}"
+}
+
+for arch in $ARCHES; do
+    kn_check_arch "$arch"
+    for name in "${NAMES[@]}"; do
+        build_and_check "$name" "$arch"
+    done
+    install_arch "$arch"
+done
+
+printf '%-6s %-8s %-8s %10s  %-16s %-24s %-26s %s\n' arch binary version size result kmem-check run-check path
+for arch in $ARCHES; do
+    for name in "${NAMES[@]}"; do
+        printf '%-6s %-8s %-8s %10s  %-16s %-24.24s %-26.26s %s\n' "$arch" "$name" "${M_VERSION[$arch/$name]}" \
+            "$(kn_size "$OUT_DIR/$arch/$name")" "${M_HOW[$arch/$name]}" "${M_KMEM[$arch/$name]}" \
+            "${M_CHECK[$arch/$name]}" "$OUT_DIR/$arch/$name"
+    done
+done
+kn_log "done in $(($(date +%s) - T_START)) s"
