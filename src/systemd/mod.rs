@@ -9,7 +9,13 @@
 //! [`ServiceAction::Missing`]; a masked one [`ServiceAction::Masked`] (left alone). Only
 //! Manager methods that systemd 229 (Ubuntu 16.04) has are used.
 
+// SystemdError carries the unit, states and zbus's error by value; it is returned once per
+// failed D-Bus round trip, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::time::Duration;
+
+pub mod fake;
 
 /// What happened to a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
