@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): on a fresh Debian 12 machine, as root, install what
+# the tests need, build every artifact they use (cached under /var/cache/k8s-nokmem, so a
+# second run is fast), then run all tests with missing artifacts treated as failures.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    lint and `cargo test` only, artifacts used where present
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+quick=0
+case "${1:-}" in
+    "") ;;
+    --quick) quick=1 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "test: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+esac
+
+start=$(date +%s)
+step() { printf '\ntest: === %s (%d s so far)\n' "$*" "$(( $(date +%s) - start ))" >&2; }
+
+if [ "$quick" -eq 0 ]; then
+    step "install build and test dependencies"
+    scripts/install-deps.sh
+fi
+
+step "format and lint"
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+
+if [ "$quick" -eq 0 ]; then
+    step "build the .debs (payload cached)"
+    scripts/build-deb.sh
+    step "build the cgroup probes (cached)"
+    scripts/build-probes.sh
+    step "build the nspawn test root (cached)"
+    scripts/testbed-root.sh >/dev/null
+    export K8S_NOKMEM_STRICT=1
+fi
+
+step "cargo test"
+cargo test --locked --no-fail-fast 2>&1
+
+if [ "$quick" -eq 0 ] && [ -x tests/e2e/run.sh ]; then
+    step "end to end (tests/e2e/run.sh)"
+    tests/e2e/run.sh
+fi
+step "all tests passed"

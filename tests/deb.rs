@@ -1,0 +1,273 @@
+//! The built .debs (scripts/build-deb.sh -> target/debian/) checked as Debian and a user
+//! would: lintian, contents and modes, the helper static and running on both arches,
+//! systemd-analyze on the units, shellcheck on the maintainer scripts, and the arm64 .deb
+//! installed and removed with dpkg in an arm64 Debian root under qemu-user.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{artifact, ok, run};
+
+const ARCHES: [&str; 2] = ["amd64", "arm64"];
+const BUILD: &str = "scripts/build-deb.sh";
+
+/// The newest `k8s-nokmem_*_<arch>.deb` in `$K8S_NOKMEM_DEB_DIR` or target/debian/.
+fn deb(arch: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("K8S_NOKMEM_DEB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::repo().join("target/debian"));
+    let suffix = format!("_{arch}.deb");
+    let newest = fs::read_dir(&dir).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("k8s-nokmem_") && name.ends_with(&suffix)
+            })
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .map(|e| e.path())
+    });
+    artifact(
+        &newest.unwrap_or_else(|| dir.join(format!("k8s-nokmem_*{suffix}"))),
+        BUILD,
+    )
+}
+
+fn extract(deb: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    ok(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir.path()));
+    ok(Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(deb)
+        .arg(dir.path().join("DEBIAN")));
+    dir
+}
+
+#[test]
+fn lintian_finds_no_errors_or_warnings() {
+    let debs: Vec<PathBuf> = ARCHES.iter().filter_map(|a| deb(a)).collect();
+    if debs.is_empty() {
+        return;
+    }
+    let out = run(Command::new("lintian")
+        .args([
+            "--pedantic",
+            "--info",
+            "--allow-root",
+            "--no-tag-display-limit",
+        ])
+        .args(&debs));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("E: ") || l.starts_with("W: "))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "lintian errors/warnings (fix them, or override with a reason in debian/k8s-nokmem.lintian-overrides):\n{}",
+        bad.join("\n")
+    );
+}
+
+/// path -> (mode, owner) from `dpkg-deb -c`.
+fn contents(deb: &Path) -> BTreeMap<String, (String, String)> {
+    ok(Command::new("dpkg-deb").arg("-c").arg(deb))
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = f.get(5)?.trim_start_matches('.').to_string();
+            Some((path, (f[0].to_string(), f[1].to_string())))
+        })
+        .collect()
+}
+
+#[test]
+fn contents_modes_owner_and_compression() {
+    for arch in ARCHES {
+        let Some(deb) = deb(arch) else { continue };
+        let files = contents(&deb);
+        let want = [
+            ("/usr/sbin/k8s-nokmem", "-rwxr-xr-x"),
+            ("/usr/lib/k8s-nokmem/runc", "-rwxr-xr-x"),
+            ("/usr/lib/k8s-nokmem/kubelet", "-rwxr-xr-x"),
+            ("/usr/lib/k8s-nokmem/MANIFEST", "-rw-r--r--"),
+            ("/etc/k8s-nokmem/k8s-nokmem.conf", "-rw-r--r--"),
+            (
+                "/lib/systemd/system/k8s-nokmem-verify.service",
+                "-rw-r--r--",
+            ),
+            ("/lib/systemd/system/k8s-nokmem-verify.timer", "-rw-r--r--"),
+            ("/usr/share/man/man8/k8s-nokmem.8.gz", "-rw-r--r--"),
+            ("/usr/share/doc/k8s-nokmem/copyright", "-rw-r--r--"),
+            (
+                "/usr/share/doc/k8s-nokmem/changelog.Debian.gz",
+                "-rw-r--r--",
+            ),
+        ];
+        for (path, mode) in want {
+            let got = files.get(path);
+            assert_eq!(
+                got.map(|(m, _)| m.as_str()),
+                Some(mode),
+                "{arch}: {path} in {}",
+                deb.display()
+            );
+        }
+        for (path, (_, owner)) in &files {
+            assert_eq!(owner, "0/0", "{arch}: {path} is not root:root");
+        }
+        assert!(
+            !files.keys().any(|p| p.starts_with("/usr/lib/systemd/")),
+            "{arch}: units must be in /lib/systemd/system for Ubuntu 16.04"
+        );
+
+        let members = ok(Command::new("ar").arg("t").arg(&deb));
+        assert!(
+            members.lines().any(|m| m == "data.tar.xz"),
+            "{arch}: {members}"
+        );
+        assert!(
+            members.lines().any(|m| m == "control.tar.xz"),
+            "{arch}: {members}"
+        );
+
+        let field = |name: &str| {
+            ok(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg(name))
+                .trim()
+                .to_string()
+        };
+        assert_eq!(field("Architecture"), arch);
+        assert_eq!(field("Package"), "k8s-nokmem");
+        let version = field("Version");
+        assert!(
+            version.contains("+nokmem") && version.ends_with("-1"),
+            "{arch}: version '{version}' should name the kubelet, e.g. 1.20.2+nokmem0.1.0-1"
+        );
+        let depends = field("Depends");
+        assert!(
+            !depends.contains("libc6"),
+            "{arch}: static: no libc dependency: {depends}"
+        );
+        assert!(
+            !depends.contains("dpkg (>="),
+            "{arch}: 16.04 has dpkg 1.18.4: {depends}"
+        );
+
+        let x = extract(&deb);
+        let conffiles = fs::read_to_string(x.path().join("DEBIAN/conffiles")).unwrap();
+        assert_eq!(conffiles.trim(), "/etc/k8s-nokmem/k8s-nokmem.conf");
+        // The payload recorded in the MANIFEST is what the package ships.
+        let manifest = fs::read_to_string(x.path().join("usr/lib/k8s-nokmem/MANIFEST")).unwrap();
+        let m = k8s_nokmem::manifest::Manifest::parse(&manifest, "MANIFEST").unwrap();
+        assert_eq!(m.arch, arch);
+        for bin in &m.binaries {
+            let path = x.path().join("usr/lib/k8s-nokmem").join(&bin.file);
+            assert_eq!(
+                k8s_nokmem::paths::sha256_file(&path).unwrap(),
+                bin.sha256,
+                "{arch}: {} sha256 differs from its MANIFEST",
+                bin.file
+            );
+            assert!(
+                bin.tags.iter().any(|t| t == "nokmem"),
+                "{arch}: {} tags {:?}",
+                bin.file,
+                bin.tags
+            );
+        }
+    }
+}
+
+#[test]
+fn helper_is_static_and_runs_on_both_arches() {
+    for arch in ARCHES {
+        let Some(deb) = deb(arch) else { continue };
+        let x = extract(&deb);
+        let bin = x.path().join("usr/sbin/k8s-nokmem");
+        let file = ok(Command::new("file").arg("-b").arg(&bin));
+        let machine = if arch == "amd64" {
+            "x86-64"
+        } else {
+            "ARM aarch64"
+        };
+        assert!(file.contains(machine), "{arch}: {file}");
+        assert!(
+            file.contains("statically linked") || file.contains("static-pie linked"),
+            "{arch}: helper must be static: {file}"
+        );
+        let mut cmd = if arch == "amd64" {
+            Command::new(&bin)
+        } else {
+            let mut c = Command::new("qemu-aarch64-static");
+            c.arg(&bin);
+            c
+        };
+        let version = ok(cmd.arg("--version"));
+        assert!(version.starts_with("k8s-nokmem "), "{arch}: {version}");
+    }
+}
+
+#[test]
+fn unit_files_pass_systemd_analyze_verify() {
+    let Some(deb) = deb("amd64") else { return };
+    let x = extract(&deb);
+    let units = x.path().join("lib/systemd/system");
+    // The units' dependencies (sysinit.target, ...) come from this host's systemd, copied
+    // beside ours so `--root` sees a whole system in which /usr/sbin/k8s-nokmem exists.
+    fs::create_dir_all(x.path().join("usr/lib/systemd")).unwrap();
+    ok(Command::new("cp")
+        .args(["-a", "/usr/lib/systemd/system"])
+        .arg(x.path().join("usr/lib/systemd/")));
+    let out = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", x.path().display()))
+        .arg(units.join("k8s-nokmem-verify.service"))
+        .arg(units.join("k8s-nokmem-verify.timer"))
+        .env("SYSTEMD_LOG_LEVEL", "notice"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Only complaints about our own units count (the build host's other units are not ours).
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("k8s-nokmem"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {}\n{}",
+        out.status,
+        stderr
+    );
+}
+
+#[test]
+fn maintainer_and_build_scripts_pass_shellcheck() {
+    let repo = common::repo();
+    let mut files: Vec<PathBuf> = [
+        "debian/postinst",
+        "debian/prerm",
+        "debian/postrm",
+        ".ci/run",
+    ]
+    .iter()
+    .map(|f| repo.join(f))
+    .collect();
+    for dir in ["scripts", "scripts/lib"] {
+        for e in fs::read_dir(repo.join(dir)).unwrap().filter_map(Result::ok) {
+            if e.path().extension().is_some_and(|x| x == "sh") {
+                files.push(e.path());
+            }
+        }
+    }
+    let out = run(Command::new("shellcheck")
+        .args(["-S", "warning", "-x"])
+        .args(&files)
+        .current_dir(&repo));
+    assert!(
+        out.status.success(),
+        "shellcheck:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
