@@ -271,3 +271,129 @@ fn maintainer_and_build_scripts_pass_shellcheck() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Registers qemu-aarch64 with binfmt_misc for the test's lifetime (unless it already was),
+/// so maintainer scripts in an arm64 chroot run under emulation.
+struct Binfmt {
+    registered_here: bool,
+}
+
+const BINFMT_DIR: &str = "/proc/sys/fs/binfmt_misc";
+const BINFMT_ENTRY: &str = "/proc/sys/fs/binfmt_misc/qemu-aarch64";
+
+impl Binfmt {
+    fn ensure() -> Binfmt {
+        if Path::new(BINFMT_ENTRY).exists() {
+            return Binfmt {
+                registered_here: false,
+            };
+        }
+        if !Path::new(BINFMT_DIR).join("register").exists() {
+            ok(Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR]));
+        }
+        ok(Command::new("/lib/systemd/systemd-binfmt").arg("/usr/lib/binfmt.d/qemu-aarch64.conf"));
+        assert!(
+            Path::new(BINFMT_ENTRY).exists(),
+            "qemu-aarch64 binfmt not registered"
+        );
+        Binfmt {
+            registered_here: true,
+        }
+    }
+}
+
+impl Drop for Binfmt {
+    fn drop(&mut self) {
+        if self.registered_here {
+            let _ = fs::write(BINFMT_ENTRY, "-1");
+        }
+    }
+}
+
+/// The arm64 .deb installs with `dpkg -i` in an arm64 Debian root (debootstrap, run under
+/// qemu-user), its helper runs there, diverts the original kubelet, and `dpkg --purge`
+/// restores it byte for byte and leaves nothing of ours.
+#[test]
+fn arm64_deb_installs_and_purges_in_an_arm64_root() {
+    if !common::root_or_skip("installing into an arm64 chroot") {
+        return;
+    }
+    let Some(deb) = deb("arm64") else { return };
+    let cached = common::repo().join("scripts/testbed-root.sh");
+    let base = ok(Command::new(&cached).args(["--arch", "arm64", "--print"]));
+    let Some(base) = artifact(
+        Path::new(base.trim()),
+        "scripts/testbed-root.sh --arch arm64",
+    ) else {
+        return;
+    };
+    let _binfmt = Binfmt::ensure();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    ok(Command::new("cp").arg("-a").arg(&base).arg(&root));
+
+    // An "original" kubelet owned by nobody, as a hand-installed one would be.
+    let original = b"#!/bin/sh\necho original kubelet\n".to_vec();
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    fs::write(root.join("usr/bin/kubelet"), &original).unwrap();
+    fs::copy(&deb, root.join("tmp/k8s-nokmem.deb")).unwrap();
+
+    let chroot = |args: &[&str]| {
+        let mut c = Command::new("chroot");
+        c.arg(&root).args(args).env("LC_ALL", "C");
+        c
+    };
+    let install = run(&mut chroot(&["dpkg", "-i", "/tmp/k8s-nokmem.deb"]));
+    let log = String::from_utf8_lossy(&install.stderr).into_owned()
+        + &String::from_utf8_lossy(&install.stdout);
+    assert!(install.status.success(), "dpkg -i failed:\n{log}");
+
+    let help = ok(&mut chroot(&["k8s-nokmem", "--help"]));
+    assert!(help.contains("Usage: k8s-nokmem"), "{help}");
+    let diversions = ok(&mut chroot(&["dpkg-divert", "--list", "k8s-nokmem"]));
+    assert!(
+        diversions
+            .contains("diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem"),
+        "diversions after install:\n{diversions}\ninstall log:\n{log}"
+    );
+    assert_eq!(
+        fs::read(root.join("usr/bin/kubelet.distrib")).unwrap(),
+        original
+    );
+    assert_eq!(
+        fs::read(root.join("usr/bin/kubelet")).unwrap(),
+        fs::read(root.join("usr/lib/k8s-nokmem/kubelet")).unwrap(),
+        "the payload kubelet is in place"
+    );
+
+    let purge = run(&mut chroot(&["dpkg", "--purge", "k8s-nokmem"]));
+    assert!(
+        purge.status.success(),
+        "dpkg --purge failed:\n{}{}",
+        String::from_utf8_lossy(&purge.stdout),
+        String::from_utf8_lossy(&purge.stderr)
+    );
+    let left = ok(&mut chroot(&["dpkg-divert", "--list", "k8s-nokmem"]));
+    assert!(
+        left.trim().is_empty(),
+        "diversions left after purge:\n{left}"
+    );
+    assert_eq!(
+        fs::read(root.join("usr/bin/kubelet")).unwrap(),
+        original,
+        "original restored"
+    );
+    for gone in [
+        "usr/bin/kubelet.distrib",
+        "etc/k8s-nokmem",
+        "var/lib/k8s-nokmem",
+        "usr/lib/k8s-nokmem",
+        "usr/sbin/k8s-nokmem",
+    ] {
+        assert!(
+            !root.join(gone).exists(),
+            "/{gone} still exists after purge"
+        );
+    }
+    common::keep_tmp(tmp);
+}
