@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod gobin;
 pub mod manifest;
 pub mod notes;
 pub mod paths;
