@@ -2,8 +2,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod divert;
+pub mod dpkg;
 pub mod gobin;
+pub mod journal;
+pub mod lock;
 pub mod manifest;
 pub mod notes;
 pub mod paths;
+pub mod policy;
 pub mod systemd;
+pub mod targets;

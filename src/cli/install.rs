@@ -1,12 +1,455 @@
-//! `k8s-nokmem install`.
+//! `k8s-nokmem install`: divert the original runc and kubelet, place the nokmem payload,
+//! restart the services that run a changed binary. One journalled transaction (see
+//! `crate::journal`); a re-run with an unchanged payload changes and restarts nothing.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use log::{debug, info, warn};
 
 use super::{Ctx, Outcome};
+use crate::config::{Config, SkewPolicy};
+use crate::divert::{Diversion, DpkgDivert};
+use crate::dpkg::{self, Dpkg};
+use crate::journal::{self, Failpoint, Node, Services, Step};
+use crate::lock::{Lock, LOCK_FILE};
+use crate::manifest::Manifest;
+use crate::notes::{with_note, WithNote};
+use crate::paths::{self, Root};
+use crate::policy::{self, ServicePolicy, Verdict};
+use crate::systemd::ServiceManager;
+use crate::targets::{self, InPlace, Original, State, Target, TargetState};
 
 #[derive(Debug, clap::Args)]
 pub struct Install {}
 
 impl Install {
-    pub fn run(self, _ctx: &Ctx) -> anyhow::Result<Outcome> {
-        anyhow::bail!("'install' is not implemented yet")
+    pub fn run(self, ctx: &Ctx) -> anyhow::Result<Outcome> {
+        info!("install v{} root={}", env!("CARGO_PKG_VERSION"), ctx.root);
+        let session = Session::open(ctx, "install")?;
+        let config = ctx.config().map_err(|e| preflight_failed("install", e))?;
+        let connected = session.connect(&config)?;
+        install(ctx, &session, &config, connected.as_deref())?;
+        Ok(Outcome::Ok)
     }
+}
+
+/// What both install and remove set up first: the lock and the failpoint.
+pub(super) struct Session {
+    pub _lock: Lock,
+    pub failpoint: Option<Failpoint>,
+    pub policy: ServicePolicy,
+}
+
+impl Session {
+    pub fn open(ctx: &Ctx, command: &str) -> anyhow::Result<Session> {
+        let failpoint = Failpoint::from_env()?;
+        let dir = ctx.root.join(paths::STATE_DIR);
+        paths::create_dir_all(&dir, 0o755)
+            .with_context(|| format!("failed to prepare the state directory for {command}"))?;
+        let lock = Lock::acquire(&dir.join(LOCK_FILE))
+            .map_err(anyhow::Error::from)
+            .note("wait for the other run to finish (dpkg may be running it); `k8s-nokmem status` shows the node")?;
+        debug!("holding lock '{}'", lock.path().display());
+        Ok(Session {
+            _lock: lock,
+            failpoint,
+            policy: ServicePolicy::detect(&ctx.root),
+        })
+    }
+
+    /// The systemd client when services are acted on; unreachable D-Bus while systemd runs
+    /// is an error before any change.
+    pub fn connect(&self, config: &Config) -> anyhow::Result<Option<Box<dyn ServiceManager>>> {
+        if self.policy != ServicePolicy::Act {
+            return Ok(None);
+        }
+        let manager = policy::connect()
+            .context("failed to reach systemd over D-Bus, although /run/systemd/system exists; nothing was changed")
+            .note("check `systemctl is-system-running` and `busctl status`; rerun with -v")?;
+        for unit in &config.service_order {
+            manager
+                .state(unit)
+                .with_context(|| {
+                    format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
+                })
+                .note("check `systemctl status` and `busctl status`")?;
+        }
+        Ok(Some(manager))
+    }
+
+    /// Services for the node: the given manager (tests may pass one whatever the root), else
+    /// the skip reason.
+    pub fn services<'a>(
+        &self,
+        manager: Option<&'a dyn ServiceManager>,
+        units: &[String],
+    ) -> anyhow::Result<Services<'a>> {
+        let Some(manager) = manager else {
+            return Ok(match &self.policy {
+                ServicePolicy::Skip(reason) => Services::Skip(reason.clone()),
+                ServicePolicy::Act => Services::Skip(policy::SkipReason::SystemdNotRunning),
+            });
+        };
+        let helper = Path::new(paths::POLICY_RC_D);
+        let mut forbidden = Vec::new();
+        for unit in units {
+            for action in ["stop", "start"] {
+                if policy::ask_policy_rc_d(helper, unit, action)? == Verdict::Forbidden
+                    && !forbidden.contains(unit)
+                {
+                    warn!("{} forbids '{action}' of '{unit}' (exit 101): leaving it alone; it keeps running the old binary until it restarts", paths::POLICY_RC_D);
+                    forbidden.push(unit.clone());
+                }
+            }
+        }
+        Ok(Services::Act { manager, forbidden })
+    }
+}
+
+/// `<command> step 1 'preflight' failed: nothing was changed`, with the cause under it.
+pub(super) fn preflight_failed(command: &str, err: impl Into<anyhow::Error>) -> anyhow::Error {
+    let err: anyhow::Error = err.into();
+    log::error!("{command} [1] preflight: FAILED");
+    err.context(format!(
+        "{command} step 1 'preflight' failed: nothing was changed"
+    ))
+}
+
+/// What preflight found about one target.
+struct Found {
+    target: Target,
+    ours: bool,
+    now: InPlace,
+    original: Original,
+}
+
+/// The install transaction on `ctx.root` with `manager` acting on services (None: no service
+/// actions, as decided by the session's policy).
+pub(super) fn install(
+    ctx: &Ctx,
+    session: &Session,
+    config: &Config,
+    manager: Option<&dyn ServiceManager>,
+) -> anyhow::Result<()> {
+    let root = &ctx.root;
+    // an interrupted transaction is resolved first, with every service in the config
+    let all_units = config.service_order.clone();
+    let services = session.services(manager, &all_units)?;
+    let node = Node::new(root, services, config.service_timeout);
+    journal::recover(&node)?;
+
+    let started = Instant::now();
+    let found = preflight(root, config).map_err(|e| preflight_failed("install", e))?;
+    let changed: Vec<&Found> = found
+        .iter()
+        .filter(|f| !f.ours || f.now != InPlace::Payload)
+        .collect();
+    let mut state = State::load(root).map_err(|e| preflight_failed("install", e))?;
+    let mut new_state = state.clone();
+    for f in &found {
+        new_state.targets.insert(
+            f.target.name.clone(),
+            TargetState {
+                path: f.target.path.clone(),
+                divert_to: f.target.divert_to.clone(),
+                original: f.original.clone(),
+                payload_sha256: f.target.payload_sha256.clone(),
+                payload_version: f.target.payload_version.clone(),
+            },
+        );
+    }
+    new_state.version = 1;
+    state.version = 1;
+    if changed.is_empty() && new_state == state {
+        info!(
+            "install [1/1] preflight: ok, nothing to do: the payload is in place ({} ms)",
+            started.elapsed().as_millis()
+        );
+        return Ok(());
+    }
+
+    let units = units_for(config, changed.iter().map(|f| &f.target.restart));
+    let services = session.services(manager, &units)?;
+    let node = Node::new(root, services, config.service_timeout);
+    let mut steps = vec![Step::Preflight];
+    steps.extend(units.iter().map(|u| Step::Stop { unit: u.clone() }));
+    for f in &changed {
+        steps.push(Step::Divert {
+            target: f.target.name.clone(),
+            path: f.target.path.clone(),
+            divert_to: f.target.divert_to.clone(),
+            original: f.original.clone(),
+        });
+    }
+    for f in &changed {
+        steps.push(Step::Place {
+            target: f.target.name.clone(),
+            path: f.target.path.clone(),
+            divert_to: f.target.divert_to.clone(),
+            payload: f.target.payload.clone(),
+            sha256: f.target.payload_sha256.clone(),
+            original: f.original.clone(),
+        });
+    }
+    steps.extend(units.iter().rev().map(|u| Step::Start { unit: u.clone() }));
+    steps.push(Step::Record {
+        state: Some(new_state),
+    });
+    journal::run(
+        &node,
+        "install",
+        steps,
+        started.elapsed(),
+        session.failpoint.as_ref(),
+    )?;
+    for f in &found {
+        if f.original == Original::Missing {
+            info!(
+                "'{}' ({}) did not exist: it is diverted anyway, so a later {} package lands at '{}'",
+                f.target.path.display(),
+                f.target.name,
+                f.target.name,
+                f.target.divert_to.display()
+            );
+        }
+    }
+    if let Services::Skip(reason) = &node.services {
+        if !units.is_empty() {
+            info!(
+                "services not restarted ({reason}): {} keep the old binaries until they restart",
+                units.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The units to stop (in this order) and start (in reverse) for these targets: the
+/// configured order first, then any other unit a target names.
+pub(super) fn units_for<'a>(
+    config: &Config,
+    restart: impl Iterator<Item = &'a Vec<String>>,
+) -> Vec<String> {
+    let wanted: Vec<String> = restart.flatten().cloned().collect();
+    let mut out: Vec<String> = config
+        .service_order
+        .iter()
+        .filter(|u| wanted.contains(u))
+        .cloned()
+        .collect();
+    for u in wanted {
+        if !out.contains(&u) {
+            out.push(u);
+        }
+    }
+    out
+}
+
+/// Checks that change nothing: config (already parsed), MANIFEST and payload checksums,
+/// targets and their diversions, version skew, free space.
+fn preflight(root: &Root, config: &Config) -> anyhow::Result<Vec<Found>> {
+    let manifest_shown = root.describe(paths::MANIFEST_FILE);
+    let manifest = Manifest::load(&root.join(paths::MANIFEST_FILE), &manifest_shown)
+        .map_err(anyhow::Error::from)
+        .note("the package is incomplete or damaged: `apt install --reinstall k8s-nokmem`")?;
+    for bin in &manifest.binaries {
+        let abs = Path::new(paths::PAYLOAD_DIR).join(&bin.file);
+        let got = paths::sha256_file(&root.join(&abs))?;
+        if got != bin.sha256 {
+            return Err(with_note(
+                anyhow!(
+                    "payload {} has sha256 {}, but {manifest_shown} says {}",
+                    root.describe(&abs),
+                    got,
+                    bin.sha256
+                ),
+                "the package is damaged: `apt install --reinstall k8s-nokmem`; `dpkg --verify k8s-nokmem` lists what changed",
+            ));
+        }
+    }
+    let divert = DpkgDivert::new(root);
+    let diversions = divert.list()?;
+    let dpkg = Dpkg::new(root);
+    let state = State::load(root)?;
+    let targets = targets::resolve(root, config, &manifest, &diversions, &dpkg)?;
+    let mut found = Vec::new();
+    for target in targets {
+        found.push(check_target(root, &target, &diversions, &state)?.with(target));
+    }
+    // a target that moved (config changed) while the old path is still diverted by us
+    for (name, ts) in &state.targets {
+        if let Some(f) = found.iter().find(|f| &f.target.name == name) {
+            if f.target.path != ts.path
+                && diversions.iter().any(|d| d.is_ours() && d.path == ts.path)
+            {
+                return Err(with_note(
+                    anyhow!(
+                        "{name} moved from '{}' to '{}', but '{}' is still diverted by k8s-nokmem",
+                        ts.path.display(),
+                        f.target.path.display(),
+                        ts.path.display()
+                    ),
+                    "run `k8s-nokmem remove` with the old config first, then install again",
+                ));
+            }
+        }
+    }
+    check_skew(config, &dpkg, &found)?;
+    check_space(root, &found)?;
+    Ok(found)
+}
+
+struct Checked {
+    ours: bool,
+    now: InPlace,
+    original: Original,
+}
+
+impl Checked {
+    fn with(self, target: Target) -> Found {
+        Found {
+            target,
+            ours: self.ours,
+            now: self.now,
+            original: self.original,
+        }
+    }
+}
+
+fn check_target(
+    root: &Root,
+    target: &Target,
+    diversions: &[Diversion],
+    state: &State,
+) -> anyhow::Result<Checked> {
+    let current = diversions.iter().find(|d| d.path == target.path);
+    let ours = DpkgDivert::check_ours(current, &target.path, &target.divert_to)
+        .map_err(anyhow::Error::from)
+        .note(format!(
+            "k8s-nokmem cannot replace a file another package diverts; see `dpkg-divert --listpackage {}`, or set [{}] path in the config",
+            target.path.display(),
+            target.name
+        ))?;
+    let parent = target.path.parent().unwrap_or(Path::new("/"));
+    if !root.join(parent).is_dir() {
+        bail!(
+            "directory {} of the {} target does not exist",
+            root.describe(parent),
+            target.name
+        );
+    }
+    let now = targets::in_place(root, target)?;
+    let original = if ours {
+        match state.targets.get(&target.name) {
+            Some(ts) if ts.path == target.path => ts.original.clone(),
+            _ => Original::probe(&target.name, &root.join(&target.divert_to))?,
+        }
+    } else {
+        if root.join(&target.divert_to).symlink_metadata().is_ok() {
+            return Err(with_note(
+                anyhow!(
+                    "{} exists but is not a k8s-nokmem diversion: diverting {} would overwrite it",
+                    root.describe(&target.divert_to),
+                    root.describe(&target.path)
+                ),
+                "move it away (it may be left from an earlier manual swap) and run `k8s-nokmem install` again",
+            ));
+        }
+        Original::probe(&target.name, &root.join(&target.path))?
+    };
+    debug!(
+        "{}: '{}' ({}), ours={ours}, now={now:?}, original: {}",
+        target.name,
+        target.path.display(),
+        target.found,
+        original.describe()
+    );
+    Ok(Checked {
+        ours,
+        now,
+        original,
+    })
+}
+
+/// Warn or refuse when the payload kubelet's minor version differs from the installed
+/// kubelet package's. No package (a hand-copied kubelet): skipped with a note.
+fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<()> {
+    let Some(f) = found.iter().find(|f| f.target.name == "kubelet") else {
+        return Ok(());
+    };
+    let path = &f.target.path;
+    let owners = dpkg.owners(path)?;
+    let Some(pkg) = owners.first() else {
+        info!(
+            "version check skipped: no package ships '{}' (payload kubelet {})",
+            path.display(),
+            f.target.payload_version
+        );
+        return Ok(());
+    };
+    let Some(installed) = dpkg.version(pkg)? else {
+        info!("version check skipped: package '{pkg}' is not installed");
+        return Ok(());
+    };
+    let (want, have) = (
+        dpkg::major_minor(&f.target.payload_version),
+        dpkg::major_minor(&installed),
+    );
+    if want.is_none() || have.is_none() || want == have {
+        debug!(
+            "kubelet versions: payload {}, package '{pkg}' {installed}",
+            f.target.payload_version
+        );
+        return Ok(());
+    }
+    let msg = format!(
+        "version skew: the payload kubelet is {}, package '{pkg}' has {installed}",
+        f.target.payload_version
+    );
+    let file = config
+        .file
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| paths::CONFIG_FILE.to_string());
+    match config.version_skew {
+        SkewPolicy::Warn => {
+            warn!("{msg}; installing anyway ([kubelet] version-skew = warn in {file})");
+            Ok(())
+        }
+        SkewPolicy::Refuse => Err(with_note(
+            anyhow!("{msg}, and [kubelet] version-skew = refuse in {file}"),
+            format!("install a k8s-nokmem build for kubelet {installed}, or set version-skew = warn in {file}"),
+        )),
+    }
+}
+
+/// Enough free space next to each target for a copy of the payload (plus 1 MiB).
+fn check_space(root: &Root, found: &[Found]) -> anyhow::Result<()> {
+    for f in found.iter().filter(|f| f.now != InPlace::Payload) {
+        let parent = f.target.path.parent().unwrap_or(Path::new("/"));
+        let dir = root.join(parent);
+        let size = std::fs::metadata(root.join(&f.target.payload))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let need = size + (1 << 20);
+        let st = nix::sys::statvfs::statvfs(&dir)
+            .with_context(|| format!("failed to read free space of '{}'", dir.display()))?;
+        #[allow(clippy::unnecessary_cast)]
+        let avail = st.blocks_available() as u64 * st.fragment_size() as u64;
+        if avail < need {
+            return Err(with_note(
+                anyhow!(
+                    "not enough free space in {} for the {} payload: need {} MiB, {} MiB available",
+                    root.describe(parent),
+                    f.target.name,
+                    need >> 20,
+                    avail >> 20
+                ),
+                "free some space (`apt clean`, old logs) and run `k8s-nokmem install` again",
+            ));
+        }
+    }
+    Ok(())
 }

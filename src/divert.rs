@@ -1,0 +1,408 @@
+//! `dpkg-divert` wrapper: list, add, remove diversions of our targets.
+//!
+//! Always `--package k8s-nokmem --rename --divert <path>.distrib` (dpkg 1.18.4 on Ubuntu 16.04
+//! has no `--no-rename`), `LC_ALL=C` so the output can be parsed, and `--root R` only when
+//! the root is not `/` (`--root` first appeared in dpkg 1.19.2; on a live node the flag is
+//! never passed). Adding is idempotent the config-package-dev way: look for the exact
+//! "diversion of X to Y by P" line first, add only when it is missing.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use log::{debug, trace};
+
+use crate::paths::{Root, PACKAGE};
+
+/// The program, found on `$PATH` (it lives in /usr/bin on every dpkg system).
+pub const DPKG_DIVERT: &str = "dpkg-divert";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DivertError {
+    #[error("failed to run `{cmd}`")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Failed {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot parse line {line_no} of `dpkg-divert --list` output: '{line}'")]
+    Parse { line_no: usize, line: String },
+    #[error("'{}' is already diverted to '{}' by {}", path.display(), divert_to.display(), owner_name(.package))]
+    DivertedByOther {
+        path: PathBuf,
+        divert_to: PathBuf,
+        /// `None`: a local diversion made by an administrator.
+        package: Option<String>,
+    },
+    #[error("'{}' is diverted by k8s-nokmem to '{}', not to the expected '{}'", path.display(), found.display(), want.display())]
+    DivertedElsewhere {
+        path: PathBuf,
+        found: PathBuf,
+        want: PathBuf,
+    },
+}
+
+fn owner_name(package: &Option<String>) -> String {
+    match package {
+        Some(p) => format!("package '{p}'"),
+        None => "a local diversion (no package)".to_string(),
+    }
+}
+
+/// One line of `dpkg-divert --list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diversion {
+    /// The in-system path that is diverted.
+    pub path: PathBuf,
+    /// Where the diverted file lives.
+    pub divert_to: PathBuf,
+    /// The package that holds it; `None` for a local (administrator's) diversion.
+    pub package: Option<String>,
+}
+
+impl Diversion {
+    /// True when k8s-nokmem holds it.
+    pub fn is_ours(&self) -> bool {
+        self.package.as_deref() == Some(PACKAGE)
+    }
+}
+
+impl std::fmt::Display for Diversion {
+    /// The exact `LC_ALL=C dpkg-divert --list` line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.package {
+            Some(p) => write!(
+                f,
+                "diversion of {} to {} by {p}",
+                self.path.display(),
+                self.divert_to.display()
+            ),
+            None => write!(
+                f,
+                "local diversion of {} to {}",
+                self.path.display(),
+                self.divert_to.display()
+            ),
+        }
+    }
+}
+
+/// Parse `LC_ALL=C dpkg-divert --list` output (pure). dpkg prints one of
+/// `diversion of X to Y by P`, `diversion of X by P`, `local diversion of X to Y`,
+/// `local diversion of X` (the short forms when Y is X.distrib).
+pub fn parse_list(text: &str) -> Result<Vec<Diversion>, DivertError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parse_err = || DivertError::Parse {
+            line_no: i + 1,
+            line: line.to_string(),
+        };
+        let (local, rest) = match line.strip_prefix("local diversion of ") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                line.strip_prefix("diversion of ").ok_or_else(parse_err)?,
+            ),
+        };
+        let (rest, package) = if local {
+            (rest, None)
+        } else {
+            let (rest, pkg) = rest.rsplit_once(" by ").ok_or_else(parse_err)?;
+            (rest, Some(pkg.to_string()))
+        };
+        let (path, divert_to) = match rest.split_once(" to ") {
+            Some((p, t)) => (PathBuf::from(p), PathBuf::from(t)),
+            None => (PathBuf::from(rest), default_divert_to(Path::new(rest))),
+        };
+        if !path.is_absolute() || !divert_to.is_absolute() {
+            return Err(parse_err());
+        }
+        out.push(Diversion {
+            path,
+            divert_to,
+            package,
+        });
+    }
+    Ok(out)
+}
+
+/// `<path>.distrib`, where dpkg and we put the diverted original.
+pub fn default_divert_to(path: &Path) -> PathBuf {
+    let mut s = OsString::from(path.as_os_str());
+    s.push(".distrib");
+    PathBuf::from(s)
+}
+
+/// What [`DpkgDivert::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    Added,
+    AlreadyThere,
+}
+
+/// What [`DpkgDivert::remove`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Removed,
+    NotThere,
+}
+
+/// `dpkg-divert` on one root.
+#[derive(Debug, Clone)]
+pub struct DpkgDivert {
+    root: Root,
+}
+
+impl DpkgDivert {
+    pub fn new(root: &Root) -> DpkgDivert {
+        DpkgDivert { root: root.clone() }
+    }
+
+    fn command(&self, args: &[&std::ffi::OsStr]) -> (Command, String) {
+        let mut cmd = Command::new(DPKG_DIVERT);
+        cmd.env("LC_ALL", "C");
+        let mut shown = vec![DPKG_DIVERT.to_string()];
+        if !self.root.is_host() {
+            cmd.arg("--root").arg(self.root.path());
+            shown.push("--root".into());
+            shown.push(self.root.path().display().to_string());
+        }
+        for a in args {
+            cmd.arg(a);
+            shown.push(a.to_string_lossy().into_owned());
+        }
+        (cmd, shown.join(" "))
+    }
+
+    fn run(&self, args: &[&std::ffi::OsStr]) -> Result<String, DivertError> {
+        let (mut cmd, shown) = self.command(args);
+        debug!("running `{shown}`");
+        let out = cmd.output().map_err(|source| DivertError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        trace!(
+            "`{shown}`: {}; stdout: {stdout}; stderr: {stderr}",
+            out.status
+        );
+        if !out.status.success() {
+            let stderr = stderr
+                .trim()
+                .trim_start_matches("dpkg-divert: error: ")
+                .replace('\n', " ");
+            return Err(DivertError::Failed {
+                cmd: shown,
+                status: out.status.to_string(),
+                stderr,
+            });
+        }
+        Ok(stdout)
+    }
+
+    /// Every diversion on the root.
+    pub fn list(&self) -> Result<Vec<Diversion>, DivertError> {
+        parse_list(&self.run(&["--list".as_ref()])?)
+    }
+
+    /// The diversion of `path`, whoever holds it.
+    pub fn of(&self, path: &Path) -> Result<Option<Diversion>, DivertError> {
+        Ok(self.list()?.into_iter().find(|d| d.path == path))
+    }
+
+    /// Check that `path` is free for us or already ours to `divert_to` (pure).
+    pub fn check_ours(
+        current: Option<&Diversion>,
+        path: &Path,
+        divert_to: &Path,
+    ) -> Result<bool, DivertError> {
+        match current {
+            None => Ok(false),
+            Some(d) if !d.is_ours() => Err(DivertError::DivertedByOther {
+                path: path.to_path_buf(),
+                divert_to: d.divert_to.clone(),
+                package: d.package.clone(),
+            }),
+            Some(d) if d.divert_to != divert_to => Err(DivertError::DivertedElsewhere {
+                path: path.to_path_buf(),
+                found: d.divert_to.clone(),
+                want: divert_to.to_path_buf(),
+            }),
+            Some(_) => Ok(true),
+        }
+    }
+
+    /// `dpkg-divert --package k8s-nokmem --add --rename --divert TO PATH`, unless that exact
+    /// diversion already exists. Another package's diversion of PATH is an error.
+    pub fn add(&self, path: &Path, divert_to: &Path) -> Result<Added, DivertError> {
+        if Self::check_ours(self.of(path)?.as_ref(), path, divert_to)? {
+            return Ok(Added::AlreadyThere);
+        }
+        self.run(&[
+            "--package".as_ref(),
+            PACKAGE.as_ref(),
+            "--add".as_ref(),
+            "--rename".as_ref(),
+            "--divert".as_ref(),
+            divert_to.as_os_str(),
+            path.as_os_str(),
+        ])?;
+        Ok(Added::Added)
+    }
+
+    /// `dpkg-divert --package k8s-nokmem --remove --rename --divert TO PATH` when we hold
+    /// that diversion. The caller must have freed PATH first (dpkg refuses to rename over a
+    /// different file).
+    pub fn remove(&self, path: &Path, divert_to: &Path) -> Result<Removed, DivertError> {
+        if !Self::check_ours(self.of(path)?.as_ref(), path, divert_to)? {
+            return Ok(Removed::NotThere);
+        }
+        self.run(&[
+            "--package".as_ref(),
+            PACKAGE.as_ref(),
+            "--remove".as_ref(),
+            "--rename".as_ref(),
+            "--divert".as_ref(),
+            divert_to.as_os_str(),
+            path.as_os_str(),
+        ])?;
+        Ok(Removed::Removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/divert-list")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn parses_every_form_dpkg_prints() {
+        let cases: [(&str, &str, &str, Option<&str>); 5] = [
+            (
+                "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem",
+                "/usr/bin/kubelet",
+                "/usr/bin/kubelet.distrib",
+                Some("k8s-nokmem"),
+            ),
+            (
+                "diversion of /usr/bin/runc by other",
+                "/usr/bin/runc",
+                "/usr/bin/runc.distrib",
+                Some("other"),
+            ),
+            (
+                "local diversion of /usr/sbin/runc to /usr/sbin/runc.real",
+                "/usr/sbin/runc",
+                "/usr/sbin/runc.real",
+                None,
+            ),
+            (
+                "local diversion of /etc/x",
+                "/etc/x",
+                "/etc/x.distrib",
+                None,
+            ),
+            (
+                "diversion of /usr/bin/a b to /usr/bin/a b.x by p-q",
+                "/usr/bin/a b",
+                "/usr/bin/a b.x",
+                Some("p-q"),
+            ),
+        ];
+        for (line, path, to, pkg) in cases {
+            let got = parse_list(line).unwrap_or_else(|e| panic!("case '{line}': {e}"));
+            assert_eq!(
+                got,
+                vec![Diversion {
+                    path: path.into(),
+                    divert_to: to.into(),
+                    package: pkg.map(str::to_string)
+                }],
+                "case '{line}'"
+            );
+        }
+    }
+
+    #[test]
+    fn display_is_the_exact_list_line() {
+        for line in [
+            "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem",
+            "local diversion of /usr/sbin/runc to /usr/sbin/runc.real",
+        ] {
+            assert_eq!(parse_list(line).unwrap()[0].to_string(), line);
+        }
+    }
+
+    #[test]
+    fn parses_recorded_listings() {
+        let bookworm = parse_list(&fixture("bookworm-mixed.txt")).unwrap();
+        assert_eq!(bookworm.len(), 5, "{bookworm:?}");
+        assert_eq!(bookworm.iter().filter(|d| d.is_ours()).count(), 2);
+        assert!(bookworm.iter().any(|d| d.package.is_none()));
+        assert!(parse_list(&fixture("empty.txt")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_line() {
+        let err = parse_list("diversion of /a to /b by p\nno such thing\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot parse line 2 of `dpkg-divert --list` output: 'no such thing'"
+        );
+        assert!(parse_list("diversion of a to b by p").is_err(), "relative");
+    }
+
+    #[test]
+    fn someone_elses_diversion_is_refused_with_its_owner() {
+        let path = Path::new("/usr/bin/kubelet");
+        let to = default_divert_to(path);
+        let other = Diversion {
+            path: path.into(),
+            divert_to: "/usr/bin/kubelet.real".into(),
+            package: Some("kubelet-wrapper".into()),
+        };
+        let err = DpkgDivert::check_ours(Some(&other), path, &to).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "'/usr/bin/kubelet' is already diverted to '/usr/bin/kubelet.real' by package 'kubelet-wrapper'"
+        );
+        let local = Diversion {
+            package: None,
+            ..other
+        };
+        let err = DpkgDivert::check_ours(Some(&local), path, &to).unwrap_err();
+        assert!(err.to_string().contains("a local diversion"), "{err}");
+        let ours = Diversion {
+            path: path.into(),
+            divert_to: to.clone(),
+            package: Some(PACKAGE.into()),
+        };
+        assert!(DpkgDivert::check_ours(Some(&ours), path, &to).unwrap());
+        assert!(!DpkgDivert::check_ours(None, path, &to).unwrap());
+    }
+
+    #[test]
+    fn root_flag_only_for_a_foreign_root() {
+        let (_, shown) = DpkgDivert::new(&Root::new("/")).command(&["--list".as_ref()]);
+        assert_eq!(shown, "dpkg-divert --list");
+        let (_, shown) = DpkgDivert::new(&Root::new("/tmp/r")).command(&["--list".as_ref()]);
+        assert_eq!(shown, "dpkg-divert --root /tmp/r --list");
+    }
+}

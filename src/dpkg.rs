@@ -1,0 +1,221 @@
+//! `dpkg-query` for finding who ships a target and which version of it is installed.
+//!
+//! On a live node (root `/`) no root option is passed (dpkg 1.18.4 compatibility); under
+//! another root `--admindir R/var/lib/dpkg`, which every dpkg version knows.
+
+use std::path::Path;
+use std::process::Command;
+
+use log::{debug, trace};
+
+use crate::paths::Root;
+
+pub const DPKG_QUERY: &str = "dpkg-query";
+/// dpkg's database, relative to the root.
+pub const ADMINDIR: &str = "/var/lib/dpkg";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DpkgError {
+    #[error("failed to run `{cmd}`")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Failed {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// `dpkg-query` on one root.
+#[derive(Debug, Clone)]
+pub struct Dpkg {
+    root: Root,
+}
+
+impl Dpkg {
+    pub fn new(root: &Root) -> Dpkg {
+        Dpkg { root: root.clone() }
+    }
+
+    /// Run dpkg-query; `Ok(None)` when it exits 1 (nothing matched).
+    fn query(&self, args: &[&str]) -> Result<Option<String>, DpkgError> {
+        let mut cmd = Command::new(DPKG_QUERY);
+        cmd.env("LC_ALL", "C");
+        let mut shown = vec![DPKG_QUERY.to_string()];
+        if !self.root.is_host() {
+            let admindir = self.root.join(ADMINDIR);
+            cmd.arg("--admindir").arg(&admindir);
+            shown.push(format!("--admindir {}", admindir.display()));
+        }
+        cmd.args(args);
+        shown.extend(args.iter().map(|a| a.to_string()));
+        let shown = shown.join(" ");
+        debug!("running `{shown}`");
+        let out = cmd.output().map_err(|source| DpkgError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        trace!("`{shown}`: {}; stdout: {stdout}", out.status);
+        match out.status.code() {
+            Some(0) => Ok(Some(stdout)),
+            Some(1) => Ok(None),
+            _ => Err(DpkgError::Failed {
+                cmd: shown,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .replace('\n', " "),
+            }),
+        }
+    }
+
+    /// The packages that ship `path` (`dpkg-query -S`), diversion lines left out.
+    pub fn owners(&self, path: &Path) -> Result<Vec<String>, DpkgError> {
+        let shown = path.to_string_lossy();
+        Ok(self
+            .query(&["-S", &shown])?
+            .map(|out| parse_search(&out, path))
+            .unwrap_or_default())
+    }
+
+    /// The installed version of `package`, `None` when it is not installed.
+    pub fn version(&self, package: &str) -> Result<Option<String>, DpkgError> {
+        Ok(self
+            .query(&["-W", "-f", "${db:Status-Abbrev} ${Version}", package])?
+            .and_then(|out| parse_status_version(&out)))
+    }
+}
+
+/// Packages from `dpkg-query -S PATH` output for exactly `path` (pure). Lines look like
+/// `kubelet: /usr/bin/kubelet`, `libc6:amd64, libc6:i386: /x`, and
+/// `diversion by P from: /x` (left out).
+pub fn parse_search(text: &str, path: &Path) -> Vec<String> {
+    let want = path.to_string_lossy();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("diversion by ") || line.starts_with("local diversion ") {
+            continue;
+        }
+        let Some((pkgs, p)) = line.split_once(": ") else {
+            continue;
+        };
+        if p.trim() != want {
+            continue;
+        }
+        for pkg in pkgs.split(", ") {
+            let name = pkg.split(':').next().unwrap_or(pkg).trim();
+            if !name.is_empty() && !out.iter().any(|o| o == name) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `ii  1.20.2-00` -> `1.20.2-00` when the package is installed (pure).
+fn parse_status_version(text: &str) -> Option<String> {
+    let (status, version) = text.trim().split_once(char::is_whitespace)?;
+    let version = version.trim();
+    (status.starts_with('i') && status.get(1..2) == Some("i") && !version.is_empty())
+        .then(|| version.to_string())
+}
+
+/// Major and minor of a version such as `1.20.2`, `v1.20.2`, `1.20.2-00`, `1:1.19.16-1`
+/// or `1.20.5+really1.20.2-1` (the `+really` part wins: it is what is inside).
+pub fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let v = version.trim();
+    let v = v.rsplit_once("+really").map(|(_, r)| r).unwrap_or(v);
+    let v = v.split_once(':').map(|(_, r)| r).unwrap_or(v);
+    let v = v.trim_start_matches('v');
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_output() {
+        let p = Path::new("/usr/bin/kubelet");
+        let cases: [(&str, &[&str]); 4] = [
+            ("kubelet: /usr/bin/kubelet\n", &["kubelet"]),
+            (
+                "diversion by k8s-nokmem from: /usr/bin/kubelet\n\
+                 diversion by k8s-nokmem to: /usr/bin/kubelet.distrib\nkubelet: /usr/bin/kubelet\n",
+                &["kubelet"],
+            ),
+            (
+                "kubelet:amd64, kube-x:arm64: /usr/bin/kubelet\n",
+                &["kubelet", "kube-x"],
+            ),
+            ("other: /usr/bin/kubelet.d\n", &[]),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_search(text, p), want, "case {text:?}");
+        }
+    }
+
+    #[test]
+    fn versions() {
+        let cases = [
+            ("1.20.2", Some((1, 20))),
+            ("v1.19.16", Some((1, 19))),
+            ("1.20.2-00", Some((1, 20))),
+            ("1:1.18.3-1", Some((1, 18))),
+            ("1.20.5+really1.20.2-1", Some((1, 20))),
+            ("1.25.0~rc1-1", Some((1, 25))),
+            ("garbage", None),
+            ("7", None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(major_minor(v), want, "case '{v}'");
+        }
+    }
+
+    #[test]
+    fn status_version() {
+        assert_eq!(
+            parse_status_version("ii  1.20.2-00"),
+            Some("1.20.2-00".into())
+        );
+        assert_eq!(parse_status_version("un "), None);
+        assert_eq!(parse_status_version("rc 1.2"), None);
+    }
+
+    #[test]
+    fn queries_a_private_admin_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = dir.path().join("var/lib/dpkg");
+        std::fs::create_dir_all(admin.join("info")).unwrap();
+        std::fs::write(
+            admin.join("status"),
+            "Package: kubelet\nStatus: install ok installed\nArchitecture: amd64\n\
+             Version: 1.19.16-00\nMaintainer: x <x@example.org>\nDescription: x\n\n",
+        )
+        .unwrap();
+        std::fs::write(
+            admin.join("info/kubelet.list"),
+            "/.\n/usr\n/usr/bin\n/usr/bin/kubelet\n",
+        )
+        .unwrap();
+        let dpkg = Dpkg::new(&Root::new(dir.path()));
+        assert_eq!(
+            dpkg.owners(Path::new("/usr/bin/kubelet")).unwrap(),
+            vec!["kubelet"]
+        );
+        assert!(dpkg.owners(Path::new("/usr/bin/runc")).unwrap().is_empty());
+        assert_eq!(
+            dpkg.version("kubelet").unwrap(),
+            Some("1.19.16-00".to_string())
+        );
+        assert_eq!(dpkg.version("runc").unwrap(), None);
+    }
+}

@@ -1,0 +1,992 @@
+//! The transaction: an ordered list of [`Step`]s, each with an apply and an undo, journalled
+//! in `R/var/lib/k8s-nokmem/journal.json` (written atomically BEFORE each step is taken;
+//! the previous step is recorded done in the same write) and rolled back in reverse on any
+//! failure.
+//!
+//! After an interruption (kill -9, power loss) the next run finds the journal and resolves
+//! it toward the originals before doing what it was asked:
+//! - an `install` journal is undone: every begun step is undone in reverse. Undo is always
+//!   possible, because the originals never leave the node (dpkg keeps them at `.distrib`),
+//!   while finishing could need a payload that changed since (an interrupted upgrade);
+//! - a `remove` journal is finished: its steps are applied again from the start. They are
+//!   idempotent and need only the originals, not the payload (which `apt remove` may have
+//!   deleted meanwhile).
+//!
+//! Either way the node is then consistent (originals in place, no diversion) and the command
+//! runs in full; an `install` then swaps again. Every apply and undo checks the node first,
+//! so running one twice, or after a partial run, is harmless.
+//!
+//! Fault injection (test-only, always compiled so the shipped binary is the tested one):
+//! `K8S_NOKMEM_FAILPOINT=<step>[:error|:abort]`, `<step>` being a 1-based index as in the
+//! log (`[3/10]`) or a step name (`divert`: the first such step). `error` makes that step
+//! fail (tests rollback); `abort` calls `std::process::abort()` right after the journal
+//! entry for that step is written (kill -9, power loss). A warning is logged when armed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use log::{debug, error, info, warn};
+
+use crate::divert::{Added, DpkgDivert, Removed};
+use crate::notes::with_note;
+use crate::paths::{self, Root};
+use crate::policy::SkipReason;
+use crate::systemd::{ServiceAction, ServiceManager};
+use crate::targets::{self, Original, State};
+
+/// The journal of the transaction in progress, in the state directory.
+pub const JOURNAL_FILE: &str = "journal.json";
+/// The journal of the last finished transaction, with its result.
+pub const LAST_FILE: &str = "last-transaction.json";
+/// The fault-injection variable (see the module docs).
+pub const FAILPOINT_ENV: &str = "K8S_NOKMEM_FAILPOINT";
+
+/// One step of a transaction. Everything its apply and undo need is in it, so that a later
+/// run can finish or undo it from the journal alone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Checks only; nothing to undo.
+    Preflight,
+    Stop {
+        unit: String,
+    },
+    /// `dpkg-divert --add --rename`.
+    Divert {
+        target: String,
+        path: PathBuf,
+        divert_to: PathBuf,
+        original: Original,
+    },
+    /// Copy the payload onto `path` atomically, then check its sha256.
+    Place {
+        target: String,
+        path: PathBuf,
+        divert_to: PathBuf,
+        payload: PathBuf,
+        sha256: String,
+        original: Original,
+    },
+    Start {
+        unit: String,
+    },
+    /// Delete our file at `path` (one of `ours` by sha256), before the diversion goes.
+    Unplace {
+        target: String,
+        path: PathBuf,
+        divert_to: PathBuf,
+        ours: Vec<String>,
+        /// The payload to put back when this is undone (a failed remove).
+        payload: Option<(PathBuf, String)>,
+    },
+    /// `dpkg-divert --remove --rename`, then check the original is back.
+    Undivert {
+        target: String,
+        path: PathBuf,
+        divert_to: PathBuf,
+        original: Option<Original>,
+    },
+    /// Write `state.json`: this state, or (None) the current one minus the targets that are
+    /// no longer diverted.
+    Record {
+        state: Option<State>,
+    },
+}
+
+impl Step {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Preflight => "preflight",
+            Step::Stop { .. } => "stop",
+            Step::Divert { .. } => "divert",
+            Step::Place { .. } => "place",
+            Step::Start { .. } => "start",
+            Step::Unplace { .. } => "unplace",
+            Step::Undivert { .. } => "undivert",
+            Step::Record { .. } => "record",
+        }
+    }
+
+    /// `divert '/usr/bin/kubelet'`, `stop 'kubelet.service'`, `record`.
+    pub fn label(&self) -> String {
+        match self {
+            Step::Preflight => "preflight".to_string(),
+            Step::Record { .. } => format!("record '{}/{}'", paths::STATE_DIR, targets::STATE_FILE),
+            Step::Stop { unit } | Step::Start { unit } => format!("{} '{unit}'", self.name()),
+            Step::Divert { path, .. }
+            | Step::Place { path, .. }
+            | Step::Unplace { path, .. }
+            | Step::Undivert { path, .. } => format!("{} '{}'", self.name(), path.display()),
+        }
+    }
+
+    fn target(&self) -> Option<&str> {
+        match self {
+            Step::Divert { target, .. }
+            | Step::Place { target, .. }
+            | Step::Unplace { target, .. }
+            | Step::Undivert { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Forward,
+    RollingBack,
+    Recovering,
+    Done,
+    RolledBack,
+    RollbackFailed,
+}
+
+/// The journal file's content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Journal {
+    pub version: u32,
+    /// `install` or `remove`.
+    pub command: String,
+    pub pid: u32,
+    /// Seconds since the epoch.
+    pub started: u64,
+    pub steps: Vec<Step>,
+    /// `steps[..begun]` were begun.
+    pub begun: usize,
+    /// `steps[..done]` finished.
+    pub done: usize,
+    pub phase: Phase,
+    /// The failure, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Journal {
+    pub fn new(command: &str, steps: Vec<Step>) -> Journal {
+        Journal {
+            version: 1,
+            command: command.to_string(),
+            pid: std::process::id(),
+            started: now(),
+            steps,
+            begun: 0,
+            done: 0,
+            phase: Phase::Forward,
+            error: None,
+        }
+    }
+
+    pub fn path(root: &Root) -> PathBuf {
+        root.join(Path::new(paths::STATE_DIR).join(JOURNAL_FILE))
+    }
+
+    pub fn last_path(root: &Root) -> PathBuf {
+        root.join(Path::new(paths::STATE_DIR).join(LAST_FILE))
+    }
+
+    /// The interrupted transaction's journal, if any.
+    pub fn load(root: &Root) -> anyhow::Result<Option<Journal>> {
+        Self::load_from(&Self::path(root))
+    }
+
+    /// The last finished transaction, if recorded.
+    pub fn load_last(root: &Root) -> anyhow::Result<Option<Journal>> {
+        Self::load_from(&Self::last_path(root))
+    }
+
+    fn load_from(path: &Path) -> anyhow::Result<Option<Journal>> {
+        let text = match paths::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let journal = serde_json::from_str(&text)
+            .with_context(|| format!("failed to parse journal '{}'", path.display()))
+            .map_err(|e| {
+                with_note(
+                    e,
+                    format!(
+                        "move '{}' away after checking the node with `k8s-nokmem status`",
+                        path.display()
+                    ),
+                )
+            })?;
+        Ok(Some(journal))
+    }
+
+    /// Write the journal atomically (temp file, fsync, rename, fsync directory).
+    pub fn save(&self, root: &Root) -> anyhow::Result<()> {
+        write_json(&Self::path(root), self)
+    }
+
+    /// Keep this journal as the last transaction and delete the live one.
+    fn finish(&mut self, root: &Root, phase: Phase) -> anyhow::Result<()> {
+        self.phase = phase;
+        write_json(&Self::last_path(root), self)?;
+        paths::remove_file_if_exists(&Self::path(root))?;
+        paths::sync_dir(&root.join(paths::STATE_DIR))?;
+        Ok(())
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value)
+        .with_context(|| format!("failed to encode '{}'", path.display()))?;
+    text.push('\n');
+    paths::atomic_write_bytes(path, 0o644, text.as_bytes())?;
+    Ok(())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a failpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    Error,
+    Abort,
+}
+
+/// A parsed `K8S_NOKMEM_FAILPOINT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failpoint {
+    /// 1-based index, or a step name.
+    pub at: FailAt,
+    pub mode: FailMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailAt {
+    Index(usize),
+    Name(String),
+}
+
+impl Failpoint {
+    /// `3`, `divert`, `place:abort`, `5:error` (pure).
+    pub fn parse(spec: &str) -> Option<Failpoint> {
+        let (at, mode) = match spec.trim().rsplit_once(':') {
+            Some((at, "abort" | "panic")) => (at, FailMode::Abort),
+            Some((at, "error")) => (at, FailMode::Error),
+            Some(_) => return None,
+            None => (spec.trim(), FailMode::Error),
+        };
+        if at.is_empty() {
+            return None;
+        }
+        let at = match at.parse::<usize>() {
+            Ok(0) => return None,
+            Ok(i) => FailAt::Index(i),
+            Err(_) => FailAt::Name(at.to_string()),
+        };
+        Some(Failpoint { at, mode })
+    }
+
+    /// From the environment; a set but unparsable value is an error.
+    pub fn from_env() -> anyhow::Result<Option<Failpoint>> {
+        let Some(spec) = std::env::var_os(FAILPOINT_ENV) else {
+            return Ok(None);
+        };
+        let spec = spec.to_string_lossy();
+        if spec.is_empty() {
+            return Ok(None);
+        }
+        let fp = Failpoint::parse(&spec).ok_or_else(|| {
+            anyhow!("{FAILPOINT_ENV}='{spec}' is not <step index or name>[:error|:abort]")
+        })?;
+        warn!("test failpoint armed: {FAILPOINT_ENV}={spec}");
+        Ok(Some(fp))
+    }
+
+    /// Index (0-based) of the step it fires at.
+    fn index_in(&self, steps: &[Step]) -> Option<usize> {
+        match &self.at {
+            FailAt::Index(i) => Some(i - 1).filter(|i| *i < steps.len()),
+            FailAt::Name(n) => steps.iter().position(|s| s.name() == n),
+        }
+    }
+}
+
+/// Whether services are acted on, and through what.
+pub enum Services<'a> {
+    Act {
+        manager: &'a dyn ServiceManager,
+        /// Units `policy-rc.d` forbids (exit 101): left alone.
+        forbidden: Vec<String>,
+    },
+    Skip(SkipReason),
+}
+
+/// What a step's apply or undo did, for the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Did {
+    Ok,
+    /// Done, with a detail (`already diverted`).
+    OkBecause(String),
+    Skipped(String),
+}
+
+impl std::fmt::Display for Did {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Did::Ok => write!(f, "ok"),
+            Did::OkBecause(why) => write!(f, "ok ({why})"),
+            Did::Skipped(why) => write!(f, "skipped ({why})"),
+        }
+    }
+}
+
+/// The node a transaction acts on: files and diversions under a root, and services.
+pub struct Node<'a> {
+    pub root: Root,
+    pub divert: DpkgDivert,
+    pub services: Services<'a>,
+    pub timeout: Duration,
+}
+
+impl<'a> Node<'a> {
+    pub fn new(root: &Root, services: Services<'a>, timeout: Duration) -> Node<'a> {
+        Node {
+            root: root.clone(),
+            divert: DpkgDivert::new(root),
+            services,
+            timeout,
+        }
+    }
+
+    fn held(&self, path: &Path, divert_to: &Path) -> anyhow::Result<bool> {
+        let current = self.divert.of(path)?;
+        Ok(DpkgDivert::check_ours(current.as_ref(), path, divert_to)?)
+    }
+
+    fn exists(&self, abs: &Path) -> bool {
+        fs::symlink_metadata(self.root.join(abs)).is_ok()
+    }
+
+    fn service(&self, stop: bool, unit: &str) -> anyhow::Result<Did> {
+        let verb = if stop { "stop" } else { "start" };
+        let (manager, forbidden) = match &self.services {
+            Services::Skip(reason) => return Ok(Did::Skipped(reason.to_string())),
+            Services::Act { manager, forbidden } => (manager, forbidden),
+        };
+        if forbidden.iter().any(|u| u == unit) {
+            return Ok(Did::Skipped(format!(
+                "{} forbids it (exit 101)",
+                paths::POLICY_RC_D
+            )));
+        }
+        let result = if stop {
+            manager.stop(unit, self.timeout)
+        } else {
+            manager.start(unit, self.timeout)
+        };
+        match result.with_context(|| format!("failed to {verb} '{unit}'"))? {
+            ServiceAction::Done { job_result } if job_result == "done" => Ok(Did::Ok),
+            ServiceAction::Done { job_result } => Ok(Did::OkBecause(format!("job {job_result}"))),
+            ServiceAction::Missing => Ok(Did::Skipped("no such unit".to_string())),
+            ServiceAction::Masked => Ok(Did::Skipped("masked".to_string())),
+        }
+    }
+
+    /// Take a step.
+    pub fn apply(&self, step: &Step) -> anyhow::Result<Did> {
+        match step {
+            Step::Preflight => Ok(Did::Ok),
+            Step::Stop { unit } => self.service(true, unit),
+            Step::Start { unit } => self.service(false, unit),
+            Step::Divert {
+                path, divert_to, ..
+            } => {
+                let added = self
+                    .divert
+                    .add(path, divert_to)
+                    .with_context(|| format!("failed to divert {}", self.root.describe(path)))?;
+                Ok(match added {
+                    Added::Added => Did::Ok,
+                    Added::AlreadyThere => Did::OkBecause("already diverted".into()),
+                })
+            }
+            Step::Place {
+                path,
+                divert_to,
+                payload,
+                sha256,
+                ..
+            } => self.place(path, divert_to, payload, sha256),
+            Step::Unplace {
+                path,
+                divert_to,
+                ours,
+                ..
+            } => self.unplace(path, divert_to, ours),
+            Step::Undivert {
+                path,
+                divert_to,
+                original,
+                ..
+            } => self.undivert(path, divert_to, original.as_ref()),
+            Step::Record { state } => {
+                let state = match state {
+                    Some(s) => s.clone(),
+                    None => self.state_without_undiverted()?,
+                };
+                state.save(&self.root)?;
+                Ok(Did::Ok)
+            }
+        }
+    }
+
+    /// Undo a step (also one that was only begun).
+    pub fn undo(&self, step: &Step) -> anyhow::Result<Did> {
+        match step {
+            Step::Preflight | Step::Record { .. } => Ok(Did::Ok),
+            Step::Stop { unit } => self.service(false, unit),
+            Step::Start { unit } => self.service(true, unit),
+            Step::Divert {
+                path,
+                divert_to,
+                original,
+                ..
+            } => self.undo_divert(path, divert_to, original),
+            Step::Place {
+                path,
+                divert_to,
+                sha256,
+                original,
+                ..
+            } => self.undo_place(path, divert_to, sha256, original),
+            Step::Unplace {
+                path,
+                divert_to,
+                payload,
+                ..
+            } => match payload {
+                Some((payload, sha256)) if self.held(path, divert_to)? => {
+                    if self.exists(path) {
+                        Ok(Did::OkBecause("already in place".into()))
+                    } else {
+                        self.place(path, divert_to, payload, sha256)
+                    }
+                }
+                _ => Ok(Did::Skipped("nothing to put back".into())),
+            },
+            Step::Undivert {
+                path, divert_to, ..
+            } => {
+                let added = self.divert.add(path, divert_to).with_context(|| {
+                    format!("failed to divert {} again", self.root.describe(path))
+                })?;
+                Ok(match added {
+                    Added::Added => Did::Ok,
+                    Added::AlreadyThere => Did::OkBecause("still diverted".into()),
+                })
+            }
+        }
+    }
+
+    fn place(
+        &self,
+        path: &Path,
+        divert_to: &Path,
+        payload: &Path,
+        sha256: &str,
+    ) -> anyhow::Result<Did> {
+        let shown = self.root.describe(path);
+        if !self.held(path, divert_to)? {
+            bail!("refusing to write {shown}: it is not diverted by k8s-nokmem");
+        }
+        let dst = self.root.join(path);
+        if fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file())
+            && paths::sha256_file(&dst)? == sha256
+        {
+            return Ok(Did::OkBecause("already in place".into()));
+        }
+        let src = self.root.join(payload);
+        paths::atomic_copy(&src, &dst, targets::PAYLOAD_MODE)
+            .with_context(|| format!("failed to copy the payload to {shown}"))?;
+        let got = paths::sha256_file(&dst)?;
+        if got != sha256 {
+            bail!(
+                "{shown} has sha256 {} after copying, the MANIFEST says {}",
+                targets::short(&got),
+                targets::short(sha256)
+            );
+        }
+        debug!("placed '{}' -> '{}'", src.display(), dst.display());
+        Ok(Did::Ok)
+    }
+
+    /// The temp file `paths::atomic_write` uses for `path`.
+    fn temp_of(&self, path: &Path) -> PathBuf {
+        let dst = self.root.join(path);
+        let name = dst
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dst.with_file_name(format!(".{name}.k8s-nokmem-new"))
+    }
+
+    fn remove_ours(&self, path: &Path) -> anyhow::Result<()> {
+        let dst = self.root.join(path);
+        paths::remove_file_if_exists(&dst)?;
+        if let Some(dir) = dst.parent() {
+            paths::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    fn undo_place(
+        &self,
+        path: &Path,
+        divert_to: &Path,
+        sha256: &str,
+        original: &Original,
+    ) -> anyhow::Result<Did> {
+        paths::remove_file_if_exists(&self.temp_of(path))?;
+        if !self.held(path, divert_to)? || !self.exists(path) {
+            return Ok(Did::OkBecause("nothing placed".into()));
+        }
+        // While we hold the diversion, dpkg puts nothing at `path`: what is there is ours,
+        // unless the original was not renamed away yet (then it is the original: keep it).
+        let now = Original::probe("target", &self.root.join(path))?;
+        let is_payload = matches!(&now, Original::File { sha256: s, .. } if s == sha256);
+        let aside = self.exists(divert_to) || *original == Original::Missing;
+        if !is_payload && !aside && original.same_as(&now) {
+            return Ok(Did::OkBecause("the original is still there".into()));
+        }
+        self.remove_ours(path)?;
+        Ok(Did::OkBecause("removed ours".into()))
+    }
+
+    fn undo_divert(
+        &self,
+        path: &Path,
+        divert_to: &Path,
+        original: &Original,
+    ) -> anyhow::Result<Did> {
+        let shown = self.root.describe(path);
+        if self.held(path, divert_to)? {
+            if self.exists(path) && self.exists(divert_to) {
+                bail!(
+                    "cannot put the original back: {shown} is occupied and the original is at {}",
+                    self.root.describe(divert_to)
+                );
+            }
+            self.divert
+                .remove(path, divert_to)
+                .with_context(|| format!("failed to remove the diversion of {shown}"))?;
+            return Ok(Did::Ok);
+        }
+        // Not (or no longer) diverted: if dpkg-divert was cut short between its rename and
+        // its database write, the original sits at `.distrib` with nothing at `path`.
+        if *original != Original::Missing && !self.exists(path) && self.exists(divert_to) {
+            let (from, to) = (self.root.join(divert_to), self.root.join(path));
+            fs::rename(&from, &to)
+                .with_context(|| format!("failed to move '{}' back", from.display()))?;
+            return Ok(Did::OkBecause("moved the original back".into()));
+        }
+        Ok(Did::OkBecause("not diverted".into()))
+    }
+
+    fn unplace(&self, path: &Path, divert_to: &Path, ours: &[String]) -> anyhow::Result<Did> {
+        paths::remove_file_if_exists(&self.temp_of(path))?;
+        if !self.held(path, divert_to)? {
+            return Ok(Did::OkBecause("not diverted".into()));
+        }
+        match Original::probe("target", &self.root.join(path))? {
+            Original::Missing => Ok(Did::OkBecause("nothing there".into())),
+            Original::File { sha256, .. } if ours.contains(&sha256) => {
+                self.remove_ours(path)?;
+                Ok(Did::Ok)
+            }
+            other => {
+                warn!(
+                    "{} is {}, not a payload k8s-nokmem placed: keeping it and the diversion",
+                    self.root.describe(path),
+                    other.describe()
+                );
+                Ok(Did::Skipped("not ours: kept".into()))
+            }
+        }
+    }
+
+    fn undivert(
+        &self,
+        path: &Path,
+        divert_to: &Path,
+        original: Option<&Original>,
+    ) -> anyhow::Result<Did> {
+        let shown = self.root.describe(path);
+        if self.held(path, divert_to)? {
+            if self.exists(path) {
+                warn!(
+                    "NOT removing the diversion of {shown}: the path holds a file that is not \
+                     k8s-nokmem's; the original stays at {}. Move that file away and run \
+                     `k8s-nokmem remove` again",
+                    self.root.describe(divert_to)
+                );
+                return Ok(Did::Skipped("path occupied: diversion kept".into()));
+            }
+            match self
+                .divert
+                .remove(path, divert_to)
+                .with_context(|| format!("failed to remove the diversion of {shown}"))?
+            {
+                Removed::Removed | Removed::NotThere => {}
+            }
+        } else if original.is_some_and(|o| *o != Original::Missing)
+            && !self.exists(path)
+            && self.exists(divert_to)
+        {
+            let (from, to) = (self.root.join(divert_to), self.root.join(path));
+            fs::rename(&from, &to)
+                .with_context(|| format!("failed to move '{}' back", from.display()))?;
+        }
+        let Some(original) = original else {
+            return Ok(Did::OkBecause("original not recorded: not checked".into()));
+        };
+        let now = Original::probe("target", &self.root.join(path))?;
+        if original.same_as(&now) {
+            Ok(Did::OkBecause("original back".into()))
+        } else {
+            warn!(
+                "{shown} is now {}, not {} as recorded at install: a package upgrade while it \
+                 was diverted replaces it; check with `dpkg -S {}`",
+                now.describe(),
+                original.describe(),
+                path.display()
+            );
+            Ok(Did::OkBecause(
+                "original differs from the recorded one".into(),
+            ))
+        }
+    }
+
+    /// The current state minus the targets we no longer divert.
+    fn state_without_undiverted(&self) -> anyhow::Result<State> {
+        let mut state = State::load(&self.root)?;
+        let ours: Vec<_> = self
+            .divert
+            .list()?
+            .into_iter()
+            .filter(|d| d.is_ours())
+            .collect();
+        state
+            .targets
+            .retain(|_, t| ours.iter().any(|d| d.path == t.path));
+        Ok(state)
+    }
+}
+
+/// Run a planned transaction (`steps[0]` must be [`Step::Preflight`], already checked;
+/// `preflight` is how long that took). On failure everything begun is undone in reverse.
+pub fn run(
+    node: &Node<'_>,
+    command: &str,
+    steps: Vec<Step>,
+    preflight: Duration,
+    failpoint: Option<&Failpoint>,
+) -> anyhow::Result<()> {
+    let n = steps.len();
+    let fail_at = failpoint.and_then(|f| f.index_in(&steps).map(|i| (i, f.mode)));
+    let mut journal = Journal::new(command, steps);
+    for i in 0..n {
+        journal.begun = i + 1;
+        journal.done = i;
+        let started = Instant::now();
+        journal
+            .save(&node.root)
+            .context("failed to write the journal")?;
+        let step = journal.steps[i].clone();
+        let result = match fail_at {
+            Some((at, FailMode::Abort)) if at == i => {
+                error!(
+                    "failpoint: aborting at step {}/{n} '{}'",
+                    i + 1,
+                    step.label()
+                );
+                std::process::abort();
+            }
+            Some((at, FailMode::Error)) if at == i => Err(anyhow!(
+                "failpoint {FAILPOINT_ENV} fired at step {}/{n}",
+                i + 1
+            )),
+            _ => node.apply(&step),
+        };
+        let ms = if i == 0 {
+            preflight + started.elapsed()
+        } else {
+            started.elapsed()
+        }
+        .as_millis();
+        match result {
+            Ok(did) => info!(
+                "{command} [{}/{n}] {}: {did} ({ms} ms)",
+                i + 1,
+                step.label()
+            ),
+            Err(err) => {
+                error!(
+                    "{command} [{}/{n}] {}: FAILED ({ms} ms)",
+                    i + 1,
+                    step.label()
+                );
+                return Err(fail(node, command, &mut journal, i, err));
+            }
+        }
+    }
+    journal.done = n;
+    journal
+        .save(&node.root)
+        .context("failed to write the journal")?;
+    journal
+        .finish(&node.root, Phase::Done)
+        .context("failed to close the journal")?;
+    Ok(())
+}
+
+/// Roll back after step `i` failed with `err`; the error to report.
+fn fail(
+    node: &Node<'_>,
+    command: &str,
+    journal: &mut Journal,
+    i: usize,
+    err: anyhow::Error,
+) -> anyhow::Error {
+    let n = journal.steps.len();
+    let label = journal.steps[i].label();
+    journal.phase = Phase::RollingBack;
+    journal.error = Some(format!("{err:#}"));
+    let _ = journal.save(&node.root);
+    let head = format!("{command} step {}/{n} '{label}' failed", i + 1);
+    match rollback(node, journal) {
+        Ok(undone) => {
+            let _ = journal.finish(&node.root, Phase::RolledBack);
+            let what = if command == "remove" {
+                "k8s-nokmem's binaries are back in place"
+            } else {
+                "the original binaries are back in place"
+            };
+            let err = err.context(format!(
+                "{head}; rolled back {undone} step{}: {what}",
+                if undone == 1 { "" } else { "s" }
+            ));
+            let err = with_note(err, "run `k8s-nokmem status` to see the node's state");
+            with_note(err, format!("run `k8s-nokmem {command} -v` for details"))
+        }
+        Err(rb) => {
+            journal.phase = Phase::RollbackFailed;
+            let _ = journal.save(&node.root);
+            let err = err.context(format!(
+                "{head}, then rollback failed: {rb:#}; journal kept at {}",
+                node.root
+                    .describe(Path::new(paths::STATE_DIR).join(JOURNAL_FILE))
+            ));
+            let err = with_note(
+                err,
+                "the next `k8s-nokmem install` or `k8s-nokmem remove` resolves the journal first",
+            );
+            with_note(err, "run `k8s-nokmem status` to see the node's state")
+        }
+    }
+}
+
+/// Undo `journal.steps[..begun]` in reverse. Returns how many steps were undone. A failed
+/// file undo stops the file work, but services are still started again.
+fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<usize> {
+    let n = journal.steps.len();
+    let mut first_err: Option<anyhow::Error> = None;
+    let mut undone = 0;
+    for j in (0..journal.begun).rev() {
+        let step = &journal.steps[j];
+        if first_err.is_some() && !matches!(step, Step::Stop { .. }) {
+            continue;
+        }
+        let started = Instant::now();
+        let result = node.undo(step);
+        let ms = started.elapsed().as_millis();
+        match result {
+            Ok(did) => {
+                undone += 1;
+                info!("rollback [{}/{n}] {}: {did} ({ms} ms)", j + 1, step.label());
+            }
+            Err(e) => {
+                error!(
+                    "rollback [{}/{n}] {}: FAILED ({ms} ms)",
+                    j + 1,
+                    step.label()
+                );
+                let e = e.context(format!("undo of step {}/{n} '{}'", j + 1, step.label()));
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    if journal.command == "install" {
+        // what this run touched is back to the originals: it is no longer swapped
+        let touched: Vec<&str> = journal.steps[..journal.begun]
+            .iter()
+            .filter_map(Step::target)
+            .collect();
+        let mut state = State::load(&node.root)?;
+        state
+            .targets
+            .retain(|name, _| !touched.contains(&name.as_str()));
+        state.save(&node.root)?;
+    }
+    Ok(undone)
+}
+
+/// Resolve an interrupted transaction's journal, if there is one (see the module docs).
+pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
+    let Some(mut journal) = Journal::load(&node.root)? else {
+        return Ok(());
+    };
+    let n = journal.steps.len();
+    let shown = node
+        .root
+        .describe(Path::new(paths::STATE_DIR).join(JOURNAL_FILE));
+    if journal.done >= n {
+        info!(
+            "found the journal of a finished {} transaction: closing it",
+            journal.command
+        );
+        return journal.finish(&node.root, Phase::Done);
+    }
+    warn!(
+        "found the journal of an interrupted {} transaction (pid {}, {} of {n} steps begun, {:?}) at {shown}",
+        journal.command, journal.pid, journal.begun, journal.phase
+    );
+    let result = if journal.command == "remove" {
+        info!("finishing the interrupted remove: the originals come back");
+        journal.phase = Phase::Recovering;
+        journal.save(&node.root)?;
+        finish_forward(node, &journal)
+    } else {
+        info!(
+            "undoing the interrupted {}: the originals come back",
+            journal.command
+        );
+        journal.phase = Phase::Recovering;
+        journal.save(&node.root)?;
+        rollback(node, &journal).map(|_| ())
+    };
+    match result {
+        Ok(()) => {
+            journal.finish(&node.root, Phase::RolledBack)?;
+            info!("interrupted {} transaction resolved", journal.command);
+            Ok(())
+        }
+        Err(e) => {
+            let e = e.context(format!(
+                "failed to resolve the interrupted {} transaction journalled at {shown}",
+                journal.command
+            ));
+            Err(with_note(
+                e,
+                "fix the cause above and run the command again; `k8s-nokmem status` shows the node",
+            ))
+        }
+    }
+}
+
+/// Apply every step of a remove journal again, in order.
+fn finish_forward(node: &Node<'_>, journal: &Journal) -> anyhow::Result<()> {
+    let n = journal.steps.len();
+    for (j, step) in journal.steps.iter().enumerate() {
+        let started = Instant::now();
+        let result = node.apply(step);
+        let ms = started.elapsed().as_millis();
+        match result {
+            Ok(did) => info!("recover [{}/{n}] {}: {did} ({ms} ms)", j + 1, step.label()),
+            Err(e) => {
+                error!("recover [{}/{n}] {}: FAILED ({ms} ms)", j + 1, step.label());
+                return Err(e.context(format!("step {}/{n} '{}'", j + 1, step.label())));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failpoint_specs() {
+        let cases = [
+            ("3", Some((FailAt::Index(3), FailMode::Error))),
+            ("3:abort", Some((FailAt::Index(3), FailMode::Abort))),
+            (
+                "divert:error",
+                Some((FailAt::Name("divert".into()), FailMode::Error)),
+            ),
+            (
+                "place:panic",
+                Some((FailAt::Name("place".into()), FailMode::Abort)),
+            ),
+            ("0", None),
+            (":abort", None),
+            ("3:maybe", None),
+        ];
+        for (spec, want) in cases {
+            let got = Failpoint::parse(spec).map(|f| (f.at, f.mode));
+            assert_eq!(got, want, "case '{spec}'");
+        }
+    }
+
+    #[test]
+    fn failpoint_finds_its_step() {
+        let steps = vec![
+            Step::Preflight,
+            Step::Stop {
+                unit: "a.service".into(),
+            },
+            Step::Record { state: None },
+        ];
+        let at = |s: &str| Failpoint::parse(s).unwrap().index_in(&steps);
+        assert_eq!(at("1"), Some(0));
+        assert_eq!(at("3"), Some(2));
+        assert_eq!(at("4"), None);
+        assert_eq!(at("stop"), Some(1));
+        assert_eq!(at("divert"), None);
+    }
+
+    #[test]
+    fn journal_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
+        let mut j = Journal::new(
+            "install",
+            vec![
+                Step::Preflight,
+                Step::Divert {
+                    target: "runc".into(),
+                    path: "/usr/bin/runc".into(),
+                    divert_to: "/usr/bin/runc.distrib".into(),
+                    original: Original::Symlink {
+                        target: "runc-1".into(),
+                    },
+                },
+            ],
+        );
+        j.begun = 2;
+        j.save(&root).unwrap();
+        assert_eq!(Journal::load(&root).unwrap(), Some(j.clone()));
+        j.finish(&root, Phase::Done).unwrap();
+        assert_eq!(Journal::load(&root).unwrap(), None);
+        assert_eq!(
+            Journal::load_last(&root).unwrap().unwrap().phase,
+            Phase::Done
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! One run at a time: an exclusive `flock` on `R/var/lib/k8s-nokmem/lock`, held for the
+//! whole run and released by the kernel when the process ends (also on kill -9). The holder
+//! writes its pid into the file so that a second run can name it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::paths::{FileError, WrapIo};
+
+/// The lock file's name in the state directory.
+pub const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("failed to lock '{}'", path.display())]
+    Flock {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("another k8s-nokmem run holds the lock '{}' ({})", path.display(), holder(*pid))]
+    Busy { path: PathBuf, pid: Option<u32> },
+}
+
+fn holder(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".to_string(),
+    }
+}
+
+/// The held lock; dropping it releases the lock.
+#[derive(Debug)]
+pub struct Lock {
+    _flock: Flock<File>,
+    path: PathBuf,
+}
+
+impl Lock {
+    /// Take the lock at `path` without waiting.
+    pub fn acquire(path: &Path) -> Result<Lock, LockError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_path("open lock file", path)?;
+        let mut flock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(f) => f,
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(LockError::Busy {
+                    path: path.to_path_buf(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            Err((_, source)) => {
+                return Err(LockError::Flock {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let pid = std::process::id();
+        flock
+            .set_len(0)
+            .and_then(|_| flock.seek(SeekFrom::Start(0)))
+            .and_then(|_| writeln!(flock, "{pid}"))
+            .with_path("write pid to lock file", path)?;
+        Ok(Lock {
+            _flock: flock,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Whether someone holds the lock at `path` (for `status`), and their pid.
+pub fn holder_of(path: &Path) -> Option<Option<u32>> {
+    Lock::acquire_shared_probe(path).err()
+}
+
+impl Lock {
+    /// Try a shared lock without creating the file: `Err(pid)` when an exclusive one is held.
+    fn acquire_shared_probe(path: &Path) -> Result<(), Option<u32>> {
+        let Ok(file) = File::open(path) else {
+            return Ok(());
+        };
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(_) => Ok(()),
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                Err(text.trim().parse().ok())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        let held = Lock::acquire(&path).unwrap();
+        assert_eq!(holder_of(&path), Some(Some(std::process::id())));
+        let err = Lock::acquire(&path).unwrap_err();
+        assert!(matches!(err, LockError::Busy { pid: Some(p), .. } if p == std::process::id()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "another k8s-nokmem run holds the lock '{}' (pid {})",
+                path.display(),
+                std::process::id()
+            )
+        );
+        drop(held);
+        assert_eq!(holder_of(&path), None);
+        let again = Lock::acquire(&path).unwrap();
+        assert_eq!(again.path(), path);
+    }
+}

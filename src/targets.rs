@@ -1,0 +1,409 @@
+//! What we own on a node: for each payload binary, the path we divert and replace, where
+//! dpkg keeps the original (`<path>.distrib`), and the state file that records what was
+//! swapped. install, remove and status all iterate [`Target`]s.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use log::debug;
+
+use crate::config::{Config, TargetPath};
+use crate::divert::{self, Diversion};
+use crate::dpkg::{Dpkg, DpkgError};
+use crate::manifest::{Binary, Manifest};
+use crate::paths::{self, FileError, Root, WrapIo};
+
+/// Where a binary usually lives, in the order we look.
+pub const USUAL_PATHS: [(&str, &[&str]); 2] = [
+    ("runc", &["/usr/bin/runc", "/usr/sbin/runc"]),
+    ("kubelet", &["/usr/bin/kubelet", "/usr/local/bin/kubelet"]),
+];
+
+/// What was swapped, under the state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// Mode of a placed payload binary.
+pub const PAYLOAD_MODE: u32 = 0o755;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("no [{name}] binary in the payload manifest")]
+    NotInManifest { name: String },
+    #[error("'{}' is a {kind}, not a file or a symlink; set [{name}] path in the config to the real binary", path.display())]
+    NotAFile {
+        name: String,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    #[error("failed to ask dpkg who ships '{}'", path.display())]
+    Dpkg {
+        path: PathBuf,
+        #[source]
+        source: DpkgError,
+    },
+    #[error("state file '{}' is not valid: {msg}", path.display())]
+    BadState { path: PathBuf, msg: String },
+}
+
+/// What was at a target path before we diverted it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Original {
+    /// Nothing: diverted anyway, so that a later kubelet/runc package lands aside.
+    Missing,
+    File {
+        sha256: String,
+        size: u64,
+        mode: u32,
+    },
+    /// A symlink: diverted (renamed) as a link; its target is left alone.
+    Symlink { target: PathBuf },
+}
+
+impl Original {
+    /// Describe what is at `on_disk` (a path under the root), without following a symlink.
+    pub fn probe(name: &str, on_disk: &Path) -> Result<Original, TargetError> {
+        let meta = match fs::symlink_metadata(on_disk) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Original::Missing),
+            Err(e) => return Err(io_error("inspect", on_disk, e).into()),
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(on_disk).with_path("read symlink", on_disk)?;
+            Ok(Original::Symlink { target })
+        } else if ft.is_file() {
+            Ok(Original::File {
+                sha256: paths::sha256_file(on_disk)?,
+                size: meta.len(),
+                mode: meta.permissions().mode() & 0o7777,
+            })
+        } else {
+            Err(TargetError::NotAFile {
+                name: name.to_string(),
+                path: on_disk.to_path_buf(),
+                kind: if ft.is_dir() {
+                    "directory"
+                } else {
+                    "special file"
+                },
+            })
+        }
+    }
+
+    /// Short human description.
+    pub fn describe(&self) -> String {
+        match self {
+            Original::Missing => "nothing".to_string(),
+            Original::File { sha256, size, .. } => {
+                format!("a file of {size} bytes, sha256 {}", short(sha256))
+            }
+            Original::Symlink { target } => format!("a symlink to '{}'", target.display()),
+        }
+    }
+
+    /// True when `now` is the same thing (content and link target; mode is not compared).
+    pub fn same_as(&self, now: &Original) -> bool {
+        match (self, now) {
+            (Original::File { sha256: a, .. }, Original::File { sha256: b, .. }) => a == b,
+            _ => self == now,
+        }
+    }
+}
+
+/// The first 12 hex digits of a sha256, for messages.
+pub fn short(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
+}
+
+fn io_error(action: &'static str, path: &Path, source: io::Error) -> FileError {
+    FileError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How a target path was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Found {
+    /// `[name] path` in the config.
+    Config,
+    /// We already divert it.
+    OurDiversion,
+    /// dpkg says this package ships it.
+    Package(String),
+    /// A file is there, no package ships it.
+    Exists,
+    /// Nothing anywhere: the first usual path.
+    Default,
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Found::Config => write!(f, "set in the config"),
+            Found::OurDiversion => write!(f, "already diverted by k8s-nokmem"),
+            Found::Package(p) => write!(f, "shipped by package '{p}'"),
+            Found::Exists => write!(f, "present, not from a package"),
+            Found::Default => write!(f, "not installed; the usual path"),
+        }
+    }
+}
+
+/// One binary we own on the node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Target {
+    /// `runc` or `kubelet`.
+    pub name: String,
+    /// In-system absolute path we divert and replace.
+    pub path: PathBuf,
+    /// Where dpkg keeps the original: `<path>.distrib`.
+    pub divert_to: PathBuf,
+    /// In-system path of the payload file.
+    pub payload: PathBuf,
+    pub payload_sha256: String,
+    pub payload_version: String,
+    /// Services that run this binary.
+    pub restart: Vec<String>,
+    pub found: Found,
+}
+
+impl Target {
+    pub fn new(
+        name: &str,
+        path: PathBuf,
+        bin: &Binary,
+        restart: Vec<String>,
+        found: Found,
+    ) -> Target {
+        Target {
+            name: name.to_string(),
+            divert_to: divert::default_divert_to(&path),
+            path,
+            payload: Path::new(paths::PAYLOAD_DIR).join(&bin.file),
+            payload_sha256: bin.sha256.clone(),
+            payload_version: bin.version.clone(),
+            restart,
+            found,
+        }
+    }
+}
+
+/// Choose each target's path: the config's, else one we already divert, else the first
+/// usual path that dpkg knows or that exists, else the first usual path.
+pub fn resolve(
+    root: &Root,
+    config: &Config,
+    manifest: &Manifest,
+    diversions: &[Diversion],
+    dpkg: &Dpkg,
+) -> Result<Vec<Target>, TargetError> {
+    let mut out = Vec::new();
+    for tc in &config.targets {
+        let bin = manifest
+            .binary(tc.name)
+            .ok_or_else(|| TargetError::NotInManifest {
+                name: tc.name.to_string(),
+            })?;
+        let (path, found) = match &tc.path {
+            TargetPath::Fixed(p) => (p.clone(), Found::Config),
+            TargetPath::Auto => auto_path(root, tc.name, diversions, dpkg)?,
+        };
+        debug!("target {}: '{}' ({found})", tc.name, path.display());
+        out.push(Target::new(tc.name, path, bin, tc.restart.clone(), found));
+    }
+    Ok(out)
+}
+
+fn auto_path(
+    root: &Root,
+    name: &str,
+    diversions: &[Diversion],
+    dpkg: &Dpkg,
+) -> Result<(PathBuf, Found), TargetError> {
+    let usual: &[&str] = USUAL_PATHS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| *p)
+        .unwrap_or(&[]);
+    for p in usual {
+        if diversions
+            .iter()
+            .any(|d| d.is_ours() && d.path == Path::new(p))
+        {
+            return Ok((p.into(), Found::OurDiversion));
+        }
+    }
+    for p in usual {
+        let path = PathBuf::from(p);
+        let owners = dpkg.owners(&path).map_err(|source| TargetError::Dpkg {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(pkg) = owners.into_iter().next() {
+            return Ok((path, Found::Package(pkg)));
+        }
+        if fs::symlink_metadata(root.join(p)).is_ok() {
+            return Ok((path, Found::Exists));
+        }
+    }
+    let first = usual.first().copied().unwrap_or("/usr/bin/false");
+    Ok((first.into(), Found::Default))
+}
+
+/// What `state.json` records for one swapped target.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TargetState {
+    pub path: PathBuf,
+    pub divert_to: PathBuf,
+    /// What was at `path` before the first install (now at `divert_to`).
+    pub original: Original,
+    pub payload_sha256: String,
+    pub payload_version: String,
+}
+
+/// `R/var/lib/k8s-nokmem/state.json`: what is swapped now, by target name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub targets: BTreeMap<String, TargetState>,
+}
+
+impl State {
+    pub fn path(root: &Root) -> PathBuf {
+        root.join(Path::new(paths::STATE_DIR).join(STATE_FILE))
+    }
+
+    /// Read the state; a missing file is the empty state.
+    pub fn load(root: &Root) -> Result<State, TargetError> {
+        let path = Self::path(root);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) => return Err(io_error("read", &path, e).into()),
+        };
+        serde_json::from_str(&text).map_err(|e| TargetError::BadState {
+            path: path.clone(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// Write the state atomically; the empty state removes the file.
+    pub fn save(&self, root: &Root) -> Result<(), TargetError> {
+        let path = Self::path(root);
+        if self.targets.is_empty() {
+            paths::remove_file_if_exists(&path)?;
+            return Ok(());
+        }
+        let mut text = serde_json::to_string_pretty(&State {
+            version: 1,
+            targets: self.targets.clone(),
+        })
+        .map_err(|e| TargetError::BadState {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        text.push('\n');
+        paths::atomic_write_bytes(&path, 0o644, text.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// What is at a target path now, compared with the payload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InPlace {
+    Missing,
+    Payload,
+    /// A file, not the payload (sha256 given).
+    Other(String),
+    Symlink(PathBuf),
+}
+
+/// Look at what is at `target.path` now.
+pub fn in_place(root: &Root, target: &Target) -> Result<InPlace, TargetError> {
+    Ok(
+        match Original::probe(&target.name, &root.join(&target.path))? {
+            Original::Missing => InPlace::Missing,
+            Original::Symlink { target } => InPlace::Symlink(target),
+            Original::File { sha256, .. } if sha256 == target.payload_sha256 => InPlace::Payload,
+            Original::File { sha256, .. } => InPlace::Other(sha256),
+        },
+    )
+}
+
+/// The inode-level identity of a file, to tell a renamed file from a copy (tests, status).
+pub fn same_inode(a: &Path, b: &Path) -> bool {
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_tells_files_symlinks_and_nothing_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, b"abc").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o750)).unwrap();
+        let l = dir.path().join("l");
+        std::os::unix::fs::symlink("f", &l).unwrap();
+        assert_eq!(
+            Original::probe("t", &f).unwrap(),
+            Original::File {
+                sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+                size: 3,
+                mode: 0o750
+            }
+        );
+        assert_eq!(
+            Original::probe("t", &l).unwrap(),
+            Original::Symlink { target: "f".into() }
+        );
+        assert_eq!(
+            Original::probe("t", &dir.path().join("none")).unwrap(),
+            Original::Missing
+        );
+        let err = Original::probe("kubelet", dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+        assert!(err.to_string().contains("[kubelet] path"), "{err}");
+    }
+
+    #[test]
+    fn state_round_trips_and_empty_state_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
+        assert_eq!(State::load(&root).unwrap(), State::default());
+        let mut state = State::default();
+        state.targets.insert(
+            "runc".into(),
+            TargetState {
+                path: "/usr/bin/runc".into(),
+                divert_to: "/usr/bin/runc.distrib".into(),
+                original: Original::Missing,
+                payload_sha256: "a".repeat(64),
+                payload_version: "1.1.5".into(),
+            },
+        );
+        state.save(&root).unwrap();
+        let back = State::load(&root).unwrap();
+        assert_eq!(back.targets, state.targets);
+        State::default().save(&root).unwrap();
+        assert!(!State::path(&root).exists());
+        fs::write(State::path(&root), "{not json").unwrap();
+        let err = State::load(&root).unwrap_err();
+        assert!(err.to_string().contains("state.json"), "{err}");
+    }
+}
