@@ -10,32 +10,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{artifact, ok, run};
+use common::{artifact, deb, ok, run};
 
 const ARCHES: [&str; 2] = ["amd64", "arm64"];
-const BUILD: &str = "scripts/build-deb.sh";
-
-/// The newest `k8s-nokmem_*_<arch>.deb` in `$K8S_NOKMEM_DEB_DIR` or target/debian/.
-fn deb(arch: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("K8S_NOKMEM_DEB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::repo().join("target/debian"));
-    let suffix = format!("_{arch}.deb");
-    let newest = fs::read_dir(&dir).ok().and_then(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with("k8s-nokmem_") && name.ends_with(&suffix)
-            })
-            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-            .map(|e| e.path())
-    });
-    artifact(
-        &newest.unwrap_or_else(|| dir.join(format!("k8s-nokmem_*{suffix}"))),
-        BUILD,
-    )
-}
 
 fn extract(deb: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! test does not use are expected.
 #![allow(dead_code)]
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -29,6 +30,28 @@ pub fn artifact(path: &Path, build_with: &str) -> Option<PathBuf> {
     assert!(!strict(), "{msg}");
     eprintln!("skipped: {msg}");
     None
+}
+
+/// The newest `k8s-nokmem_*_<arch>.deb` in `$K8S_NOKMEM_DEB_DIR` or target/debian/.
+pub fn deb(arch: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("K8S_NOKMEM_DEB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/debian"));
+    let suffix = format!("_{arch}.deb");
+    let newest = fs::read_dir(&dir).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("k8s-nokmem_") && name.ends_with(&suffix)
+            })
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .map(|e| e.path())
+    });
+    artifact(
+        &newest.unwrap_or_else(|| dir.join(format!("k8s-nokmem_*{suffix}"))),
+        "scripts/build-deb.sh",
+    )
 }
 
 /// Skip (or fail in strict mode) unless we are root.
