@@ -8,6 +8,14 @@
 //! success. A unit that does not exist (NoSuchUnit, LoadState not-found) yields
 //! [`ServiceAction::Missing`]; a masked one [`ServiceAction::Masked`] (left alone). Only
 //! Manager methods that systemd 229 (Ubuntu 16.04) has are used.
+//!
+//! After a `done` start job the unit must be `active`; a `Type=simple` unit that was really
+//! (re)started must also stay active for [`SystemdClient::settle`] (default
+//! [`DEFAULT_SETTLE`]), since systemd reports it started as soon as it forked: a binary that
+//! cannot run fails a moment later ([`SystemdError::NotActive`]). See `dbus.rs`.
+//!
+//! Get the real client with [`connect`] (or [`SystemdClient::system`]); the process keeps one
+//! bus connection, made on first use.
 
 // SystemdError carries the unit, states and zbus's error by value; it is returned once per
 // failed D-Bus round trip, so its size does not matter.
@@ -15,7 +23,10 @@
 
 use std::time::Duration;
 
+mod dbus;
 pub mod fake;
+
+pub use dbus::{SystemdClient, DEFAULT_SETTLE};
 
 /// What happened to a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +37,27 @@ pub enum ServiceAction {
     Missing,
     /// The unit is masked: left alone.
     Masked,
+}
+
+impl ServiceAction {
+    /// A `note:` line for the user when the unit was not acted on.
+    pub fn note(&self, unit: &str) -> Option<String> {
+        match self {
+            ServiceAction::Done { .. } => None,
+            ServiceAction::Missing => Some(format!(
+                "'{unit}' does not exist on this node, so it was skipped; if it should, check `systemctl status {unit}`, else drop it from the services list in the config"
+            )),
+            ServiceAction::Masked => Some(format!(
+                "'{unit}' is masked, so it was left alone (it keeps running whatever binary it had, if any); `systemctl unmask {unit}` to have it restarted"
+            )),
+        }
+    }
+}
+
+/// Connect to systemd on the system bus (`$DBUS_SYSTEM_BUS_ADDRESS` honoured) and subscribe
+/// to job signals; the process's one connection is reused by later calls.
+pub fn connect() -> Result<Box<dyn ServiceManager>, SystemdError> {
+    Ok(Box::new(SystemdClient::system()?))
 }
 
 /// A unit's state as systemd reports it.
@@ -65,6 +97,15 @@ pub enum SystemdError {
         sub_state: String,
         unit_result: String,
     },
+    #[error("'{unit}' is {active_state}/{sub_state} (Result={unit_result}) right after its start job finished: its process exited or is restarting; see `journalctl -u {unit}`")]
+    NotActive {
+        unit: String,
+        active_state: String,
+        sub_state: String,
+        unit_result: String,
+    },
+    #[error("lost the D-Bus signal stream while waiting for the {verb} job of '{unit}' (systemd or the bus went away); see `systemctl status {unit}`")]
+    Lost { verb: &'static str, unit: String },
     #[error("{verb} job for '{unit}' did not finish within {}s; see `journalctl -u {unit}` or raise [services] timeout", timeout.as_secs())]
     Timeout {
         verb: &'static str,

@@ -1,0 +1,554 @@
+//! The real [`ServiceManager`]: systemd's D-Bus API on the system bus, with zbus's blocking
+//! connection (`$DBUS_SYSTEM_BUS_ADDRESS` honoured). One connection per process, subscribed
+//! once. Only members that systemd 229 (Ubuntu 16.04) has are declared.
+//!
+//! A stop or start: LoadUnit (not-found -> [`ServiceAction::Missing`], masked ->
+//! [`ServiceAction::Masked`], nothing called), open the JobRemoved stream, StopUnit/StartUnit
+//! with mode `replace`, wait for the JobRemoved of the returned job path (others' jobs are
+//! ignored) up to the timeout, then read the unit's state. Only job results `done` and
+//! `skipped` succeed.
+//!
+//! After a start whose job is `done` the unit must be `active`. A `Type=simple` unit is
+//! `active` as soon as its process is forked, so a binary that cannot run (wrong
+//! architecture, missing library, bad flags) only shows a moment later as `failed` or
+//! `activating/auto-restart`: for such units, when the start really started them, the
+//! unit is watched for [`SystemdClient::settle`] (default 1 s, bounded by the timeout) and
+//! must stay active with the same ActiveEnterTimestamp. Units that report readiness
+//! (`notify`, `forking`, `oneshot`, `dbus`) are not watched: their job ends when they are up.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures_lite::{Stream, StreamExt};
+use log::{debug, trace};
+use zbus::blocking::Connection;
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::{ObjectPath, OwnedObjectPath};
+
+use super::{ServiceAction, ServiceManager, SystemdError, UnitState};
+
+/// How long a freshly started `Type=simple` unit is watched by default.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+const JOB_MODE: &str = "replace";
+const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: ObjectPath<'_>,
+        unit: &str,
+        result: &str,
+    ) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    #[zbus(property)]
+    fn load_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn sub_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn active_enter_timestamp(&self) -> zbus::Result<u64>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Service {
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "ExecMainPID")]
+    fn exec_main_pid(&self) -> zbus::Result<u32>;
+    #[zbus(property, name = "Type")]
+    fn service_type(&self) -> zbus::Result<String>;
+}
+
+/// The two job kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Stop,
+    Start,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Stop => "stop",
+            Verb::Start => "start",
+        }
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Verb::Stop => "StopUnit",
+            Verb::Start => "StartUnit",
+        }
+    }
+}
+
+/// One JobRemoved signal, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JobEvent {
+    pub id: u32,
+    pub job: String,
+    pub unit: String,
+    pub result: String,
+}
+
+/// How waiting for a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JobWait {
+    Removed(JobEvent),
+    TimedOut,
+    /// The signal stream ended (the bus connection closed).
+    StreamEnded,
+}
+
+/// Whether a JobRemoved result means the job did what was asked.
+pub(crate) fn job_succeeded(result: &str) -> bool {
+    matches!(result, "done" | "skipped")
+}
+
+/// Wait for the JobRemoved of `job`; signals for other jobs (other clients', other units')
+/// are skipped. The stream must have been opened before the job was queued.
+pub(crate) async fn wait_for_job<S>(events: S, job: &str, timeout: Duration) -> JobWait
+where
+    S: Stream<Item = JobEvent> + Unpin,
+{
+    let mut events = events;
+    let found = async {
+        while let Some(event) = events.next().await {
+            if event.job == job {
+                return JobWait::Removed(event);
+            }
+            trace!(
+                "D-Bus: ignoring JobRemoved of job {} ('{}'), waiting for {job}",
+                event.job,
+                event.unit
+            );
+        }
+        JobWait::StreamEnded
+    };
+    let timer = async {
+        async_io::Timer::after(timeout).await;
+        JobWait::TimedOut
+    };
+    futures_lite::future::or(found, timer).await
+}
+
+fn connection() -> Result<Connection, SystemdError> {
+    static CONN: OnceLock<Connection> = OnceLock::new();
+    if let Some(conn) = CONN.get() {
+        return Ok(conn.clone());
+    }
+    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+        .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket (default)".to_string());
+    debug!("connecting to the system bus at {address}");
+    let conn = Connection::system().map_err(SystemdError::Connect)?;
+    let manager = ManagerProxyBlocking::builder(&conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .map_err(SystemdError::Connect)?;
+    trace!("D-Bus -> Subscribe()");
+    match manager.subscribe() {
+        Ok(()) => trace!("D-Bus <- Subscribe: ok"),
+        // systemd < 233 answers a second Subscribe of the same client with an error
+        Err(zbus::Error::MethodError(name, _, _)) if name.ends_with("AlreadySubscribed") => {}
+        Err(e) => return Err(SystemdError::Connect(e)),
+    }
+    Ok(CONN.get_or_init(|| conn).clone())
+}
+
+/// systemd over D-Bus. Cheap to create: every client shares the process's one connection.
+#[derive(Debug, Clone)]
+pub struct SystemdClient {
+    conn: Connection,
+    settle: Duration,
+}
+
+impl SystemdClient {
+    /// Connect to the system bus (once per process) and Subscribe() to job signals.
+    pub fn system() -> Result<Self, SystemdError> {
+        Ok(SystemdClient {
+            conn: connection()?,
+            settle: DEFAULT_SETTLE,
+        })
+    }
+
+    /// How long a freshly started `Type=simple` unit must stay active (see the module doc).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// The current settle time.
+    pub fn settle(&self) -> Duration {
+        self.settle
+    }
+
+    fn manager(
+        &self,
+        unit: &str,
+        method: &'static str,
+    ) -> Result<ManagerProxyBlocking<'static>, SystemdError> {
+        ManagerProxyBlocking::builder(&self.conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .map_err(|source| call_error(method, unit, source))
+    }
+
+    /// LoadUnit: the unit's object path, or `None` for NoSuchUnit.
+    fn load(&self, unit: &str) -> Result<Option<OwnedObjectPath>, SystemdError> {
+        let manager = self.manager(unit, "LoadUnit")?;
+        trace!("D-Bus -> LoadUnit('{unit}')");
+        match manager.load_unit(unit) {
+            Ok(path) => {
+                trace!("D-Bus <- LoadUnit: {}", path.as_str());
+                Ok(Some(path))
+            }
+            Err(zbus::Error::MethodError(name, msg, _)) if name.as_str() == NO_SUCH_UNIT => {
+                trace!("D-Bus <- LoadUnit: {name}: {}", msg.unwrap_or_default());
+                Ok(None)
+            }
+            Err(source) => Err(call_error("LoadUnit", unit, source)),
+        }
+    }
+
+    fn read_state(&self, unit: &str, path: &ObjectPath<'_>) -> Result<UnitState, SystemdError> {
+        let get = |source| call_error("Get", unit, source);
+        let props = UnitProxyBlocking::builder(&self.conn)
+            .path(path.to_owned())
+            .map_err(get)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .map_err(get)?;
+        let mut state = UnitState {
+            unit: unit.to_string(),
+            load_state: props.load_state().map_err(get)?,
+            active_state: props.active_state().map_err(get)?,
+            sub_state: props.sub_state().map_err(get)?,
+            active_enter_usec: props.active_enter_timestamp().map_err(get)?,
+            ..UnitState::default()
+        };
+        if state.load_state == "loaded" && unit.ends_with(".service") {
+            let service = self.service(unit, path)?;
+            state.result = service.result().map_err(get)?;
+            state.main_pid = service.exec_main_pid().map_err(get)?;
+        }
+        trace!(
+            "D-Bus <- '{unit}': LoadState={} ActiveState={} SubState={} Result={} ActiveEnterTimestamp={} ExecMainPID={}",
+            state.load_state,
+            state.active_state,
+            state.sub_state,
+            state.result,
+            state.active_enter_usec,
+            state.main_pid
+        );
+        Ok(state)
+    }
+
+    fn service(
+        &self,
+        unit: &str,
+        path: &ObjectPath<'_>,
+    ) -> Result<ServiceProxyBlocking<'static>, SystemdError> {
+        let get = |source| call_error("Get", unit, source);
+        ServiceProxyBlocking::builder(&self.conn)
+            .path(path.to_owned())
+            .map_err(get)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .map_err(get)
+    }
+
+    fn service_type(&self, unit: &str, path: &ObjectPath<'_>) -> Result<String, SystemdError> {
+        if !unit.ends_with(".service") {
+            return Ok(String::new());
+        }
+        self.service(unit, path)?
+            .service_type()
+            .map_err(|source| call_error("Get", unit, source))
+    }
+
+    /// Queue the job with the JobRemoved stream already open and wait for it.
+    fn run_job(&self, verb: Verb, unit: &str, timeout: Duration) -> Result<JobEvent, SystemdError> {
+        let method = verb.method();
+        let err = |source| call_error(method, unit, source);
+        zbus::block_on(async {
+            let manager = ManagerProxy::builder(self.conn.inner())
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await
+                .map_err(err)?;
+            // the match rule is in place when this returns: no JobRemoved can be missed
+            let signals = manager.receive_job_removed().await.map_err(err)?;
+            trace!("D-Bus -> {method}('{unit}', '{JOB_MODE}')");
+            let job = match verb {
+                Verb::Stop => manager.stop_unit(unit, JOB_MODE).await,
+                Verb::Start => manager.start_unit(unit, JOB_MODE).await,
+            }
+            .map_err(err)?;
+            trace!("D-Bus <- {method}: job {}", job.as_str());
+            let events = signals.filter_map(|signal| match signal.args() {
+                Ok(args) => {
+                    let event = JobEvent {
+                        id: args.id,
+                        job: args.job.to_string(),
+                        unit: args.unit.to_string(),
+                        result: args.result.to_string(),
+                    };
+                    trace!(
+                        "D-Bus <- JobRemoved(id={}, job={}, unit='{}', result='{}')",
+                        event.id,
+                        event.job,
+                        event.unit,
+                        event.result
+                    );
+                    Some(event)
+                }
+                Err(e) => {
+                    trace!("D-Bus <- JobRemoved with unexpected arguments: {e}");
+                    None
+                }
+            });
+            match wait_for_job(Box::pin(events), job.as_str(), timeout).await {
+                JobWait::Removed(event) => Ok(event),
+                JobWait::TimedOut => Err(SystemdError::Timeout {
+                    verb: verb.as_str(),
+                    unit: unit.to_string(),
+                    timeout,
+                }),
+                JobWait::StreamEnded => Err(SystemdError::Lost {
+                    verb: verb.as_str(),
+                    unit: unit.to_string(),
+                }),
+            }
+        })
+    }
+
+    fn act(
+        &self,
+        verb: Verb,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<ServiceAction, SystemdError> {
+        let started = Instant::now();
+        let Some(path) = self.load(unit)? else {
+            debug!("{} '{unit}': no such unit, skipped", verb.as_str());
+            return Ok(ServiceAction::Missing);
+        };
+        let before = self.read_state(unit, &path)?;
+        match before.load_state.as_str() {
+            "not-found" => {
+                debug!("{} '{unit}': unit not found, skipped", verb.as_str());
+                return Ok(ServiceAction::Missing);
+            }
+            "masked" => {
+                debug!("{} '{unit}': unit is masked, left alone", verb.as_str());
+                return Ok(ServiceAction::Masked);
+            }
+            _ => {}
+        }
+        let event = self.run_job(verb, unit, timeout)?;
+        let after = self.read_state(unit, &path)?;
+        if !job_succeeded(&event.result) {
+            return Err(SystemdError::JobFailed {
+                verb: verb.as_str(),
+                unit: unit.to_string(),
+                job_result: event.result,
+                active_state: after.active_state,
+                sub_state: after.sub_state,
+                unit_result: after.result,
+            });
+        }
+        if verb == Verb::Start {
+            let restarted = before.active_state != "active"
+                || after.active_enter_usec != before.active_enter_usec;
+            self.check_started(
+                unit,
+                &path,
+                after,
+                restarted,
+                timeout.saturating_sub(started.elapsed()),
+            )?;
+        }
+        debug!(
+            "{} '{unit}': job {} '{}' after {} ms",
+            verb.as_str(),
+            event.job,
+            event.result,
+            started.elapsed().as_millis()
+        );
+        Ok(ServiceAction::Done {
+            job_result: event.result,
+        })
+    }
+
+    /// After a `done` start job: active now, and for a `Type=simple` unit that really
+    /// started, still active (not restarted) after the settle time.
+    fn check_started(
+        &self,
+        unit: &str,
+        path: &ObjectPath<'_>,
+        after: UnitState,
+        restarted: bool,
+        time_left: Duration,
+    ) -> Result<(), SystemdError> {
+        let not_active = |s: UnitState| SystemdError::NotActive {
+            unit: unit.to_string(),
+            active_state: s.active_state,
+            sub_state: s.sub_state,
+            unit_result: s.result,
+        };
+        if after.active_state != "active" {
+            return Err(not_active(after));
+        }
+        if !restarted || self.settle.is_zero() || self.service_type(unit, path)? != "simple" {
+            return Ok(());
+        }
+        let settle = self.settle.min(time_left);
+        let until = Instant::now() + settle;
+        debug!(
+            "start '{unit}': Type=simple, watching it for {} ms",
+            settle.as_millis()
+        );
+        while Instant::now() < until {
+            std::thread::sleep(SETTLE_POLL.min(until.saturating_duration_since(Instant::now())));
+            let now = self.read_state(unit, path)?;
+            if now.active_state != "active" || now.active_enter_usec != after.active_enter_usec {
+                return Err(not_active(now));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServiceManager for SystemdClient {
+    fn stop(&self, unit: &str, timeout: Duration) -> Result<ServiceAction, SystemdError> {
+        self.act(Verb::Stop, unit, timeout)
+    }
+
+    fn start(&self, unit: &str, timeout: Duration) -> Result<ServiceAction, SystemdError> {
+        self.act(Verb::Start, unit, timeout)
+    }
+
+    fn state(&self, unit: &str) -> Result<UnitState, SystemdError> {
+        match self.load(unit)? {
+            Some(path) => self.read_state(unit, &path),
+            None => Ok(UnitState {
+                unit: unit.to_string(),
+                load_state: "not-found".to_string(),
+                active_state: "inactive".to_string(),
+                sub_state: "dead".to_string(),
+                ..UnitState::default()
+            }),
+        }
+    }
+}
+
+fn call_error(method: &'static str, unit: &str, source: zbus::Error) -> SystemdError {
+    SystemdError::Call {
+        method,
+        unit: unit.to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::stream;
+
+    fn ev(id: u32, unit: &str, result: &str) -> JobEvent {
+        JobEvent {
+            id,
+            job: format!("/org/freedesktop/systemd1/job/{id}"),
+            unit: unit.to_string(),
+            result: result.to_string(),
+        }
+    }
+
+    const OURS: &str = "/org/freedesktop/systemd1/job/42";
+    const T: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn other_jobs_are_ignored_and_ours_is_returned() {
+        // someone else's job on the same unit first, then an unrelated one, then ours
+        let events = vec![
+            ev(41, "kubelet.service", "canceled"),
+            ev(7, "docker.service", "failed"),
+            ev(42, "kubelet.service", "done"),
+            ev(43, "kubelet.service", "failed"),
+        ];
+        let got = zbus::block_on(wait_for_job(stream::iter(events), OURS, T));
+        assert_eq!(got, JobWait::Removed(ev(42, "kubelet.service", "done")));
+    }
+
+    #[test]
+    fn a_job_path_that_only_shares_a_prefix_is_not_ours() {
+        let events = vec![
+            ev(420, "kubelet.service", "done"),
+            ev(4, "x.service", "done"),
+        ];
+        let got = zbus::block_on(wait_for_job(stream::iter(events), OURS, T));
+        assert_eq!(got, JobWait::StreamEnded);
+    }
+
+    #[test]
+    fn no_signal_for_our_job_times_out() {
+        let events = stream::iter(vec![ev(1, "a.service", "done")]).chain(stream::pending());
+        let started = Instant::now();
+        let got = zbus::block_on(wait_for_job(events, OURS, Duration::from_millis(100)));
+        assert_eq!(got, JobWait::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn only_done_and_skipped_succeed() {
+        let table = [
+            ("done", true),
+            ("skipped", true),
+            ("canceled", false),
+            ("timeout", false),
+            ("failed", false),
+            ("dependency", false),
+            ("invalid", false),
+            ("once", false),
+            ("", false),
+        ];
+        for (result, ok) in table {
+            assert_eq!(job_succeeded(result), ok, "job result '{result}'");
+        }
+    }
+
+    #[test]
+    fn unreachable_bus_is_a_connect_error() {
+        // the only test here that connects; nothing listens at this address
+        std::env::set_var(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "unix:path=/nonexistent/k8s-nokmem-test",
+        );
+        let err = SystemdClient::system().unwrap_err();
+        assert!(matches!(err, SystemdError::Connect(_)), "{err:?}");
+        assert_eq!(err.to_string(), "failed to connect to the system bus");
+    }
+}
