@@ -122,6 +122,11 @@ impl Step {
         }
     }
 
+    /// `divert /usr/bin/kubelet`: the label without quotes, for use inside quotes.
+    pub fn plain(&self) -> String {
+        self.label().replace('\'', "")
+    }
+
     fn target(&self) -> Option<&str> {
         match self {
             Step::Divert { target, .. }
@@ -142,6 +147,19 @@ pub enum Phase {
     Done,
     RolledBack,
     RollbackFailed,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Forward => "in progress",
+            Phase::RollingBack => "rolling back",
+            Phase::Recovering => "being recovered",
+            Phase::Done => "done",
+            Phase::RolledBack => "rolled back",
+            Phase::RollbackFailed => "rollback failed",
+        })
+    }
 }
 
 /// The journal file's content.
@@ -760,7 +778,7 @@ fn fail(
     err: anyhow::Error,
 ) -> anyhow::Error {
     let n = journal.steps.len();
-    let label = journal.steps[i].label();
+    let label = journal.steps[i].plain();
     journal.phase = Phase::RollingBack;
     journal.error = Some(format!("{err:#}"));
     let _ = journal.save(&node.root);
@@ -822,7 +840,7 @@ fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<usize> {
                     j + 1,
                     step.label()
                 );
-                let e = e.context(format!("undo of step {}/{n} '{}'", j + 1, step.label()));
+                let e = e.context(format!("undo of step {}/{n} '{}'", j + 1, step.plain()));
                 first_err.get_or_insert(e);
             }
         }
@@ -862,7 +880,7 @@ pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
         return journal.finish(&node.root, Phase::Done);
     }
     warn!(
-        "found the journal of an interrupted {} transaction (pid {}, {} of {n} steps begun, {:?}) at {shown}",
+        "found the journal of an interrupted {} transaction (pid {}, {} of {n} steps begun, {}) at {shown}",
         journal.command, journal.pid, journal.begun, journal.phase
     );
     let result = if journal.command == "remove" {
@@ -909,7 +927,7 @@ fn finish_forward(node: &Node<'_>, journal: &Journal) -> anyhow::Result<()> {
             Ok(did) => info!("recover [{}/{n}] {}: {did} ({ms} ms)", j + 1, step.label()),
             Err(e) => {
                 error!("recover [{}/{n}] {}: FAILED ({ms} ms)", j + 1, step.label());
-                return Err(e.context(format!("step {}/{n} '{}'", j + 1, step.label())));
+                return Err(e.context(format!("step {}/{n} '{}'", j + 1, step.plain())));
             }
         }
     }

@@ -29,7 +29,7 @@ impl Install {
         info!("install v{} root={}", env!("CARGO_PKG_VERSION"), ctx.root);
         let session = Session::open(ctx, "install")?;
         let config = ctx.config().map_err(|e| preflight_failed("install", e))?;
-        let connected = session.connect(&config)?;
+        let connected = session.connect()?;
         install(ctx, &session, &config, connected.as_deref())?;
         Ok(Outcome::Ok)
     }
@@ -61,28 +61,40 @@ impl Session {
 
     /// The systemd client when services are acted on; unreachable D-Bus while systemd runs
     /// is an error before any change.
-    pub fn connect(&self, config: &Config) -> anyhow::Result<Option<Box<dyn ServiceManager>>> {
+    pub fn connect(&self) -> anyhow::Result<Option<Box<dyn ServiceManager>>> {
         if self.policy != ServicePolicy::Act {
             return Ok(None);
         }
         let manager = policy::connect()
             .context("failed to reach systemd over D-Bus, although /run/systemd/system exists; nothing was changed")
             .note("check `systemctl is-system-running` and `busctl status`; rerun with -v")?;
+        Ok(Some(manager))
+    }
+
+    /// Read every configured unit once: systemd must answer before anything changes.
+    pub fn check_reachable(
+        manager: Option<&dyn ServiceManager>,
+        config: &Config,
+    ) -> anyhow::Result<()> {
+        let Some(manager) = manager else {
+            return Ok(());
+        };
         for unit in &config.service_order {
             manager
                 .state(unit)
                 .with_context(|| {
                     format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
                 })
-                .note("check `systemctl status` and `busctl status`")?;
+                .note("check `systemctl is-system-running` and `busctl status`")?;
         }
-        Ok(Some(manager))
+        Ok(())
     }
 
     /// Services for the node: the given manager (tests may pass one whatever the root), else
     /// the skip reason.
     pub fn services<'a>(
         &self,
+        root: &Root,
         manager: Option<&'a dyn ServiceManager>,
         units: &[String],
     ) -> anyhow::Result<Services<'a>> {
@@ -92,7 +104,8 @@ impl Session {
                 ServicePolicy::Act => Services::Skip(policy::SkipReason::SystemdNotRunning),
             });
         };
-        let helper = Path::new(paths::POLICY_RC_D);
+        let helper = root.join(paths::POLICY_RC_D);
+        let helper = helper.as_path();
         let mut forbidden = Vec::new();
         for unit in units {
             for action in ["stop", "start"] {
@@ -134,9 +147,10 @@ pub(super) fn install(
     manager: Option<&dyn ServiceManager>,
 ) -> anyhow::Result<()> {
     let root = &ctx.root;
+    Session::check_reachable(manager, config)?;
     // an interrupted transaction is resolved first, with every service in the config
     let all_units = config.service_order.clone();
-    let services = session.services(manager, &all_units)?;
+    let services = session.services(root, manager, &all_units)?;
     let node = Node::new(root, services, config.service_timeout);
     journal::recover(&node)?;
 
@@ -171,7 +185,7 @@ pub(super) fn install(
     }
 
     let units = units_for(config, changed.iter().map(|f| &f.target.restart));
-    let services = session.services(manager, &units)?;
+    let services = session.services(root, manager, &units)?;
     let node = Node::new(root, services, config.service_timeout);
     let mut steps = vec![Step::Preflight];
     steps.extend(units.iter().map(|u| Step::Stop { unit: u.clone() }));
@@ -452,4 +466,241 @@ fn check_space(root: &Root, found: &[Found]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::systemd::fake::{FakeSystemd, Fault, Op};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    const ORIG_KUBELET: &[u8] = b"original kubelet";
+    const ORIG_RUNC: &[u8] = b"original runc";
+
+    /// A node root with originals, dpkg's admin dir and a payload whose MANIFEST matches.
+    struct TestNode {
+        dir: tempfile::TempDir,
+        ctx: Ctx,
+    }
+
+    impl TestNode {
+        fn new() -> TestNode {
+            let dir = tempfile::tempdir().unwrap();
+            let ctx = Ctx {
+                root: Root::new(dir.path()),
+                config_path: None,
+            };
+            let node = TestNode { dir, ctx };
+            node.write("var/lib/dpkg/status", b"");
+            node.write("var/lib/dpkg/diversions", b"");
+            node.write("usr/bin/kubelet", ORIG_KUBELET);
+            node.write("usr/sbin/runc", ORIG_RUNC);
+            node.payload(b"nokmem runc", b"nokmem kubelet");
+            node
+        }
+
+        fn write(&self, rel: &str, bytes: &[u8]) {
+            let p = self.dir.path().join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, bytes).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+
+        fn read(&self, rel: &str) -> Vec<u8> {
+            fs::read(self.dir.path().join(rel)).unwrap()
+        }
+
+        fn payload(&self, runc: &[u8], kubelet: &[u8]) {
+            self.write("usr/lib/k8s-nokmem/runc", runc);
+            self.write("usr/lib/k8s-nokmem/kubelet", kubelet);
+            let sha = |rel: &str| paths::sha256_file(&self.dir.path().join(rel)).unwrap();
+            let manifest = format!(
+                "[payload]\narch = amd64\n[runc]\nfile = runc\nversion = 1.1.5\nsize = {}\nsha256 = {}\n\
+                 [kubelet]\nfile = kubelet\nversion = 1.20.2\nsize = {}\nsha256 = {}\n",
+                runc.len(),
+                sha("usr/lib/k8s-nokmem/runc"),
+                kubelet.len(),
+                sha("usr/lib/k8s-nokmem/kubelet")
+            );
+            self.write("usr/lib/k8s-nokmem/MANIFEST", manifest.as_bytes());
+        }
+
+        fn install(&self, sd: &FakeSystemd) -> anyhow::Result<()> {
+            let session = Session::open(&self.ctx, "install")?;
+            let config = self.ctx.config()?;
+            install(&self.ctx, &session, &config, Some(sd))
+        }
+
+        fn remove(&self, sd: &FakeSystemd) -> anyhow::Result<()> {
+            let session = Session::open(&self.ctx, "remove")?;
+            let config = self.ctx.config()?;
+            super::super::remove::remove(&self.ctx, &session, &config, Some(sd))
+        }
+    }
+
+    const UNITS: [&str; 2] = ["kubelet.service", "docker.service"];
+
+    #[test]
+    fn services_stop_in_order_start_in_reverse_and_a_rerun_restarts_nothing() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS);
+        node.install(&sd).unwrap();
+        assert_eq!(
+            sd.call_lines(),
+            vec![
+                "stop kubelet.service",
+                "stop docker.service",
+                "start docker.service",
+                "start kubelet.service"
+            ]
+        );
+        assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+        let after = sd.unit_state("kubelet.service");
+        sd.clear_calls();
+        node.install(&sd).unwrap();
+        assert!(sd.calls().is_empty(), "{:?}", sd.call_lines());
+        assert_eq!(sd.unit_state("kubelet.service"), after, "not restarted");
+    }
+
+    #[test]
+    fn an_upgrade_restarts_only_the_services_of_changed_binaries() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS);
+        node.install(&sd).unwrap();
+        sd.clear_calls();
+        node.payload(b"nokmem runc", b"nokmem kubelet 2");
+        node.install(&sd).unwrap();
+        assert_eq!(
+            sd.call_lines(),
+            vec!["stop kubelet.service", "start kubelet.service"]
+        );
+        sd.clear_calls();
+        node.payload(b"nokmem runc 2", b"nokmem kubelet 2");
+        node.install(&sd).unwrap();
+        assert_eq!(
+            sd.call_lines(),
+            vec!["stop docker.service", "start docker.service"]
+        );
+    }
+
+    #[test]
+    fn a_failed_start_rolls_back_and_starts_the_originals() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS).with_fault_times(
+            Op::Start,
+            "kubelet.service",
+            Fault::failed("exit-code"),
+            1,
+        );
+        let err = node.install(&sd).unwrap_err();
+        let chain = format!("{err:#}");
+        assert!(
+            chain.contains("install step 9/10 'start kubelet.service' failed; rolled back")
+                && chain.contains("the original binaries are back in place")
+                && chain.contains("journalctl -u kubelet.service"),
+            "{chain}"
+        );
+        assert_eq!(
+            sd.call_lines(),
+            vec![
+                "stop kubelet.service",
+                "stop docker.service",
+                "start docker.service",
+                "start kubelet.service",
+                // rollback: undo the starts, the files, then the stops
+                "stop kubelet.service",
+                "stop docker.service",
+                "start docker.service",
+                "start kubelet.service",
+            ]
+        );
+        assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+        assert_eq!(node.read("usr/sbin/runc"), ORIG_RUNC);
+        for unit in UNITS {
+            assert_eq!(sd.unit_state(unit).active_state, "active", "{unit}");
+        }
+    }
+
+    #[test]
+    fn policy_rc_d_101_leaves_that_unit_alone() {
+        let node = TestNode::new();
+        node.write(
+            "usr/sbin/policy-rc.d",
+            b"#!/bin/sh\n[ \"$1\" = docker.service ] && exit 101\nexit 0\n",
+        );
+        let sd = FakeSystemd::with_active(&UNITS);
+        node.install(&sd).unwrap();
+        assert_eq!(
+            sd.call_lines(),
+            vec!["stop kubelet.service", "start kubelet.service"]
+        );
+        assert_eq!(
+            node.read("usr/sbin/runc"),
+            b"nokmem runc",
+            "files swapped anyway"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_bus_changes_nothing() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS).with_no_bus();
+        let err = node.install(&sd).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(
+                "failed to read the state of 'kubelet.service' over D-Bus; nothing was changed"
+            ),
+            "{err:#}"
+        );
+        assert!(sd.calls().is_empty());
+        assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+    }
+
+    #[test]
+    fn missing_units_are_skipped() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&["kubelet.service"]);
+        node.install(&sd).unwrap();
+        assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+        assert_eq!(sd.unit_state("kubelet.service").active_state, "active");
+    }
+
+    #[test]
+    fn remove_restarts_the_services_on_the_originals() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS);
+        node.install(&sd).unwrap();
+        sd.clear_calls();
+        node.remove(&sd).unwrap();
+        assert_eq!(
+            sd.call_lines(),
+            vec![
+                "stop kubelet.service",
+                "stop docker.service",
+                "start docker.service",
+                "start kubelet.service"
+            ]
+        );
+        assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+        sd.clear_calls();
+        node.remove(&sd).unwrap();
+        assert!(sd.calls().is_empty(), "remove twice touches nothing");
+    }
+
+    #[test]
+    fn units_follow_the_configured_order() {
+        let config = Config {
+            service_order: vec!["a.service".into(), "b.service".into()],
+            ..Config::default()
+        };
+        let restart = [
+            vec!["b.service".to_string(), "c.service".to_string()],
+            vec!["a.service".to_string()],
+        ];
+        assert_eq!(
+            units_for(&config, restart.iter()),
+            vec!["a.service", "b.service", "c.service"]
+        );
+    }
 }

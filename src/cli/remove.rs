@@ -30,7 +30,7 @@ impl Remove {
             warn!("{e:#}; removing with the default settings");
             Config::default()
         });
-        let connected = session.connect(&config)?;
+        let connected = session.connect()?;
         remove(ctx, &session, &config, connected.as_deref())?;
         Ok(Outcome::Ok)
     }
@@ -44,7 +44,8 @@ pub(super) fn remove(
     manager: Option<&dyn ServiceManager>,
 ) -> anyhow::Result<()> {
     let root = &ctx.root;
-    let services = session.services(manager, &config.service_order)?;
+    Session::check_reachable(manager, config)?;
+    let services = session.services(root, manager, &config.service_order)?;
     let node = Node::new(root, services, config.service_timeout);
     journal::recover(&node)?;
 
@@ -109,7 +110,7 @@ pub(super) fn remove(
         })
         .collect();
     let units = units_for(config, restart.iter());
-    let services = session.services(manager, &units)?;
+    let services = session.services(root, manager, &units)?;
     let node = Node::new(root, services, config.service_timeout);
 
     let mut steps = vec![Step::Preflight];

@@ -391,7 +391,7 @@ pub(crate) fn render(r: &Report) -> String {
     }
     if let Some(j) = &r.last_transaction {
         line(format!(
-            "  last transaction: {} {:?} ({} steps, started at {})",
+            "  last transaction: {} {} ({} steps, started at {})",
             j.command,
             j.phase,
             j.steps.len(),

@@ -6,6 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod node;
+
 /// `K8S_NOKMEM_STRICT=1` (set by scripts/test.sh and CI): a missing artifact fails the test
 /// instead of skipping it.
 pub fn strict() -> bool {

@@ -1,0 +1,508 @@
+//! The swap transaction against a fake node root with the real `dpkg-divert --root`:
+//! install, idempotent re-install, remove restoring byte-identical originals, missing and
+//! symlinked targets, foreign diversions, bad config and payload, a failpoint at every step
+//! (error: rollback to an identical tree; abort: the next run converges), and the lock.
+//! Services are skipped under `--root`; their behaviour is unit-tested with the fake in
+//! src/cli/install.rs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+
+use common::node::{self, diff, sha256, Entry, NodeRoot};
+
+const KUBELET_LINE: &str =
+    "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem";
+const RUNC_LINE: &str = "diversion of /usr/sbin/runc to /usr/sbin/runc.distrib by k8s-nokmem";
+/// preflight, 2 stops, 2 diverts, 2 places, 2 starts, record.
+const INSTALL_STEPS: usize = 10;
+/// preflight, 2 stops, 2 unplaces, 2 undiverts, 2 starts, record.
+const REMOVE_STEPS: usize = 10;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_same(before: &BTreeMap<String, Entry>, after: &BTreeMap<String, Entry>, what: &str) {
+    assert!(
+        before == after,
+        "{what}: tree changed:\n{}",
+        diff(before, after)
+    );
+}
+
+/// The payload is in place, the originals are aside byte for byte, both diversions ours.
+fn assert_installed(n: &NodeRoot) {
+    assert_eq!(n.read("usr/bin/kubelet"), node::PAYLOAD_KUBELET);
+    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
+    assert_eq!(n.read("usr/bin/kubelet.distrib"), node::ORIG_KUBELET);
+    assert_eq!(n.read("usr/sbin/runc.distrib"), node::ORIG_RUNC);
+    assert_eq!(n.diversions(), vec![KUBELET_LINE, RUNC_LINE]);
+}
+
+#[test]
+fn install_swaps_and_a_rerun_changes_nothing() {
+    let n = NodeRoot::new();
+    let log = n.ok(&["install"]);
+    assert_installed(&n);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines[0].starts_with("k8s-nokmem: info: install v") && lines[0].contains("root="),
+        "{log}"
+    );
+    for want in [
+        "install [1/10] preflight: ok (",
+        "install [4/10] divert '/usr/sbin/runc': ok (",
+        "install [7/10] place '/usr/bin/kubelet': ok (",
+        "install [2/10] stop 'kubelet.service': skipped (root is '",
+        "install [10/10] record '/var/lib/k8s-nokmem/state.json': ok (",
+        "keep the old binaries until they restart",
+    ] {
+        assert!(log.contains(want), "missing '{want}' in:\n{log}");
+    }
+    let mode = std::fs::metadata(n.abs("usr/bin/kubelet")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
+        0o755
+    );
+    let state = String::from_utf8(n.read("var/lib/k8s-nokmem/state.json")).unwrap();
+    assert!(state.contains(&sha256(node::ORIG_KUBELET)), "{state}");
+    assert!(state.contains(&sha256(node::PAYLOAD_KUBELET)), "{state}");
+
+    let before = n.snapshot();
+    let state_before = n.read("var/lib/k8s-nokmem/state.json");
+    let log = n.ok(&["install"]);
+    assert!(log.contains("nothing to do"), "{log}");
+    assert!(
+        !log.contains("stop '"),
+        "nothing is stopped on a re-run:\n{log}"
+    );
+    assert_same(&before, &n.snapshot(), "re-install");
+    assert_eq!(n.read("var/lib/k8s-nokmem/state.json"), state_before);
+
+    let status = n.run(&["status"]);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("k8s-nokmem: installed"), "{text}");
+}
+
+#[test]
+fn remove_restores_the_identical_tree_and_twice_is_fine() {
+    let n = NodeRoot::new();
+    let before = n.snapshot();
+    n.ok(&["install"]);
+    let log = n.ok(&["remove"]);
+    assert!(
+        log.contains("remove [4/10] unplace '/usr/bin/kubelet': ok ("),
+        "{log}"
+    );
+    assert!(
+        log.contains("undivert '/usr/bin/kubelet': ok (original back)"),
+        "{log}"
+    );
+    assert!(n.diversions().is_empty());
+    assert_same(&before, &n.snapshot(), "install + remove");
+    assert!(!n.exists("var/lib/k8s-nokmem/state.json"));
+    let log = n.ok(&["remove"]);
+    assert!(log.contains("nothing to do"), "{log}");
+    assert_same(&before, &n.snapshot(), "remove twice");
+    let status = n.run(&["status", "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["installed"], "not-installed");
+}
+
+#[test]
+fn a_missing_target_is_diverted_anyway_and_reported() {
+    let n = NodeRoot::bare();
+    n.write("usr/sbin/runc", node::ORIG_RUNC, 0o755);
+    let before = n.snapshot();
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains("'/usr/bin/kubelet' (kubelet) did not exist: it is diverted anyway"),
+        "{log}"
+    );
+    assert_eq!(n.read("usr/bin/kubelet"), node::PAYLOAD_KUBELET);
+    assert!(!n.exists("usr/bin/kubelet.distrib"));
+    assert!(n.diversions().contains(&KUBELET_LINE.to_string()));
+    n.ok(&["install"]);
+    n.ok(&["remove"]);
+    assert!(!n.exists("usr/bin/kubelet"));
+    assert_same(&before, &n.snapshot(), "missing target, install + remove");
+}
+
+#[test]
+fn a_symlink_target_is_diverted_as_a_link_and_restored_exactly() {
+    let n = NodeRoot::bare();
+    n.write("usr/bin/kubelet", node::ORIG_KUBELET, 0o755);
+    n.write("usr/sbin/runc-1.0", node::ORIG_RUNC, 0o755);
+    std::os::unix::fs::symlink("runc-1.0", n.abs("usr/sbin/runc")).unwrap();
+    let before = n.snapshot();
+    n.ok(&["install"]);
+    assert_eq!(
+        std::fs::read_link(n.abs("usr/sbin/runc.distrib")).unwrap(),
+        std::path::PathBuf::from("runc-1.0"),
+        "the link moved aside as a link"
+    );
+    assert_eq!(
+        n.read("usr/sbin/runc-1.0"),
+        node::ORIG_RUNC,
+        "link target untouched"
+    );
+    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
+    assert!(!std::fs::symlink_metadata(n.abs("usr/sbin/runc"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    n.ok(&["remove"]);
+    assert_same(&before, &n.snapshot(), "symlink target");
+}
+
+#[test]
+fn another_packages_diversion_is_refused_and_nothing_changes() {
+    let n = NodeRoot::new();
+    n.divert_as(
+        "kubelet-wrapper",
+        "/usr/bin/kubelet",
+        "/usr/bin/kubelet.real",
+    );
+    let before = n.snapshot();
+    let out = n.run(&["install"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("install step 1 'preflight' failed: nothing was changed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("'/usr/bin/kubelet' is already diverted to '/usr/bin/kubelet.real' by package 'kubelet-wrapper'"),
+        "{err}"
+    );
+    assert!(err.contains("note: "), "{err}");
+    assert_same(&before, &n.snapshot(), "refused install");
+}
+
+#[test]
+fn bad_config_names_file_line_and_key_and_nothing_changes() {
+    let cases = [
+        (
+            "[kubelet]\n\nversion-skew = maybe\n",
+            "line 3",
+            "version-skew",
+        ),
+        ("[services]\ntimeout = soon\n", "line 2", "timeout"),
+        (
+            "[kubelet\npath = /usr/bin/kubelet\n",
+            "at line",
+            "syntax error",
+        ),
+    ];
+    for (text, line, key) in cases {
+        let n = NodeRoot::new();
+        n.write("etc/k8s-nokmem/k8s-nokmem.conf", text.as_bytes(), 0o644);
+        let before = n.snapshot();
+        let out = n.run(&["install"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "case {key}: {err}");
+        assert!(
+            err.contains("/etc/k8s-nokmem/k8s-nokmem.conf")
+                && err.contains(line)
+                && err.contains(key)
+                && err.contains("nothing was changed"),
+            "case {key}: {err}"
+        );
+        assert_same(&before, &n.snapshot(), key);
+    }
+}
+
+#[test]
+fn payload_checksum_mismatch_is_refused() {
+    let n = NodeRoot::new();
+    n.write("usr/lib/k8s-nokmem/kubelet", b"tampered", 0o755);
+    let before = n.snapshot();
+    let out = n.run(&["install"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("payload '/usr/lib/k8s-nokmem/kubelet' under root")
+            && err.contains(&sha256(b"tampered"))
+            && err.contains("nothing was changed")
+            && err.contains("--reinstall"),
+        "{err}"
+    );
+    assert_same(&before, &n.snapshot(), "bad payload");
+}
+
+#[test]
+fn an_error_at_any_install_step_rolls_back_to_the_identical_tree() {
+    for step in 1..=INSTALL_STEPS {
+        let n = NodeRoot::new();
+        let before = n.snapshot();
+        let mut cmd = n.helper(&["install"]);
+        cmd.env("K8S_NOKMEM_FAILPOINT", format!("{step}:error"));
+        let out = common::run(&mut cmd);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "step {step}: {err}");
+        assert!(
+            err.contains(&format!("install step {step}/{INSTALL_STEPS} '"))
+                && err.contains("the original binaries are back in place")
+                && err.contains("failpoint"),
+            "step {step}: {err}"
+        );
+        if step > 1 {
+            assert!(
+                err.contains(&format!("rollback [{step}/10] ")),
+                "step {step}: {err}"
+            );
+        }
+        assert_same(&before, &n.snapshot(), &format!("error at step {step}"));
+        assert!(n.diversions().is_empty(), "step {step}");
+        assert!(!n.exists("var/lib/k8s-nokmem/journal.json"), "step {step}");
+        // and the node still installs cleanly afterwards
+        n.ok(&["install"]);
+        assert_installed(&n);
+    }
+}
+
+#[test]
+fn an_error_at_any_remove_step_rolls_back_to_installed() {
+    for step in 1..=REMOVE_STEPS {
+        let n = NodeRoot::new();
+        n.ok(&["install"]);
+        let before = n.snapshot();
+        let mut cmd = n.helper(&["remove"]);
+        cmd.env("K8S_NOKMEM_FAILPOINT", format!("{step}:error"));
+        let out = common::run(&mut cmd);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "step {step}: {err}");
+        assert!(
+            err.contains(&format!("remove step {step}/{REMOVE_STEPS} '")),
+            "step {step}: {err}"
+        );
+        assert_same(
+            &before,
+            &n.snapshot(),
+            &format!("remove error at step {step}"),
+        );
+        n.ok(&["remove"]);
+        assert!(n.diversions().is_empty(), "step {step}");
+    }
+}
+
+/// Abort (as kill -9 or a power loss) right after step `step` is journalled.
+fn abort_at(n: &NodeRoot, command: &str, step: usize) {
+    let mut cmd = n.helper(&[command]);
+    cmd.env("K8S_NOKMEM_FAILPOINT", format!("{step}:abort"));
+    let out = common::run(&mut cmd);
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "{command} step {step}: expected SIGABRT, got {}: {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(
+        n.exists("var/lib/k8s-nokmem/journal.json"),
+        "{command} step {step}"
+    );
+}
+
+#[test]
+fn an_install_killed_at_any_step_converges_on_the_next_run() {
+    for step in 1..=INSTALL_STEPS {
+        let n = NodeRoot::new();
+        let before = n.snapshot();
+        abort_at(&n, "install", step);
+        let log = n.ok(&["install"]);
+        assert!(
+            log.contains("interrupted install transaction"),
+            "step {step}: {log}"
+        );
+        assert_installed(&n);
+        assert!(!n.exists("var/lib/k8s-nokmem/journal.json"));
+        let status = n.run(&["status"]);
+        assert_eq!(
+            status.status.code(),
+            Some(0),
+            "step {step}: {}",
+            stderr(&status)
+        );
+        n.ok(&["remove"]);
+        assert_same(
+            &before,
+            &n.snapshot(),
+            &format!("abort at {step}, install, remove"),
+        );
+    }
+}
+
+#[test]
+fn an_install_killed_at_any_step_then_removed_gives_the_originals() {
+    for step in 1..=INSTALL_STEPS {
+        let n = NodeRoot::new();
+        let before = n.snapshot();
+        abort_at(&n, "install", step);
+        let status = n.run(&["status"]);
+        assert_eq!(
+            status.status.code(),
+            Some(1),
+            "step {step}: interrupted is a problem"
+        );
+        n.ok(&["remove"]);
+        assert_same(&before, &n.snapshot(), &format!("abort at {step}, remove"));
+    }
+}
+
+#[test]
+fn a_remove_killed_at_any_step_converges_on_the_next_run() {
+    for step in 1..=REMOVE_STEPS {
+        let n = NodeRoot::new();
+        let before = n.snapshot();
+        n.ok(&["install"]);
+        abort_at(&n, "remove", step);
+        let log = n.ok(&["remove"]);
+        assert!(
+            log.contains("interrupted remove transaction"),
+            "step {step}: {log}"
+        );
+        assert_same(
+            &before,
+            &n.snapshot(),
+            &format!("remove aborted at {step}, remove"),
+        );
+        // an interrupted remove followed by install (postinst abort-remove) installs
+        n.ok(&["install"]);
+        abort_at(&n, "remove", step);
+        n.ok(&["install"]);
+        assert_installed(&n);
+    }
+}
+
+#[test]
+fn a_second_run_fails_naming_the_lock_and_its_holder() {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::Write;
+    let n = NodeRoot::new();
+    std::fs::create_dir_all(n.abs("var/lib/k8s-nokmem")).unwrap();
+    let mut file = std::fs::File::create(n.abs("var/lib/k8s-nokmem/lock")).unwrap();
+    writeln!(file, "4242").unwrap();
+    let held = Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap();
+    let before = n.snapshot();
+    for command in ["install", "remove"] {
+        let out = n.run(&[command]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("another k8s-nokmem run holds the lock '")
+                && err.contains("var/lib/k8s-nokmem/lock' (pid 4242)"),
+            "{err}"
+        );
+    }
+    assert_same(&before, &n.snapshot(), "locked");
+    drop(held);
+    n.ok(&["install"]);
+}
+
+#[test]
+fn an_upgrade_replaces_only_the_changed_binary() {
+    let n = NodeRoot::new();
+    n.ok(&["install"]);
+    let new_kubelet = b"#!/bin/sh\necho nokmem kubelet v1.20.3\n";
+    n.set_payload(node::PAYLOAD_RUNC, new_kubelet, "1.20.3");
+    let log = n.ok(&["install"]);
+    assert!(log.contains("stop 'kubelet.service'"), "{log}");
+    assert!(
+        !log.contains("docker.service"),
+        "runc unchanged: docker untouched:\n{log}"
+    );
+    assert!(!log.contains("'/usr/sbin/runc'"), "{log}");
+    assert!(
+        log.contains("divert '/usr/bin/kubelet': ok (already diverted)"),
+        "{log}"
+    );
+    assert_eq!(n.read("usr/bin/kubelet"), new_kubelet);
+    assert_eq!(n.read("usr/bin/kubelet.distrib"), node::ORIG_KUBELET);
+    // an error during the upgrade puts the original back for that binary only
+    n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
+    let mut cmd = n.helper(&["install"]);
+    cmd.env("K8S_NOKMEM_FAILPOINT", "start:error");
+    let out = common::run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(n.read("usr/bin/kubelet"), node::ORIG_KUBELET);
+    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
+    assert_eq!(n.diversions(), vec![RUNC_LINE]);
+    let status = n.run(&["status"]);
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "partial install is a problem"
+    );
+    n.ok(&["install"]);
+    assert_installed(&n);
+}
+
+#[test]
+fn version_skew_warns_or_refuses_per_config() {
+    let n = NodeRoot::new();
+    n.dpkg_package(
+        "kubelet",
+        "1.19.16-00",
+        &["/usr", "/usr/bin", "/usr/bin/kubelet"],
+    );
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[kubelet]\nversion-skew = refuse\n",
+        0o644,
+    );
+    let before = n.snapshot();
+    let out = n.run(&["install"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "version skew: the payload kubelet is 1.20.2, package 'kubelet' has 1.19.16-00"
+        ) && err.contains("version-skew = refuse"),
+        "{err}"
+    );
+    assert_same(&before, &n.snapshot(), "skew refused");
+    n.write("etc/k8s-nokmem/k8s-nokmem.conf", b"", 0o644);
+    let log = n.ok(&["install"]);
+    assert!(log.contains("warn: version skew"), "{log}");
+    assert_installed(&n);
+}
+
+#[test]
+fn remove_keeps_the_diversion_of_a_path_someone_else_filled() {
+    let n = NodeRoot::new();
+    n.ok(&["install"]);
+    n.write("usr/bin/kubelet", b"hand-copied hotfix", 0o755);
+    let log = n.ok(&["remove"]);
+    assert!(
+        log.contains("NOT removing the diversion of '/usr/bin/kubelet'"),
+        "{log}"
+    );
+    assert_eq!(n.read("usr/bin/kubelet"), b"hand-copied hotfix");
+    assert_eq!(n.read("usr/bin/kubelet.distrib"), node::ORIG_KUBELET);
+    assert_eq!(n.diversions(), vec![KUBELET_LINE]);
+    assert_eq!(n.read("usr/sbin/runc"), node::ORIG_RUNC);
+    let status = n.run(&["status"]);
+    assert_eq!(status.status.code(), Some(1));
+}
+
+#[test]
+fn status_finds_a_diversion_without_our_file() {
+    let n = NodeRoot::new();
+    n.ok(&["install"]);
+    std::fs::remove_file(n.abs("usr/bin/kubelet")).unwrap();
+    let out = n.run(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("is diverted by k8s-nokmem but nothing is there"),
+        "{text}"
+    );
+    // install repairs it
+    n.ok(&["install"]);
+    assert_installed(&n);
+}
