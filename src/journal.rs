@@ -718,10 +718,12 @@ pub fn run(
         journal.begun = i + 1;
         journal.done = i;
         let started = Instant::now();
-        journal
-            .save(&node.root)
-            .context("failed to write the journal")?;
         let step = journal.steps[i].clone();
+        if let Err(err) = journal.save(&node.root) {
+            let err = err.context("failed to write the journal");
+            error!("{command} [{}/{n}] {}: FAILED (0 ms)", i + 1, step.label());
+            return Err(fail(node, command, &mut journal, i, err));
+        }
         let result = match fail_at {
             Some((at, FailMode::Abort)) if at == i => {
                 error!(
@@ -759,13 +761,14 @@ pub fn run(
             }
         }
     }
+    // the node is done; a journal that cannot be closed is resolved by the next run
     journal.done = n;
-    journal
+    if let Err(e) = journal
         .save(&node.root)
-        .context("failed to write the journal")?;
-    journal
-        .finish(&node.root, Phase::Done)
-        .context("failed to close the journal")?;
+        .and_then(|_| journal.finish(&node.root, Phase::Done))
+    {
+        warn!("failed to close the journal ({e:#}); the next run will redo this transaction");
+    }
     Ok(())
 }
 
@@ -791,9 +794,18 @@ fn fail(
             } else {
                 "the original binaries are back in place"
             };
+            let services = if undone.services_failed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; but services did not all come back: {}",
+                    undone.services_failed.join("; ")
+                )
+            };
             let err = err.context(format!(
-                "{head}; rolled back {undone} step{}: {what}",
-                if undone == 1 { "" } else { "s" }
+                "{head}; rolled back {} step{}: {what}{services}",
+                undone.steps,
+                if undone.steps == 1 { "" } else { "s" }
             ));
             let err = with_note(err, "run `k8s-nokmem status` to see the node's state");
             with_note(err, format!("run `k8s-nokmem {command} -v` for details"))
@@ -817,13 +829,14 @@ fn fail(
 
 /// Undo `journal.steps[..begun]` in reverse. Returns how many steps were undone. A failed
 /// file undo stops the file work, but services are still started again.
-fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<usize> {
+fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<Undone> {
     let n = journal.steps.len();
     let mut first_err: Option<anyhow::Error> = None;
-    let mut undone = 0;
+    let mut undone = Undone::default();
     for j in (0..journal.begun).rev() {
         let step = &journal.steps[j];
-        if first_err.is_some() && !matches!(step, Step::Stop { .. }) {
+        let is_service = matches!(step, Step::Stop { .. } | Step::Start { .. });
+        if first_err.is_some() && !is_service {
             continue;
         }
         let started = Instant::now();
@@ -831,8 +844,18 @@ fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<usize> {
         let ms = started.elapsed().as_millis();
         match result {
             Ok(did) => {
-                undone += 1;
+                undone.steps += 1;
                 info!("rollback [{}/{n}] {}: {did} ({ms} ms)", j + 1, step.label());
+            }
+            // a service that does not come back is reported, but the files are what
+            // rollback guarantees: it goes on
+            Err(e) if is_service => {
+                error!(
+                    "rollback [{}/{n}] {}: FAILED ({ms} ms): {e:#}",
+                    j + 1,
+                    step.label()
+                );
+                undone.services_failed.push(format!("{e:#}"));
             }
             Err(e) => {
                 error!(
@@ -861,6 +884,14 @@ fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<usize> {
         state.save(&node.root)?;
     }
     Ok(undone)
+}
+
+/// What a rollback did.
+#[derive(Debug, Default)]
+struct Undone {
+    steps: usize,
+    /// Services that could not be stopped or started again (the files are back anyway).
+    services_failed: Vec<String>,
 }
 
 /// Resolve an interrupted transaction's journal, if there is one (see the module docs).
@@ -895,7 +926,11 @@ pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
         );
         journal.phase = Phase::Recovering;
         journal.save(&node.root)?;
-        rollback(node, &journal).map(|_| ())
+        rollback(node, &journal).map(|undone| {
+            for e in undone.services_failed {
+                warn!("{e}");
+            }
+        })
     };
     match result {
         Ok(()) => {

@@ -623,6 +623,26 @@ mod tests {
     }
 
     #[test]
+    fn a_service_that_never_starts_still_gets_the_originals_back() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS).with_fault(
+            Op::Start,
+            "kubelet.service",
+            Fault::failed("exit-code"),
+        );
+        let err = node.install(&sd).unwrap_err();
+        let chain = format!("{err:#}");
+        assert!(
+            chain.contains("the original binaries are back in place; but services did not all come back")
+                && chain.contains("'kubelet.service'"),
+            "{chain}"
+        );
+        assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+        assert!(!node.dir.path().join("var/lib/k8s-nokmem/journal.json").exists());
+        assert_eq!(sd.unit_state("docker.service").active_state, "active");
+    }
+
+    #[test]
     fn policy_rc_d_101_leaves_that_unit_alone() {
         let node = TestNode::new();
         node.write(
