@@ -404,7 +404,11 @@ impl<'a> Node<'a> {
         } else {
             manager.start(unit, self.timeout)
         };
-        match result.with_context(|| format!("failed to {verb} '{unit}'"))? {
+        let action = result.with_context(|| format!("failed to {verb} '{unit}'"))?;
+        if let Some(note) = action.note(unit) {
+            info!("note: {note}");
+        }
+        match action {
             ServiceAction::Done { job_result } if job_result == "done" => Ok(Did::Ok),
             ServiceAction::Done { job_result } => Ok(Did::OkBecause(format!("job {job_result}"))),
             ServiceAction::Missing => Ok(Did::Skipped("no such unit".to_string())),

@@ -633,12 +633,17 @@ mod tests {
         let err = node.install(&sd).unwrap_err();
         let chain = format!("{err:#}");
         assert!(
-            chain.contains("the original binaries are back in place; but services did not all come back")
-                && chain.contains("'kubelet.service'"),
+            chain.contains(
+                "the original binaries are back in place; but services did not all come back"
+            ) && chain.contains("'kubelet.service'"),
             "{chain}"
         );
         assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
-        assert!(!node.dir.path().join("var/lib/k8s-nokmem/journal.json").exists());
+        assert!(!node
+            .dir
+            .path()
+            .join("var/lib/k8s-nokmem/journal.json")
+            .exists());
         assert_eq!(sd.unit_state("docker.service").active_state, "active");
     }
 

@@ -162,9 +162,9 @@ pub(crate) fn collect(ctx: &Ctx, services: Services<'_>) -> Report {
             Ok(ts) => ts.into_iter().for_each(|t| add(t.name, t.path)),
             Err(e) => unknown.push(format!("{e:#}")),
         }
-    } else {
+    } else if !wanted.is_empty() {
         unknown.push(format!(
-            "cannot read the payload manifest {}",
+            "cannot read the payload manifest {}: the binaries in place cannot be checked",
             root.describe(paths::MANIFEST_FILE)
         ));
     }
