@@ -89,6 +89,8 @@ pub struct VerifyConfig {
     pub proc_root: PathBuf,
     /// Warn when zombie memory cgroups exceed this share of the 65535 IDs (percent).
     pub zombie_warn_percent: u8,
+    /// node_exporter's textfile collector directory (`verify --textfile` without DIR).
+    pub textfile_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +130,7 @@ impl Default for Config {
                 cgroup_root: "/sys/fs/cgroup".into(),
                 proc_root: "/proc".into(),
                 zombie_warn_percent: 50,
+                textfile_dir: "/var/lib/node_exporter/textfile_collector".into(),
             },
         }
     }
@@ -219,6 +222,7 @@ impl Config {
             ("verify", "boot-wait") => self.verify.boot_wait = duration(at)?,
             ("verify", "cgroup-root") => self.verify.cgroup_root = abs_path(at)?,
             ("verify", "proc-root") => self.verify.proc_root = abs_path(at)?,
+            ("verify", "textfile-dir") => self.verify.textfile_dir = abs_path(at)?,
             ("verify", "zombie-warn-percent") => {
                 self.verify.zombie_warn_percent = match v.parse::<u8>() {
                     Ok(p) if (1..=100).contains(&p) => p,

@@ -13,3 +13,4 @@ pub mod paths;
 pub mod policy;
 pub mod systemd;
 pub mod targets;
+pub mod verify;

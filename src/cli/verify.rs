@@ -1,12 +1,225 @@
-//! `k8s-nokmem verify`.
+//! `k8s-nokmem verify`: run the checks, print the result in the format asked for, write the
+//! optional textfile and state file, and return the outcome (0 ok, 1 problem, 2 unknown).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use log::{debug, error, info, warn};
 
 use super::{Ctx, Outcome};
+use crate::config::Config;
+use crate::paths;
+use crate::verify::{self, render, Check, Settings, Status};
+
+/// Where `--state` writes the JSON result (under --root).
+pub const STATE_FILE: &str = "verify.json";
+
+const AFTER_HELP: &str = "\
+What is checked depends on the node:
+  cgroup v2 only                  not this leak: ok
+  booted with cgroup.memory=nokmem  kmem off kernel-wide: every pod cgroup must show 0
+  Linux >= 4.6 without it         every v1 memory cgroup accounts kmem whatever runc and
+                                  kubelet do ([verify] kernel-wide-kmem: problem|warning|ignore)
+  Linux < 4.6 (e.g. 4.4, 3.10)    per cgroup: kubepods, QoS, pod, container and docker
+                                  cgroups with memory.kmem.usage_in_bytes > 0 or slab entries
+On every node: zombie memory cgroups against the 65535 IDs (warning at [verify]
+zombie-warn-percent, problem at 90% in use), the leak's kernel messages since boot, and,
+when the package is installed, the payload in place, the diversions and the running kubelet.
+
+Outputs: a summary on stdout (default), --json, or --npd (one line for a
+node-problem-detector custom plugin); --textfile and --state write files as well.
+The systemd unit k8s-nokmem-verify.service runs
+  k8s-nokmem verify --wait-for-pods --state --textfile
+Exit codes: 0 ok (warnings included), 1 problem, 2 unknown or could not run.";
 
 #[derive(Debug, clap::Args)]
-pub struct Verify {}
+#[command(after_help = AFTER_HELP)]
+pub struct Verify {
+    /// Print the result as JSON (status ok|problem|unknown, every check with its evidence)
+    #[arg(long, conflicts_with = "npd")]
+    json: bool,
+
+    /// Print one line for a node-problem-detector custom plugin (exit 0 ok, 1 problem, 2 unknown)
+    #[arg(long)]
+    npd: bool,
+
+    /// Also write DIR/k8s_nokmem.prom (Prometheus textfile, atomically). Without DIR: the
+    /// [verify] textfile-dir of the config, and only if that directory exists
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    textfile: Option<Option<PathBuf>>,
+
+    /// Also write the JSON result to /run/k8s-nokmem/verify.json (under --root)
+    #[arg(long)]
+    state: bool,
+
+    /// First wait for pod cgroups to appear, at most until [verify] boot-wait after boot
+    /// (for the boot unit; no wait later than that)
+    #[arg(long)]
+    wait_for_pods: bool,
+
+    /// Where the node's /sys/fs/cgroup is (a recorded tree) [default: [verify] cgroup-root]
+    #[arg(long, value_name = "DIR")]
+    cgroup_root: Option<PathBuf>,
+
+    /// Where the node's /proc is (mountinfo, cgroups, cmdline, kernel release) [default:
+    /// [verify] proc-root]
+    #[arg(long, value_name = "DIR")]
+    proc_root: Option<PathBuf>,
+
+    /// Check as if the kernel release were REL (e.g. 4.4.0-131-generic) [default: from
+    /// PROC/sys/kernel/osrelease]
+    #[arg(long, value_name = "REL")]
+    kernel_release: Option<String>,
+
+    /// Scan this saved kernel log (dmesg output or a /dev/kmsg dump) [default: /dev/kmsg,
+    /// or nothing when --proc-root points elsewhere than /proc]
+    #[arg(long, value_name = "FILE")]
+    kernel_log: Option<PathBuf>,
+}
 
 impl Verify {
-    pub fn run(self, _ctx: &Ctx) -> anyhow::Result<Outcome> {
-        anyhow::bail!("'verify' is not implemented yet")
+    pub fn run(self, ctx: &Ctx) -> anyhow::Result<Outcome> {
+        let start = Instant::now();
+        let (config, config_check) = match ctx.config() {
+            Ok(c) => (c, None),
+            Err(e) => {
+                warn!("{}: using the defaults", verify::error_chain(e.as_ref()));
+                let check = Check::new_unknown(
+                    "config",
+                    format!(
+                        "{}: checked with the defaults",
+                        verify::error_chain(e.as_ref())
+                    ),
+                    "fix the config file, then run `k8s-nokmem verify` again",
+                );
+                (Config::default(), Some(check))
+            }
+        };
+        let settings = Settings {
+            root: ctx.root.clone(),
+            cgroup_root: self
+                .cgroup_root
+                .clone()
+                .unwrap_or_else(|| config.verify.cgroup_root.clone()),
+            proc_root: self
+                .proc_root
+                .clone()
+                .unwrap_or_else(|| config.verify.proc_root.clone()),
+            kernel_release: self.kernel_release.clone(),
+            kernel_log: self.kernel_log.clone(),
+            config,
+        };
+        debug!(
+            "verify: cgroup root '{}', proc root '{}'",
+            settings.cgroup_root.display(),
+            settings.proc_root.display()
+        );
+        if self.wait_for_pods {
+            verify::wait_for_pods(&settings);
+        }
+        let mut report = verify::run(&settings);
+        if let Some(check) = config_check {
+            report.checks.insert(0, check);
+            report.status = report.status.max(Outcome::Unknown);
+        }
+
+        // files first, so that a failure to write one shows in the printed status
+        let mut failed = false;
+        if self.state {
+            failed |= !write_state(ctx, &report);
+        }
+        if let Some(dir) = &self.textfile {
+            failed |= !write_textfile(dir.as_deref(), &settings, &report);
+        }
+        if failed {
+            report.status = report.status.max(Outcome::Unknown);
+        }
+
+        let text = if self.json {
+            render::json(&report)
+        } else if self.npd {
+            format!("{}\n", render::npd(&report))
+        } else {
+            render::human(&report)
+        };
+        print(&text)?;
+        let findings: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| c.status >= Status::Warning)
+            .map(|c| format!("{} {}", c.name, c.status))
+            .collect();
+        info!(
+            "verify: {} ({} ms)",
+            if findings.is_empty() {
+                "all ok".to_string()
+            } else {
+                findings.join(", ")
+            },
+            start.elapsed().as_millis()
+        );
+        Ok(report.status)
+    }
+}
+
+/// Write `R/run/k8s-nokmem/verify.json` atomically; false (logged) on failure.
+fn write_state(ctx: &Ctx, report: &verify::Report) -> bool {
+    let dir = ctx.root.join(paths::RUN_DIR);
+    let path = dir.join(STATE_FILE);
+    let result = paths::create_dir_all(&dir, 0o755)
+        .and_then(|()| paths::atomic_write_bytes(&path, 0o644, render::json(report).as_bytes()));
+    match result {
+        Ok(()) => {
+            info!(
+                "verify state {}: ok",
+                ctx.root
+                    .describe(Path::new(paths::RUN_DIR).join(STATE_FILE))
+            );
+            true
+        }
+        Err(e) => {
+            error!("{}", verify::error_chain(&e));
+            false
+        }
+    }
+}
+
+/// Write the textfile; no DIR means the configured one, skipped if it does not exist.
+fn write_textfile(dir: Option<&Path>, settings: &Settings, report: &verify::Report) -> bool {
+    let dir = if let Some(dir) = dir {
+        dir.to_path_buf()
+    } else {
+        let configured = settings.root.join(&settings.config.verify.textfile_dir);
+        if !configured.is_dir() {
+            info!(
+                "verify textfile: skipped ({} does not exist; [verify] textfile-dir)",
+                settings.root.describe(&settings.config.verify.textfile_dir)
+            );
+            return true;
+        }
+        configured
+    };
+    match render::write_textfile(&dir, report) {
+        Ok(path) => {
+            info!("verify textfile '{}': ok", path.display());
+            true
+        }
+        Err(e) => {
+            error!(
+                "{}\nnote: create the directory or point --textfile at node_exporter's --collector.textfile.directory",
+                verify::error_chain(&e)
+            );
+            false
+        }
+    }
+}
+
+/// Print to stdout; a closed pipe ends quietly.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }

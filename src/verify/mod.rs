@@ -1,0 +1,840 @@
+//! `k8s-nokmem verify`: kernel-aware checks that kmem accounting is off for pod and
+//! container memory cgroups, plus the node-level checks (zombie cgroups, kernel log, the
+//! payload in place). Each check yields a [`Check`]; [`run`] never fails: what cannot be
+//! read becomes an `unknown` check that says why.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::cli::Outcome;
+use crate::config::{Config, Severity};
+use crate::paths::{self, Root};
+
+mod cgroup;
+mod kernel;
+mod node;
+pub mod render;
+
+pub use cgroup::{Kind, Qos, Setup, MEMCG_ID_LIMIT};
+
+/// Zombie memory cgroups use this share of the IDs (percent): mkdir is about to fail.
+pub const ZOMBIE_PROBLEM_PERCENT: u64 = 90;
+
+/// Everything `verify` looks at, resolved from flags and config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The node's file system root (MANIFEST, state, diversions, config).
+    pub root: Root,
+    pub config: Config,
+    /// Where the node's `/sys/fs/cgroup` is seen.
+    pub cgroup_root: PathBuf,
+    /// Where the node's `/proc` is seen.
+    pub proc_root: PathBuf,
+    /// Use this kernel release instead of `PROC/sys/kernel/osrelease`.
+    pub kernel_release: Option<String>,
+    /// Read the kernel log from here (default: `/dev/kmsg` when `proc_root` is `/proc`,
+    /// else the kernel-log check is skipped: a recorded tree has no log of its own).
+    pub kernel_log: Option<PathBuf>,
+}
+
+/// How one check came out. Warning and skipped do not change the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Skipped,
+    Warning,
+    Unknown,
+    Problem,
+}
+
+impl Status {
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Status::Ok | Status::Skipped | Status::Warning => Outcome::Ok,
+            Status::Unknown => Outcome::Unknown,
+            Status::Problem => Outcome::Problem,
+        }
+    }
+
+    fn from_severity(severity: Severity) -> Status {
+        match severity {
+            Severity::Problem => Status::Problem,
+            Severity::Warning => Status::Warning,
+            Severity::Ignore => Status::Ok,
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "ok",
+            Status::Skipped => "skipped",
+            Status::Warning => "warning",
+            Status::Unknown => "unknown",
+            Status::Problem => "problem",
+        })
+    }
+}
+
+/// One check: what it found, the evidence, and what to do about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    /// One sentence for humans.
+    pub summary: String,
+    /// The one thing to do, when the status is not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+    pub evidence: Value,
+}
+
+impl Check {
+    fn new(name: &'static str, status: Status, summary: impl Into<String>) -> Check {
+        Check {
+            name,
+            status,
+            summary: summary.into(),
+            fix: None,
+            evidence: Value::Null,
+        }
+    }
+
+    /// A check that could not tell, with why and what to do.
+    pub fn new_unknown(
+        name: &'static str,
+        why: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check::new(name, Status::Unknown, why).fix(fix)
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Check {
+        self.fix = Some(fix.into());
+        self
+    }
+
+    fn evidence(mut self, evidence: Value) -> Check {
+        self.evidence = evidence;
+        self
+    }
+}
+
+/// Numbers for monitoring (Prometheus textfile, JSON).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Metrics {
+    /// Pod, container, QoS and docker memory cgroups checked.
+    pub checked_cgroups: Option<u64>,
+    pub kmem_active_cgroups: Option<u64>,
+    pub zombie_cgroups: Option<u64>,
+    /// `num_cgroups` of the memory controller (live and zombie).
+    pub memory_cgroups: Option<u64>,
+    /// Per target binary: is the payload in place (absent when not installed).
+    pub binary_match: Vec<(String, bool)>,
+}
+
+/// What the node is.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeInfo {
+    pub kernel_release: Option<String>,
+    pub cgroup_setup: Option<Setup>,
+    pub memory_hierarchy: Option<PathBuf>,
+    pub cmdline_nokmem: Option<bool>,
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub status: Outcome,
+    pub version: &'static str,
+    /// Seconds since the epoch when the run ended.
+    pub timestamp: u64,
+    pub node: NodeInfo,
+    pub checks: Vec<Check>,
+    pub metrics: Metrics,
+}
+
+impl Report {
+    /// The check whose fix is the one thing to do: the worst status first, then the order
+    /// of the checks (kernel before cgroups before binaries).
+    pub fn first_fix(&self) -> Option<&Check> {
+        let worst = self
+            .checks
+            .iter()
+            .filter(|c| c.fix.is_some() && c.status > Status::Skipped)
+            .map(|c| c.status)
+            .max()?;
+        self.checks
+            .iter()
+            .find(|c| c.status == worst && c.fix.is_some())
+    }
+}
+
+/// How kmem accounting works on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// No cgroup v1 memory controller: not this leak.
+    NoV1Memory,
+    /// Booted with `cgroup.memory=nokmem`: off everywhere; usage must be 0.
+    Nokmem,
+    /// Linux >= 4.6: on in every v1 memory cgroup.
+    KernelWide,
+    /// Linux < 4.6: on where runc/kubelet switched it on, and inherited by children.
+    PerCgroup,
+    /// The kernel release is unknown.
+    Unknown,
+}
+
+/// Run every check. Never fails: unreadable inputs become `unknown` checks.
+pub fn run(settings: &Settings) -> Report {
+    let mut node = NodeInfo::default();
+    let mut checks = Vec::new();
+    let mut metrics = Metrics::default();
+
+    let layout = step("cgroup-mode", || {
+        cgroup::read_layout(&settings.proc_root, &settings.cgroup_root)
+    });
+    let release = step("kernel-release", || {
+        kernel::read_release(&settings.proc_root, settings.kernel_release.as_deref())
+    });
+    let cmdline = step("kernel-cmdline", || {
+        kernel::read_cmdline(&settings.proc_root)
+    });
+
+    // cgroup mode
+    match &layout {
+        Ok(l) => {
+            node.cgroup_setup = Some(l.setup);
+            node.memory_hierarchy = l.memory.as_ref().map(|m| m.mount_point.clone());
+            let summary = match &l.memory {
+                Some(m) => format!(
+                    "{}; memory controller at '{}'",
+                    l.setup,
+                    m.mount_point.display()
+                ),
+                None if l.setup == Setup::Unified => {
+                    format!("{}: no kmem files, not affected by this leak", l.setup)
+                }
+                None => format!(
+                    "{}; no cgroup v1 memory controller mounted: not affected by this leak",
+                    l.setup
+                ),
+            };
+            checks.push(
+                Check::new("cgroup-mode", Status::Ok, summary).evidence(json!({
+                    "setup": l.setup,
+                    "memory": l.memory.as_ref().map(|m| &m.path),
+                    "unified": l.unified.as_ref().map(|m| &m.path),
+                })),
+            );
+        }
+        Err(e) => checks.push(
+            Check::new("cgroup-mode", Status::Unknown, error_chain(e)).fix(format!(
+                "check that '{}' is the node's procfs (--proc-root, [verify] proc-root)",
+                settings.proc_root.display()
+            )),
+        ),
+    }
+    if let Ok((text, _)) = &release {
+        node.kernel_release = Some(text.clone());
+    }
+    let nokmem = cmdline.as_ref().ok().map(|c| kernel::cmdline_has_nokmem(c));
+    node.cmdline_nokmem = nokmem;
+
+    // kernel rule
+    let memory = layout.as_ref().ok().and_then(|l| l.memory.clone());
+    let rule = match (&layout, &release, nokmem) {
+        (Ok(l), _, _) if l.memory.is_none() => Rule::NoV1Memory,
+        (_, _, Some(true)) => Rule::Nokmem,
+        (_, Ok((_, v)), _) if *v >= kernel::KERNEL_WIDE_KMEM_SINCE => Rule::KernelWide,
+        (_, Ok(_), _) => Rule::PerCgroup,
+        _ => Rule::Unknown,
+    };
+    let severity = settings.config.verify.kernel_wide_kmem;
+    checks.push(kernel_check(rule, &release, &cmdline, severity));
+
+    // per-cgroup kmem, and the directory count for zombies
+    let slabinfo = match &release {
+        Ok((_, v)) => *v < kernel::KERNEL_WIDE_KMEM_SINCE,
+        Err(_) => true,
+    };
+    let count_in = memory
+        .clone()
+        .or_else(|| layout.as_ref().ok().and_then(|l| l.unified.clone()));
+    let walked = count_in.as_ref().map(|h| {
+        step("walk", || {
+            cgroup::walk(
+                &h.path,
+                cgroup::WalkOptions {
+                    read_kmem: memory.is_some(),
+                    slabinfo,
+                },
+            )
+        })
+    });
+    let swap = swap_time(&settings.root);
+    checks.push(cgroup_check(rule, severity, &walked, swap, &mut metrics));
+
+    // zombies
+    checks.push(zombie_check(
+        settings,
+        count_in.as_ref(),
+        &walked,
+        &mut metrics,
+    ));
+
+    // kernel log
+    checks.push(kernel_log_check(settings));
+
+    // what is installed
+    checks.extend(node::checks(settings, &mut metrics));
+
+    let status = checks
+        .iter()
+        .map(|c| c.status.outcome())
+        .max()
+        .unwrap_or(Outcome::Ok);
+    Report {
+        status,
+        version: env!("CARGO_PKG_VERSION"),
+        timestamp: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        node,
+        checks,
+        metrics,
+    }
+}
+
+/// Run one step, logging one line with its duration.
+fn step<T, E: std::error::Error>(name: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    let start = Instant::now();
+    let result = f();
+    let ms = start.elapsed().as_millis();
+    match &result {
+        Ok(_) => info!("verify {name}: ok ({ms} ms)"),
+        Err(e) => info!("verify {name}: FAILED: {} ({ms} ms)", error_chain(e)),
+    }
+    result
+}
+
+/// An error and its causes on one line: `failed to x: cause: cause`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        source = e.source();
+    }
+    s
+}
+
+const BOOT_FIX: &str = "add cgroup.memory=nokmem to the kernel command line \
+    (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub) and reboot";
+
+fn kernel_check(
+    rule: Rule,
+    release: &Result<(String, (u32, u32)), kernel::KernelError>,
+    cmdline: &Result<String, kernel::KernelError>,
+    severity: Severity,
+) -> Check {
+    let rel = release.as_ref().map(|(t, _)| t.as_str()).unwrap_or("?");
+    let evidence = json!({
+        "release": release.as_ref().ok().map(|(t, _)| t),
+        "cmdline": cmdline.as_ref().ok(),
+        "cmdline_nokmem": cmdline.as_ref().ok().map(|c| kernel::cmdline_has_nokmem(c)),
+    });
+    let check = match rule {
+        Rule::NoV1Memory => Check::new(
+            "kernel-kmem",
+            Status::Ok,
+            "no cgroup v1 memory controller: kmem accounting of v1 cgroups does not apply",
+        ),
+        Rule::Nokmem => Check::new(
+            "kernel-kmem",
+            Status::Ok,
+            format!(
+                "Linux {rel} booted with {}: kmem accounting is off kernel-wide",
+                kernel::NOKMEM_PARAM
+            ),
+        ),
+        Rule::KernelWide => {
+            let status = Status::from_severity(severity);
+            let mut summary = format!(
+                "Linux {rel} accounts kmem in every cgroup v1 memory cgroup unless booted with {}, \
+                 whatever runc and kubelet do",
+                kernel::NOKMEM_PARAM
+            );
+            if severity == Severity::Ignore {
+                summary.push_str(" (ignored: [verify] kernel-wide-kmem = ignore)");
+            }
+            let check = Check::new("kernel-kmem", status, summary);
+            if status == Status::Ok {
+                check
+            } else {
+                check.fix(BOOT_FIX)
+            }
+        }
+        Rule::PerCgroup => Check::new(
+            "kernel-kmem",
+            Status::Ok,
+            format!(
+                "Linux {rel} accounts kmem only in cgroups where runc or kubelet switch it on \
+                 (and their children): checked per cgroup"
+            ),
+        ),
+        Rule::Unknown => {
+            let why = match (release, cmdline) {
+                (Err(e), _) => error_chain(e),
+                (_, Err(e)) => error_chain(e),
+                _ => "unknown".into(),
+            };
+            Check::new("kernel-kmem", Status::Unknown, why)
+                .fix("pass --kernel-release, or point --proc-root at the node's procfs")
+        }
+    };
+    check.evidence(evidence)
+}
+
+/// When the payload was swapped in: `swapped_at` (seconds since the epoch or RFC 3339)
+/// from `R/var/lib/k8s-nokmem/state.json`, top level or the latest of its targets, else the
+/// file's mtime (the install writes it as its last step). None when not installed.
+fn swap_time(root: &Root) -> Option<i64> {
+    let path = root.join(Path::new(paths::STATE_DIR).join("state.json"));
+    let text = std::fs::read_to_string(&path).ok()?;
+    let from_file = std::fs::metadata(&path)
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64);
+    let value: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            debug!(
+                "state '{}' is not JSON ({e}): using its mtime",
+                path.display()
+            );
+            return from_file;
+        }
+    };
+    let mut times: Vec<i64> = Vec::new();
+    times.extend(value.get("swapped_at").and_then(parse_time));
+    if let Some(targets) = value.get("targets").and_then(Value::as_object) {
+        times.extend(
+            targets
+                .values()
+                .filter_map(|t| t.get("swapped_at").and_then(parse_time)),
+        );
+    }
+    times.into_iter().max().or(from_file)
+}
+
+/// Seconds since the epoch from a number or `YYYY-MM-DDTHH:MM:SSZ`.
+fn parse_time(v: &Value) -> Option<i64> {
+    if let Some(n) = v.as_i64() {
+        return Some(n);
+    }
+    let s = v.as_str()?;
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // days from civil (Howard Hinnant)
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + h * 3600 + mi * 60 + se)
+}
+
+/// Why a kmem-active cgroup is active, for the report and the fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Cause {
+    /// Linux >= 4.6: every cgroup.
+    KernelWide,
+    /// kubepods or a QoS cgroup is active: every pod under it inherits kmem until reboot.
+    KubepodsActive,
+    /// Inherited from a pod cgroup that is active.
+    InheritedFromPod,
+    /// Created before the payload was swapped in.
+    BeforeSwap,
+    /// Created after the swap: the binary that created it enables kmem.
+    AfterSwap,
+    /// The package is not installed (or no swap recorded).
+    NotSwapped,
+    /// Booted with nokmem, yet accounted.
+    DespiteNokmem,
+}
+
+fn cause_of(rule: Rule, cg: &cgroup::Cgroup, top: Option<&Kind>, swap: Option<i64>) -> Cause {
+    if rule == Rule::KernelWide {
+        return Cause::KernelWide;
+    }
+    if rule == Rule::Nokmem {
+        return Cause::DespiteNokmem;
+    }
+    match (&cg.kind, top) {
+        (Kind::Kubepods | Kind::Qos { .. }, _) | (_, Some(Kind::Kubepods | Kind::Qos { .. })) => {
+            Cause::KubepodsActive
+        }
+        _ => match swap {
+            None => Cause::NotSwapped,
+            Some(t) if cg.created_before < t => Cause::BeforeSwap,
+            Some(_) if top.is_some() => Cause::InheritedFromPod,
+            Some(_) => Cause::AfterSwap,
+        },
+    }
+}
+
+fn cause_text(cause: Cause) -> &'static str {
+    match cause {
+        Cause::KernelWide => "accounted because of the kernel (see kernel-kmem)",
+        Cause::KubepodsActive => {
+            "kubepods or its QoS cgroup accounts kmem: every pod created under it inherits kmem until the node reboots"
+        }
+        Cause::InheritedFromPod => "inherits kmem from its pod's cgroup",
+        Cause::BeforeSwap => "pods from before the swap: recreate them or reboot",
+        Cause::AfterSwap => {
+            "created after the swap, so the binary that created it enables kmem (runc for containers, kubelet for pods)"
+        }
+        Cause::NotSwapped => "kmem switched on by runc or kubelet (k8s-nokmem has not swapped them)",
+        Cause::DespiteNokmem => "accounts kmem although the kernel was booted with cgroup.memory=nokmem",
+    }
+}
+
+fn cause_fix(cause: Cause) -> &'static str {
+    match cause {
+        Cause::KernelWide => BOOT_FIX,
+        Cause::KubepodsActive => "reboot the node (drain it first): kubepods cgroups are never recreated while it runs",
+        Cause::BeforeSwap | Cause::InheritedFromPod => {
+            "recreate the listed pods (kubectl delete pod, or drain the node) or reboot it"
+        }
+        Cause::AfterSwap => {
+            "run `k8s-nokmem status` and `k8s-nokmem install` so that the nokmem runc and kubelet run, then recreate the listed pods"
+        }
+        Cause::NotSwapped => "install k8s-nokmem, then reboot the node (or drain it and recreate its pods)",
+        Cause::DespiteNokmem => {
+            "check that this kernel supports cgroup.memory=nokmem (Linux >= 4.6 or a backport); otherwise install k8s-nokmem"
+        }
+    }
+}
+
+fn cgroup_check(
+    rule: Rule,
+    severity: Severity,
+    walked: &Option<Result<cgroup::Walk, cgroup::CgroupError>>,
+    swap: Option<i64>,
+    metrics: &mut Metrics,
+) -> Check {
+    const NAME: &str = "cgroup-kmem";
+    if rule == Rule::NoV1Memory {
+        metrics.checked_cgroups = Some(0);
+        metrics.kmem_active_cgroups = Some(0);
+        return Check::new(
+            NAME,
+            Status::Skipped,
+            "no cgroup v1 memory hierarchy: nothing to check",
+        );
+    }
+    let walk = match walked {
+        Some(Ok(w)) => w,
+        Some(Err(e)) => {
+            return Check::new(NAME, Status::Unknown, error_chain(e))
+                .fix("point --cgroup-root at the node's cgroup file system ([verify] cgroup-root)")
+        }
+        None => {
+            return Check::new(
+                NAME,
+                Status::Unknown,
+                "the cgroup layout is unknown (see cgroup-mode)",
+            )
+        }
+    };
+    let checked = walk.cgroups.len() as u64;
+    metrics.checked_cgroups = Some(checked);
+    let kinds: std::collections::HashMap<&str, &Kind> = walk
+        .cgroups
+        .iter()
+        .map(|c| (c.path.as_str(), &c.kind))
+        .collect();
+    let mut active = Vec::new();
+    for cg in walk.active() {
+        let top = cg
+            .inherited_from
+            .as_deref()
+            .and_then(|p| kinds.get(p).copied());
+        let cause = cause_of(rule, cg, top, swap);
+        active.push((cg, cause));
+    }
+    metrics.kmem_active_cgroups = Some(active.len() as u64);
+    let pods: std::collections::BTreeSet<&str> = active
+        .iter()
+        .filter_map(|(c, _)| c.kind.pod_uid())
+        .collect();
+    let evidence = json!({
+        "checked": checked,
+        "kmem_active": active.len(),
+        "pods_with_kmem": pods.len(),
+        "swap_time": swap,
+        "unreadable": walk.unreadable,
+        "errors": walk.errors,
+        "cgroups": active.iter().map(|(c, cause)| {
+            let (usage, slab) = match c.kmem {
+                cgroup::Kmem::Active { usage, slab_entries } => (usage, slab_entries),
+                _ => (0, 0),
+            };
+            json!({
+                "path": c.path,
+                "kind": c.kind,
+                "pod_uid": c.kind.pod_uid(),
+                "container_id": c.kind.container_id(),
+                "kmem_usage_bytes": usage,
+                "slabinfo_entries": slab,
+                "created_before": c.created_before,
+                "before_swap": swap.map(|t| c.created_before < t),
+                "inherited_from": c.inherited_from,
+                "cause": cause,
+                "why": cause_text(*cause),
+            })
+        }).collect::<Vec<_>>(),
+    });
+    if active.is_empty() {
+        if walk.unreadable > 0 {
+            return Check::new(
+                NAME,
+                Status::Unknown,
+                format!(
+                    "could not read the kmem files of {} of {checked} cgroups: {}",
+                    walk.unreadable,
+                    walk.errors.first().map(String::as_str).unwrap_or("")
+                ),
+            )
+            .fix("run as root; check that --cgroup-root points at a cgroup file system")
+            .evidence(evidence);
+        }
+        let summary = if checked == 0 {
+            "no pod or container memory cgroups found (no pods yet?)".to_string()
+        } else {
+            format!("kmem accounting is off in all {checked} pod and container memory cgroups")
+        };
+        return Check::new(NAME, Status::Ok, summary).evidence(evidence);
+    }
+    let status = match rule {
+        Rule::KernelWide => Status::from_severity(severity),
+        _ => Status::Problem,
+    };
+    // the fix of the most fundamental cause: kernel, then kubepods, ...
+    let main = active
+        .iter()
+        .map(|(_, c)| *c)
+        .min()
+        .unwrap_or(Cause::NotSwapped);
+    let mut summary = format!(
+        "{} of {checked} pod and container memory cgroups account kmem ({} pod{}); {}",
+        active.len(),
+        pods.len(),
+        if pods.len() == 1 { "" } else { "s" },
+        cause_text(main)
+    );
+    if walk.unreadable > 0 {
+        summary.push_str(&format!("; {} more could not be read", walk.unreadable));
+    }
+    let check = Check::new(NAME, status, summary).evidence(evidence);
+    if status == Status::Ok {
+        check
+    } else {
+        check.fix(cause_fix(main))
+    }
+}
+
+fn zombie_check(
+    settings: &Settings,
+    hierarchy: Option<&cgroup::Hierarchy>,
+    walked: &Option<Result<cgroup::Walk, cgroup::CgroupError>>,
+    metrics: &mut Metrics,
+) -> Check {
+    const NAME: &str = "zombie-cgroups";
+    let total = match step("proc-cgroups", || {
+        cgroup::read_memory_cgroup_count(&settings.proc_root)
+    }) {
+        Ok(n) => n,
+        Err(e) => {
+            return Check::new(NAME, Status::Unknown, error_chain(&e))
+                .fix("point --proc-root at the node's procfs ([verify] proc-root)")
+        }
+    };
+    metrics.memory_cgroups = Some(total);
+    let (hierarchy, walk) = match (hierarchy, walked) {
+        (Some(h), Some(Ok(w))) => (h, w),
+        (None, _) => {
+            return Check::new(
+                NAME,
+                Status::Unknown,
+                "no cgroup hierarchy mounted to count directories in",
+            )
+        }
+        (_, _) => {
+            return Check::new(
+                NAME,
+                Status::Unknown,
+                "the memory hierarchy could not be walked (see cgroup-kmem)",
+            )
+        }
+    };
+    if !hierarchy.whole {
+        return Check::new(
+            NAME,
+            Status::Unknown,
+            format!(
+                "'{}' shows only part of the memory hierarchy, so zombies cannot be counted",
+                hierarchy.mount_point.display()
+            ),
+        );
+    }
+    let zombies = total.saturating_sub(walk.dirs);
+    metrics.zombie_cgroups = Some(zombies);
+    let warn_at = MEMCG_ID_LIMIT * u64::from(settings.config.verify.zombie_warn_percent) / 100;
+    let problem_at = MEMCG_ID_LIMIT * ZOMBIE_PROBLEM_PERCENT / 100;
+    let evidence = json!({
+        "num_cgroups": total,
+        "directories": walk.dirs,
+        "zombies": zombies,
+        "limit": MEMCG_ID_LIMIT,
+        "warn_at": warn_at,
+        "problem_at": problem_at,
+    });
+    let pct = zombies * 100 / MEMCG_ID_LIMIT;
+    let summary = format!(
+        "{zombies} zombie memory cgroups ({total} in the kernel, {} directories): {pct}% of the {MEMCG_ID_LIMIT} IDs",
+        walk.dirs
+    );
+    let status = if total >= problem_at {
+        Status::Problem
+    } else if zombies >= warn_at {
+        Status::Warning
+    } else {
+        Status::Ok
+    };
+    let check = Check::new(NAME, status, summary).evidence(evidence);
+    if status == Status::Ok {
+        check
+    } else {
+        check.fix("reboot the node (drain it first) before memory cgroup IDs run out and pods fail to start")
+    }
+}
+
+fn kernel_log_check(settings: &Settings) -> Check {
+    const NAME: &str = "kernel-log";
+    let source = match &settings.kernel_log {
+        Some(p) => p.clone(),
+        None if settings.proc_root == Path::new("/proc") => PathBuf::from(kernel::KMSG),
+        None => return Check::new(
+            NAME,
+            Status::Skipped,
+            "--proc-root points at a recorded tree: pass --kernel-log FILE to scan its kernel log",
+        ),
+    };
+    match step("kernel-log", || kernel::read_log(&source)) {
+        Err(e) => Check::new(NAME, Status::Unknown, error_chain(&e))
+            .fix("run as root, or pass --kernel-log FILE (a saved `dmesg`)"),
+        Ok(f) if f.total() == 0 => Check::new(
+            NAME,
+            Status::Ok,
+            format!("no leak messages in {} kernel log records since boot", f.scanned),
+        )
+        .evidence(json!({"source": source, "scanned": f.scanned})),
+        Ok(f) => Check::new(
+            NAME,
+            Status::Problem,
+            format!(
+                "the kernel log since boot has {} 'SLUB: Unable to allocate memory on node -1' and {} cgroup 'no space left on device' messages",
+                f.slub, f.cgroup_enospc
+            ),
+        )
+        .fix("reboot the node (drain it first): the leak has exhausted memory cgroup IDs or slab memory")
+        .evidence(json!({"source": source, "scanned": f.scanned, "slub": f.slub, "cgroup_enospc": f.cgroup_enospc, "lines": f.lines})),
+    }
+}
+
+/// Wait until a pod cgroup exists, at most until `boot_wait` after boot (so a periodic run
+/// long after boot does not wait). Returns how long it waited.
+pub fn wait_for_pods(settings: &Settings) -> Duration {
+    let start = Instant::now();
+    let Ok(layout) = cgroup::read_layout(&settings.proc_root, &settings.cgroup_root) else {
+        return Duration::ZERO;
+    };
+    let Some(memory) = layout.memory else {
+        return Duration::ZERO;
+    };
+    let uptime = cgroup::read_uptime(&settings.proc_root).unwrap_or(f64::MAX);
+    let budget = settings.config.verify.boot_wait.as_secs_f64() - uptime;
+    if budget <= 0.0 {
+        debug!("wait for pods: {uptime:.0} s since boot, beyond boot-wait: not waiting");
+        return Duration::ZERO;
+    }
+    let deadline = start + Duration::from_secs_f64(budget);
+    while !cgroup::pods_present(&memory.path) {
+        if Instant::now() >= deadline {
+            info!(
+                "verify wait-for-pods: no pod cgroup under '{}' after {} ms ([verify] boot-wait)",
+                memory.mount_point.display(),
+                start.elapsed().as_millis()
+            );
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    info!(
+        "verify wait-for-pods: ok ({} ms)",
+        start.elapsed().as_millis()
+    );
+    start.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        let cases = [
+            (json!(1700000000), Some(1700000000)),
+            (json!("1970-01-01T00:00:00Z"), Some(0)),
+            (json!("2026-11-27T23:59:00Z"), Some(1795823940)),
+            (json!("2000-03-01T12:00:00+00:00"), Some(951912000)),
+            (json!("yesterday"), None),
+            (json!(null), None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(parse_time(&v), want, "case {v}");
+        }
+    }
+
+    #[test]
+    fn worst_fix_first() {
+        let report = Report {
+            status: Outcome::Problem,
+            version: "0",
+            timestamp: 0,
+            node: NodeInfo::default(),
+            checks: vec![
+                Check::new("a", Status::Warning, "w").fix("fix a"),
+                Check::new("b", Status::Unknown, "u").fix("fix b"),
+                Check::new("c", Status::Problem, "p").fix("fix c"),
+                Check::new("d", Status::Problem, "p").fix("fix d"),
+            ],
+            metrics: Metrics::default(),
+        };
+        assert_eq!(report.first_fix().map(|c| c.name), Some("c"));
+    }
+}

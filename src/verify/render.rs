@@ -1,0 +1,276 @@
+//! The four ways a [`Report`] leaves the program: a human summary, JSON, a Prometheus
+//! textfile (written atomically for node_exporter's textfile collector) and the one line a
+//! node-problem-detector custom plugin prints.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{Report, Status};
+use crate::cli::Outcome;
+use crate::paths::{self, FileError};
+
+/// The textfile's name in the collector directory (node_exporter reads `*.prom`).
+pub const TEXTFILE_NAME: &str = "k8s_nokmem.prom";
+/// How many cgroups the human summary lists.
+const SHOW_CGROUPS: usize = 10;
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Ok => "ok",
+        Outcome::Problem => "problem",
+        Outcome::Unknown => "unknown",
+    }
+}
+
+/// The human summary: the verdict, one line per check (with the kmem-active cgroups), and
+/// the one thing to do.
+pub fn human(report: &Report) -> String {
+    let mut out = String::new();
+    let node = &report.node;
+    let mut about = Vec::new();
+    if let Some(r) = &node.kernel_release {
+        about.push(format!("Linux {r}"));
+    }
+    if let Some(s) = node.cgroup_setup {
+        about.push(s.to_string());
+    }
+    let _ = writeln!(
+        out,
+        "k8s-nokmem verify: {}{}",
+        outcome_name(report.status).to_uppercase(),
+        if about.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", about.join(", "))
+        }
+    );
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    for check in &report.checks {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<width$}  {}",
+            check.status.to_string(),
+            check.name,
+            check.summary
+        );
+        if check.status > Status::Skipped {
+            if let Some(cgroups) = check.evidence.get("cgroups").and_then(Value::as_array) {
+                for cg in cgroups.iter().take(SHOW_CGROUPS) {
+                    let _ = writeln!(out, "  {:<8} {:<width$}    - {}", "", "", cgroup_line(cg));
+                }
+                if cgroups.len() > SHOW_CGROUPS {
+                    let _ = writeln!(
+                        out,
+                        "  {:<8} {:<width$}    ... and {} more (--json lists every one)",
+                        "",
+                        "",
+                        cgroups.len() - SHOW_CGROUPS
+                    );
+                }
+            }
+            if let Some(lines) = check.evidence.get("lines").and_then(Value::as_array) {
+                for line in lines.iter().filter_map(Value::as_str) {
+                    let _ = writeln!(out, "  {:<8} {:<width$}    > {line}", "", "");
+                }
+            }
+        }
+    }
+    match report.first_fix() {
+        Some(check) => {
+            let _ = writeln!(out, "to do: {}", check.fix.as_deref().unwrap_or_default());
+        }
+        None => {
+            let _ = writeln!(out, "to do: nothing");
+        }
+    }
+    out
+}
+
+fn cgroup_line(cg: &Value) -> String {
+    let s = |k: &str| cg.get(k).and_then(Value::as_str);
+    let mut who = Vec::new();
+    if let Some(uid) = s("pod_uid") {
+        who.push(format!("pod {uid}"));
+    }
+    if let Some(id) = s("container_id") {
+        who.push(format!("container {}", short_id(id)));
+    }
+    if who.is_empty() {
+        who.push(
+            cg.get("kind")
+                .and_then(|k| k.get("kind"))
+                .and_then(Value::as_str)
+                .unwrap_or("cgroup")
+                .to_string(),
+        );
+    }
+    let usage = cg
+        .get("kmem_usage_bytes")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let slab = cg
+        .get("slabinfo_entries")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let amount = if usage > 0 {
+        format!("{} kmem", bytes(usage))
+    } else {
+        format!("{slab} slab caches")
+    };
+    format!(
+        "{} '{}': {amount}; {}",
+        who.join(" "),
+        s("path").unwrap_or("?"),
+        s("why").unwrap_or("")
+    )
+}
+
+fn short_id(id: &str) -> &str {
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &id[..12]
+    } else {
+        id
+    }
+}
+
+fn bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20))
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// The report as pretty JSON (with a trailing newline).
+pub fn json(report: &Report) -> String {
+    let mut s = serde_json::to_string_pretty(report).unwrap_or_else(|e| {
+        format!("{{\"status\":\"unknown\",\"error\":\"failed to serialize the report: {e}\"}}")
+    });
+    s.push('\n');
+    s
+}
+
+/// The node-problem-detector plugin line: the verdict and the worst check, one line.
+pub fn npd(report: &Report) -> String {
+    let worst = report
+        .checks
+        .iter()
+        .filter(|c| c.status.outcome() == report.status && report.status != Outcome::Ok)
+        .max_by_key(|c| c.status);
+    match worst {
+        Some(c) => format!("{}: {}: {}", outcome_name(report.status), c.name, c.summary),
+        None => {
+            let warnings = report
+                .checks
+                .iter()
+                .filter(|c| c.status == Status::Warning)
+                .count();
+            if warnings > 0 {
+                format!("ok: kmem accounting is off ({warnings} warning(s): run k8s-nokmem verify)")
+            } else {
+                "ok: kmem accounting is off for pod cgroups".to_string()
+            }
+        }
+    }
+    .replace('\n', " ")
+}
+
+/// The Prometheus text exposition of the report.
+pub fn prometheus(report: &Report) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
+        if samples.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP k8s_nokmem_verify_{name} {help}");
+        let _ = writeln!(out, "# TYPE k8s_nokmem_verify_{name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "k8s_nokmem_verify_{name}{labels} {value}");
+        }
+    };
+    let m = &report.metrics;
+    let one = |v: Option<u64>| {
+        v.map(|v| vec![(String::new(), v as f64)])
+            .unwrap_or_default()
+    };
+    gauge(
+        "status",
+        "Result of the last k8s-nokmem verify run (1 for the current status).",
+        &["ok", "problem", "unknown"]
+            .iter()
+            .map(|s| {
+                let v = f64::from(u8::from(outcome_name(report.status) == *s));
+                (format!("{{status=\"{s}\"}}"), v)
+            })
+            .collect::<Vec<_>>(),
+    );
+    gauge(
+        "check_status",
+        "Status of each check of the last run (1 for its current status).",
+        &report
+            .checks
+            .iter()
+            .map(|c| {
+                (
+                    format!("{{check=\"{}\",status=\"{}\"}}", c.name, c.status),
+                    1.0,
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    gauge(
+        "checked_cgroups",
+        "Pod, container, QoS and docker memory cgroups checked.",
+        &one(m.checked_cgroups),
+    );
+    gauge(
+        "kmem_active_cgroups",
+        "Checked memory cgroups that account kernel memory (kmem).",
+        &one(m.kmem_active_cgroups),
+    );
+    gauge(
+        "zombie_cgroups",
+        "Memory cgroups the kernel still counts but that have no directory (leaked).",
+        &one(m.zombie_cgroups),
+    );
+    gauge(
+        "memory_cgroups",
+        "Memory cgroups the kernel counts in /proc/cgroups, zombies included.",
+        &one(m.memory_cgroups),
+    );
+    gauge(
+        "memory_cgroup_id_limit",
+        "Memory cgroup IDs available (16 bit).",
+        &one(Some(super::MEMCG_ID_LIMIT)),
+    );
+    gauge(
+        "binary_match",
+        "1 when the binary at the target path is the nokmem payload (sha256 as in the MANIFEST).",
+        &m.binary_match
+            .iter()
+            .map(|(name, ok)| (format!("{{binary=\"{name}\"}}"), f64::from(u8::from(*ok))))
+            .collect::<Vec<_>>(),
+    );
+    gauge(
+        "last_run_timestamp_seconds",
+        "When the last k8s-nokmem verify run ended, in seconds since the epoch.",
+        &one(Some(report.timestamp)),
+    );
+    out
+}
+
+/// Write `DIR/k8s_nokmem.prom` atomically (temp file in DIR, then rename), mode 0644.
+pub fn write_textfile(dir: &Path, report: &Report) -> Result<PathBuf, FileError> {
+    let path = dir.join(TEXTFILE_NAME);
+    paths::atomic_write_bytes(&path, 0o644, prometheus(report).as_bytes())?;
+    Ok(path)
+}

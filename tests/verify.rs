@@ -1,0 +1,632 @@
+//! `k8s-nokmem verify` as a user runs it: recorded node trees (tests/fixtures/cgroup), bad
+//! input, the output formats, and this machine's real cgroup v1 memory hierarchy.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_k8s-nokmem");
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/cgroup")
+        .join(name)
+}
+
+fn strict() -> bool {
+    std::env::var_os("K8S_NOKMEM_STRICT").is_some_and(|v| v == "1")
+}
+
+/// A temp dir kept (and printed) when K8S_NOKMEM_KEEP_TMP=1.
+struct Tmp(Option<tempfile::TempDir>, PathBuf);
+
+impl Tmp {
+    fn new() -> Tmp {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        Tmp(Some(dir), path)
+    }
+    fn path(&self) -> &Path {
+        &self.1
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        if std::env::var_os("K8S_NOKMEM_KEEP_TMP").is_some_and(|v| v == "1") {
+            if let Some(d) = self.0.take() {
+                eprintln!("kept {}", d.keep().display());
+            }
+        }
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+fn run(args: &[&str]) -> Run {
+    let out = Command::new(BIN).arg("verify").args(args).output().unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !run.stderr.contains("panicked"),
+        "verify panicked: {}",
+        run.stderr
+    );
+    run
+}
+
+/// verify a node tree (fixture or copy) with an empty --root (package not installed).
+fn verify_node(node: &Path, root: &Path, extra: &[&str]) -> Run {
+    let proc_root = node.join("proc");
+    let cgroup_root = node.join("sys/fs/cgroup");
+    let mut args = vec![
+        "--root",
+        root.to_str().unwrap(),
+        "--proc-root",
+        proc_root.to_str().unwrap(),
+        "--cgroup-root",
+        cgroup_root.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {report:#}"))
+}
+
+fn copy_fixture(name: &str, to: &Path) -> PathBuf {
+    let dst = to.join(name);
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(fixture(name))
+        .arg(&dst)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {name}");
+    dst
+}
+
+#[test]
+fn a_4_4_node_with_nokmem_pods_is_ok() {
+    let root = Tmp::new();
+    let r = verify_node(&fixture("4.4-nokmem"), root.path(), &["--json"]);
+    let report = r.json();
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(report["status"], "ok");
+    let kmem = check(&report, "cgroup-kmem");
+    assert_eq!(kmem["status"], "ok");
+    // kubepods, 2 QoS, 3 pods, 4 containers, 1 docker container
+    assert_eq!(kmem["evidence"]["checked"], 11, "{kmem:#}");
+    assert_eq!(check(&report, "kernel-kmem")["status"], "ok");
+    let payload = check(&report, "payload");
+    assert_eq!(payload["status"], "skipped");
+    assert!(payload["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("k8s-nokmem not installed: payload checks skipped"));
+
+    let human = verify_node(&fixture("4.4-nokmem"), root.path(), &[]);
+    assert_eq!(human.code, 0);
+    assert!(
+        human
+            .stdout
+            .starts_with("k8s-nokmem verify: OK (Linux 4.4.0-131-generic"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.ends_with("to do: nothing\n"),
+        "{}",
+        human.stdout
+    );
+}
+
+#[test]
+fn a_4_4_node_with_a_kmem_pod_names_the_pod_and_container() {
+    let root = Tmp::new();
+    let node = fixture("4.4-kmem");
+    let kmsg = node.join("kmsg");
+    let r = verify_node(
+        &node,
+        root.path(),
+        &["--json", "--kernel-log", kmsg.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let report = r.json();
+    assert_eq!(report["status"], "problem");
+    let kmem = check(&report, "cgroup-kmem");
+    assert_eq!(kmem["status"], "problem");
+    let cgroups = kmem["evidence"]["cgroups"].as_array().unwrap();
+    assert_eq!(cgroups.len(), 2, "the pod and its container: {kmem:#}");
+    let container = cgroups
+        .iter()
+        .find(|c| !c["container_id"].is_null())
+        .unwrap();
+    assert_eq!(container["pod_uid"], "0d5c3c1a-6ec5-4e8c-9b9e-2f0b1e2f3a4b");
+    assert_eq!(
+        container["container_id"],
+        "4b2de9c5ccf65404e5a1796c9746e56fd0c799d935df66b9bfe0697dd7933112"
+    );
+    assert_eq!(container["kmem_usage_bytes"], 5861376);
+    assert_eq!(
+        container["slabinfo_entries"], 0,
+        "usage > 0 needs no slabinfo"
+    );
+    let log = check(&report, "kernel-log");
+    assert_eq!(log["status"], "problem");
+    assert_eq!(log["evidence"]["slub"], 1);
+
+    // with the package installed and swapped after these pods were made
+    let state = root.path().join("var/lib/k8s-nokmem");
+    fs::create_dir_all(&state).unwrap();
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    fs::write(
+        state.join("state.json"),
+        format!("{{\"version\":1,\"swapped_at\":{later},\"targets\":{{}}}}"),
+    )
+    .unwrap();
+    let human = verify_node(&node, root.path(), &[]);
+    assert_eq!(human.code, 1);
+    assert!(
+        human
+            .stdout
+            .contains("pod 0d5c3c1a-6ec5-4e8c-9b9e-2f0b1e2f3a4b container "),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human
+            .stdout
+            .contains("pods from before the swap: recreate them or reboot"),
+        "{}",
+        human.stdout
+    );
+}
+
+#[test]
+fn a_3_10_node_whose_slabinfo_answers_eio_is_ok() {
+    let root = Tmp::new();
+    let r = verify_node(&fixture("3.10-eio"), root.path(), &["--json"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let report = r.json();
+    assert_eq!(check(&report, "cgroup-kmem")["status"], "ok");
+    assert_eq!(check(&report, "cgroup-kmem")["evidence"]["checked"], 7);
+    assert_eq!(report["node"]["kernel_release"], "3.10.0-862.el7.x86_64");
+}
+
+#[test]
+fn zombie_cgroups_warn_then_fail() {
+    let root = Tmp::new();
+    let r = verify_node(&fixture("zombies-60000"), root.path(), &["--json"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let report = r.json();
+    let z = check(&report, "zombie-cgroups");
+    assert_eq!(z["status"], "problem");
+    assert_eq!(z["evidence"]["zombies"], 60000);
+    assert!(z["fix"].as_str().unwrap().contains("reboot"));
+
+    // 40,000 zombies: past the default warning (50%), short of the problem (90%)
+    let tmp = Tmp::new();
+    let node = copy_fixture("zombies-60000", tmp.path());
+    let cgroups = node.join("proc/cgroups");
+    let text = fs::read_to_string(&cgroups)
+        .unwrap()
+        .replace("\t60006\t", "\t40006\t");
+    fs::write(&cgroups, text).unwrap();
+    let r = verify_node(&node, root.path(), &["--json"]);
+    assert_eq!(r.code, 0, "a warning keeps exit 0: {}", r.stdout);
+    assert_eq!(check(&r.json(), "zombie-cgroups")["status"], "warning");
+    // ... and ok when the warning threshold is raised
+    let conf = tmp.path().join("k.conf");
+    fs::write(&conf, "[verify]\nzombie-warn-percent = 70\n").unwrap();
+    let r = verify_node(
+        &node,
+        root.path(),
+        &["--json", "--config", conf.to_str().unwrap()],
+    );
+    assert_eq!(check(&r.json(), "zombie-cgroups")["status"], "ok");
+}
+
+#[test]
+fn cgroup_v2_only_is_not_this_leak() {
+    let root = Tmp::new();
+    let r = verify_node(&fixture("v2-only"), root.path(), &["--json"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let report = r.json();
+    assert_eq!(report["node"]["cgroup_setup"], "unified");
+    assert!(check(&report, "cgroup-mode")["summary"]
+        .as_str()
+        .unwrap()
+        .contains("not affected"));
+    assert_eq!(check(&report, "cgroup-kmem")["status"], "skipped");
+}
+
+#[test]
+fn booted_with_nokmem_is_ok() {
+    let root = Tmp::new();
+    let r = verify_node(&fixture("nokmem-cmdline"), root.path(), &["--json"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let report = r.json();
+    assert_eq!(report["node"]["cmdline_nokmem"], true);
+    assert!(check(&report, "kernel-kmem")["summary"]
+        .as_str()
+        .unwrap()
+        .contains("cgroup.memory=nokmem"));
+}
+
+#[test]
+fn kernel_wide_kmem_severity_follows_the_config() {
+    let root = Tmp::new();
+    let node = fixture("4.4-nokmem");
+    let conf = root.path().join("k.conf");
+    let cases = [
+        ("problem", 1, "problem"),
+        ("warning", 0, "warning"),
+        ("ignore", 0, "ok"),
+    ];
+    for (severity, code, status) in cases {
+        fs::write(&conf, format!("[verify]\nkernel-wide-kmem = {severity}\n")).unwrap();
+        let r = verify_node(
+            &node,
+            root.path(),
+            &[
+                "--json",
+                "--kernel-release",
+                "5.4.0-150-generic",
+                "--config",
+                conf.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r.code, code, "case {severity}: {}", r.stdout);
+        let k = check(&r.json(), "kernel-kmem").clone();
+        assert_eq!(k["status"], status, "case {severity}");
+        if severity != "ignore" {
+            assert!(
+                k["fix"].as_str().unwrap().contains("cgroup.memory=nokmem"),
+                "case {severity}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unreadable_cgroup_files_are_unknown_with_the_reason() {
+    let root = Tmp::new();
+    let tmp = Tmp::new();
+    let node = copy_fixture("4.4-nokmem", tmp.path());
+    // root reads any file: a directory where the file should be cannot be read
+    let usage = node
+        .join("sys/fs/cgroup/memory/kubepods/burstable")
+        .join("memory.kmem.usage_in_bytes");
+    fs::remove_file(&usage).unwrap();
+    fs::create_dir(&usage).unwrap();
+    let r = verify_node(&node, root.path(), &["--json"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    let report = r.json();
+    assert_eq!(report["status"], "unknown");
+    let kmem = check(&report, "cgroup-kmem");
+    assert_eq!(kmem["status"], "unknown");
+    assert!(
+        kmem["summary"]
+            .as_str()
+            .unwrap()
+            .contains("kubepods/burstable/memory.kmem.usage_in_bytes"),
+        "{kmem:#}"
+    );
+
+    // a problem outranks the unknown
+    fs::write(
+        node.join("sys/fs/cgroup/memory/kubepods/besteffort/memory.kmem.usage_in_bytes"),
+        "4096\n",
+    )
+    .unwrap();
+    let r = verify_node(&node, root.path(), &["--npd"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.starts_with("problem: cgroup-kmem: "),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_garbled_proc_cgroups_is_unknown_with_the_reason() {
+    let root = Tmp::new();
+    let tmp = Tmp::new();
+    let node = copy_fixture("4.4-nokmem", tmp.path());
+    fs::write(
+        node.join("proc/cgroups"),
+        "#subsys_name\thierarchy\nmemory\t5\tlots\n\u{1}\n",
+    )
+    .unwrap();
+    let r = verify_node(&node, root.path(), &["--json"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    let z = check(&r.json(), "zombie-cgroups").clone();
+    assert_eq!(z["status"], "unknown");
+    let summary = z["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("proc/cgroups") && summary.contains("line 2"),
+        "{summary}"
+    );
+
+    // no mountinfo at all
+    fs::remove_file(node.join("proc/self/mountinfo")).unwrap();
+    let r = verify_node(&node, root.path(), &[]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("failed to read the mount table: failed to read '"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_missing_manifest_of_an_installed_package_is_unknown() {
+    let root = Tmp::new();
+    let info = root.path().join("var/lib/dpkg/info");
+    fs::create_dir_all(&info).unwrap();
+    fs::write(info.join("k8s-nokmem.list"), "/usr/sbin/k8s-nokmem\n").unwrap();
+    let r = verify_node(&fixture("4.4-nokmem"), root.path(), &["--json"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    let p = check(&r.json(), "payload").clone();
+    assert_eq!(p["status"], "unknown");
+    assert!(
+        p["summary"]
+            .as_str()
+            .unwrap()
+            .contains("/usr/lib/k8s-nokmem/MANIFEST"),
+        "{p:#}"
+    );
+}
+
+#[test]
+fn textfile_passes_promtool_and_state_is_written() {
+    let root = Tmp::new();
+    let dir = Tmp::new();
+    let r = verify_node(
+        &fixture("4.4-kmem"),
+        root.path(),
+        &[
+            "--npd",
+            "--state",
+            "--textfile",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout.lines().count(),
+        1,
+        "npd prints one line: {}",
+        r.stdout
+    );
+    let prom = dir.path().join("k8s_nokmem.prom");
+    let text = fs::read_to_string(&prom).unwrap();
+    for want in [
+        "k8s_nokmem_verify_checked_cgroups 8\n",
+        "k8s_nokmem_verify_kmem_active_cgroups 2\n",
+        "k8s_nokmem_verify_zombie_cgroups 4000\n",
+        "k8s_nokmem_verify_status{status=\"problem\"} 1\n",
+        "k8s_nokmem_verify_last_run_timestamp_seconds ",
+    ] {
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temp file left"
+    );
+    let state: Value = serde_json::from_str(
+        &fs::read_to_string(root.path().join("run/k8s-nokmem/verify.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["status"], "problem");
+
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(fs::File::open(&prom).unwrap())
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) if !strict() => {
+            eprintln!("skipped: promtool not found ({e}): apt-get install prometheus")
+        }
+        Err(e) => panic!("promtool not found ({e}): apt-get install prometheus"),
+    }
+
+    // --textfile without DIR uses [verify] textfile-dir, and only when it exists
+    let conf = root.path().join("k.conf");
+    fs::write(
+        &conf,
+        "[verify]\ntextfile-dir = /var/lib/node_exporter/textfile_collector\n",
+    )
+    .unwrap();
+    let r = verify_node(
+        &fixture("4.4-nokmem"),
+        root.path(),
+        &["--textfile", "--config", conf.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        !root.path().join("var/lib/node_exporter").exists(),
+        "no directory created"
+    );
+    let collector = root.path().join("var/lib/node_exporter/textfile_collector");
+    fs::create_dir_all(&collector).unwrap();
+    let r = verify_node(
+        &fixture("4.4-nokmem"),
+        root.path(),
+        &["--config", conf.to_str().unwrap(), "--textfile"],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(collector.join("k8s_nokmem.prom").is_file());
+}
+
+#[test]
+fn an_unwritable_textfile_dir_is_unknown() {
+    let root = Tmp::new();
+    let r = verify_node(
+        &fixture("4.4-nokmem"),
+        root.path(),
+        &["--textfile", "/nonexistent/dir"],
+    );
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("/nonexistent/dir/"), "{}", r.stderr);
+}
+
+/// A kubepods-like tree in this machine's real cgroup v1 memory hierarchy with a real
+/// process charging kernel memory in its container cgroup. Dropping it kills the process
+/// and removes the cgroups (deepest first), also when the test fails.
+struct RealTree {
+    base: PathBuf,
+    dirs: Vec<PathBuf>,
+    child: Option<Child>,
+    files: Tmp,
+}
+
+impl Drop for RealTree {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(self.files.path().join("f"));
+        for dir in self.dirs.iter().rev() {
+            for _ in 0..50 {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+            if dir.exists() {
+                eprintln!("could not remove test cgroup '{}'", dir.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn real_cgroup_v1_tree_reports_the_kernel_wide_rule_and_the_cgroup() {
+    let memory = Path::new("/sys/fs/cgroup/memory");
+    let usable =
+        memory.join("memory.kmem.usage_in_bytes").exists() && nix::unistd::geteuid().is_root();
+    if !usable {
+        let why =
+            "needs root and a cgroup v1 memory hierarchy with kmem files at /sys/fs/cgroup/memory";
+        assert!(!strict(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let uid = "5b0c6d4e-3f2a-4b1c-9d8e-7f6a5b4c3d2e";
+    let cid = "1f3e5d7c9b2a4f6e8d0c1b3a5f7e9d2c4b6a8f0e1d3c5b7a9f2e4d6c8b0a1f3e";
+    let base = memory.join(format!("k8s-nokmem-test-{}", std::process::id()));
+    let container = base.join(format!("kubepods/burstable/pod{uid}/{cid}"));
+    let mut tree = RealTree {
+        dirs: vec![],
+        base: base.clone(),
+        child: None,
+        files: Tmp::new(),
+    };
+    let mut dir = base.clone();
+    tree.dirs.push(dir.clone());
+    fs::create_dir(&dir).unwrap();
+    for part in ["kubepods", "burstable", &format!("pod{uid}"), cid] {
+        dir = dir.join(part);
+        fs::create_dir(&dir).unwrap();
+        tree.dirs.push(dir.clone());
+    }
+    // the child joins the container cgroup, then creates files (dentries and inodes are
+    // kernel memory charged to its cgroup) and waits
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && mkdir '{f}' && i=0 && while [ $i -lt 500 ]; do echo x > '{f}'/$i; i=$((i+1)); done && echo ready && exec sleep 300",
+        container.display(),
+        f = tree.files.path().join("f").display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    tree.child = Some(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let usage_file = container.join("memory.kmem.usage_in_bytes");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(&usage_file).unwrap().trim() == "0" {
+        assert!(Instant::now() < deadline, "kmem usage stayed 0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // a cgroup root whose memory hierarchy is the test parent
+    let croot = Tmp::new();
+    symlink(&tree.base, croot.path().join("memory")).unwrap();
+    let root = Tmp::new();
+    let r = run(&[
+        "--json",
+        "--root",
+        root.path().to_str().unwrap(),
+        "--cgroup-root",
+        croot.path().to_str().unwrap(),
+    ]);
+    let report = r.json();
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let kernel = check(&report, "kernel-kmem");
+    assert_eq!(kernel["status"], "problem", "{kernel:#}");
+    assert!(kernel["summary"]
+        .as_str()
+        .unwrap()
+        .contains("accounts kmem in every cgroup v1 memory cgroup"));
+    let kmem = check(&report, "cgroup-kmem");
+    let listed = kmem["evidence"]["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["container_id"] == cid)
+        .unwrap_or_else(|| panic!("container not listed: {kmem:#}"));
+    assert_eq!(listed["pod_uid"], uid);
+    assert_eq!(listed["cause"], "kernel-wide");
+    assert!(listed["kmem_usage_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        listed["path"],
+        format!("/kubepods/burstable/pod{uid}/{cid}")
+    );
+}
