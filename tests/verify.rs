@@ -630,3 +630,54 @@ fn real_cgroup_v1_tree_reports_the_kernel_wide_rule_and_the_cgroup() {
         format!("/kubepods/burstable/pod{uid}/{cid}")
     );
 }
+
+/// Ubuntu 16.04 runs systemd 229: the units use only directives it knows (a newer one would
+/// be ignored there with a warning, silently changing what the unit does).
+#[test]
+fn units_use_only_directives_systemd_229_knows() {
+    const KNOWN_229: [&str; 20] = [
+        "Description",
+        "Documentation",
+        "After",
+        "Before",
+        "Wants",
+        "ConditionPathExists",
+        "Type",
+        "ExecStart",
+        "TimeoutStartSec",
+        "StandardOutput",
+        "StandardError",
+        "Nice",
+        "IOSchedulingClass",
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "NoNewPrivileges",
+        "OnBootSec",
+        "OnUnitActiveSec",
+        "RandomizedDelaySec",
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    for unit in ["k8s-nokmem-verify.service", "k8s-nokmem-verify.timer"] {
+        let text = fs::read_to_string(dir.join(unit)).unwrap();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+                continue;
+            }
+            let key = line.split('=').next().unwrap();
+            assert!(
+                KNOWN_229.contains(&key) || key == "WantedBy",
+                "{unit}: '{key}' is not in the list checked against systemd 229"
+            );
+        }
+        if unit.ends_with(".service") {
+            assert!(text.contains(
+                "ExecStart=/usr/sbin/k8s-nokmem verify --wait-for-pods --state --textfile\n"
+            ));
+            assert!(
+                !text.contains("RemainAfterExit=yes"),
+                "the timer must be able to start it again"
+            );
+        }
+    }
+}

@@ -25,6 +25,23 @@ pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Memory cgroup IDs are 16 bit: no more than this many memory cgroups, zombies included.
 pub const MEMCG_ID_LIMIT: u64 = 65535;
 
+/// cgroup v1 controllers (super options of a `cgroup` mount; `name=systemd` is none).
+const V1_CONTROLLERS: [&str; 14] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "blkio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+];
 /// kubelet's top cgroup (cgroupfs driver) and its systemd driver spelling.
 const KUBEPODS: &str = "kubepods";
 const KUBEPODS_SLICE: &str = "kubepods.slice";
@@ -178,9 +195,11 @@ pub fn layout(mounts: &[Mount], cgroup_root: &Path) -> Layout {
         whole: m.root == "/",
     };
     let v1: Vec<&Mount> = mounts.iter().filter(|m| m.fstype == "cgroup").collect();
-    let v1_controllers = v1
-        .iter()
-        .any(|m| m.super_options.iter().any(|o| !o.starts_with("name=")));
+    let v1_controllers = v1.iter().any(|m| {
+        m.super_options
+            .iter()
+            .any(|o| V1_CONTROLLERS.contains(&o.as_str()))
+    });
     // prefer a mount of the whole hierarchy (containers may bind a sub-tree)
     let mut memory: Vec<&&Mount> = v1
         .iter()
