@@ -22,6 +22,7 @@
 //! fail (tests rollback); `abort` calls `std::process::abort()` right after the journal
 //! entry for that step is written (kill -9, power loss). A warning is logged when armed.
 
+use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +32,7 @@ use log::{debug, error, info, warn};
 
 use crate::divert::{Added, DpkgDivert, Removed};
 use crate::notes::with_note;
-use crate::paths::{self, Root};
+use crate::paths::{self, Root, WrapIo};
 use crate::policy::SkipReason;
 use crate::systemd::{ServiceAction, ServiceManager};
 use crate::targets::{self, Original, State};
@@ -60,7 +61,15 @@ pub enum Step {
         divert_to: PathBuf,
         original: Original,
     },
-    /// Copy the payload onto `path` atomically, then check its sha256.
+    /// Copy the payload next to `path` (a temp file, checked by sha256 while copied,
+    /// fsynced) before the services stop, so that the swap itself is only renames.
+    Stage {
+        target: String,
+        path: PathBuf,
+        payload: PathBuf,
+        sha256: String,
+    },
+    /// Rename the staged payload onto `path` (copying it first if it was not staged).
     Place {
         target: String,
         path: PathBuf,
@@ -101,6 +110,7 @@ impl Step {
             Step::Preflight => "preflight",
             Step::Stop { .. } => "stop",
             Step::Divert { .. } => "divert",
+            Step::Stage { .. } => "stage",
             Step::Place { .. } => "place",
             Step::Start { .. } => "start",
             Step::Unplace { .. } => "unplace",
@@ -116,6 +126,7 @@ impl Step {
             Step::Record { .. } => format!("record '{}/{}'", paths::STATE_DIR, targets::STATE_FILE),
             Step::Stop { unit } | Step::Start { unit } => format!("{} '{unit}'", self.name()),
             Step::Divert { path, .. }
+            | Step::Stage { path, .. }
             | Step::Place { path, .. }
             | Step::Unplace { path, .. }
             | Step::Undivert { path, .. } => format!("{} '{}'", self.name(), path.display()),
@@ -130,6 +141,7 @@ impl Step {
     fn target(&self) -> Option<&str> {
         match self {
             Step::Divert { target, .. }
+            | Step::Stage { target, .. }
             | Step::Place { target, .. }
             | Step::Unplace { target, .. }
             | Step::Undivert { target, .. } => Some(target),
@@ -366,6 +378,8 @@ pub struct Node<'a> {
     pub divert: DpkgDivert,
     pub services: Services<'a>,
     pub timeout: Duration,
+    /// Temp files this run staged (a leftover of another run is never renamed into place).
+    staged: RefCell<Vec<PathBuf>>,
 }
 
 impl<'a> Node<'a> {
@@ -375,6 +389,7 @@ impl<'a> Node<'a> {
             divert: DpkgDivert::new(root),
             services,
             timeout,
+            staged: RefCell::new(Vec::new()),
         }
     }
 
@@ -434,6 +449,15 @@ impl<'a> Node<'a> {
                     Added::AlreadyThere => Did::OkBecause("already diverted".into()),
                 })
             }
+            Step::Stage {
+                path,
+                payload,
+                sha256,
+                ..
+            } => {
+                self.stage(path, payload, sha256)?;
+                Ok(Did::Ok)
+            }
             Step::Place {
                 path,
                 divert_to,
@@ -468,6 +492,17 @@ impl<'a> Node<'a> {
     pub fn undo(&self, step: &Step) -> anyhow::Result<Did> {
         match step {
             Step::Preflight | Step::Record { .. } => Ok(Did::Ok),
+            Step::Stage { path, .. } => {
+                let removed = paths::remove_file_if_exists(&self.temp_of(path))?;
+                Ok(Did::OkBecause(
+                    if removed {
+                        "removed the staged copy"
+                    } else {
+                        "nothing staged"
+                    }
+                    .into(),
+                ))
+            }
             Step::Stop { unit } => self.service(false, unit),
             Step::Start { unit } => self.service(true, unit),
             Step::Divert {
@@ -524,24 +559,48 @@ impl<'a> Node<'a> {
             bail!("refusing to write {shown}: it is not diverted by k8s-nokmem");
         }
         let dst = self.root.join(path);
-        if fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file())
-            && paths::sha256_file(&dst)? == sha256
-        {
-            return Ok(Did::OkBecause("already in place".into()));
+        let tmp = self.temp_of(path);
+        let staged = self.staged.borrow().contains(&tmp) && tmp.exists();
+        if !staged {
+            if fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file())
+                && paths::sha256_file(&dst)? == sha256
+            {
+                return Ok(Did::OkBecause("already in place".into()));
+            }
+            self.stage(path, payload, sha256)?;
         }
-        let src = self.root.join(payload);
-        paths::atomic_copy(&src, &dst, targets::PAYLOAD_MODE)
-            .with_context(|| format!("failed to copy the payload to {shown}"))?;
-        let got = paths::sha256_file(&dst)?;
+        fs::rename(&tmp, &dst)
+            .with_path("rename into place", &dst)
+            .with_context(|| format!("failed to put the payload at {shown}"))?;
+        if let Some(dir) = dst.parent() {
+            paths::sync_dir(dir)?;
+        }
+        self.staged.borrow_mut().retain(|t| *t != tmp);
+        debug!("placed '{}' -> '{}'", tmp.display(), dst.display());
+        Ok(Did::Ok)
+    }
+
+    /// Copy the payload to `path`'s temp file, hashing while copying; a mismatch with the
+    /// MANIFEST removes the copy and fails.
+    fn stage(&self, path: &Path, payload: &Path, sha256: &str) -> anyhow::Result<()> {
+        let (src, tmp) = (self.root.join(payload), self.temp_of(path));
+        let got = targets::copy_hashed(&src, &tmp, targets::PAYLOAD_MODE).with_context(|| {
+            format!(
+                "failed to stage the payload next to {}",
+                self.root.describe(path)
+            )
+        })?;
         if got != sha256 {
+            paths::remove_file_if_exists(&tmp)?;
             bail!(
-                "{shown} has sha256 {} after copying, the MANIFEST says {}",
+                "the copy of {} has sha256 {}, the MANIFEST says {}",
+                self.root.describe(payload),
                 targets::short(&got),
                 targets::short(sha256)
             );
         }
-        debug!("placed '{}' -> '{}'", src.display(), dst.display());
-        Ok(Did::Ok)
+        self.staged.borrow_mut().push(tmp);
+        Ok(())
     }
 
     /// The temp file `paths::atomic_write` uses for `path`.

@@ -339,6 +339,34 @@ pub fn in_place(root: &Root, target: &Target) -> Result<InPlace, TargetError> {
     )
 }
 
+/// Copy `src` to `dst` (created with `mode`, truncated if it exists), fsync it, and return
+/// the sha256 of the bytes written. One pass over the data.
+pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileError> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let mut input = fs::File::open(src).with_path("open", src)?;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dst)
+        .with_path("create", dst)?;
+    out.set_permissions(fs::Permissions::from_mode(mode))
+        .with_path("set mode of", dst)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf).with_path("read", src)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).with_path("write", dst)?;
+    }
+    out.sync_all().with_path("fsync", dst)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// The inode-level identity of a file, to tell a renamed file from a copy (tests, status).
 pub fn same_inode(a: &Path, b: &Path) -> bool {
     match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {

@@ -15,8 +15,8 @@ use common::node::{self, diff, sha256, Entry, NodeRoot};
 const KUBELET_LINE: &str =
     "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem";
 const RUNC_LINE: &str = "diversion of /usr/sbin/runc to /usr/sbin/runc.distrib by k8s-nokmem";
-/// preflight, 2 stops, 2 diverts, 2 places, 2 starts, record.
-const INSTALL_STEPS: usize = 10;
+/// preflight, 2 stages, 2 stops, 2 diverts, 2 places, 2 starts, record.
+const INSTALL_STEPS: usize = 12;
 /// preflight, 2 stops, 2 unplaces, 2 undiverts, 2 starts, record.
 const REMOVE_STEPS: usize = 10;
 
@@ -52,11 +52,11 @@ fn install_swaps_and_a_rerun_changes_nothing() {
         "{log}"
     );
     for want in [
-        "install [1/10] preflight: ok (",
-        "install [4/10] divert '/usr/sbin/runc': ok (",
-        "install [7/10] place '/usr/bin/kubelet': ok (",
-        "install [2/10] stop 'kubelet.service': skipped (root is '",
-        "install [10/10] record '/var/lib/k8s-nokmem/state.json': ok (",
+        "install [1/12] preflight: ok (",
+        "install [6/12] divert '/usr/sbin/runc': ok (",
+        "install [9/12] place '/usr/bin/kubelet': ok (",
+        "install [4/12] stop 'kubelet.service': skipped (root is '",
+        "install [12/12] record '/var/lib/k8s-nokmem/state.json': ok (",
         "keep the old binaries until they restart",
     ] {
         assert!(log.contains(want), "missing '{want}' in:\n{log}");
@@ -252,7 +252,7 @@ fn an_error_at_any_install_step_rolls_back_to_the_identical_tree() {
         );
         if step > 1 {
             assert!(
-                err.contains(&format!("rollback [{step}/10] ")),
+                err.contains(&format!("rollback [{step}/{INSTALL_STEPS}] ")),
                 "step {step}: {err}"
             );
         }

@@ -188,6 +188,14 @@ pub(super) fn install(
     let services = session.services(root, manager, &units)?;
     let node = Node::new(root, services, config.service_timeout);
     let mut steps = vec![Step::Preflight];
+    for f in &changed {
+        steps.push(Step::Stage {
+            target: f.target.name.clone(),
+            path: f.target.path.clone(),
+            payload: f.target.payload.clone(),
+            sha256: f.target.payload_sha256.clone(),
+        });
+    }
     steps.extend(units.iter().map(|u| Step::Stop { unit: u.clone() }));
     for f in &changed {
         steps.push(Step::Divert {
@@ -596,7 +604,7 @@ mod tests {
         let err = node.install(&sd).unwrap_err();
         let chain = format!("{err:#}");
         assert!(
-            chain.contains("install step 9/10 'start kubelet.service' failed; rolled back")
+            chain.contains("install step 11/12 'start kubelet.service' failed; rolled back")
                 && chain.contains("the original binaries are back in place")
                 && chain.contains("journalctl -u kubelet.service"),
             "{chain}"
