@@ -705,7 +705,10 @@ impl<'a> Node<'a> {
     ) -> anyhow::Result<Did> {
         let shown = self.root.describe(path);
         if self.held(path, divert_to)? {
-            if self.exists(path) {
+            // both present: the path holds someone else's file and the original is aside.
+            // (Path present, nothing aside: the original was renamed back by a cut-short
+            // dpkg-divert, or there never was one; removing the diversion is then right.)
+            if self.exists(path) && self.exists(divert_to) {
                 warn!(
                     "NOT removing the diversion of {shown}: the path holds a file that is not \
                      k8s-nokmem's; the original stays at {}. Move that file away and run \
@@ -1074,6 +1077,120 @@ mod tests {
         assert_eq!(at("4"), None);
         assert_eq!(at("stop"), Some(1));
         assert_eq!(at("divert"), None);
+    }
+
+    /// A root with dpkg's admin dir and `/usr/bin/kubelet` = `bytes`.
+    fn node_root(bytes: &[u8]) -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        fs::create_dir_all(root.join("/var/lib/dpkg")).unwrap();
+        fs::write(root.join("/var/lib/dpkg/status"), b"").unwrap();
+        fs::create_dir_all(root.join("/usr/bin")).unwrap();
+        fs::write(root.join("/usr/bin/kubelet"), bytes).unwrap();
+        (dir, root)
+    }
+
+    fn skip_services() -> Services<'static> {
+        Services::Skip(SkipReason::SystemdNotRunning)
+    }
+
+    /// `dpkg-divert --add` without `--rename`: the database says diverted, the file did
+    /// not move (dpkg-divert cut short between its two writes).
+    fn divert_db_only(root: &Root) {
+        let out = std::process::Command::new("dpkg-divert")
+            .arg("--root")
+            .arg(root.path())
+            .args(["--package", "k8s-nokmem", "--add", "--divert"])
+            .args(["/usr/bin/kubelet.distrib", "/usr/bin/kubelet"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    fn original(bytes: &[u8]) -> Original {
+        Original::File {
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes)),
+            size: bytes.len() as u64,
+            mode: 0o644,
+        }
+    }
+
+    fn kubelet_steps(orig: &Original) -> (Step, Step) {
+        let (path, divert_to) = (
+            PathBuf::from("/usr/bin/kubelet"),
+            PathBuf::from("/usr/bin/kubelet.distrib"),
+        );
+        (
+            Step::Divert {
+                target: "kubelet".into(),
+                path: path.clone(),
+                divert_to: divert_to.clone(),
+                original: orig.clone(),
+            },
+            Step::Place {
+                target: "kubelet".into(),
+                path,
+                divert_to,
+                payload: "/usr/lib/k8s-nokmem/kubelet".into(),
+                sha256: "f".repeat(64),
+                original: orig.clone(),
+            },
+        )
+    }
+
+    #[test]
+    fn undo_after_a_rename_without_database_write_moves_the_original_back() {
+        let (_dir, root) = node_root(b"orig");
+        fs::rename(
+            root.join("/usr/bin/kubelet"),
+            root.join("/usr/bin/kubelet.distrib"),
+        )
+        .unwrap();
+        let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+        let (divert, place) = kubelet_steps(&original(b"orig"));
+        assert_eq!(
+            node.undo(&place).unwrap(),
+            Did::OkBecause("nothing placed".into())
+        );
+        assert_eq!(
+            node.undo(&divert).unwrap(),
+            Did::OkBecause("moved the original back".into())
+        );
+        assert_eq!(fs::read(root.join("/usr/bin/kubelet")).unwrap(), b"orig");
+    }
+
+    #[test]
+    fn undo_after_a_database_write_without_rename_keeps_the_original() {
+        let (_dir, root) = node_root(b"orig");
+        divert_db_only(&root);
+        let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+        let (divert, place) = kubelet_steps(&original(b"orig"));
+        assert_eq!(
+            node.undo(&place).unwrap(),
+            Did::OkBecause("the original is still there".into())
+        );
+        node.undo(&divert).unwrap();
+        assert_eq!(fs::read(root.join("/usr/bin/kubelet")).unwrap(), b"orig");
+        assert!(node.divert.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn undivert_after_a_rename_back_without_database_write_finishes() {
+        let (_dir, root) = node_root(b"orig");
+        divert_db_only(&root);
+        let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+        let undivert = Step::Undivert {
+            target: "kubelet".into(),
+            path: "/usr/bin/kubelet".into(),
+            divert_to: "/usr/bin/kubelet.distrib".into(),
+            original: Some(original(b"orig")),
+        };
+        assert_eq!(
+            node.apply(&undivert).unwrap(),
+            Did::OkBecause("original back".into())
+        );
+        assert!(node.divert.list().unwrap().is_empty());
+        assert_eq!(fs::read(root.join("/usr/bin/kubelet")).unwrap(), b"orig");
     }
 
     #[test]
