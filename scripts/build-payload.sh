@@ -63,9 +63,9 @@ Go < 1.13 has no -trimpath (left out then); Go < 1.18 records no build tags in t
 binary (then only its bytes are checked for kmem code).
 
 How each binary is built (GOPATH mode, GO111MODULE=off, no module proxy):
-  kubelet  CGO_ENABLED=0 GOARCH=<arch> go build -trimpath -tags ${KUBELET_TAGS[*]}
+  kubelet  CGO_ENABLED=0 GOARCH=<arch> go build -trimpath -tags=$(IFS=,; echo "${KUBELET_TAGS[*]}")
            -ldflags "-s -w -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v…"
-  runc     CGO_ENABLED=1 (libseccomp, static glibc) -tags ${RUNC_TAGS[*]}
+  runc     CGO_ENABLED=1 (libseccomp, static glibc) -tags=$(IFS=,; echo "${RUNC_TAGS[*]}")
            -ldflags "-s -w -extldflags -static -X main.version=… -X main.gitCommit=…";
            for a foreign arch CC=<triplet>-gcc PKG_CONFIG_LIBDIR=/usr/lib/<triplet>/pkgconfig
            (gcc-aarch64-linux-gnu, libseccomp-dev:arm64)
@@ -384,14 +384,12 @@ kept_section() {
 install_arch() {
     local arch=$1 dest=$OUT_DIR/$1 name kept s others=() sections=()
     mkdir -p "$dest"
-    for name in "${NAMES[@]}"; do
-        cp "$KN_WORK/bin/$arch/$name" "$dest/.$name.tmp"
-        mv "$dest/.$name.tmp" "$dest/$name"
-        sections+=("$(manifest_section "$name" "$arch" "$dest/$name")")
-    done
     for name in runc kubelet; do
-        [[ " ${NAMES[*]} " == *" $name "* ]] && continue
-        if kept="$(kept_section "$name" "$dest")"; then
+        if [[ " ${NAMES[*]} " == *" $name "* ]]; then
+            cp "$KN_WORK/bin/$arch/$name" "$dest/.$name.tmp"
+            mv "$dest/.$name.tmp" "$dest/$name"
+            sections+=("$(manifest_section "$name" "$arch" "$dest/$name")")
+        elif kept="$(kept_section "$name" "$dest")"; then
             sections+=("$kept")
             others+=("$name")
         else

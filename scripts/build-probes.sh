@@ -148,7 +148,8 @@ ldflags=-s -w"
         fi
         kn_check_static "$out" "$arch" "$label"
         ev=$(kn_kmem_evidence "$out")
-        btags=$(kn_build_tags "$out")
+        kn_build_tags "$out"
+        btags=$KN_BUILD_TAGS
         found="memory.kmem.limit_in_bytes x${ev% *}, libcontainer/cgroups/fs/kmem.go x${ev#* }, go version -m -tags='$btags'"
         if [ "$flavour" = kmem ]; then
             [ "$ev" != "0 0" ] || kn_die "$label '$out' holds no kmem-enabling code ($found)"

@@ -257,9 +257,16 @@ kn_kmem_evidence() {
 }
 
 # kn_build_tags FILE: the -tags= value `go version -m` shows (Go >= 1.18 builds), or
-# nothing.
+# nothing; KN_HAS_BUILD_SETTINGS=1 when the binary records build settings at all (so
+# that no -tags line means "built without tags").
 kn_build_tags() {
-    "$KN_GO" version -m "$1" 2>/dev/null | awk '$1 == "build" && $2 ~ /^-tags=/ {sub(/^-tags=/, "", $2); print $2}'
+    local info
+    info=$("$KN_GO" version -m "$1" 2>/dev/null) || info=''
+    KN_HAS_BUILD_SETTINGS=0
+    if awk '$1 == "build" && $2 ~ /^GOOS=/ {found = 1} END {exit !found}' <<<"$info"; then
+        KN_HAS_BUILD_SETTINGS=1
+    fi
+    KN_BUILD_TAGS=$(awk '$1 == "build" && $2 ~ /^-tags=/ {sub(/^-tags=/, "", $2); print $2}' <<<"$info")
 }
 
 # kn_inspect_init: sets KN_INSPECT_BIN to the k8s-nokmem helper to use for `inspect`,
@@ -307,11 +314,12 @@ kn_check_nokmem() {
         esac
         return 0
     fi
-    tags=$(kn_build_tags "$file")
-    if [ -n "$tags" ]; then
+    kn_build_tags "$file"
+    tags=$KN_BUILD_TAGS
+    if [ "$KN_HAS_BUILD_SETTINGS" = 1 ]; then
         case ",$tags," in
         *,nokmem,*) ;;
-        *) kn_die "$label: '$file' was built without the nokmem tag (go version -m: -tags=$tags)" ;;
+        *) kn_die "$label: '$file' was built without the nokmem tag (go version -m: -tags='$tags')" ;;
         esac
     else
         kn_warn "$label: '$file' records no build tags (built by Go < 1.18?); only its bytes are checked"
