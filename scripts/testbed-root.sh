@@ -6,6 +6,9 @@
 #   scripts/testbed-root.sh --check    exit 0 if the cached root is current, 1 if not
 #   scripts/testbed-root.sh --force    rebuild even if current
 #   scripts/testbed-root.sh --print    print the path only
+#   --arch arm64                       (with any of the above) a minimal arm64 root instead,
+#                                      for chroot installs under qemu-user (tests/deb.rs);
+#                                      registers qemu-aarch64 with binfmt_misc if needed
 #
 # Cache: ${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/testbed/bookworm-amd64, keyed by this
 # script's version, the mirror and the package list (the key is in <root>/etc/k8s-nokmem-testbed).
@@ -42,14 +45,28 @@ current() {
 }
 
 mode=build
-case "${1:-}" in
-    "") ;;
-    --check) mode=check ;;
-    --force) mode=force ;;
-    --print) mode=print ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument '$1' (try --help)" ;;
-esac
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --check) mode=check ;;
+        --force) mode=force ;;
+        --print) mode=print ;;
+        --arch)
+            arch=${2:-}
+            shift
+            case "$arch" in
+                amd64) ;;
+                # dpkg and its maintainer-script tools only: nothing boots this root.
+                arm64) packages=(init-system-helpers) ;;
+                *) die "--arch '$arch': expected amd64 or arm64" ;;
+            esac
+            name=$suite-$arch
+            root=$cache/$name
+            ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (try --help)" ;;
+    esac
+    shift
+done
 
 case "$mode" in
     print) printf '%s\n' "$root"; exit 0 ;;
@@ -75,6 +92,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+if [ "$arch" != amd64 ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    # debootstrap's second stage runs arm64 binaries: qemu-user via binfmt_misc.
+    [ -e /proc/sys/fs/binfmt_misc/register ] ||
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    /lib/systemd/systemd-binfmt /usr/lib/binfmt.d/qemu-aarch64.conf ||
+        die "cannot register qemu-aarch64 with binfmt_misc (apt-get install qemu-user-static)"
+fi
+
 started=$(date +%s)
 include=$(IFS=,; printf '%s' "${packages[*]}")
 log "debootstrap $suite $arch from $mirror into $tmp (log: $tmp.debootstrap.log)"
@@ -85,6 +110,7 @@ if ! debootstrap --variant=minbase --arch="$arch" --include="$include" \
 fi
 rm -f "$tmp.debootstrap.log"
 
+if [ "$arch" = amd64 ]; then
 log "customising"
 printf 'testbed\n' >"$tmp/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 testbed\n::1 localhost\n' >"$tmp/etc/hosts"
@@ -129,8 +155,11 @@ WantedBy=sysinit.target
 UNIT
 systemctl --root="$tmp" enable --quiet testbed-cgroup-rw.service
 
-# The share the harness binds at /mnt/share, and the apt cache stays small.
+# The share the harness binds at /mnt/share
 install -d "$tmp/mnt/share"
+fi
+
+# The apt cache stays small.
 apt_lists=$tmp/var/lib/apt/lists
 find "$apt_lists" -maxdepth 1 -type f ! -name lock -delete 2>/dev/null || true
 rm -f "$tmp"/var/cache/apt/archives/*.deb
