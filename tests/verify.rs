@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
+use common::node::{self, NodeRoot};
+use common::strict;
+
 const BIN: &str = env!("CARGO_BIN_EXE_k8s-nokmem");
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/cgroup")
         .join(name)
-}
-
-fn strict() -> bool {
-    std::env::var_os("K8S_NOKMEM_STRICT").is_some_and(|v| v == "1")
 }
 
 /// A temp dir kept (and printed) when K8S_NOKMEM_KEEP_TMP=1.
@@ -85,6 +86,22 @@ fn verify_node(node: &Path, root: &Path, extra: &[&str]) -> Run {
         proc_root.to_str().unwrap(),
         "--cgroup-root",
         cgroup_root.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// verify with this machine's /proc (processes, mountinfo) over a fixture's cgroups, as a
+/// 4.4 kernel: the running-kubelet check needs real processes.
+fn verify_host_proc(node: &Path, root: &Path, extra: &[&str]) -> Run {
+    let cgroup_root = node.join("sys/fs/cgroup");
+    let mut args = vec![
+        "--root",
+        root.to_str().unwrap(),
+        "--cgroup-root",
+        cgroup_root.to_str().unwrap(),
+        "--kernel-release",
+        "4.4.0-131-generic",
     ];
     args.extend_from_slice(extra);
     run(&args)
@@ -680,4 +697,167 @@ fn units_use_only_directives_systemd_229_knows() {
             );
         }
     }
+}
+
+/// Kills the process on drop (also when the test fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node root where `k8s-nokmem install` swapped in a payload whose kubelet can run (a
+/// copy of /bin/sleep), with kubelet 1.20.2-00 from a package.
+fn installed_node() -> NodeRoot {
+    let n = NodeRoot::bare();
+    let sleep = fs::read("/bin/sleep").unwrap();
+    n.set_payload(node::PAYLOAD_RUNC, &sleep, "1.20.2");
+    n.write("usr/bin/kubelet", node::ORIG_KUBELET, 0o755);
+    n.write("usr/sbin/runc", node::ORIG_RUNC, 0o755);
+    n.dpkg_package(
+        "kubelet",
+        "1.20.2-00",
+        &["/usr", "/usr/bin", "/usr/bin/kubelet"],
+    );
+    n.ok(&["install"]);
+    n
+}
+
+#[test]
+fn an_installed_node_checks_payload_diversions_and_the_running_kubelet() {
+    let n = installed_node();
+    let textfile = Tmp::new();
+    let r = verify_node(
+        &fixture("4.4-nokmem"),
+        &n.path,
+        &["--json", "--textfile", textfile.path().to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let report = r.json();
+    for name in ["payload", "diversions", "version-skew"] {
+        assert_eq!(check(&report, name)["status"], "ok", "{name}: {report:#}");
+    }
+    assert_eq!(check(&report, "running-kubelet")["status"], "skipped");
+    let prom = fs::read_to_string(textfile.path().join("k8s_nokmem.prom")).unwrap();
+    assert!(
+        prom.contains("k8s_nokmem_verify_binary_match{binary=\"kubelet\"} 1\n"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("k8s_nokmem_verify_binary_match{binary=\"runc\"} 1\n"),
+        "{prom}"
+    );
+
+    // the payload kubelet runs
+    let kubelet = Killed(
+        Command::new(n.abs("usr/bin/kubelet"))
+            .arg("300")
+            .spawn()
+            .unwrap(),
+    );
+    let pid = kubelet.0.id();
+    let r = verify_host_proc(&fixture("4.4-nokmem"), &n.path, &["--json"]);
+    let running = check(&r.json(), "running-kubelet").clone();
+    assert_eq!(running["status"], "ok", "{running:#}");
+    assert!(running["summary"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("pid {pid}")));
+
+    // the file is replaced underneath it (a hand-copied binary, no restart)
+    fs::remove_file(n.abs("usr/bin/kubelet")).unwrap();
+    n.write("usr/bin/kubelet", b"#!/bin/sh\necho hotfix\n", 0o755);
+    let r = verify_host_proc(
+        &fixture("4.4-nokmem"),
+        &n.path,
+        &["--json", "--textfile", textfile.path().to_str().unwrap()],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let report = r.json();
+    let running = check(&report, "running-kubelet");
+    assert_eq!(running["status"], "problem");
+    assert!(
+        running["summary"]
+            .as_str()
+            .unwrap()
+            .contains("deleted or replaced"),
+        "{running:#}"
+    );
+    assert!(running["fix"]
+        .as_str()
+        .unwrap()
+        .contains("systemctl restart kubelet.service"));
+    let payload = check(&report, "payload");
+    assert_eq!(payload["status"], "problem");
+    assert!(
+        payload["summary"]
+            .as_str()
+            .unwrap()
+            .contains("'/usr/bin/kubelet' under root"),
+        "{payload:#}"
+    );
+    let prom = fs::read_to_string(textfile.path().join("k8s_nokmem.prom")).unwrap();
+    assert!(
+        prom.contains("k8s_nokmem_verify_binary_match{binary=\"kubelet\"} 0\n"),
+        "{prom}"
+    );
+    drop(kubelet);
+
+    // a diversion that no longer holds
+    common::ok(
+        Command::new("dpkg-divert")
+            .arg("--root")
+            .arg(&n.path)
+            .args([
+                "--package",
+                "k8s-nokmem",
+                "--remove",
+                "--no-rename",
+                "--divert",
+                "/usr/sbin/runc.distrib",
+                "/usr/sbin/runc",
+            ]),
+    );
+    let r = verify_node(&fixture("4.4-nokmem"), &n.path, &["--json"]);
+    let d = check(&r.json(), "diversions").clone();
+    assert_eq!(d["status"], "problem");
+    assert!(
+        d["summary"]
+            .as_str()
+            .unwrap()
+            .contains("'/usr/sbin/runc' under root"),
+        "{d:#}"
+    );
+}
+
+#[test]
+fn an_upgraded_kubelet_package_underneath_is_version_skew() {
+    let n = installed_node();
+    let status = n.abs("var/lib/dpkg/status");
+    let text = fs::read_to_string(&status)
+        .unwrap()
+        .replace("Version: 1.20.2-00", "Version: 1.21.14-00");
+    fs::write(&status, text).unwrap();
+    let r = verify_node(&fixture("4.4-nokmem"), &n.path, &["--json"]);
+    assert_eq!(r.code, 0, "a warning by default: {}", r.stdout);
+    let skew = check(&r.json(), "version-skew").clone();
+    assert_eq!(skew["status"], "warning");
+    assert!(
+        skew["summary"]
+            .as_str()
+            .unwrap()
+            .contains("upgraded to 1.21.14-00"),
+        "{skew:#}"
+    );
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[kubelet]\nversion-skew = refuse\n",
+        0o644,
+    );
+    let r = verify_node(&fixture("4.4-nokmem"), &n.path, &["--json"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(check(&r.json(), "version-skew")["status"], "problem");
 }

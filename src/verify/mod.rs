@@ -408,7 +408,7 @@ fn kernel_check(
 /// from `R/var/lib/k8s-nokmem/state.json`, top level or the latest of its targets, else the
 /// file's mtime (the install writes it as its last step). None when not installed.
 fn swap_time(root: &Root) -> Option<i64> {
-    let path = root.join(Path::new(paths::STATE_DIR).join("state.json"));
+    let path = root.join(Path::new(paths::STATE_DIR).join(crate::targets::STATE_FILE));
     let text = std::fs::read_to_string(&path).ok()?;
     let from_file = std::fs::metadata(&path)
         .ok()

@@ -1,59 +1,409 @@
-//! What is installed: the payload at the target paths (sha256 vs MANIFEST), the
-//! diversions, the running kubelet and version skew. On a node without the package (no
-//! MANIFEST) these checks say so and the rest of `verify` runs as usual.
+//! What is installed: the payload at the target paths (sha256 vs MANIFEST), the diversions,
+//! the running kubelet and version skew. Targets and diversions come from the swap's own
+//! modules ([`crate::targets`], [`crate::divert`]), so verify and install agree on what is
+//! ours. On a node without the package (no MANIFEST) these checks say so and the rest of
+//! `verify` runs as usual.
 
-use serde_json::json;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-use super::{error_chain, Check, Metrics, Settings, Status};
+use log::debug;
+use serde_json::{json, Value};
+
+use super::{error_chain, step, Check, Metrics, Settings, Status};
+use crate::config::SkewPolicy;
+use crate::divert::{Diversion, DpkgDivert};
+use crate::dpkg::{self, Dpkg};
 use crate::manifest::{Manifest, ManifestError};
-use crate::paths;
+use crate::paths::{self, Root};
+use crate::targets::{self, InPlace, Target};
 
 pub const NOT_INSTALLED: &str = "k8s-nokmem not installed: payload checks skipped";
 /// dpkg's file list of the package: present while it is installed (or half-installed).
 const DPKG_LIST: &str = "/var/lib/dpkg/info/k8s-nokmem.list";
+/// What the kernel appends to `/proc/PID/exe` when the file was deleted or replaced.
+const DELETED: &str = " (deleted)";
+const REINSTALL: &str =
+    "run `k8s-nokmem install` (or apt-get install --reinstall k8s-nokmem) to put the payload back";
 
 /// True when the package is (or was) installed here: dpkg knows it, or the swap left state.
-fn installed(root: &crate::paths::Root) -> bool {
+fn installed(root: &Root) -> bool {
     root.join(DPKG_LIST).exists()
         || root
-            .join(std::path::Path::new(paths::STATE_DIR).join("state.json"))
+            .join(Path::new(paths::STATE_DIR).join(targets::STATE_FILE))
             .exists()
 }
 
-pub fn checks(settings: &Settings, _metrics: &mut Metrics) -> Vec<Check> {
+pub fn checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
     let root = &settings.root;
     let shown = root.describe(paths::MANIFEST_FILE);
-    match Manifest::load(&root.join(paths::MANIFEST_FILE), &shown) {
-        Err(ManifestError::Read(e)) if e.is_not_found() && !installed(root) => vec![Check::new(
-            "payload",
-            Status::Skipped,
-            format!("{NOT_INSTALLED} (no {shown})"),
-        )
-        .evidence(json!({"manifest": shown}))],
-        Err(ManifestError::Read(e)) if e.is_not_found() => vec![Check::new(
-            "payload",
-            Status::Unknown,
-            format!("the payload manifest {shown} is missing, yet k8s-nokmem is installed"),
-        )
-        .fix("reinstall the package: apt-get install --reinstall k8s-nokmem")
-        .evidence(json!({"manifest": shown}))],
-        Err(e) => vec![Check::new(
-            "payload",
-            Status::Unknown,
-            format!("{}: {}", shown, error_chain(&e)),
-        )
-        .fix("reinstall the package: apt-get install --reinstall k8s-nokmem")],
-        Ok(m) => vec![Check::new(
+    let manifest = match Manifest::load(&root.join(paths::MANIFEST_FILE), &shown) {
+        Ok(m) => m,
+        Err(ManifestError::Read(e)) if e.is_not_found() && !installed(root) => {
+            return vec![Check::new(
+                "payload",
+                Status::Skipped,
+                format!("{NOT_INSTALLED} (no {shown})"),
+            )
+            .evidence(json!({"manifest": shown}))]
+        }
+        Err(ManifestError::Read(e)) if e.is_not_found() => {
+            return vec![Check::new(
+                "payload",
+                Status::Unknown,
+                format!("the payload manifest {shown} is missing, yet k8s-nokmem is installed"),
+            )
+            .fix("reinstall the package: apt-get install --reinstall k8s-nokmem")
+            .evidence(json!({"manifest": shown}))]
+        }
+        Err(e) => {
+            return vec![Check::new("payload", Status::Unknown, error_chain(&e))
+                .fix("reinstall the package: apt-get install --reinstall k8s-nokmem")]
+        }
+    };
+    let mut checks = Vec::new();
+    let diversions = match step("diversions", || DpkgDivert::new(root).list()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            checks.push(
+                Check::new("diversions", Status::Unknown, error_chain(&e))
+                    .fix("run `k8s-nokmem verify -v` as root; dpkg-divert must be on $PATH"),
+            );
+            None
+        }
+    };
+    let dpkg = Dpkg::new(root);
+    let targets = match targets::resolve(
+        root,
+        &settings.config,
+        &manifest,
+        diversions.as_deref().unwrap_or(&[]),
+        &dpkg,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            checks.insert(
+                0,
+                Check::new(
+                    "payload",
+                    Status::Unknown,
+                    format!("failed to find the target binaries: {}", error_chain(&e)),
+                )
+                .fix("set [runc] path and [kubelet] path in /etc/k8s-nokmem/k8s-nokmem.conf"),
+            );
+            return checks;
+        }
+    };
+    checks.insert(0, payload_check(root, &targets, metrics));
+    if let Some(d) = &diversions {
+        checks.push(diversion_check(root, &targets, d));
+    }
+    if let Some(kubelet) = targets.iter().find(|t| t.name == "kubelet") {
+        checks.push(running_kubelet_check(settings, kubelet));
+        checks.push(skew_check(settings, &dpkg, kubelet));
+    }
+    checks
+}
+
+/// The binaries at the target paths are the payload, byte for byte (sha256 vs MANIFEST).
+fn payload_check(root: &Root, targets: &[Target], metrics: &mut Metrics) -> Check {
+    let mut bad = Vec::new();
+    let mut unknown = Vec::new();
+    let mut evidence = Vec::new();
+    for t in targets {
+        let shown = root.describe(&t.path);
+        let now = step(&format!("payload {}", t.name), || {
+            targets::in_place(root, t)
+        });
+        let (is_payload, what) = match &now {
+            Ok(InPlace::Payload) => (Some(true), "payload".to_string()),
+            Ok(InPlace::Missing) => (Some(false), "missing".to_string()),
+            Ok(InPlace::Symlink(to)) => (Some(false), format!("symlink to '{}'", to.display())),
+            Ok(InPlace::Other(sha)) => (Some(false), format!("sha256 {sha}")),
+            Err(e) => (None, error_chain(e)),
+        };
+        evidence.push(json!({
+            "name": t.name, "path": t.path, "found": t.found, "in_place": what,
+            "payload_sha256": t.payload_sha256, "payload_version": t.payload_version,
+        }));
+        match is_payload {
+            Some(ok) => metrics.binary_match.push((t.name.clone(), ok)),
+            None => unknown.push(format!("{shown}: {what}")),
+        }
+        match &now {
+            Ok(InPlace::Payload) | Err(_) => {}
+            Ok(InPlace::Missing) => bad.push(format!("nothing is at {shown}")),
+            Ok(InPlace::Symlink(to)) => bad.push(format!(
+                "{shown} is a symlink to '{}', not the payload",
+                to.display()
+            )),
+            Ok(InPlace::Other(sha)) => bad.push(format!(
+                "{shown} is not the payload {} {} (sha256 {}, MANIFEST says {})",
+                t.name,
+                t.payload_version,
+                targets::short(sha),
+                targets::short(&t.payload_sha256)
+            )),
+        }
+    }
+    let evidence = Value::Array(evidence);
+    if !bad.is_empty() {
+        Check::new("payload", Status::Problem, bad.join("; "))
+            .fix(REINSTALL)
+            .evidence(evidence)
+    } else if !unknown.is_empty() {
+        Check::new("payload", Status::Unknown, unknown.join("; "))
+            .fix("run `k8s-nokmem verify` as root")
+            .evidence(evidence)
+    } else {
+        let list: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {} at {}",
+                    t.name,
+                    t.payload_version,
+                    root.describe(&t.path)
+                )
+            })
+            .collect();
+        Check::new(
             "payload",
             Status::Ok,
-            format!(
-                "payload manifest {shown} lists {}",
-                m.binaries
-                    .iter()
-                    .map(|b| format!("{} {}", b.name, b.version))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )],
+            format!("the nokmem payload is in place: {}", list.join(", ")),
+        )
+        .evidence(evidence)
     }
+}
+
+/// Each target path is diverted by k8s-nokmem to `<path>.distrib`, so that an upgrade of
+/// the runc or kubelet package lands aside instead of over the payload.
+fn diversion_check(root: &Root, targets: &[Target], diversions: &[Diversion]) -> Check {
+    let mut bad = Vec::new();
+    let mut lines = Vec::new();
+    for t in targets {
+        let current = diversions.iter().find(|d| d.path == t.path);
+        if let Some(d) = current {
+            lines.push(d.to_string());
+        }
+        match DpkgDivert::check_ours(current, &t.path, &t.divert_to) {
+            Ok(true) => {}
+            Ok(false) => bad.push(format!(
+                "{} is not diverted: the next upgrade of its package overwrites the payload",
+                root.describe(&t.path)
+            )),
+            Err(e) => bad.push(e.to_string()),
+        }
+    }
+    let evidence = json!({ "diversions": lines });
+    if bad.is_empty() {
+        Check::new(
+            "diversions",
+            Status::Ok,
+            format!("{} diversions by k8s-nokmem hold", targets.len()),
+        )
+        .evidence(evidence)
+    } else {
+        Check::new("diversions", Status::Problem, bad.join("; "))
+            .fix("run `k8s-nokmem install` to divert them again (`dpkg-divert --list` shows them)")
+            .evidence(evidence)
+    }
+}
+
+/// One running kubelet process.
+#[derive(Debug)]
+struct Proc {
+    pid: u32,
+    /// `/proc/PID/exe` as the kernel shows it (may end in ` (deleted)`).
+    exe: String,
+    exe_link: PathBuf,
+}
+
+/// kubelet processes in our mount namespace (a container's kubelet runs another file
+/// system). Under a root other than /, only those running a file under that root.
+fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
+    let own_ns = fs::read_link(proc_root.join("self/ns/mnt")).ok();
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        match fs::read_to_string(dir.join("comm")) {
+            Ok(comm) if comm.trim_end() == "kubelet" => {}
+            _ => continue,
+        }
+        if own_ns.is_some() && fs::read_link(dir.join("ns/mnt")).ok() != own_ns {
+            debug!("kubelet pid {pid}: another mount namespace, not checked");
+            continue;
+        }
+        let exe_link = dir.join("exe");
+        let Ok(exe) = fs::read_link(&exe_link) else {
+            continue;
+        };
+        let exe = exe.to_string_lossy().into_owned();
+        if !root.is_host() && !exe.starts_with(&*root.path().to_string_lossy()) {
+            continue;
+        }
+        out.push(Proc { pid, exe, exe_link });
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// The running kubelet executes the payload: not a deleted file, not the diverted original.
+fn running_kubelet_check(settings: &Settings, target: &Target) -> Check {
+    const NAME: &str = "running-kubelet";
+    let root = &settings.root;
+    let procs = kubelet_processes(&settings.proc_root, root);
+    if procs.is_empty() {
+        return Check::new(NAME, Status::Skipped, "no kubelet process is running");
+    }
+    let at_target = root.join(&target.path);
+    let at_distrib = root.join(&target.divert_to);
+    let target_inode = fs::metadata(&at_target).ok().map(|m| (m.dev(), m.ino()));
+    let mut bad = Vec::new();
+    let mut unknown = Vec::new();
+    let mut evidence = Vec::new();
+    for p in &procs {
+        let verdict = if let Some(file) = p.exe.strip_suffix(DELETED) {
+            bad.push(format!(
+                "kubelet (pid {}) runs '{file}', which was deleted or replaced since it started: it is not what is installed now",
+                p.pid
+            ));
+            "deleted"
+        } else if Path::new(&p.exe) == at_distrib {
+            bad.push(format!(
+                "kubelet (pid {}) runs the diverted original '{}'",
+                p.pid, p.exe
+            ));
+            "diverted original"
+        } else {
+            let inode = fs::metadata(&p.exe_link).ok().map(|m| (m.dev(), m.ino()));
+            let is_payload = if inode.is_some() && inode == target_inode {
+                targets::in_place(root, target).map(|now| now == InPlace::Payload)
+            } else {
+                // not the file at the target path: compare its bytes with the payload
+                paths::sha256_file(&p.exe_link)
+                    .map(|sha| sha == target.payload_sha256)
+                    .map_err(targets::TargetError::from)
+            };
+            match is_payload {
+                Ok(true) => "payload",
+                Ok(false) => {
+                    bad.push(format!(
+                        "kubelet (pid {}) runs '{}', which is not the payload kubelet {}",
+                        p.pid, p.exe, target.payload_version
+                    ));
+                    "not the payload"
+                }
+                Err(e) => {
+                    unknown.push(format!("kubelet (pid {}): {}", p.pid, error_chain(&e)));
+                    "unknown"
+                }
+            }
+        };
+        evidence.push(json!({"pid": p.pid, "exe": p.exe, "verdict": verdict}));
+    }
+    let evidence = Value::Array(evidence);
+    if !bad.is_empty() {
+        Check::new(NAME, Status::Problem, bad.join("; "))
+            .fix(format!(
+                "restart kubelet (systemctl restart kubelet.service) so that it runs {}; if it is started from another path, set [kubelet] path in the config",
+                root.describe(&target.path)
+            ))
+            .evidence(evidence)
+    } else if !unknown.is_empty() {
+        Check::new(NAME, Status::Unknown, unknown.join("; "))
+            .fix("run `k8s-nokmem verify` as root")
+            .evidence(evidence)
+    } else {
+        let pids: Vec<String> = procs.iter().map(|p| p.pid.to_string()).collect();
+        Check::new(
+            NAME,
+            Status::Ok,
+            format!(
+                "kubelet (pid {}) runs the payload kubelet {}",
+                pids.join(", "),
+                target.payload_version
+            ),
+        )
+        .evidence(evidence)
+    }
+}
+
+/// The kubelet package underneath the diversion has the payload's version (an upgraded
+/// package lands in `<path>.distrib` while the payload keeps running).
+fn skew_check(settings: &Settings, dpkg: &Dpkg, target: &Target) -> Check {
+    const NAME: &str = "version-skew";
+    let owners = match dpkg.owners(&target.path) {
+        Ok(o) => o,
+        Err(e) => {
+            return Check::new(NAME, Status::Unknown, error_chain(&e))
+                .fix("run `dpkg-query -S` by hand to see what dpkg says")
+        }
+    };
+    let Some(pkg) = owners.first() else {
+        return Check::new(
+            NAME,
+            Status::Skipped,
+            format!(
+                "no package ships {} (payload kubelet {})",
+                settings.root.describe(&target.path),
+                target.payload_version
+            ),
+        );
+    };
+    let installed = match dpkg.version(pkg) {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return Check::new(
+                NAME,
+                Status::Skipped,
+                format!("package '{pkg}' is not installed"),
+            )
+        }
+        Err(e) => return Check::new(NAME, Status::Unknown, error_chain(&e)),
+    };
+    let evidence = json!({"package": pkg, "package_version": installed, "payload_version": target.payload_version});
+    let (want, have) = (
+        dpkg::major_minor(&target.payload_version),
+        dpkg::major_minor(&installed),
+    );
+    if want.is_none() || have.is_none() || want == have {
+        return Check::new(
+            NAME,
+            Status::Ok,
+            format!(
+                "payload kubelet {} matches package '{pkg}' {installed}",
+                target.payload_version
+            ),
+        )
+        .evidence(evidence);
+    }
+    let status = match settings.config.version_skew {
+        SkewPolicy::Warn => Status::Warning,
+        SkewPolicy::Refuse => Status::Problem,
+    };
+    Check::new(
+        NAME,
+        status,
+        format!(
+            "package '{pkg}' was upgraded to {installed} underneath the diversion, but the payload kubelet {} runs",
+            target.payload_version
+        ),
+    )
+    .fix(format!(
+        "install a k8s-nokmem build for kubelet {installed}, or hold the package (apt-mark hold {pkg}) and reinstall {pkg} at {}",
+        target.payload_version
+    ))
+    .evidence(evidence)
 }
