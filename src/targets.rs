@@ -16,9 +16,13 @@ use crate::dpkg::{Dpkg, DpkgError};
 use crate::manifest::{Binary, Manifest};
 use crate::paths::{self, FileError, Root, WrapIo};
 
-/// Where a binary usually lives, in the order we look.
+/// Where a binary usually lives, in the order we look. runc is found by dockerd and
+/// containerd through `$PATH`, and systemd's default service PATH has /usr/sbin before
+/// /usr/bin: that order wins when both exist (Debian's and Ubuntu's runc package ship
+/// /usr/sbin/runc, docker-ce's containerd.io /usr/bin/runc). kubelet.service names its
+/// binary; /usr/bin/kubelet is where the Kubernetes packages put it.
 pub const USUAL_PATHS: [(&str, &[&str]); 2] = [
-    ("runc", &["/usr/bin/runc", "/usr/sbin/runc"]),
+    ("runc", &["/usr/sbin/runc", "/usr/bin/runc"]),
     ("kubelet", &["/usr/bin/kubelet", "/usr/local/bin/kubelet"]),
 ];
 
@@ -141,6 +145,9 @@ pub enum Found {
     Package(String),
     /// A file is there, no package ships it.
     Exists,
+    /// The usual path is a symlink to this file: the file is diverted, so that every way
+    /// of running it gets the payload.
+    LinkedFrom(PathBuf),
     /// Nothing anywhere: the first usual path.
     Default,
 }
@@ -152,6 +159,7 @@ impl std::fmt::Display for Found {
             Found::OurDiversion => write!(f, "already diverted by k8s-nokmem"),
             Found::Package(p) => write!(f, "shipped by package '{p}'"),
             Found::Exists => write!(f, "present, not from a package"),
+            Found::LinkedFrom(link) => write!(f, "'{}' is a symlink to it", link.display()),
             Found::Default => write!(f, "not installed; the usual path"),
         }
     }
@@ -203,6 +211,7 @@ pub fn resolve(
     config: &Config,
     manifest: &Manifest,
     diversions: &[Diversion],
+    state: &State,
     dpkg: &Dpkg,
 ) -> Result<Vec<Target>, TargetError> {
     let mut out = Vec::new();
@@ -214,7 +223,10 @@ pub fn resolve(
             })?;
         let (path, found) = match &tc.path {
             TargetPath::Fixed(p) => (p.clone(), Found::Config),
-            TargetPath::Auto => auto_path(root, tc.name, diversions, dpkg)?,
+            TargetPath::Auto => {
+                let recorded = state.targets.get(tc.name).map(|t| t.path.as_path());
+                auto_path(root, tc.name, recorded, diversions, dpkg)?
+            }
         };
         debug!("target {}: '{}' ({found})", tc.name, path.display());
         out.push(Target::new(tc.name, path, bin, tc.restart.clone(), found));
@@ -225,37 +237,108 @@ pub fn resolve(
 fn auto_path(
     root: &Root,
     name: &str,
+    recorded: Option<&Path>,
     diversions: &[Diversion],
     dpkg: &Dpkg,
 ) -> Result<(PathBuf, Found), TargetError> {
-    let usual: &[&str] = USUAL_PATHS
+    let usual: Vec<&Path> = USUAL_PATHS
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|(_, p)| *p)
-        .unwrap_or(&[]);
-    for p in usual {
-        if diversions
-            .iter()
-            .any(|d| d.is_ours() && d.path == Path::new(p))
-        {
-            return Ok((p.into(), Found::OurDiversion));
+        .map(|(_, p)| p.iter().map(Path::new).collect())
+        .unwrap_or_default();
+    // what we already divert stays the target (a re-run must not move it)
+    for p in recorded.into_iter().chain(usual.iter().copied()) {
+        if diversions.iter().any(|d| d.is_ours() && d.path == p) {
+            return Ok((p.to_path_buf(), Found::OurDiversion));
         }
     }
-    for p in usual {
-        let path = PathBuf::from(p);
-        let owners = dpkg.owners(&path).map_err(|source| TargetError::Dpkg {
-            path: path.clone(),
+    let mut found: Vec<(PathBuf, Found)> = Vec::new();
+    for p in &usual {
+        let owners = dpkg.owners(p).map_err(|source| TargetError::Dpkg {
+            path: p.to_path_buf(),
             source,
         })?;
-        if let Some(pkg) = owners.into_iter().next() {
-            return Ok((path, Found::Package(pkg)));
-        }
-        if fs::symlink_metadata(root.join(p)).is_ok() {
-            return Ok((path, Found::Exists));
+        let is_link = fs::symlink_metadata(root.join(p)).map(|m| m.file_type().is_symlink());
+        let candidate = match (is_link, owners.into_iter().next()) {
+            // a symlink to a real file: divert the file, which every caller ends up running
+            (Ok(true), _) => match resolve_in_root(root, p) {
+                Some(real) if root.join(&real).is_file() => {
+                    (real, Found::LinkedFrom(p.to_path_buf()))
+                }
+                _ => (p.to_path_buf(), Found::Exists),
+            },
+            (_, Some(pkg)) => (p.to_path_buf(), Found::Package(pkg)),
+            (Ok(false), None) => (p.to_path_buf(), Found::Exists),
+            (Err(_), None) => continue,
+        };
+        if !found.iter().any(|(f, _)| *f == candidate.0) {
+            found.push(candidate);
         }
     }
-    let first = usual.first().copied().unwrap_or("/usr/bin/false");
-    Ok((first.into(), Found::Default))
+    if found.len() > 1 {
+        let all: Vec<String> = found
+            .iter()
+            .map(|(p, _)| format!("'{}'", p.display()))
+            .collect();
+        log::warn!(
+            "several {name} binaries: {}; swapping {} (first in $PATH order); set [{name}] path in the config to choose",
+            all.join(", "),
+            all[0]
+        );
+    }
+    if let Some(first) = found.into_iter().next() {
+        return Ok(first);
+    }
+    let first = usual
+        .first()
+        .copied()
+        .unwrap_or(Path::new("/usr/bin/false"));
+    Ok((first.to_path_buf(), Found::Default))
+}
+
+/// Resolve every symlink in `abs` the way the system would see it from inside `root` (an
+/// absolute link target starts again at the root). `None` when a component is missing or
+/// the links loop.
+pub fn resolve_in_root(root: &Root, abs: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut todo: Vec<std::ffi::OsString> = Vec::new();
+    let push = |todo: &mut Vec<std::ffi::OsString>, p: &Path| {
+        let parts: Vec<_> = p
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        todo.extend(parts.into_iter().rev());
+    };
+    push(&mut todo, abs);
+    let mut cur = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&part);
+        let on_disk = root.join(&next);
+        let meta = fs::symlink_metadata(&on_disk).ok()?;
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = fs::read_link(&on_disk).ok()?;
+            if target.is_absolute() {
+                cur = PathBuf::from("/");
+            }
+            push(&mut todo, &target);
+        } else {
+            cur = next;
+        }
+    }
+    Some(cur)
 }
 
 /// What `state.json` records for one swapped target.
@@ -406,6 +489,43 @@ mod tests {
         let err = Original::probe("kubelet", dir.path()).unwrap_err();
         assert!(err.to_string().contains("is a directory"), "{err}");
         assert!(err.to_string().contains("[kubelet] path"), "{err}");
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let mk = |p: &str| fs::create_dir_all(root.join(p)).unwrap();
+        mk("/usr/sbin");
+        mk("/usr/bin");
+        mk("/opt/k8s");
+        std::os::unix::fs::symlink("usr/sbin", root.join("/sbin")).unwrap();
+        fs::write(root.join("/usr/sbin/runc"), b"x").unwrap();
+        fs::write(root.join("/opt/k8s/kubelet-1.20"), b"x").unwrap();
+        let link =
+            |target: &str, at: &str| std::os::unix::fs::symlink(target, root.join(at)).unwrap();
+        link("../sbin/runc", "/usr/bin/runc");
+        link("/sbin/runc", "/usr/bin/runc-abs");
+        link("/opt/k8s/kubelet-1.20", "/usr/bin/kubelet");
+        link("loop-b", "/usr/bin/loop-a");
+        link("loop-a", "/usr/bin/loop-b");
+        link("nowhere", "/usr/bin/dangling");
+        let cases = [
+            ("/usr/bin/runc", Some("/usr/sbin/runc")),
+            ("/usr/bin/runc-abs", Some("/usr/sbin/runc")),
+            ("/sbin/runc", Some("/usr/sbin/runc")),
+            ("/usr/bin/kubelet", Some("/opt/k8s/kubelet-1.20")),
+            ("/usr/sbin/runc", Some("/usr/sbin/runc")),
+            ("/usr/bin/loop-a", None),
+            ("/usr/bin/dangling", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(
+                resolve_in_root(&root, Path::new(path)),
+                want.map(PathBuf::from),
+                "case {path}"
+            );
+        }
     }
 
     #[test]

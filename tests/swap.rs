@@ -133,11 +133,16 @@ fn a_missing_target_is_diverted_anyway_and_reported() {
 }
 
 #[test]
-fn a_symlink_target_is_diverted_as_a_link_and_restored_exactly() {
+fn a_configured_symlink_target_is_diverted_as_a_link_and_restored_exactly() {
     let n = NodeRoot::bare();
     n.write("usr/bin/kubelet", node::ORIG_KUBELET, 0o755);
     n.write("usr/sbin/runc-1.0", node::ORIG_RUNC, 0o755);
     std::os::unix::fs::symlink("runc-1.0", n.abs("usr/sbin/runc")).unwrap();
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[runc]\npath = /usr/sbin/runc\n",
+        0o644,
+    );
     let before = n.snapshot();
     n.ok(&["install"]);
     assert_eq!(
@@ -505,4 +510,71 @@ fn status_finds_a_diversion_without_our_file() {
     // install repairs it
     n.ok(&["install"]);
     assert_installed(&n);
+}
+
+#[test]
+fn auto_follows_a_usual_symlink_to_the_real_binary() {
+    // bookworm's runc: /usr/sbin/runc, and /usr/bin/runc -> ../sbin/runc
+    let n = NodeRoot::bare();
+    n.write("usr/bin/kubelet", node::ORIG_KUBELET, 0o755);
+    n.write("usr/sbin/runc", node::ORIG_RUNC, 0o755);
+    std::os::unix::fs::symlink("../sbin/runc", n.abs("usr/bin/runc")).unwrap();
+    n.dpkg_package(
+        "runc",
+        "1.1.5+ds1-1",
+        &[
+            "/usr",
+            "/usr/sbin",
+            "/usr/sbin/runc",
+            "/usr/bin",
+            "/usr/bin/runc",
+        ],
+    );
+    let before = n.snapshot();
+    n.ok(&["install"]);
+    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
+    assert_eq!(
+        n.read("usr/bin/runc"),
+        node::PAYLOAD_RUNC,
+        "through the link"
+    );
+    assert_eq!(n.diversions(), vec![KUBELET_LINE, RUNC_LINE]);
+    n.ok(&["remove"]);
+    assert_same(&before, &n.snapshot(), "bookworm runc layout");
+
+    // a usual path that is a symlink elsewhere: the file it points to is swapped
+    let n = NodeRoot::bare();
+    n.write("usr/bin/kubelet", node::ORIG_KUBELET, 0o755);
+    n.write("opt/runc/runc-1.0", node::ORIG_RUNC, 0o755);
+    std::os::unix::fs::symlink("/opt/runc/runc-1.0", n.abs("usr/sbin/runc")).unwrap();
+    let before = n.snapshot();
+    let log = n.ok(&["install"]);
+    assert_eq!(n.read("opt/runc/runc-1.0"), node::PAYLOAD_RUNC, "{log}");
+    assert!(
+        n.diversions().contains(
+            &"diversion of /opt/runc/runc-1.0 to /opt/runc/runc-1.0.distrib by k8s-nokmem"
+                .to_string()
+        ),
+        "{:?}",
+        n.diversions()
+    );
+    let log = n.ok(&["install"]);
+    assert!(log.contains("nothing to do"), "stable on a re-run:\n{log}");
+    n.ok(&["remove"]);
+    assert_same(&before, &n.snapshot(), "linked runc");
+}
+
+#[test]
+fn two_real_runcs_swap_the_one_first_in_path_and_warn() {
+    let n = NodeRoot::new();
+    n.write("usr/bin/runc", b"containerd.io runc", 0o755);
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains(
+            "several runc binaries: '/usr/sbin/runc', '/usr/bin/runc'; swapping '/usr/sbin/runc'"
+        ),
+        "{log}"
+    );
+    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
+    assert_eq!(n.read("usr/bin/runc"), b"containerd.io runc");
 }

@@ -295,7 +295,7 @@ fn preflight(root: &Root, config: &Config) -> anyhow::Result<Vec<Found>> {
     let diversions = divert.list()?;
     let dpkg = Dpkg::new(root);
     let state = State::load(root)?;
-    let targets = targets::resolve(root, config, &manifest, &diversions, &dpkg)?;
+    let targets = targets::resolve(root, config, &manifest, &diversions, &state, &dpkg)?;
     let mut found = Vec::new();
     for target in targets {
         found.push(check_target(root, &target, &diversions, &state)?.with(target));

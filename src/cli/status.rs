@@ -158,7 +158,14 @@ pub(crate) fn collect(ctx: &Ctx, services: Services<'_>) -> Report {
         add(name, d.path.clone());
     }
     if let Some(m) = &manifest {
-        match targets::resolve(root, &config, m, &diversions, &Dpkg::new(root)) {
+        match targets::resolve(
+            root,
+            &config,
+            m,
+            &diversions,
+            &state.clone().unwrap_or_default(),
+            &Dpkg::new(root),
+        ) {
             Ok(ts) => ts.into_iter().for_each(|t| add(t.name, t.path)),
             Err(e) => unknown.push(format!("{e:#}")),
         }
