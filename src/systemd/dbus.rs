@@ -76,8 +76,9 @@ trait Unit {
 trait Service {
     #[zbus(property)]
     fn result(&self) -> zbus::Result<String>;
-    #[zbus(property, name = "ExecMainPID")]
-    fn exec_main_pid(&self) -> zbus::Result<u32>;
+    /// The running main process (0: none); ExecMainPID would keep the last one after exit.
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
     #[zbus(property, name = "Type")]
     fn service_type(&self) -> zbus::Result<String>;
 }
@@ -252,10 +253,10 @@ impl SystemdClient {
         if state.load_state == "loaded" && unit.ends_with(".service") {
             let service = self.service(unit, path)?;
             state.result = service.result().map_err(get)?;
-            state.main_pid = service.exec_main_pid().map_err(get)?;
+            state.main_pid = service.main_pid().map_err(get)?;
         }
         trace!(
-            "D-Bus <- '{unit}': LoadState={} ActiveState={} SubState={} Result={} ActiveEnterTimestamp={} ExecMainPID={}",
+            "D-Bus <- '{unit}': LoadState={} ActiveState={} SubState={} Result={} ActiveEnterTimestamp={} MainPID={}",
             state.load_state,
             state.active_state,
             state.sub_state,

@@ -73,7 +73,7 @@ pub struct UnitState {
     pub result: String,
     /// `ActiveEnterTimestamp` in µs since the epoch (0: never), to tell whether it restarted.
     pub active_enter_usec: u64,
-    /// `ExecMainPID` (0: none).
+    /// `MainPID`: the service's running main process (0: not running).
     pub main_pid: u32,
 }
 
