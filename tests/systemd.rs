@@ -20,58 +20,6 @@ use k8s_nokmem::systemd::{ServiceAction, ServiceManager, SystemdClient, SystemdE
 const INSIDE_ENV: &str = "K8S_NOKMEM_INSIDE_TESTBED";
 const T: Duration = Duration::from_secs(20);
 
-/// Stand-in units and binaries, written before boot.
-pub fn write_stand_ins(tb: &nspawn::Testbed) {
-    // kubelet: Type=simple like kubeadm's unit
-    tb.write(
-        "/usr/bin/kubelet",
-        "#!/bin/sh\n# stand-in kubelet\nexec sleep infinity\n",
-        0o755,
-    );
-    tb.write(
-        "/etc/systemd/system/kubelet.service",
-        "[Unit]\nDescription=stand-in kubelet\nAfter=docker.service\nStartLimitIntervalSec=0\n\n\
-         [Service]\nExecStart=/usr/bin/kubelet\nRestart=always\nRestartSec=10\n\n\
-         [Install]\nWantedBy=multi-user.target\n",
-        0o644,
-    );
-    // docker: Type=notify like the real one; /usr/bin/dockerd stays the real binary
-    tb.write(
-        "/usr/local/bin/stand-in-dockerd",
-        "#!/bin/sh\n# stand-in dockerd: ready after a moment\nsleep 0.2\nsystemd-notify --ready\nexec sleep infinity\n",
-        0o755,
-    );
-    tb.write(
-        "/etc/systemd/system/docker.service",
-        "[Unit]\nDescription=stand-in docker\n\n\
-         [Service]\nType=notify\nNotifyAccess=all\nExecStart=/usr/local/bin/stand-in-dockerd\n\n\
-         [Install]\nWantedBy=multi-user.target\n",
-        0o644,
-    );
-    for unit in ["kubelet.service", "docker.service"] {
-        symlink(
-            tb,
-            &format!("/etc/systemd/system/multi-user.target.wants/{unit}"),
-            &format!("/etc/systemd/system/{unit}"),
-        );
-    }
-    // the real docker's socket and containerd are not needed here
-    for unit in [
-        "docker.socket",
-        "containerd.service",
-        "masked-thing.service",
-    ] {
-        symlink(tb, &format!("/etc/systemd/system/{unit}"), "/dev/null");
-    }
-}
-
-fn symlink(tb: &nspawn::Testbed, inside: &str, target: &str) {
-    let link = tb.path(inside);
-    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(target, &link).unwrap();
-}
-
 fn write_misbehaving_units(tb: &nspawn::Testbed) {
     tb.write(
         "/usr/local/bin/crash",
@@ -88,6 +36,7 @@ fn write_misbehaving_units(tb: &nspawn::Testbed) {
         "[Service]\nType=notify\nExecStart=/usr/local/bin/crash\n",
         0o644,
     );
+    tb.mask("masked-thing.service");
     tb.write(
         "/etc/systemd/system/noise.service",
         "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\nExecStart=/bin/true\n",
@@ -107,7 +56,7 @@ fn client_in_a_booted_systemd() {
     };
     let started = Instant::now();
     let mut tb = nspawn::Testbed::new(&root);
-    write_stand_ins(&tb);
+    nspawn::write_stand_in_services(&tb);
     write_misbehaving_units(&tb);
     tb.boot();
     for unit in ["kubelet.service", "docker.service"] {

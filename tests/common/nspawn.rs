@@ -232,6 +232,20 @@ impl Testbed {
         self.write(inside, bytes, mode);
     }
 
+    /// Create (or replace) a symlink inside.
+    pub fn symlink(&self, inside: &str, target: &str) {
+        let link = self.path(inside);
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+    }
+
+    /// Mask a unit (a /dev/null symlink in /etc/systemd/system; once booted, `systemctl
+    /// daemon-reload` after).
+    pub fn mask(&self, unit: &str) {
+        self.symlink(&format!("/etc/systemd/system/{unit}"), "/dev/null");
+    }
+
     /// Read a file inside.
     pub fn read(&self, inside: &str) -> Vec<u8> {
         let path = self.path(inside);
@@ -490,6 +504,48 @@ impl Drop for Testbed {
         } else if let Err(e) = remove_tree(&self.dir) {
             eprintln!("testbed: failed to remove {}: {e}", self.dir.display());
         }
+    }
+}
+
+/// The original stand-in kubelet: its main process is `sleep 1000001`.
+pub const ORIG_KUBELET: &[u8] = b"#!/bin/sh\n# stand-in kubelet (original)\nexec sleep 1000001\n";
+
+/// Stand-in `kubelet.service` (Type=simple, `Restart=always` like kubeadm's unit) running
+/// `/usr/bin/kubelet` = [`ORIG_KUBELET`], and `docker.service` (Type=notify) whose
+/// `/usr/local/bin/stand-in-dockerd` checks that `/usr/sbin/runc --version` works before it
+/// reports ready (so a broken runc fails docker's start job). Both enabled; the real
+/// docker.socket and containerd.service masked. Write before [`Testbed::boot`].
+pub fn write_stand_in_services(tb: &Testbed) {
+    tb.write("/usr/bin/kubelet", ORIG_KUBELET, 0o755);
+    tb.write(
+        "/etc/systemd/system/kubelet.service",
+        "[Unit]\nDescription=stand-in kubelet\nAfter=docker.service\nStartLimitIntervalSec=0\n\n\
+         [Service]\nExecStart=/usr/bin/kubelet\nRestart=always\nRestartSec=10\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    );
+    tb.write(
+        "/usr/local/bin/stand-in-dockerd",
+        "#!/bin/sh\n# stand-in dockerd: needs a working runc, ready after a moment\n\
+         /usr/sbin/runc --version >/dev/null || { echo 'stand-in dockerd: runc does not run' >&2; exit 1; }\n\
+         sleep 0.2\nsystemd-notify --ready\nexec sleep 1000002\n",
+        0o755,
+    );
+    tb.write(
+        "/etc/systemd/system/docker.service",
+        "[Unit]\nDescription=stand-in docker\nStartLimitIntervalSec=0\n\n\
+         [Service]\nType=notify\nNotifyAccess=all\nExecStart=/usr/local/bin/stand-in-dockerd\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    );
+    for unit in ["kubelet.service", "docker.service"] {
+        tb.symlink(
+            &format!("/etc/systemd/system/multi-user.target.wants/{unit}"),
+            &format!("/etc/systemd/system/{unit}"),
+        );
+    }
+    for unit in ["docker.socket", "containerd.service"] {
+        tb.mask(unit);
     }
 }
 

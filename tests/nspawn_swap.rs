@@ -1,0 +1,368 @@
+//! `k8s-nokmem install` / `remove` on a booted systemd (the nspawn testbed): the real
+//! dpkg-divert on the live root, the services stopped and started over D-Bus, their state
+//! read with `systemctl show`. Stand-ins: `kubelet.service` (Type=simple, /usr/bin/kubelet =
+//! `sleep 1000001`) and `docker.service` (Type=notify, needs `/usr/sbin/runc --version` to
+//! work); the runc is docker.io's own, a packaged file. The payload is two small scripts with
+//! a MANIFEST of their sha256s.
+//!
+//! Needs root and the testbed root (`scripts/testbed-root.sh`); skipped without them unless
+//! `K8S_NOKMEM_STRICT=1`.
+
+#[path = "common/nspawn.rs"]
+mod nspawn;
+
+use std::process::Output;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+const HELPER: &str = "/usr/sbin/k8s-nokmem";
+const PAYLOAD_KUBELET: &[u8] =
+    b"#!/bin/sh\n# nokmem stand-in kubelet (payload)\nexec sleep 2000001\n";
+const PAYLOAD_RUNC: &[u8] =
+    b"#!/bin/sh\n# nokmem stand-in runc (payload)\necho 'runc version 1.1.5+nokmem'\n";
+const BROKEN_KUBELET: &[u8] = b"#!/bin/sh\necho 'payload kubelet: cannot run here' >&2\nexit 1\n";
+const KUBELET_LINE: &str =
+    "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem";
+const RUNC_LINE: &str = "diversion of /usr/sbin/runc to /usr/sbin/runc.distrib by k8s-nokmem";
+const UNITS: [&str; 2] = ["kubelet.service", "docker.service"];
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Compare file contents by sha256 (binaries make unreadable assertion messages).
+#[track_caller]
+fn assert_content(tb: &nspawn::Testbed, inside: &str, want: &[u8], what: &str) {
+    assert_eq!(
+        sha256(&tb.read(inside)),
+        sha256(want),
+        "{what}: content of {inside}"
+    );
+}
+
+/// The payload and its MANIFEST under /usr/lib/k8s-nokmem, as the package ships them.
+fn write_payload(tb: &nspawn::Testbed, runc: &[u8], kubelet: &[u8]) {
+    tb.write("/usr/lib/k8s-nokmem/runc", runc, 0o755);
+    tb.write("/usr/lib/k8s-nokmem/kubelet", kubelet, 0o755);
+    let manifest = format!(
+        "; stand-in payload for tests/nspawn_swap.rs\n[payload]\narch = amd64\nbuilt = 2026-11-28T00:00:00Z\n\n\
+         [runc]\nfile = runc\nversion = 1.1.5\nsource = test\ngo = go1.19.8\n\
+         tags = seccomp nokmem\narch = amd64\nsize = {}\nsha256 = {}\n\n\
+         [kubelet]\nfile = kubelet\nversion = 1.20.2\nsource = test\ngo = go1.19.8\n\
+         tags = selinux notest nokmem\narch = amd64\nsize = {}\nsha256 = {}\n",
+        runc.len(),
+        sha256(runc),
+        kubelet.len(),
+        sha256(kubelet)
+    );
+    tb.write("/usr/lib/k8s-nokmem/MANIFEST", manifest, 0o644);
+}
+
+/// The config: runc named explicitly. Debian's runc package ships `/usr/sbin/runc` and a
+/// `/usr/bin/runc -> ../sbin/runc` symlink; docker finds `/usr/sbin/runc` first in $PATH.
+/// (`path = auto` is checked by `auto_detected_runc_is_the_one_docker_runs`.)
+const CONFIG: &str = "[runc]\npath = /usr/sbin/runc\n\n[services]\ntimeout = 30s\n";
+
+/// A booted testbed with the stand-in services, the helper, its config and a payload.
+fn testbed(test: &str, kubelet_payload: &[u8]) -> Option<nspawn::Testbed> {
+    let root = nspawn::root_or_skip(test)?;
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    write_payload(&tb, PAYLOAD_RUNC, kubelet_payload);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    for unit in UNITS {
+        assert_eq!(
+            tb.unit_prop(unit, "ActiveState"),
+            "active",
+            "{unit} after boot"
+        );
+    }
+    Some(tb)
+}
+
+/// ActiveState and ActiveEnterTimestampMonotonic of both services.
+fn services(tb: &nspawn::Testbed) -> Vec<(String, String)> {
+    UNITS
+        .iter()
+        .map(|u| {
+            let p = tb.unit_props(u, &["ActiveState", "ActiveEnterTimestampMonotonic"]);
+            (
+                p["ActiveState"].clone(),
+                p["ActiveEnterTimestampMonotonic"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The command line of a unit's main process (what binary it runs).
+fn main_cmdline(tb: &nspawn::Testbed, unit: &str) -> String {
+    let pid = tb.unit_prop(unit, "MainPID");
+    assert_ne!(pid, "0", "{unit} has no main process");
+    tb.sh_ok(&format!("tr '\\0' ' ' </proc/{pid}/cmdline"))
+        .trim()
+        .to_string()
+}
+
+fn diversions(tb: &nspawn::Testbed) -> Vec<String> {
+    let out = tb.sh_ok("LC_ALL=C dpkg-divert --list 'k8s-nokmem' | sort");
+    out.lines().map(str::to_string).collect()
+}
+
+fn helper(tb: &nspawn::Testbed, args: &[&str]) -> (Output, String) {
+    let mut argv = vec![HELPER];
+    argv.extend_from_slice(args);
+    let t0 = Instant::now();
+    let out = tb.run(&argv);
+    eprintln!(
+        "k8s-nokmem {}: {} ms",
+        args.join(" "),
+        t0.elapsed().as_millis()
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprint!("{log}");
+    (out, log)
+}
+
+fn helper_ok(tb: &nspawn::Testbed, args: &[&str]) -> String {
+    let (out, log) = helper(tb, args);
+    assert!(
+        out.status.success(),
+        "k8s-nokmem {} failed:\n{}",
+        args.join(" "),
+        nspawn::show(&out)
+    );
+    log
+}
+
+fn assert_originals(tb: &nspawn::Testbed, runc: &[u8], what: &str) {
+    assert_content(tb, "/usr/bin/kubelet", nspawn::ORIG_KUBELET, what);
+    assert_content(tb, "/usr/sbin/runc", runc, what);
+    assert!(
+        diversions(tb).is_empty(),
+        "{what}: diversions left: {:?}",
+        diversions(tb)
+    );
+    for unit in UNITS {
+        assert_eq!(
+            tb.unit_prop(unit, "ActiveState"),
+            "active",
+            "{what}: {unit}\n{}",
+            tb.journal(unit)
+        );
+    }
+    assert_eq!(
+        main_cmdline(tb, "kubelet.service"),
+        "sleep 1000001",
+        "{what}: kubelet runs the original"
+    );
+}
+
+#[test]
+fn install_restarts_services_on_the_payload_and_remove_restores() {
+    let Some(tb) = testbed(
+        "install_restarts_services_on_the_payload_and_remove_restores",
+        PAYLOAD_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    let booted = services(&tb);
+
+    // install: both services stopped and started again on the payload
+    let log = helper_ok(&tb, &["install"]);
+    for want in [
+        "stop 'kubelet.service': ok",
+        "stop 'docker.service': ok",
+        "start 'docker.service': ok",
+        "start 'kubelet.service': ok",
+    ] {
+        assert!(log.contains(want), "install log lacks \"{want}\":\n{log}");
+    }
+    let stop = log.find("stop 'kubelet.service'").unwrap();
+    let start = log.find("start 'kubelet.service'").unwrap();
+    assert!(
+        stop < log.find("stop 'docker.service'").unwrap()
+            && start > log.find("start 'docker.service'").unwrap(),
+        "order:\n{log}"
+    );
+    assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
+    assert_content(&tb, "/usr/sbin/runc", PAYLOAD_RUNC, "after install");
+    assert_content(
+        &tb,
+        "/usr/bin/kubelet.distrib",
+        nspawn::ORIG_KUBELET,
+        "after install",
+    );
+    assert_content(&tb, "/usr/sbin/runc.distrib", &orig_runc, "after install");
+    assert_eq!(diversions(&tb), vec![KUBELET_LINE, RUNC_LINE]);
+    let installed = services(&tb);
+    for (i, unit) in UNITS.iter().enumerate() {
+        assert_eq!(
+            installed[i].0,
+            "active",
+            "{unit} after install\n{}",
+            tb.journal(unit)
+        );
+        assert_ne!(
+            installed[i].1, booted[i].1,
+            "{unit} was not restarted by install"
+        );
+    }
+    assert_eq!(
+        main_cmdline(&tb, "kubelet.service"),
+        "sleep 2000001",
+        "kubelet runs the payload"
+    );
+
+    // status over D-Bus
+    let out = tb.run(&[HELPER, "status", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "status after install:\n{}",
+        nspawn::show(&out)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["installed"], "installed", "{json}");
+    let states: Vec<&str> = json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["active_state"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(states, vec!["active", "active"], "{json}");
+
+    // an unchanged re-install restarts nothing
+    let log = helper_ok(&tb, &["install"]);
+    assert!(
+        !log.contains("stop '"),
+        "a re-install stopped something:\n{log}"
+    );
+    assert_eq!(
+        services(&tb),
+        installed,
+        "a re-install restarted a service:\n{log}"
+    );
+
+    // remove: originals back, services restarted on them
+    let log = helper_ok(&tb, &["remove"]);
+    for want in [
+        "stop 'kubelet.service': ok",
+        "start 'kubelet.service': ok",
+        "start 'docker.service': ok",
+    ] {
+        assert!(log.contains(want), "remove log lacks \"{want}\":\n{log}");
+    }
+    assert_originals(&tb, &orig_runc, "after remove");
+    let removed = services(&tb);
+    for (i, unit) in UNITS.iter().enumerate() {
+        assert_ne!(
+            removed[i].1, installed[i].1,
+            "{unit} was not restarted by remove"
+        );
+    }
+    // and twice is fine, restarting nothing
+    let log = helper_ok(&tb, &["remove"]);
+    assert!(
+        !log.contains("stop '"),
+        "a second remove stopped something:\n{log}"
+    );
+    assert_eq!(services(&tb), removed);
+}
+
+#[test]
+fn a_payload_that_fails_to_start_is_rolled_back() {
+    let Some(tb) = testbed(
+        "a_payload_that_fails_to_start_is_rolled_back",
+        BROKEN_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    let (out, log) = helper(&tb, &["install"]);
+    assert!(
+        !out.status.success(),
+        "install of a broken payload succeeded:\n{log}"
+    );
+    assert!(
+        log.contains("'kubelet.service'"),
+        "the failure does not name the unit:\n{log}"
+    );
+    assert!(
+        log.contains("journalctl -u kubelet.service"),
+        "no journalctl pointer:\n{log}"
+    );
+    assert!(log.contains("rollback"), "no rollback in the log:\n{log}");
+    assert_originals(&tb, &orig_runc, "after the rolled-back install");
+    assert!(
+        !tb.path("/var/lib/k8s-nokmem/state.json").exists(),
+        "state recorded after a rollback"
+    );
+    // the journal shows the payload's attempt
+    let journal = tb.journal("kubelet.service");
+    assert!(
+        journal.contains("payload kubelet: cannot run here"),
+        "{journal}"
+    );
+}
+
+#[test]
+fn masked_and_missing_units_are_left_alone() {
+    let Some(root) = nspawn::root_or_skip("masked_and_missing_units_are_left_alone") else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    // no kubelet unit on this node; docker masked
+    let _ = std::fs::remove_file(tb.path("/etc/systemd/system/kubelet.service"));
+    let _ = std::fs::remove_file(
+        tb.path("/etc/systemd/system/multi-user.target.wants/kubelet.service"),
+    );
+    let _ =
+        std::fs::remove_file(tb.path("/etc/systemd/system/multi-user.target.wants/docker.service"));
+    tb.mask("docker.service");
+    write_payload(&tb, PAYLOAD_RUNC, PAYLOAD_KUBELET);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    assert_eq!(tb.unit_prop("kubelet.service", "LoadState"), "not-found");
+    assert_eq!(tb.unit_prop("docker.service", "LoadState"), "masked");
+
+    let log = helper_ok(&tb, &["install"]);
+    assert!(
+        log.contains("'kubelet.service'") && log.contains("does not exist"),
+        "missing unit not noted:\n{log}"
+    );
+    assert!(
+        log.contains("'docker.service'") && log.contains("masked"),
+        "masked unit not noted:\n{log}"
+    );
+    assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
+    assert_eq!(diversions(&tb), vec![KUBELET_LINE, RUNC_LINE]);
+    assert_eq!(tb.unit_prop("docker.service", "LoadState"), "masked");
+    assert_eq!(tb.unit_prop("docker.service", "ActiveState"), "inactive");
+    let log = helper_ok(&tb, &["remove"]);
+    assert!(diversions(&tb).is_empty(), "{log}");
+}
+
+#[test]
+#[ignore = "fails: `path = auto` diverts the /usr/bin/runc symlink, docker runs /usr/sbin/runc (issue 4, swap)"]
+fn auto_detected_runc_is_the_one_docker_runs() {
+    let Some(tb) = testbed("auto_detected_runc_is_the_one_docker_runs", PAYLOAD_KUBELET) else {
+        return;
+    };
+    std::fs::remove_file(tb.path("/etc/k8s-nokmem/k8s-nokmem.conf")).unwrap();
+    helper_ok(&tb, &["install"]);
+    // what docker.service (and a shell) would run as `runc`
+    let runc = tb.sh_ok("readlink -f \"$(command -v runc)\"");
+    assert_content(
+        &tb,
+        runc.trim(),
+        PAYLOAD_RUNC,
+        "the runc found in $PATH after install",
+    );
+    helper_ok(&tb, &["remove"]);
+}
