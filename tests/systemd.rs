@@ -165,11 +165,11 @@ fn timestamp(unit: &str) -> String {
 #[test]
 #[ignore = "runs inside the nspawn testbed, started by client_in_a_booted_systemd"]
 fn inside_client_scenarios() {
-    assert_eq!(
-        std::env::var(INSIDE_ENV).as_deref(),
-        Ok("1"),
-        "run by client_in_a_booted_systemd inside the testbed only"
-    );
+    if std::env::var(INSIDE_ENV).as_deref() != Ok("1") {
+        // `--include-ignored` on the host: nothing to do here
+        eprintln!("inside_client_scenarios: not inside the testbed; client_in_a_booted_systemd runs it there");
+        return;
+    }
     let _ = env_logger::builder().is_test(true).try_init();
     let sd = SystemdClient::system().expect("connect to the testbed's system bus");
     assert_eq!(sd.settle(), k8s_nokmem::systemd::DEFAULT_SETTLE);
