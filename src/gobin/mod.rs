@@ -24,6 +24,9 @@ pub use scan::Marker;
 
 use elf::{Elf, ElfError};
 
+/// Bytes read at a time by the marker scan.
+const SCAN_CHUNK: usize = 1 << 20;
+
 /// The build tag that selects `kmem_disabled.go`.
 pub const NOKMEM_TAG: &str = "nokmem";
 
@@ -210,11 +213,17 @@ pub fn inspect(path: &Path) -> Result<Report, GobinError> {
             path: path.to_path_buf(),
             source,
         })?;
-        let _ = map.advise(memmap2::Advice::Sequential);
         Some(map)
     };
     let data: &[u8] = map.as_deref().unwrap_or_default();
-    let report = analyze(path, data)?;
+    // The headers and the build info are read through the map (a few pages); the marker
+    // scan streams the file, so that memory use stays at one chunk for a 100 MB kubelet.
+    let report = classify(path, data, || {
+        scan::markers_streamed(&file, SCAN_CHUNK).map_err(|source| GobinError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
     log::debug!(
         "inspect '{}': {} bytes, {}, {:?}: {} ({} ms)",
         path.display(),
@@ -229,6 +238,15 @@ pub fn inspect(path: &Path) -> Result<Report, GobinError> {
 
 /// Inspect the bytes of a whole binary; `path` only names it.
 pub fn analyze(path: &Path, data: &[u8]) -> Result<Report, GobinError> {
+    classify(path, data, || Ok(scan::markers(data)))
+}
+
+/// `data` is the whole file; `scan` finds the markers in it (in memory or streamed).
+fn classify(
+    path: &Path,
+    data: &[u8],
+    scan: impl FnOnce() -> Result<Vec<scan::Hit>, GobinError>,
+) -> Result<Report, GobinError> {
     let elf = Elf::parse(data).map_err(|source| match source {
         ElfError::Truncated { .. } => GobinError::Truncated {
             path: path.to_path_buf(),
@@ -265,7 +283,7 @@ pub fn analyze(path: &Path, data: &[u8]) -> Result<Report, GobinError> {
         occurrences: hit.occurrences,
         file_name: hit.file_name.clone(),
     };
-    let hits = scan::markers(data);
+    let hits = scan()?;
     let evidence: Vec<Evidence> = hits
         .iter()
         .filter(|h| h.marker.enables_kmem())

@@ -2,6 +2,8 @@
 //! build info is missing. One `memmem` pass for `kmem` finds every marker; each hit is
 //! then checked against the bytes around it.
 
+use std::io::{self, Read};
+
 use memchr::memmem;
 
 use super::elf::{Elf, Layout};
@@ -69,16 +71,81 @@ pub struct Hit {
 
 /// Every marker in `data`, in the order of [`Marker::ALL`].
 pub fn markers(data: &[u8]) -> Vec<Hit> {
-    let parts: Vec<(Marker, &[u8], &[u8])> = Marker::ALL
-        .iter()
-        .map(|&m| {
-            let (before, after) = m.split();
-            (m, before, after)
-        })
-        .collect();
-    let mut hits: Vec<Hit> = Vec::new();
-    for at in memmem::find_iter(data, ANCHOR) {
-        for &(marker, before, after) in &parts {
+    let mut scanner = MarkerScanner::default();
+    scanner.feed(data, true);
+    scanner.finish()
+}
+
+/// Every marker in what `reader` yields, read `chunk` bytes at a time: memory use stays
+/// at about one chunk whatever the file size.
+pub fn markers_streamed(mut reader: impl Read, chunk: usize) -> io::Result<Vec<Hit>> {
+    let mut scanner = MarkerScanner::default();
+    let mut buf = vec![0u8; chunk.max(1)];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        scanner.feed(&buf[..n], false);
+    }
+    scanner.feed(&[], true);
+    Ok(scanner.finish())
+}
+
+/// Bytes kept before the next unexamined position: the longest needle part before the
+/// anchor plus a whole file name.
+const KEEP_BEFORE: usize = MAX_FILE_NAME + 64;
+/// Bytes needed after an anchor to decide on it: the longest part after it plus a NUL.
+const NEED_AFTER: usize = 64;
+
+/// Scans a stream that arrives in pieces. `window` holds the tail of what came before
+/// (for context) and what is not examined yet; `window[0]` is at file offset `base`.
+#[derive(Debug, Default)]
+struct MarkerScanner {
+    window: Vec<u8>,
+    base: usize,
+    /// Anchor positions in `window` before this one were examined.
+    examined: usize,
+    hits: Vec<Hit>,
+}
+
+impl MarkerScanner {
+    fn feed(&mut self, bytes: &[u8], last: bool) {
+        self.window.extend_from_slice(bytes);
+        // An anchor needs NEED_AFTER bytes after it unless the stream has ended.
+        let limit = if last {
+            self.window.len()
+        } else {
+            self.window.len().saturating_sub(NEED_AFTER)
+        };
+        if limit > self.examined {
+            let from = self.examined;
+            let to = (limit + ANCHOR.len() - 1).min(self.window.len());
+            let starts: Vec<usize> = memmem::find_iter(&self.window[from..to], ANCHOR)
+                .map(|at| from + at)
+                .filter(|&at| at < limit)
+                .collect();
+            for at in starts {
+                self.check(at);
+            }
+            self.examined = limit;
+        }
+        // Drop what no later anchor can need.
+        let drop = self.examined.saturating_sub(KEEP_BEFORE);
+        if drop > 0 {
+            self.window.drain(..drop);
+            self.base += drop;
+            self.examined -= drop;
+        }
+    }
+
+    /// Check the anchor at `at` (an index in `window`) against every marker.
+    fn check(&mut self, at: usize) {
+        let data = &self.window;
+        for marker in Marker::ALL {
+            let (before, after) = marker.split();
             let Some(start) = at.checked_sub(before.len()) else {
                 continue;
             };
@@ -86,27 +153,34 @@ pub fn markers(data: &[u8]) -> Vec<Hit> {
             if &data[start..at] != before || !data[end..].starts_with(after) {
                 continue;
             }
-            match hits.iter_mut().find(|h| h.marker == marker) {
+            match self.hits.iter_mut().find(|h| h.marker == marker) {
                 Some(hit) => hit.occurrences += 1,
-                None => hits.push(Hit {
-                    marker,
-                    offset: start as u64,
-                    occurrences: 1,
-                    file_name: marker
+                None => {
+                    let file_name = marker
                         .is_file_name()
-                        .then(|| whole_c_string(data, start, end + after.len()))
-                        .flatten(),
-                }),
+                        .then(|| whole_c_string(data, start, end + after.len(), self.base == 0))
+                        .flatten();
+                    self.hits.push(Hit {
+                        marker,
+                        offset: (self.base + start) as u64,
+                        occurrences: 1,
+                        file_name,
+                    });
+                }
             }
         }
     }
-    hits.sort_by_key(|h| h.marker);
-    hits
+
+    fn finish(mut self) -> Vec<Hit> {
+        self.hits.sort_by_key(|h| h.marker);
+        self.hits
+    }
 }
 
 /// The printable string around `start..end` when it is NUL-terminated (as pclntab file
 /// names are) and starts after a NUL or non-printable byte.
-fn whole_c_string(data: &[u8], start: usize, end: usize) -> Option<String> {
+/// `at_file_start`: `data[0]` is the first byte of the file (not a cut-off window).
+fn whole_c_string(data: &[u8], start: usize, end: usize, at_file_start: bool) -> Option<String> {
     if data.get(end) != Some(&0) {
         return None;
     }
@@ -115,7 +189,12 @@ fn whole_c_string(data: &[u8], start: usize, end: usize) -> Option<String> {
     while from > floor && is_name_byte(data[from - 1]) {
         from -= 1;
     }
-    if from == floor && floor != 0 {
+    let whole = if from == 0 {
+        at_file_start
+    } else {
+        !is_name_byte(data[from - 1])
+    };
+    if !whole {
         return None;
     }
     std::str::from_utf8(&data[from..end]).ok().map(String::from)
@@ -266,6 +345,26 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(data)
             );
+        }
+    }
+
+    #[test]
+    fn streaming_in_small_chunks_finds_the_same() {
+        let mut data = vec![b'x'; 3000];
+        data.extend_from_slice(
+            b"\x00vendor/github.com/opencontainers/runc/libcontainer/cgroups/fs/kmem.go\x00",
+        );
+        data.extend(vec![b'y'; 1500]);
+        data.extend_from_slice(b"memory.kmem.limit_in_bytes");
+        data.extend(vec![b'z'; 700]);
+        data.extend_from_slice(b"\x00libcontainer/cgroups/fs/kmem_disabled.go\x00");
+        data.extend_from_slice(b"memory.kmem.limit_in_bytes");
+        let whole = markers(&data);
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].occurrences, 2);
+        for chunk in [1, 3, 7, 64, 100, 577, 4096, 1 << 20] {
+            let streamed = markers_streamed(&data[..], chunk).unwrap();
+            assert_eq!(streamed, whole, "chunk size {chunk}");
         }
     }
 
