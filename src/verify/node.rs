@@ -79,6 +79,7 @@ pub fn checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
         &settings.config,
         &manifest,
         diversions.as_deref().unwrap_or(&[]),
+        &targets::State::load(root).unwrap_or_default(),
         &dpkg,
     ) {
         Ok(t) => t,
