@@ -101,10 +101,7 @@ fn write_json(
         .map(|(path, result)| match result {
             Ok(r) => JsonEntry {
                 path: &r.path,
-                verdict: match r.verdict {
-                    Verdict::Safe => "safe",
-                    Verdict::EnablesKmem => "enables-kmem",
-                },
+                verdict: r.verdict.as_str(),
                 reason: Some(r.reason),
                 arch: Some(&r.arch),
                 go_version: r.go_version.as_deref(),

@@ -270,7 +270,7 @@ fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gobin::elf::Section;
 
@@ -305,7 +305,7 @@ mod tests {
         out
     }
 
-    fn inline_block(version: &str, modinfo: &str) -> Vec<u8> {
+    pub(crate) fn inline_block(version: &str, modinfo: &str) -> Vec<u8> {
         let mut b = MAGIC.to_vec();
         b.push(8);
         b.push(FLAG_INLINE);

@@ -365,7 +365,7 @@ fn describe_start(data: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal 64-bit little-endian ELF: header, one PT_LOAD covering the file, and a

@@ -124,6 +124,22 @@ pub enum Verdict {
     EnablesKmem,
 }
 
+impl Verdict {
+    /// `safe` or `enables-kmem`, as in `inspect --json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Safe => "safe",
+            Verdict::EnablesKmem => "enables-kmem",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why the verdict is what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -225,7 +241,7 @@ pub fn inspect(path: &Path) -> Result<Report, GobinError> {
         })
     })?;
     log::debug!(
-        "inspect '{}': {} bytes, {}, {:?}: {} ({} ms)",
+        "inspect '{}': {} bytes, {}, {}: {} ({} ms)",
         path.display(),
         report.size,
         report.arch,
@@ -233,6 +249,20 @@ pub fn inspect(path: &Path) -> Result<Report, GobinError> {
         report.go_version.as_deref().unwrap_or("go version unknown"),
         started.elapsed().as_millis()
     );
+    for e in report.evidence.iter().chain(&report.nokmem_evidence) {
+        log::debug!(
+            "inspect '{}': {} at {:#x} in {} ({} times){}",
+            path.display(),
+            e.what,
+            e.offset,
+            e.section.as_deref().unwrap_or("no section"),
+            e.occurrences,
+            e.file_name
+                .as_deref()
+                .map(|n| format!(", file name '{n}'"))
+                .unwrap_or_default()
+        );
+    }
     Ok(report)
 }
 
@@ -383,6 +413,56 @@ mod tests {
                 path.display(),
                 err.hint()
             );
+        }
+    }
+
+    #[test]
+    fn the_verdict_follows_the_evidence_and_the_tag_only_supports_it() {
+        let kmem = "memory.kmem.limit_in_bytes";
+        let kmem_go = "\0x/libcontainer/cgroups/fs/kmem.go\0";
+        let disabled = "\0x/libcontainer/cgroups/fs/kmem_disabled.go\0";
+        let tagged = "build\t-compiler=gc\nbuild\t-tags=selinux,nokmem\n";
+        let untagged = "build\t-compiler=gc\n";
+        let cases: [(&str, &str, &str, Verdict, Reason); 6] = [
+            ("tag only", tagged, "", Verdict::Safe, Reason::NokmemTag),
+            ("nothing", untagged, "", Verdict::Safe, Reason::NoKmemCode),
+            (
+                "kmem_disabled.go",
+                untagged,
+                disabled,
+                Verdict::Safe,
+                Reason::NokmemCode,
+            ),
+            (
+                "string despite the tag",
+                tagged,
+                kmem,
+                Verdict::EnablesKmem,
+                Reason::KmemCode,
+            ),
+            (
+                "kmem.go only",
+                untagged,
+                kmem_go,
+                Verdict::EnablesKmem,
+                Reason::KmemCode,
+            ),
+            (
+                "both files",
+                tagged,
+                &[kmem_go, disabled].concat(),
+                Verdict::EnablesKmem,
+                Reason::KmemCode,
+            ),
+        ];
+        for (name, modinfo, bytes, verdict, reason) in cases {
+            let mut contents = buildinfo::tests::inline_block("go1.19.8", modinfo);
+            contents.extend_from_slice(bytes.as_bytes());
+            let data = elf::tests::tiny_elf64(62, ".go.buildinfo", &contents);
+            let r = analyze(Path::new("/x"), &data).unwrap();
+            assert_eq!((r.verdict, r.reason), (verdict, reason), "case {name}");
+            assert_eq!(r.go_version.as_deref(), Some("go1.19.8"), "case {name}");
+            assert_eq!(r.has_nokmem_tag(), modinfo == tagged, "case {name}");
         }
     }
 
