@@ -365,3 +365,48 @@ fn inside_client_scenarios() {
     }
     noise.join().unwrap();
 }
+
+/// The testbed runs the real dockerd (docker.io) with containers in cgroup v1 memory
+/// cgroups, and survives a reboot with its files (the e2e tests of issue 6 build on this).
+#[test]
+fn testbed_runs_docker_and_reboots() {
+    let Some(root) = nspawn::root_or_skip("testbed_runs_docker_and_reboots") else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::boot_new(&root);
+    assert_eq!(
+        tb.unit_prop("docker.service", "ActiveState"),
+        "active",
+        "{}",
+        tb.journal("docker.service")
+    );
+    // an image without a registry: a busybox-static root
+    let out = tb.sh_ok(
+        "set -e; d=$(mktemp -d); mkdir -p $d/bin; cp /bin/busybox $d/bin/; \
+         for a in sh cat echo; do ln -s busybox $d/bin/$a; done; \
+         tar -C $d -c . | docker import - testbed/busybox:1 >/dev/null; rm -rf $d; \
+         docker run --rm --memory 64m testbed/busybox:1 sh -c 'grep memory /proc/self/cgroup; echo ran'",
+    );
+    assert!(out.contains("ran"), "{out}");
+    assert!(
+        out.contains(":memory:/docker/"),
+        "container not in a docker memory cgroup: {out}"
+    );
+    // a container's memory cgroup is a real v1 one with the kmem files
+    let out = tb.sh_ok(
+        "id=$(docker run -d testbed/busybox:1 sh -c 'exec sleep 100'); \
+         ls /sys/fs/cgroup/memory/docker/$id/memory.kmem.limit_in_bytes; docker rm -f $id >/dev/null",
+    );
+    assert!(out.contains("memory.kmem.limit_in_bytes"), "{out}");
+
+    tb.write("/etc/k8s-nokmem-reboot-check", "before reboot\n", 0o644);
+    let before = tb.leader();
+    tb.reboot();
+    assert_ne!(tb.leader(), before);
+    assert_eq!(tb.read("/etc/k8s-nokmem-reboot-check"), b"before reboot\n");
+    let images = tb.sh_ok("docker image ls --format '{{.Repository}}:{{.Tag}}'");
+    assert!(
+        images.contains("testbed/busybox:1"),
+        "image lost in the reboot: {images}"
+    );
+}
