@@ -73,8 +73,8 @@ How each binary is built (GOPATH mode, GO111MODULE=off, no module proxy):
 Checks, before a MANIFEST is written (any failure: exit 1, naming the binary):
   - 'file' says statically linked, for the right machine;
   - no kmem: 'k8s-nokmem inspect --json FILE' (K8S_NOKMEM_BIN, default
-    target/release/k8s-nokmem, built with cargo when missing); until the helper has that
-    subcommand: 'go version -m' shows -tags with nokmem and the bytes hold neither
+    target/release/k8s-nokmem, rebuilt with cargo when missing or stale); until it has
+    inspect --json: 'go version -m' shows -tags with nokmem and the bytes hold neither
     memory.kmem.limit_in_bytes nor libcontainer/cgroups/fs/kmem.go;
   - --version prints the expected version: natively, or for a foreign runc under
     qemu-user (qemu-aarch64-static); a foreign kubelet takes minutes under emulation, so

@@ -269,6 +269,9 @@ kn_build_tags() {
     KN_BUILD_TAGS=$(awk '$1 == "build" && $2 ~ /^-tags=/ {sub(/^-tags=/, "", $2); print $2}' <<<"$info")
 }
 
+# kn_has_inspect BIN: BIN's `inspect` takes --json and a FILE (the first stub took neither).
+kn_has_inspect() { "$1" inspect --help 2>/dev/null | grep -q -e '--json'; }
+
 # kn_inspect_init: sets KN_INSPECT_BIN to the k8s-nokmem helper to use for `inspect`,
 # or to nothing when no helper with an `inspect` subcommand is available (then the
 # fallback check runs). Builds the helper once when it is missing.
@@ -278,7 +281,10 @@ kn_inspect_init() {
     if [ -z "$KN_INSPECT_TRIED" ]; then
         KN_INSPECT_TRIED=1
         local bin=${K8S_NOKMEM_BIN:-$KN_REPO/target/release/k8s-nokmem}
-        if [ ! -x "$bin" ] && [ -z "${K8S_NOKMEM_BIN:-}" ] && [ -f "$KN_REPO/Cargo.toml" ]; then
+        # The repository's own helper is (re)built when missing or older than `inspect
+        # --json FILE`; an explicit K8S_NOKMEM_BIN is used as it is.
+        if [ -z "${K8S_NOKMEM_BIN:-}" ] && [ -f "$KN_REPO/Cargo.toml" ] &&
+            ! { [ -x "$bin" ] && kn_has_inspect "$bin"; }; then
             kn_log "building the helper for 'inspect': cargo build --release (log $KN_WORK/cargo.log)"
             if ! (cd "$KN_REPO" && cargo build --release) >"$KN_WORK/cargo.log" 2>&1; then
                 kn_warn "cargo build --release failed (tail of the log follows); using the fallback kmem check"
@@ -288,8 +294,7 @@ kn_inspect_init() {
         if [ -n "${K8S_NOKMEM_BIN:-}" ] && [ ! -x "$bin" ]; then
             kn_die "K8S_NOKMEM_BIN='$bin' is not an executable" 2
         fi
-        # Usable once `inspect` takes --json and a FILE (the stub before that takes neither).
-        if [ -x "$bin" ] && "$bin" inspect --help 2>/dev/null | grep -q -e '--json'; then
+        if [ -x "$bin" ] && kn_has_inspect "$bin"; then
             KN_INSPECT_BIN=$bin
             kn_log "kmem check: '$bin inspect --json'"
         else
@@ -308,7 +313,9 @@ kn_check_nokmem() {
         out=$("$bin" inspect --json "$file" 2>"$KN_WORK/inspect.err") || rc=$?
         case $rc in
         0) KN_KMEM_HOW="k8s-nokmem inspect" ;;
-        1) kn_die "$label: '$file' enables kmem accounting (k8s-nokmem inspect): $out" ;;
+        1) # The one-line human verdict names the evidence; the JSON stays in the work dir.
+            printf '%s\n' "$out" >"$KN_WORK/inspect.json"
+            kn_die "$label: '$file' enables kmem accounting: $("$bin" inspect "$file" 2>&1 | head -n 3)" ;;
         2) kn_die "$label: k8s-nokmem inspect cannot read '$file' as a Go binary: $(cat "$KN_WORK/inspect.err") $out" ;;
         *) kn_die "$label: k8s-nokmem inspect '$file' failed (exit $rc): $(cat "$KN_WORK/inspect.err")" ;;
         esac
