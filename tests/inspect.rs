@@ -451,6 +451,26 @@ fn a_binary_without_section_table_or_build_info_is_still_read() {
     }
 }
 
+#[test]
+fn an_unstripped_binary_without_build_info_has_its_version_in_the_symbol_table() {
+    let Some(progs) = programs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for b in progs.iter().filter(|b| b.link != Link::Stripped) {
+        let case = format!("{b:?}");
+        // As Go < 1.13 writes no build info: runtime.buildVersion is all there is.
+        let mut bytes = fs::read(&b.path).unwrap();
+        let magic = b"\xff Go buildinf:";
+        let at = memchr::memmem::find(&bytes, magic).unwrap();
+        bytes[at..at + magic.len()].fill(0);
+        let no_info = dir.path().join(b.path.file_name().unwrap());
+        fs::write(&no_info, &bytes).unwrap();
+        let r = gobin::inspect(&no_info).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(r.go_version, Some(oracle(&b.path).0), "{case}");
+        assert_eq!(r.tags, None, "{case}");
+        assert_eq!(r.go_releases, None, "{case}");
+    }
+}
+
 /// What the user sees for files that cannot be inspected: exit 2, the path on stderr.
 #[test]
 fn unreadable_and_non_go_files_exit_2_naming_the_path() {

@@ -9,6 +9,8 @@
 //! The module info of Go >= 1.18 has `build\tKEY=VALUE` lines, among them
 //! `build\t-tags=a,b,c` when the binary was built with tags. Older module info has no
 //! build settings: the tags are then unknown. Mirrors `debug/buildinfo` in Go's library.
+//! Go < 1.13 writes no build info; its version is then read from the symbol
+//! `runtime.buildVersion` when the binary is not stripped.
 
 use super::elf::{Elf, Layout};
 
@@ -130,6 +132,18 @@ pub fn find(data: &[u8], elf: &Elf) -> Option<usize> {
         }
     }
     memchr::memmem::find_iter(data, MAGIC).find(|at| at % ALIGN == 0)
+}
+
+/// The symbol holding the Go version in every Go binary.
+const BUILD_VERSION_SYMBOL: &str = "runtime.buildVersion";
+
+/// The Go version from the symbol table (`runtime.buildVersion`), for binaries without
+/// build info (Go < 1.13) that are not stripped.
+pub fn version_from_symtab(data: &[u8], elf: &Elf) -> Option<String> {
+    let addr = elf.symbol(data, BUILD_VERSION_SYMBOL)?;
+    let bytes = read_go_string(data, elf, elf.layout, addr, "version").ok()?;
+    let version = std::str::from_utf8(bytes).ok()?;
+    version.starts_with("go").then(|| version.to_string())
 }
 
 /// A uvarint-prefixed string; returns it and the bytes after it.
@@ -286,6 +300,7 @@ pub(crate) mod tests {
             machine: 62,
             segments: vec![],
             sections: vec![],
+            symtab: None,
         }
     }
 

@@ -15,6 +15,7 @@ const DATA_LSB: u8 = 1;
 const DATA_MSB: u8 = 2;
 const PT_LOAD: u32 = 1;
 const SHT_NOBITS: u32 = 8;
+const SHT_SYMTAB: u32 = 2;
 
 /// Why bytes are not a usable ELF file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +118,15 @@ pub struct Elf {
     pub segments: Vec<Segment>,
     /// Empty when the section table was stripped.
     pub sections: Vec<Section>,
+    /// `.symtab` and its string table; `None` when stripped.
+    pub symtab: Option<SymbolTable>,
+}
+
+/// Where `.symtab` and its string table sit in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymbolTable {
+    pub syms: Range<usize>,
+    pub strs: Range<usize>,
 }
 
 impl Elf {
@@ -221,6 +231,7 @@ impl Elf {
         }
 
         let mut sections = Vec::new();
+        let mut symtab = None;
         if shoff != 0 && shnum != 0 {
             if shentsize < min_sh {
                 return Err(ElfError::Malformed {
@@ -254,17 +265,27 @@ impl Elf {
                     offset.ok_or_else(malformed)?,
                     size.ok_or_else(malformed)?,
                 );
+                let link = l
+                    .u32(data, at + if is_64 { 40 } else { 24 })
+                    .ok_or_else(malformed)?;
                 let end = offset.saturating_add(size);
                 if sh_type != SHT_NOBITS && end > len {
                     return Err(truncated(&format!("section {i}"), end));
                 }
-                raw.push((name, sh_type, addr, offset, size));
+                raw.push((name, sh_type, addr, offset, size, link));
             }
+            symtab = raw.iter().find(|s| s.1 == SHT_SYMTAB).and_then(|s| {
+                let strs = raw.get(s.5 as usize).filter(|t| t.1 != SHT_NOBITS)?;
+                Some(SymbolTable {
+                    syms: s.3 as usize..(s.3 + s.4) as usize,
+                    strs: strs.3 as usize..(strs.3 + strs.4) as usize,
+                })
+            });
             let strtab = raw
                 .get(shstrndx)
                 .filter(|s| s.1 != SHT_NOBITS)
                 .map(|s| &data[s.3 as usize..(s.3 + s.4) as usize]);
-            for (name, sh_type, addr, offset, size) in raw {
+            for (name, sh_type, addr, offset, size, _) in raw {
                 if sh_type == SHT_NOBITS || size == 0 {
                     continue;
                 }
@@ -284,6 +305,24 @@ impl Elf {
             machine,
             segments,
             sections,
+            symtab,
+        })
+    }
+
+    /// The value (address) of the symbol `name` in `.symtab`, when the binary has one
+    /// (not stripped).
+    pub fn symbol(&self, data: &[u8], name: &str) -> Option<u64> {
+        let tab = self.symtab.as_ref()?;
+        let syms = data.get(tab.syms.clone())?;
+        let strs = data.get(tab.strs.clone())?;
+        let l = self.layout;
+        let (entsize, value_at) = if l.is_64 { (24, 8) } else { (16, 4) };
+        syms.chunks_exact(entsize).find_map(|sym| {
+            let name_at = l.u32(sym, 0)? as usize;
+            let sym_name = strs.get(name_at..)?;
+            let matches =
+                sym_name.starts_with(name.as_bytes()) && sym_name.get(name.len()) == Some(&0);
+            matches.then(|| l.word(sym, value_at)).flatten()
         })
     }
 

@@ -201,6 +201,21 @@ impl Report {
 /// Inspect the binary at `path` (mapped, not read into memory).
 pub fn inspect(path: &Path) -> Result<Report, GobinError> {
     let started = Instant::now();
+    // Look before opening: opening a FIFO would block.
+    let kind = std::fs::metadata(path).map_err(|source| GobinError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if kind.is_dir() {
+        return Err(GobinError::IsDirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    if !kind.is_file() {
+        return Err(GobinError::NotRegularFile {
+            path: path.to_path_buf(),
+        });
+    }
     let file = File::open(path).map_err(|source| GobinError::Open {
         path: path.to_path_buf(),
         source,
@@ -209,16 +224,6 @@ pub fn inspect(path: &Path) -> Result<Report, GobinError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if meta.is_dir() {
-        return Err(GobinError::IsDirectory {
-            path: path.to_path_buf(),
-        });
-    }
-    if !meta.is_file() {
-        return Err(GobinError::NotRegularFile {
-            path: path.to_path_buf(),
-        });
-    }
     let map = if meta.len() == 0 {
         None
     } else {
@@ -328,7 +333,8 @@ fn classify(
     let go_version = build_info
         .as_ref()
         .map(|b| b.version.clone())
-        .filter(|v| !v.is_empty());
+        .filter(|v| !v.is_empty())
+        .or_else(|| buildinfo::version_from_symtab(data, &elf));
     let tags = build_info.as_ref().and_then(|b| b.tags());
     let mut report = Report {
         path: path.to_path_buf(),
@@ -375,6 +381,8 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\n").unwrap();
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "").unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let d = dir.path().display();
         let cases = [
             (
