@@ -754,7 +754,10 @@ impl<'a> Node<'a> {
 
     /// The current state minus the targets we no longer divert.
     fn state_without_undiverted(&self) -> anyhow::Result<State> {
-        let mut state = State::load(&self.root)?;
+        let mut state = State::load(&self.root).unwrap_or_else(|e| {
+            warn!("{e}: rewriting it");
+            State::default()
+        });
         let ours: Vec<_> = self
             .divert
             .list()?

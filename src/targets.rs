@@ -50,7 +50,7 @@ pub enum TargetError {
         #[source]
         source: DpkgError,
     },
-    #[error("state file '{}' is not valid: {msg}", path.display())]
+    #[error("state file '{}' is not valid ({msg}); move it away and run the command again: it is rebuilt from the diversions", path.display())]
     BadState { path: PathBuf, msg: String },
 }
 

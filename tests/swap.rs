@@ -578,3 +578,21 @@ fn two_real_runcs_swap_the_one_first_in_path_and_warn() {
     assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
     assert_eq!(n.read("usr/bin/runc"), b"containerd.io runc");
 }
+
+#[test]
+fn a_damaged_state_file_does_not_block_remove() {
+    let n = NodeRoot::new();
+    let before = n.snapshot();
+    n.ok(&["install"]);
+    n.write("var/lib/k8s-nokmem/state.json", b"{garbage", 0o644);
+    let out = n.run(&["install"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("state.json' is not valid") && err.contains("move it away"),
+        "{err}"
+    );
+    let log = n.ok(&["remove"]);
+    assert!(log.contains("going by the diversions alone"), "{log}");
+    assert_same(&before, &n.snapshot(), "remove with a damaged state file");
+}

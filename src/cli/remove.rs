@@ -53,7 +53,11 @@ pub(super) fn remove(
     let diversions = DpkgDivert::new(root)
         .list()
         .map_err(|e| preflight_failed("remove", e))?;
-    let state = State::load(root).map_err(|e| preflight_failed("remove", e))?;
+    // removal must not be blocked by a damaged state file: the diversions are the truth
+    let state = State::load(root).unwrap_or_else(|e| {
+        warn!("{e}; going by the diversions alone");
+        State::default()
+    });
     // the payload may be gone already (a forced removal): then only recorded sha256s count
     let manifest = Manifest::load(
         &root.join(paths::MANIFEST_FILE),
