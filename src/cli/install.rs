@@ -185,6 +185,7 @@ pub(super) fn install(
     }
 
     let units = units_for(config, changed.iter().map(|f| &f.target.restart));
+    let units = running(manager, units)?;
     let services = session.services(root, manager, &units)?;
     let node = Node::new(root, services, config.service_timeout);
     let mut steps = vec![Step::Preflight];
@@ -246,6 +247,33 @@ pub(super) fn install(
         }
     }
     Ok(())
+}
+
+/// Keep the units that run now (try-restart semantics: a stopped or failed unit is not
+/// started by us; it gets the new binary whenever it starts). Without a manager all are
+/// kept, for the log's "skipped" lines.
+pub(super) fn running(
+    manager: Option<&dyn ServiceManager>,
+    units: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let Some(manager) = manager else {
+        return Ok(units);
+    };
+    let mut out = Vec::new();
+    for unit in units {
+        let state = manager.state(&unit).with_context(|| {
+            format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
+        })?;
+        match (state.load_state.as_str(), state.active_state.as_str()) {
+            ("not-found", _) => info!("'{unit}' does not exist on this node: nothing to restart"),
+            ("masked", _) => info!("'{unit}' is masked: left alone"),
+            (_, "active" | "activating" | "reloading") => out.push(unit),
+            (_, other) => {
+                info!("'{unit}' is {other}: not restarted; it runs the new binary when it starts")
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The units to stop (in this order) and start (in reverse) for these targets: the
@@ -653,6 +681,25 @@ mod tests {
             .join("var/lib/k8s-nokmem/journal.json")
             .exists());
         assert_eq!(sd.unit_state("docker.service").active_state, "active");
+    }
+
+    #[test]
+    fn a_unit_that_is_not_running_is_not_started() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&["kubelet.service"]).with_inactive("docker.service");
+        node.install(&sd).unwrap();
+        assert_eq!(
+            sd.call_lines(),
+            vec!["stop kubelet.service", "start kubelet.service"]
+        );
+        assert_eq!(sd.unit_state("docker.service").active_state, "inactive");
+        assert_eq!(node.read("usr/sbin/runc"), b"nokmem runc");
+        sd.clear_calls();
+        node.remove(&sd).unwrap();
+        assert_eq!(
+            sd.call_lines(),
+            vec!["stop kubelet.service", "start kubelet.service"]
+        );
     }
 
     #[test]

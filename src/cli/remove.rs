@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use log::{info, warn};
 
-use super::install::{preflight_failed, units_for, Session};
+use super::install::{preflight_failed, running, units_for, Session};
 use super::{Ctx, Outcome};
 use crate::config::Config;
 use crate::divert::DpkgDivert;
@@ -113,7 +113,7 @@ pub(super) fn remove(
                 .unwrap_or_default()
         })
         .collect();
-    let units = units_for(config, restart.iter());
+    let units = running(manager, units_for(config, restart.iter()))?;
     let services = session.services(root, manager, &units)?;
     let node = Node::new(root, services, config.service_timeout);
 
