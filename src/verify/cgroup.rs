@@ -2,10 +2,14 @@
 //! the memory hierarchy that finds every pod and container cgroup whatever the kubelet
 //! cgroup driver, reads their kmem files, and the zombie count from `/proc/cgroups`.
 
-use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::fs;
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::paths::FileError;
 
@@ -486,54 +490,82 @@ fn classify(parent: &Place, name: &str) -> (Place, Option<Kind>) {
     }
 }
 
-/// A directory waiting to be visited.
+/// A directory waiting to be visited: looked up by name in its parent's open directory, so
+/// the kernel resolves one or two path components per call instead of the whole path (what
+/// counts when 10,000 cgroups are read).
 struct Pending {
-    path: PathBuf,
+    /// The parent directory, kept open while its children wait.
+    parent: Rc<Dir>,
+    /// Name in the parent (`.` for the hierarchy root).
+    name: String,
+    /// Path inside the hierarchy, `` for its root.
     rel: String,
     place: Place,
     kind: Option<Kind>,
     /// Index of the nearest checked ancestor in `Walk::cgroups`.
-    parent: Option<usize>,
+    parent_idx: Option<usize>,
 }
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOFOLLOW);
+const FILE_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::CLOEXEC);
 
 /// Walk the hierarchy at `root`: count every directory, check every Kubernetes and docker
 /// cgroup. A directory that disappears during the walk (a container that just ended) is
 /// skipped; an unreadable hierarchy root is an error.
 pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
+    let shown = |rel: &str| root.join(rel.trim_start_matches('/'));
+    let root_fd = rustix::fs::openat(
+        rustix::fs::CWD,
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| CgroupError::Walk(file_error("open directory", root, e.into())))?;
     let mut walk = Walk::default();
-    // parent index, top active ancestor for each cgroup (same order as walk.cgroups)
+    // the topmost kmem-active ancestor of each cgroup (same order as walk.cgroups)
     let mut tops: Vec<Option<usize>> = Vec::new();
+    let root_dir = Dir::new(root_fd)
+        .map_err(|e| CgroupError::Walk(file_error("open directory", root, e.into())))?;
     let mut stack = vec![Pending {
-        path: root.to_path_buf(),
+        parent: Rc::new(root_dir),
+        name: ".".into(),
         rel: String::new(),
         place: Place::Other,
         kind: None,
-        parent: None,
+        parent_idx: None,
     }];
-    let mut first = true;
     let mut buf = Vec::with_capacity(4096);
     while let Some(dir) = stack.pop() {
-        let meta = match fs::metadata(&dir.path) {
-            Ok(m) => m,
-            Err(e) if !first && e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(CgroupError::Walk(file_error("stat", &dir.path, e))),
+        let is_root = dir.rel.is_empty();
+        let walk_err =
+            |action, e: Errno| CgroupError::Walk(file_error(action, &shown(&dir.rel), e.into()));
+        let parent = dir.parent.fd().map_err(|e| walk_err("open directory", e))?;
+        let st = match rustix::fs::statat(parent, dir.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) if !is_root => continue,
+            Err(e) => return Err(walk_err("stat", e)),
         };
         walk.dirs += 1;
-        let mut parent = dir.parent;
+        let mut parent_idx = dir.parent_idx;
         if let (true, Some(kind)) = (opts.read_kmem, dir.kind) {
-            let kmem = read_kmem(&dir.path, opts.slabinfo, &mut buf);
+            let kmem = read_kmem(parent, &dir.name, opts.slabinfo, &mut buf, || {
+                shown(&dir.rel)
+            });
             if let Kmem::Unreadable(err) = &kmem {
                 walk.unreadable += 1;
                 if walk.errors.len() < KEEP_ERRORS {
                     walk.errors.push(err.clone());
                 }
             }
-            let created = meta.mtime().min(meta.ctime());
-            if let Some(p) = dir.parent {
+            let (mtime, ctime) = (st.st_mtime as i64, st.st_ctime as i64);
+            if let Some(p) = dir.parent_idx {
                 let parent_cg = &mut walk.cgroups[p];
-                parent_cg.created_before = parent_cg.created_before.min(meta.ctime());
+                parent_cg.created_before = parent_cg.created_before.min(ctime);
             }
-            let top = match dir.parent {
+            let top = match dir.parent_idx {
                 Some(p) if walk.cgroups[p].kmem.is_active() => Some(tops[p].unwrap_or(p)),
                 Some(p) => tops[p],
                 None => None,
@@ -543,51 +575,57 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
                 _ => None,
             };
             walk.cgroups.push(Cgroup {
-                path: if dir.rel.is_empty() {
-                    "/".into()
-                } else {
-                    dir.rel.clone()
-                },
+                path: if is_root { "/".into() } else { dir.rel.clone() },
                 kind,
                 kmem,
-                created_before: created,
+                created_before: mtime.min(ctime),
                 inherited_from,
             });
             tops.push(top);
-            parent = Some(walk.cgroups.len() - 1);
+            parent_idx = Some(walk.cgroups.len() - 1);
         }
         // st_nlink of a directory is 2 + its sub-directories on cgroupfs, tmpfs and ext4:
         // a leaf needs no readdir (most cgroups are leaves)
-        if meta.nlink() == 2 {
-            first = false;
+        if st.st_nlink == 2 {
             continue;
         }
-        let entries = match fs::read_dir(&dir.path) {
-            Ok(e) => e,
-            Err(e) if !first && e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(CgroupError::Walk(file_error(
-                    "read directory",
-                    &dir.path,
-                    e,
-                )))
-            }
+        let fd = match rustix::fs::openat(parent, dir.name.as_str(), DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if !is_root => continue,
+            Err(e) => return Err(walk_err("open directory", e)),
         };
-        first = false;
-        for entry in entries {
+        let mut entries = Dir::new(fd).map_err(|e| walk_err("read directory", e))?;
+        let mut children = Vec::new();
+        let mut unknown = Vec::new();
+        for entry in entries.by_ref() {
             let Ok(entry) = entry else { continue };
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let name = entry.file_name().to_string_lossy();
+            if name == "." || name == ".." {
                 continue;
             }
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+            match entry.file_type() {
+                FileType::Directory => children.push(name.into_owned()),
+                // a file system without d_type
+                FileType::Unknown => unknown.push(entry.file_name().to_owned()),
+                _ => {}
+            }
+        }
+        for name in unknown {
+            if dir_fd_is_dir(&entries, &name) {
+                children.push(name.to_string_lossy().into_owned());
+            }
+        }
+        // the children look themselves up in this directory: keep it open until they did
+        let entries = Rc::new(entries);
+        for name in children {
             let (place, kind) = classify(&dir.place, &name);
             stack.push(Pending {
-                path: entry.path(),
+                parent: Rc::clone(&entries),
                 rel: format!("{}/{}", dir.rel, name),
+                name,
                 place,
                 kind,
-                parent,
+                parent_idx,
             });
         }
     }
@@ -595,23 +633,40 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
     Ok(walk)
 }
 
-/// Read a cgroup's kmem files into a state; never fails.
-fn read_kmem(dir: &Path, slabinfo: bool, buf: &mut Vec<u8>) -> Kmem {
-    let usage_path = dir.join(MEMORY_KMEM_USAGE);
-    let usage = match read_small(&usage_path, buf) {
+fn dir_fd_is_dir(dir: &Dir, name: &std::ffi::CStr) -> bool {
+    dir.fd().is_ok_and(|fd| {
+        rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+    })
+}
+
+/// Read a cgroup's kmem files into a state; never fails. `dir` names the cgroup in `parent`;
+/// `shown` gives its full path for messages.
+fn read_kmem(
+    parent: BorrowedFd<'_>,
+    dir: &str,
+    slabinfo: bool,
+    buf: &mut Vec<u8>,
+    shown: impl Fn() -> PathBuf,
+) -> Kmem {
+    let usage = match read_at(parent, &format!("{dir}/{MEMORY_KMEM_USAGE}"), buf, 64) {
         Ok(()) => match parse_u64(buf) {
             Some(v) => v,
             None => {
                 return Kmem::Unreadable(format!(
                     "'{}' holds '{}', not a number of bytes",
-                    usage_path.display(),
+                    shown().join(MEMORY_KMEM_USAGE).display(),
                     String::from_utf8_lossy(buf).trim()
                 ))
             }
         },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Kmem::Absent,
+        Err(Errno::NOENT) => return Kmem::Absent,
         Err(e) => {
-            return Kmem::Unreadable(format!("failed to read '{}': {e}", usage_path.display()))
+            return Kmem::Unreadable(format!(
+                "failed to read '{}': {}",
+                shown().join(MEMORY_KMEM_USAGE).display(),
+                io::Error::from(e)
+            ))
         }
     };
     if usage > 0 {
@@ -623,8 +678,7 @@ fn read_kmem(dir: &Path, slabinfo: bool, buf: &mut Vec<u8>) -> Kmem {
     if !slabinfo {
         return Kmem::Off;
     }
-    let slab_path = dir.join(MEMORY_KMEM_SLABINFO);
-    match read_small(&slab_path, buf) {
+    match read_at(parent, &format!("{dir}/{MEMORY_KMEM_SLABINFO}"), buf, 4096) {
         Ok(()) => match slab_entries(buf) {
             0 => Kmem::Off,
             n => Kmem::Active {
@@ -633,15 +687,38 @@ fn read_kmem(dir: &Path, slabinfo: bool, buf: &mut Vec<u8>) -> Kmem {
             },
         },
         // 3.10 answers EIO while kmem is off; an older kernel may lack the file
-        Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => Kmem::Off,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Kmem::Off,
-        Err(e) => Kmem::Unreadable(format!("failed to read '{}': {e}", slab_path.display())),
+        Err(Errno::IO) | Err(Errno::NOENT) => Kmem::Off,
+        Err(e) => Kmem::Unreadable(format!(
+            "failed to read '{}': {}",
+            shown().join(MEMORY_KMEM_SLABINFO).display(),
+            io::Error::from(e)
+        )),
     }
 }
 
-fn read_small(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+/// Read a small file relative to a directory with plain reads of `chunk` bytes. A short
+/// read ends it: a regular file and a cgroup file (seq_file) return less than asked only
+/// at the end, and skipping the read that returns 0 saves a syscall per file.
+fn read_at(dir: BorrowedFd<'_>, path: &str, buf: &mut Vec<u8>, chunk: usize) -> Result<(), Errno> {
     buf.clear();
-    File::open(path)?.read_to_end(buf).map(|_| ())
+    let fd = rustix::fs::openat(dir, path, FILE_FLAGS, Mode::empty())?;
+    loop {
+        let len = buf.len();
+        buf.resize(len + chunk, 0);
+        match rustix::io::read(&fd, &mut buf[len..]) {
+            Ok(n) => {
+                buf.truncate(len + n);
+                if n < chunk {
+                    return Ok(());
+                }
+            }
+            Err(Errno::INTR) => buf.truncate(len),
+            Err(e) => {
+                buf.truncate(len);
+                return Err(e);
+            }
+        }
+    }
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
