@@ -30,12 +30,23 @@ cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 
 if [ "$quick" -eq 0 ]; then
+    # The test roots are mostly download and unpack: build them while the payload compiles.
+    step "build the test roots in the background (cached)"
+    roots_log=$(mktemp)
+    (scripts/testbed-root.sh && scripts/testbed-root.sh --arch arm64) >"$roots_log" 2>&1 &
+    roots_pid=$!
     step "build the .debs (payload cached)"
     scripts/build-deb.sh
     step "build the cgroup probes (cached)"
     scripts/build-probes.sh
-    step "build the nspawn test root (cached)"
-    scripts/testbed-root.sh >/dev/null
+    step "wait for the test roots"
+    if ! wait "$roots_pid"; then
+        cat "$roots_log" >&2
+        echo "test: building the test roots failed" >&2
+        exit 1
+    fi
+    cat "$roots_log" >&2
+    rm -f "$roots_log"
     export K8S_NOKMEM_STRICT=1
 fi
 
