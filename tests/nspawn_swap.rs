@@ -59,9 +59,10 @@ fn write_payload(tb: &nspawn::Testbed, runc: &[u8], kubelet: &[u8]) {
     tb.write("/usr/lib/k8s-nokmem/MANIFEST", manifest, 0o644);
 }
 
-/// The config: runc named explicitly. Debian's runc package ships `/usr/sbin/runc` and a
-/// `/usr/bin/runc -> ../sbin/runc` symlink; docker finds `/usr/sbin/runc` first in $PATH.
-/// (`path = auto` is checked by `auto_detected_runc_is_the_one_docker_runs`.)
+/// The config: runc named explicitly, so these tests do not depend on target detection.
+/// Debian's runc package ships `/usr/sbin/runc` and a `/usr/bin/runc -> ../sbin/runc`
+/// symlink and docker finds `/usr/sbin/runc` first in $PATH: `path = auto` must pick it
+/// (`auto_detected_runc_is_the_one_docker_runs`).
 const CONFIG: &str = "[runc]\npath = /usr/sbin/runc\n\n[services]\ntimeout = 30s\n";
 
 /// A booted testbed with the stand-in services, the helper, its config and a payload.
@@ -349,7 +350,6 @@ fn masked_and_missing_units_are_left_alone() {
 }
 
 #[test]
-#[ignore = "fails: `path = auto` diverts the /usr/bin/runc symlink, docker runs /usr/sbin/runc (issue 4, swap)"]
 fn auto_detected_runc_is_the_one_docker_runs() {
     let Some(tb) = testbed("auto_detected_runc_is_the_one_docker_runs", PAYLOAD_KUBELET) else {
         return;
