@@ -31,6 +31,9 @@ use super::{ServiceAction, ServiceManager, SystemdError, UnitState};
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
 const SETTLE_POLL: Duration = Duration::from_millis(50);
 const JOB_MODE: &str = "replace";
+/// Every method call's reply, as libdbus's default: a hung systemd must not hang dpkg.
+/// (Job waits have their own timeout, from the config.)
+const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
 
 #[zbus::proxy(
@@ -164,7 +167,11 @@ fn connection() -> Result<Connection, SystemdError> {
     let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
         .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket (default)".to_string());
     debug!("connecting to the system bus at {address}");
-    let conn = Connection::system().map_err(SystemdError::Connect)?;
+    let conn = zbus::blocking::connection::Builder::system()
+        .map_err(SystemdError::Connect)?
+        .method_timeout(METHOD_TIMEOUT)
+        .build()
+        .map_err(SystemdError::Connect)?;
     let manager = ManagerProxyBlocking::builder(&conn)
         .cache_properties(CacheProperties::No)
         .build()
