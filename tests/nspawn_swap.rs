@@ -366,3 +366,66 @@ fn auto_detected_runc_is_the_one_docker_runs() {
     );
     helper_ok(&tb, &["remove"]);
 }
+
+/// A system bus that cannot be reached stops install before any change; a policy-rc.d that
+/// forbids (exit 101) leaves the services running while the files are swapped.
+#[test]
+fn no_bus_changes_nothing_and_policy_rc_d_keeps_services_running() {
+    let Some(tb) = testbed(
+        "no_bus_changes_nothing_and_policy_rc_d_keeps_services_running",
+        PAYLOAD_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    let booted = services(&tb);
+
+    let out = tb.run_env(
+        &[HELPER, "install"],
+        &[(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "unix:path=/run/k8s-nokmem-test/no-bus",
+        )],
+        std::time::Duration::from_secs(60),
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    eprint!("{log}");
+    assert_eq!(out.status.code(), Some(2), "install without a bus:\n{log}");
+    assert!(
+        log.contains("D-Bus") && log.contains("nothing was changed"),
+        "{log}"
+    );
+    assert_originals(&tb, &orig_runc, "after install without a bus");
+    assert_eq!(services(&tb), booted, "a service was touched without a bus");
+
+    tb.write("/usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755);
+    let log = helper_ok(&tb, &["install"]);
+    assert!(
+        log.contains("keep"),
+        "no word about the old binaries:\n{log}"
+    );
+    assert_content(
+        &tb,
+        "/usr/bin/kubelet",
+        PAYLOAD_KUBELET,
+        "after install under policy-rc.d 101",
+    );
+    assert_eq!(diversions(&tb), vec![KUBELET_LINE, RUNC_LINE]);
+    assert_eq!(
+        services(&tb),
+        booted,
+        "policy-rc.d 101, yet a service was restarted:\n{log}"
+    );
+    assert_eq!(
+        main_cmdline(&tb, "kubelet.service"),
+        "sleep 1000001",
+        "kubelet keeps the old binary"
+    );
+    helper_ok(&tb, &["remove"]);
+    assert_originals(&tb, &orig_runc, "after remove under policy-rc.d 101");
+    assert_eq!(
+        services(&tb),
+        booted,
+        "policy-rc.d 101, yet remove restarted a service"
+    );
+}
