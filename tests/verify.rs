@@ -117,6 +117,7 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 fn copy_fixture(name: &str, to: &Path) -> PathBuf {
+    fs::create_dir_all(to).unwrap();
     let dst = to.join(name);
     let ok = Command::new("cp")
         .arg("-a")
@@ -860,4 +861,74 @@ fn an_upgraded_kubelet_package_underneath_is_version_skew() {
     let r = verify_node(&fixture("4.4-nokmem"), &n.path, &["--json"]);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert_eq!(check(&r.json(), "version-skew")["status"], "problem");
+}
+
+#[test]
+fn wait_for_pods_is_bounded_by_boot_wait_after_boot() {
+    let root = Tmp::new();
+    let tmp = Tmp::new();
+    let node = copy_fixture("4.4-nokmem", tmp.path());
+    let conf = tmp.path().join("k.conf");
+    fs::write(&conf, "[verify]\nboot-wait = 2s\n").unwrap();
+    let conf = conf.to_str().unwrap();
+    // 0.5 s after boot, no pods yet: waits until 2 s after boot, then checks
+    fs::write(node.join("proc/uptime"), "0.50 0.90\n").unwrap();
+    let memory = node.join("sys/fs/cgroup/memory/kubepods");
+    for qos in ["burstable", "besteffort"] {
+        for entry in fs::read_dir(memory.join(qos)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                fs::remove_dir_all(path).unwrap();
+            }
+        }
+    }
+    fs::remove_dir_all(memory.join("podf47ac10b-58cc-4372-a567-0e02b2c3d479")).unwrap();
+    let start = Instant::now();
+    let r = verify_node(
+        &node,
+        root.path(),
+        &["--wait-for-pods", "-v", "--config", conf],
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+    assert!(
+        r.stderr
+            .contains("verify wait-for-pods: no pod cgroup under '/sys/fs/cgroup/memory' after "),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.code, 0, "{}", r.stdout);
+
+    // long after boot: no wait at all
+    fs::write(node.join("proc/uptime"), "86400.00 1.00\n").unwrap();
+    let start = Instant::now();
+    verify_node(&node, root.path(), &["--wait-for-pods", "--config", conf]);
+    assert!(
+        start.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // pods present: no wait either
+    let with_pods = copy_fixture("4.4-nokmem", &tmp.path().join("b"));
+    fs::write(with_pods.join("proc/uptime"), "0.50 0.90\n").unwrap();
+    let start = Instant::now();
+    let r = verify_node(
+        &with_pods,
+        root.path(),
+        &["--wait-for-pods", "-v", "--config", conf],
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        r.stderr.contains("verify wait-for-pods: ok ("),
+        "{}",
+        r.stderr
+    );
 }

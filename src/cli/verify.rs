@@ -17,15 +17,18 @@ pub const STATE_FILE: &str = "verify.json";
 
 const AFTER_HELP: &str = "\
 What is checked depends on the node:
-  cgroup v2 only                  not this leak: ok
-  booted with cgroup.memory=nokmem  kmem off kernel-wide: every pod cgroup must show 0
-  Linux >= 4.6 without it         every v1 memory cgroup accounts kmem whatever runc and
-                                  kubelet do ([verify] kernel-wide-kmem: problem|warning|ignore)
-  Linux < 4.6 (e.g. 4.4, 3.10)    per cgroup: kubepods, QoS, pod, container and docker
-                                  cgroups with memory.kmem.usage_in_bytes > 0 or slab entries
+  cgroup v2 only           not this leak: ok
+  cgroup.memory=nokmem     booted with it: kmem is off kernel-wide; every pod cgroup must
+                           show 0
+  Linux >= 4.6 without it  every v1 memory cgroup accounts kmem whatever runc and kubelet
+                           do ([verify] kernel-wide-kmem = problem|warning|ignore)
+  Linux < 4.6 (4.4, 3.10)  per cgroup: kubepods, QoS, pod, container and docker cgroups with
+                           memory.kmem.usage_in_bytes > 0 or slab entries (named with pod UID
+                           and container ID; those older than the swap: recreate or reboot)
 On every node: zombie memory cgroups against the 65535 IDs (warning at [verify]
-zombie-warn-percent, problem at 90% in use), the leak's kernel messages since boot, and,
-when the package is installed, the payload in place, the diversions and the running kubelet.
+zombie-warn-percent, problem at 90% in use) and the leak's kernel messages since boot;
+when the package is installed: the payload at the target paths (sha256), the diversions,
+the running kubelet and version skew with the kubelet package.
 
 Outputs: a summary on stdout (default), --json, or --npd (one line for a
 node-problem-detector custom plugin); --textfile and --state write files as well.
