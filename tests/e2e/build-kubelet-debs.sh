@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# Build the "original" kubelet packages for the end-to-end test: the kmem-enabled kubelet
+# from Debian's kubernetes source (the same tree and ldflags as the payload, WITHOUT the
+# nokmem tag), packaged as a local .deb named 'kubelet' that installs /usr/bin/kubelet and
+# kubelet.service, in two versions (the second one is the "kubelet package upgraded
+# underneath" case). See --help.
+set -euo pipefail
+
+KN_PROG=e2e-kubelet
+KN_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
+# shellcheck source=scripts/lib/gobuild.sh
+. "$KN_REPO/scripts/lib/gobuild.sh"
+
+# The payload's kubelet tags minus nokmem: this kubelet switches kmem on (vendored runc
+# rc92 libcontainer/cgroups/fs/kmem.go).
+KUBELET_TAGS=(selinux notest)
+KUBE_VERSION_PKGS=(
+    k8s.io/kubernetes/vendor/k8s.io/component-base/version
+    k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version
+    k8s.io/kubernetes/pkg/version
+)
+# Package version -> the version the binary reports. The first is what Debian's source
+# really is; the second is the same code claiming the next patch release.
+PKG_VERSIONS=(1.20.2-e2e1 1.20.3-e2e1)
+DEB_REVISION_SCRIPT=2 # bump when the package layout below changes
+
+usage() {
+    cat <<EOF
+usage: tests/e2e/build-kubelet-debs.sh [--out DIR] [--cache DIR] [--go GO]
+
+Builds, for amd64:
+  DIR/kubelet_1.20.2-e2e1_amd64.deb   kubelet v1.20.2 (kmem-enabled), kubelet.service
+  DIR/kubelet_1.20.3-e2e1_amd64.deb   the same code built to report v1.20.3
+and prints DIR. The kubelet is Debian's kubernetes source (apt deb-src, as
+scripts/build-payload.sh uses it) built with -tags $(IFS=,; echo "${KUBELET_TAGS[*]}"): no nokmem,
+so it writes memory.kmem.limit_in_bytes for every memory cgroup it creates. The script
+refuses a binary without that code. Binaries are cached like the payload's (same Go
+build cache: after the payload build only a re-link, ~15 s each); the .debs are rebuilt
+only when a binary or this script changes.
+
+The unit runs kubelet standalone (no API server): static pods from
+/etc/kubernetes/manifests, cgroupfs driver, docker runtime (dockershim), swap allowed;
+extra flags from KUBELET_EXTRA_ARGS in /etc/default/kubelet.
+
+Options:
+  --out DIR     default: \${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/e2e/debs
+  --cache DIR   default: \${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}
+  --go GO       default: \$GO, else go
+EOF
+}
+
+KN_CACHE=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}
+KN_NO_CACHE=0
+KN_GO=${GO:-go}
+OUT_DIR=''
+need_arg() { if [ $# -lt 2 ] || [ -z "$2" ]; then kn_die "$1 needs a value (see --help)" 2; fi; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --out) need_arg "$@"; OUT_DIR=$2; shift 2 ;;
+    --cache) need_arg "$@"; KN_CACHE=$2; shift 2 ;;
+    --go) need_arg "$@"; KN_GO=$2; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) kn_die "unknown argument '$1' (see --help)" 2 ;;
+    esac
+done
+OUT_DIR=${OUT_DIR:-$KN_CACHE/e2e/debs}
+command -v "$KN_GO" >/dev/null || kn_die "'$KN_GO' not found (apt-get install golang-go, or pass --go)" 2
+command -v dpkg-deb >/dev/null || kn_die "'dpkg-deb' not found" 2
+
+T_START=$(date +%s)
+KN_WORK=$(mktemp -d "${TMPDIR:-/tmp}/e2e-kubelet.XXXXXX")
+trap 'rm -rf "$KN_WORK"' EXIT
+kn_prepare_cache
+mkdir -p "$OUT_DIR"
+GO_VERSION=$(kn_go_version)
+TRIM=$(kn_trimpath_flag "$GO_VERSION")
+ARCH=$(kn_host_arch)
+[ "$ARCH" = amd64 ] || kn_die "the end-to-end test runs amd64 only (host is $ARCH)" 2
+
+kn_debian_source kubernetes
+K8S_DIR=$KN_SRC_DIR
+if [ ! -d "$K8S_DIR/cmd/kubelet" ] || [ ! -d "$K8S_DIR/vendor" ]; then
+    kn_die "'$K8S_DIR' does not look like a Kubernetes tree with vendor/" 2
+fi
+K8S_BUILDDATE=$(date -u -d "@${KN_SRC_EPOCH:-0}" +%Y-%m-%dT%H:%M:%SZ)
+kn_log "source $KN_SRC_DESC ($K8S_DIR), $GO_VERSION, tags ${KUBELET_TAGS[*]}"
+
+# build_kubelet GITVERSION OUT: the kmem-enabled kubelet reporting GITVERSION.
+build_kubelet() {
+    local gv=$1 out=$2 ldflags pkg key_text key gopath t0 major minor
+    [[ $gv =~ ^v([0-9]+)\.([0-9]+)\. ]] || kn_die "bad version '$gv'" 2
+    major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
+    ldflags="-s -w"
+    for pkg in "${KUBE_VERSION_PKGS[@]}"; do
+        ldflags+=" -X $pkg.gitVersion=$gv -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+        ldflags+=" -X $pkg.gitTreeState=archive -X $pkg.buildDate=$K8S_BUILDDATE"
+    done
+    key_text="script=$KN_SCRIPT_VERSION
+what=kubelet-original-e2e
+source=$KN_SRC_DIGEST
+arch=$ARCH
+tags=${KUBELET_TAGS[*]}
+ldflags=$ldflags
+go=$GO_VERSION"
+    key=$(kn_sha256_text "$key_text")
+    if kn_cache_get "$key" kubelet "$out"; then
+        kn_log "[kubelet $gv] cache hit"
+        return 0
+    fi
+    t0=$(date +%s)
+    kn_log "[kubelet $gv] building (a re-link when the payload's Go build cache is warm; ~7 min cold)"
+    gopath=$KN_WORK/gopath
+    if [ ! -e "$gopath/src/k8s.io/kubernetes" ]; then
+        mkdir -p "$gopath/src/k8s.io"
+        ln -s "$K8S_DIR" "$gopath/src/k8s.io/kubernetes"
+    fi
+    # shellcheck disable=SC2086  # $TRIM is one flag or nothing
+    if ! env GO111MODULE=off GOPATH="$gopath" GOFLAGS='' GOPROXY=off GOCACHE="$(kn_gocache)" \
+        CGO_ENABLED=0 GOOS=linux GOARCH="$ARCH" \
+        "$KN_GO" build $TRIM -tags "$(kn_tags_flag "$GO_VERSION" "${KUBELET_TAGS[@]}")" \
+        -ldflags "$ldflags" -o "$out" k8s.io/kubernetes/cmd/kubelet >"$KN_WORK/build.log" 2>&1; then
+        tail -n 40 "$KN_WORK/build.log" | sed 's/^/  /' >&2
+        kn_die "[kubelet $gv] go build failed"
+    fi
+    kn_log "[kubelet $gv] built in $(($(date +%s) - t0)) s"
+    kn_cache_put "$key" "$key_text" kubelet "$out"
+}
+
+# check_kubelet FILE GITVERSION: static, kmem-enabling, reports the version.
+check_kubelet() {
+    local file=$1 gv=$2 ev out
+    kn_check_static "$file" "$ARCH" "[kubelet $gv]"
+    ev=$(kn_kmem_evidence "$file")
+    case "$ev" in
+    0\ * | *\ 0) kn_die "[kubelet $gv] '$file' should enable kmem but its bytes hold memory.kmem.limit_in_bytes x${ev% *}, libcontainer/cgroups/fs/kmem.go x${ev#* } (expected both > 0)" ;;
+    esac
+    out=$(timeout 120 "$file" --version 2>&1) || kn_die "'$file --version' failed: $out"
+    [ "$out" = "Kubernetes $gv" ] ||
+        kn_die "[kubelet $gv] '$file --version' says '$out', expected 'Kubernetes $gv'"
+}
+
+write_unit() {
+    cat <<'UNIT'
+[Unit]
+Description=kubelet: the Kubernetes node agent (k8s-nokmem e2e, standalone)
+Documentation=https://kubernetes.io/docs/
+Wants=docker.service
+After=docker.service
+
+[Service]
+EnvironmentFile=-/etc/default/kubelet
+ExecStart=/usr/bin/kubelet \
+    --pod-manifest-path=/etc/kubernetes/manifests \
+    --cgroup-driver=cgroupfs \
+    --container-runtime=docker \
+    --pod-infra-container-image=k8s.gcr.io/pause:3.2 \
+    --fail-swap-on=false \
+    --make-iptables-util-chains=false \
+    --hostname-override=testbed \
+    --resolv-conf= \
+    --eviction-hard= \
+    --image-gc-high-threshold=100 \
+    --image-gc-low-threshold=99 \
+    --v=1 \
+    $KUBELET_EXTRA_ARGS
+Restart=always
+RestartSec=2
+StartLimitInterval=0
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+
+write_scripts() { # DIR
+    cat >"$1/postinst" <<'SH'
+#!/bin/sh
+set -e
+if [ "$1" = configure ] || [ "$1" = abort-upgrade ]; then
+    deb-systemd-helper unmask kubelet.service >/dev/null || true
+    if deb-systemd-helper --quiet was-enabled kubelet.service; then
+        deb-systemd-helper enable kubelet.service >/dev/null || true
+    else
+        deb-systemd-helper update-state kubelet.service >/dev/null || true
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null || true
+        if [ -n "$2" ]; then
+            deb-systemd-invoke restart kubelet.service >/dev/null || true
+        else
+            deb-systemd-invoke start kubelet.service >/dev/null || true
+        fi
+    fi
+fi
+exit 0
+SH
+    cat >"$1/prerm" <<'SH'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
+    deb-systemd-invoke stop kubelet.service >/dev/null || true
+fi
+exit 0
+SH
+    cat >"$1/postrm" <<'SH'
+#!/bin/sh
+set -e
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+    systemctl --system daemon-reload >/dev/null || true
+fi
+if [ "$1" = purge ] && command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper purge kubelet.service >/dev/null || true
+fi
+exit 0
+SH
+    chmod 0755 "$1/postinst" "$1/prerm" "$1/postrm"
+}
+
+# build_deb PKGVERSION BINARY: OUT_DIR/kubelet_PKGVERSION_amd64.deb, unless the one there
+# was made from the same binary and script.
+build_deb() {
+    local ver=$1 bin=$2 deb stamp want stage
+    deb=$OUT_DIR/kubelet_${ver}_$ARCH.deb
+    stamp=$deb.stamp
+    want="script=$DEB_REVISION_SCRIPT kubelet=$(kn_sha256 "$bin") unit=$(write_unit | kn_sha256 /dev/stdin)"
+    if [ -f "$deb" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        kn_log "[deb $ver] up to date: $deb"
+        return 0
+    fi
+    stage=$KN_WORK/stage-$ver
+    install -d "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" \
+        "$stage/etc/kubernetes/manifests" "$stage/usr/share/doc/kubelet"
+    install -m 0755 "$bin" "$stage/usr/bin/kubelet"
+    write_unit >"$stage/lib/systemd/system/kubelet.service"
+    printf 'kubelet for the k8s-nokmem end-to-end test: Debian kubernetes source, built without nokmem.\n' \
+        >"$stage/usr/share/doc/kubelet/README"
+    write_scripts "$stage/DEBIAN"
+    cat >"$stage/DEBIAN/control" <<EOF
+Package: kubelet
+Version: $ver
+Architecture: $ARCH
+Maintainer: k8s-nokmem e2e <k8s-nokmem@example.org>
+Installed-Size: $(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+Depends: init-system-helpers (>= 1.18~)
+Section: admin
+Priority: optional
+Homepage: https://kubernetes.io
+Description: Kubernetes node agent (kmem-enabled, k8s-nokmem e2e test package)
+ kubelet $ver built from Debian's kubernetes source without the nokmem build
+ tag, as the "original" kubelet the k8s-nokmem package diverts.
+EOF
+    dpkg-deb --root-owner-group -Zgzip -z1 --build "$stage" "$deb.tmp" >/dev/null
+    mv "$deb.tmp" "$deb"
+    printf '%s\n' "$want" >"$stamp"
+    kn_log "[deb $ver] built $deb"
+}
+
+for ver in "${PKG_VERSIONS[@]}"; do
+    gv="v${ver%%-*}"
+    bin=$KN_WORK/kubelet-$gv
+    build_kubelet "$gv" "$bin"
+    check_kubelet "$bin" "$gv"
+    build_deb "$ver" "$bin"
+done
+kn_log "done in $(($(date +%s) - T_START)) s"
+printf '%s\n' "$OUT_DIR"
