@@ -20,8 +20,9 @@ KUBE_VERSION_PKGS=(
     k8s.io/kubernetes/pkg/version
 )
 # Package version -> the version the binary reports. The first is what Debian's source
-# really is; the second is the same code claiming the next patch release.
-PKG_VERSIONS=(1.20.2-e2e1 1.20.3-e2e1)
+# really is; the second is the same code claiming the next minor release: the "kubelet
+# package upgraded underneath the diversion" case (verify compares major.minor).
+PKG_VERSIONS=(1.20.2-e2e1 1.21.0-e2e1)
 DEB_REVISION_SCRIPT=2 # bump when the package layout below changes
 
 usage() {
@@ -30,7 +31,7 @@ usage: tests/e2e/build-kubelet-debs.sh [--out DIR] [--cache DIR] [--go GO]
 
 Builds, for amd64:
   DIR/kubelet_1.20.2-e2e1_amd64.deb   kubelet v1.20.2 (kmem-enabled), kubelet.service
-  DIR/kubelet_1.20.3-e2e1_amd64.deb   the same code built to report v1.20.3
+  DIR/kubelet_1.21.0-e2e1_amd64.deb   the same code built to report v1.21.0
 and prints DIR. The kubelet is Debian's kubernetes source (apt deb-src, as
 scripts/build-payload.sh uses it) built with -tags $(IFS=,; echo "${KUBELET_TAGS[*]}"): no nokmem,
 so it writes memory.kmem.limit_in_bytes for every memory cgroup it creates. The script
@@ -148,21 +149,11 @@ Wants=docker.service
 After=docker.service
 
 [Service]
+# Standalone: no API server, static pods only. The e2e test's strace drop-in reuses
+# $KUBELET_ARGS; /etc/default/kubelet may set KUBELET_EXTRA_ARGS.
+Environment="KUBELET_ARGS=--pod-manifest-path=/etc/kubernetes/manifests --cgroup-driver=cgroupfs --container-runtime=docker --pod-infra-container-image=k8s.gcr.io/pause:3.2 --fail-swap-on=false --make-iptables-util-chains=false --hostname-override=testbed --resolv-conf= --eviction-hard= --image-gc-high-threshold=100 --image-gc-low-threshold=99 --v=1"
 EnvironmentFile=-/etc/default/kubelet
-ExecStart=/usr/bin/kubelet \
-    --pod-manifest-path=/etc/kubernetes/manifests \
-    --cgroup-driver=cgroupfs \
-    --container-runtime=docker \
-    --pod-infra-container-image=k8s.gcr.io/pause:3.2 \
-    --fail-swap-on=false \
-    --make-iptables-util-chains=false \
-    --hostname-override=testbed \
-    --resolv-conf= \
-    --eviction-hard= \
-    --image-gc-high-threshold=100 \
-    --image-gc-low-threshold=99 \
-    --v=1 \
-    $KUBELET_EXTRA_ARGS
+ExecStart=/usr/bin/kubelet $KUBELET_ARGS $KUBELET_EXTRA_ARGS
 Restart=always
 RestartSec=2
 StartLimitInterval=0

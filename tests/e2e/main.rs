@@ -1,0 +1,972 @@
+//! End to end on a booted node (issue 6). Driven by `tests/e2e/run.sh`, which builds the
+//! artifacts into a directory named by `E2E_ARTIFACTS` and runs
+//! `cargo test --test e2e -- --ignored --nocapture --test-threads=1`.
+//!
+//! One Debian bookworm root (scripts/testbed-root.sh) booted with systemd-nspawn
+//! (tests/common/nspawn.rs): systemd as PID 1, dockerd, and a real kubelet 1.20 standalone
+//! (static pods, cgroupfs driver, dockershim) installed from a local `kubelet` .deb, the
+//! kmem-enabled "original". Packages come from a local apt repository signed with a
+//! throwaway key (`signed-by`). The scenarios run in order on that one node, each printing
+//! `e2e: PASS|FAIL <name> (<s> s)`; a failure does not stop the later ones, and the test
+//! fails at the end when any failed.
+//!
+//! Testbed adaptations (this machine kind, see TESTBED.md), all inside the container:
+//! - no CAP_SYS_RESOURCE anywhere here, so no process may set a negative `oom_score_adj`,
+//!   and runc refuses kubelet's pod sandboxes (-998). docker's default runtime is a wrapper,
+//!   /usr/local/sbin/e2e-runc, that raises negative `oomScoreAdj` in the bundle's
+//!   config.json to 0 and then executes the real `/usr/sbin/runc` (original or payload);
+//! - `/dev/kmsg` does not exist in the container; kubelet's OOM watcher needs it: a
+//!   tmpfiles.d line links it to `/dev/console` (as kind's entrypoint does);
+//! - the host kernel accounts kmem everywhere (no `cgroup.memory=nokmem` here), so
+//!   `verify`'s overall status is a kernel-wide problem; the scenarios check the payload,
+//!   diversion, running-kubelet and version-skew checks by name.
+
+#[path = "../common/nspawn.rs"]
+mod nspawn;
+
+use std::fs;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nspawn::{show, Testbed};
+use serde_json::Value;
+
+const ARTIFACTS_ENV: &str = "E2E_ARTIFACTS";
+const KEYRING_IN: &str = "/etc/apt/keyrings/k8s-nokmem-e2e.gpg";
+const STRACE_OUT: &str = "/run/e2e/kubelet.strace";
+const STRACE_DROPIN: &str = "/etc/systemd/system/kubelet.service.d/e2e-strace.conf";
+const SLOW_STOP_DROPIN: &str = "/etc/systemd/system/docker.service.d/e2e-slow-stop.conf";
+const UNITS: [&str; 2] = ["kubelet.service", "docker.service"];
+const KUBELET_DIVERSION: &str =
+    "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem";
+const RUNC_DIVERSION: &str = "diversion of /usr/sbin/runc to /usr/sbin/runc.distrib by k8s-nokmem";
+const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 -y";
+
+/// The static pod every scenario keeps running (Guaranteed QoS: a memory limit on its pod
+/// cgroup, which is what makes runc's libcontainer enable kmem there).
+fn pod_manifest(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
+         hostNetwork: true\n  containers:\n  - name: sleeper\n    image: busybox:e2e\n    \
+         imagePullPolicy: Never\n    command: [\"/bin/sleep\", \"1000000\"]\n    resources:\n      \
+         limits: {{cpu: 100m, memory: 64Mi}}\n      requests: {{cpu: 100m, memory: 64Mi}}\n"
+    )
+}
+
+const E2E_RUNC: &str = r#"#!/bin/sh
+# k8s-nokmem e2e testbed: this machine lacks CAP_SYS_RESOURCE, so no process may lower
+# oom_score_adj below 0 and runc fails on kubelet's pod sandboxes (-998). Raise negative
+# oomScoreAdj in the bundle's config.json to 0, then run the real /usr/sbin/runc (the
+# original or the nokmem payload, whichever is in place).
+bundle=
+prev=
+for a in "$@"; do
+    case "$prev" in --bundle | -b) bundle=$a ;; esac
+    case "$a" in --bundle=*) bundle=${a#--bundle=} ;; esac
+    prev=$a
+done
+if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
+    sed -i 's/"oomScoreAdj":-[0-9]*/"oomScoreAdj":0/' "$bundle/config.json"
+fi
+exec /usr/sbin/runc "$@"
+"#;
+
+const UNATTENDED_CONF: &str = r#"// k8s-nokmem e2e: upgrade from the local test repository
+Unattended-Upgrade::Origins-Pattern { "origin=k8s-nokmem-e2e,label=k8s-nokmem-e2e"; };
+Unattended-Upgrade::MinimalSteps "true";
+Unattended-Upgrade::Verbose "true";
+Unattended-Upgrade::Automatic-Reboot "false";
+"#;
+
+/// What run.sh built.
+struct Artifacts {
+    dir: PathBuf,
+}
+
+impl Artifacts {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    fn deb_version(&self, name: &str) -> String {
+        let out = host_ok(
+            Command::new("dpkg-deb")
+                .arg("-f")
+                .arg(self.path(name))
+                .arg("Version"),
+        );
+        out.trim().to_string()
+    }
+}
+
+fn host_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The node and what the scenarios learn along the way.
+struct Ctx {
+    tb: Testbed,
+    art: Artifacts,
+    repo: PathBuf,
+    repo_sh: PathBuf,
+    /// sha256 of the packaged originals, recorded before the install.
+    orig_runc: String,
+    orig_kubelet: String,
+    payload_runc: String,
+    payload_kubelet: String,
+    v1: String,
+    v2: String,
+    v3: String,
+}
+
+impl Ctx {
+    fn sh(&self, script: &str) -> String {
+        self.tb.sh_ok(script)
+    }
+
+    fn publish(&self, deb: &str) {
+        host_ok(
+            Command::new(&self.repo_sh)
+                .arg("publish")
+                .arg(&self.repo)
+                .arg(self.art.path(deb)),
+        );
+    }
+
+    fn sha(&self, inside: &str) -> String {
+        self.sh(&format!("sha256sum '{inside}' | cut -d' ' -f1"))
+            .trim()
+            .to_string()
+    }
+
+    fn pkg_version(&self, pkg: &str) -> String {
+        let out = self.tb.sh(&format!(
+            "dpkg-query -W -f='${{Status}} ${{Version}}' {pkg} 2>/dev/null"
+        ));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn diversions(&self) -> String {
+        self.sh("dpkg-divert --list | sort")
+    }
+
+    /// (ActiveEnterTimestampMonotonic, MainPID, ActiveState) of a unit.
+    fn unit_state(&self, unit: &str) -> (String, String, String) {
+        let mut p = self.tb.unit_props(
+            unit,
+            &["ActiveEnterTimestampMonotonic", "MainPID", "ActiveState"],
+        );
+        (
+            p.remove("ActiveEnterTimestampMonotonic")
+                .unwrap_or_default(),
+            p.remove("MainPID").unwrap_or_default(),
+            p.remove("ActiveState").unwrap_or_default(),
+        )
+    }
+
+    /// Poll `script` inside until it exits 0; panics with its last output after `secs`.
+    fn wait_for(&self, what: &str, secs: u64, script: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let out = self.tb.sh(script);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {secs} s waiting for {what}: `{script}`\n{}",
+                    show(&out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The running container of static pod `name`, once kubelet has it running.
+    fn pod_container(&self, name: &str, secs: u64) -> String {
+        let out = self.wait_for(
+            &format!("static pod '{name}' running"),
+            secs,
+            &format!(
+                "id=$(docker ps -q --filter status=running --filter name=k8s_sleeper_{name}-testbed_) \
+                 && [ -n \"$id\" ] && echo $id"
+            ),
+        );
+        out.trim().to_string()
+    }
+
+    fn apt(&self, args: &str) -> String {
+        let out = self.tb.sh(&format!("{APT} {args} </dev/null 2>&1"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "`apt-get {args}` failed ({}):\n{text}",
+            out.status
+        );
+        text
+    }
+
+    /// `k8s-nokmem verify --json`: the report (exit 0 or 1; 2 = could not run).
+    fn verify_json(&self) -> Value {
+        let out = self.tb.sh("k8s-nokmem verify --json");
+        let code = out.status.code();
+        assert!(
+            matches!(code, Some(0) | Some(1)),
+            "k8s-nokmem verify --json: expected exit 0 or 1, saw {code:?}\n{}",
+            show(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "k8s-nokmem verify --json printed no JSON ({e}):\n{}",
+                show(&out)
+            )
+        })
+    }
+}
+
+/// The status of check `name` in a verify report ("" when there is no such check).
+fn check_status(report: &Value, name: &str) -> String {
+    report["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[track_caller]
+fn expect_check(report: &Value, name: &str, want: &[&str]) {
+    let seen = check_status(report, name);
+    assert!(
+        want.contains(&seen.as_str()),
+        "verify check '{name}': expected status {want:?}, saw '{seen}'; report:\n{}",
+        serde_json::to_string_pretty(report).unwrap_or_default()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+
+/// The node before k8s-nokmem: local repo, images, the original kubelet package, a pod.
+fn node_ready(c: &mut Ctx) {
+    c.sh(&format!(
+        "set -e
+        install -d /etc/apt/keyrings /run/e2e
+        cp /mnt/share/repo/e2e-archive-keyring.gpg {KEYRING_IN}
+        # the container has no network: only the local repository
+        mv /etc/apt/sources.list /etc/apt/sources.list.bookworm
+        echo 'deb [signed-by={KEYRING_IN}] file:/mnt/share/repo e2e main' >/etc/apt/sources.list.d/k8s-nokmem-e2e.list
+        apt-get update -qq
+        # /dev/kmsg for kubelet's OOM watcher, now and at every boot
+        echo 'L /dev/kmsg - - - - /dev/console' >/etc/tmpfiles.d/e2e-kmsg.conf
+        systemd-tmpfiles --create /etc/tmpfiles.d/e2e-kmsg.conf
+        # images without a registry
+        rm -rf /tmp/img && mkdir -p /tmp/img/pause /tmp/img/bb/bin
+        cp /mnt/share/pause /tmp/img/pause/pause
+        cp /bin/busybox /tmp/img/bb/bin/busybox
+        for a in sh sleep cat echo ls; do ln -s busybox /tmp/img/bb/bin/$a; done
+        tar -C /tmp/img/pause -c . | docker import --change 'ENTRYPOINT [\"/pause\"]' - k8s.gcr.io/pause:3.2
+        tar -C /tmp/img/bb -c . | docker import --change 'CMD [\"/bin/sh\"]' - busybox:e2e
+        rm -rf /tmp/img
+        "
+    ));
+    c.tb.write("/usr/local/sbin/e2e-runc", E2E_RUNC, 0o755);
+    c.tb.write(
+        "/etc/docker/daemon.json",
+        "{\"runtimes\": {\"e2e-runc\": {\"path\": \"/usr/local/sbin/e2e-runc\"}}, \"default-runtime\": \"e2e-runc\"}\n",
+        0o644,
+    );
+    c.tb.write(
+        "/etc/apt/apt.conf.d/51k8s-nokmem-e2e-unattended",
+        UNATTENDED_CONF,
+        0o644,
+    );
+    c.sh("systemctl restart docker.service && docker info --format '{{.DefaultRuntime}}' | grep -qx e2e-runc");
+    c.apt("install kubelet=1.20.2-e2e1");
+    c.tb.write(
+        "/etc/kubernetes/manifests/e2e-sleeper.yaml",
+        pod_manifest("e2e-sleeper"),
+        0o644,
+    );
+    c.pod_container("e2e-sleeper", 120);
+    c.orig_kubelet = c.sha("/usr/bin/kubelet");
+    c.orig_runc = c.sha("/usr/sbin/runc");
+    let kubelet_ver = c.sh("/usr/bin/kubelet --version");
+    assert_eq!(kubelet_ver.trim(), "Kubernetes v1.20.2", "original kubelet");
+    for unit in UNITS {
+        assert_eq!(c.unit_state(unit).2, "active", "{unit} before install");
+    }
+    println!(
+        "e2e:   kubelet 1.20.2-e2e1 (sha256 {}), runc {} (sha256 {}), pod e2e-sleeper running",
+        &c.orig_kubelet[..12],
+        c.pkg_version("runc"),
+        &c.orig_runc[..12]
+    );
+}
+
+/// Run kubelet.service under strace while it creates a new pod's cgroups; returns
+/// (mkdir lines of that pod's memory cgroup, writes to any memory.kmem.limit_in_bytes).
+fn trace_new_pod(c: &Ctx, tag: &str) -> (Vec<String>, Vec<String>) {
+    let pod = format!("e2e-trace-{tag}");
+    c.tb.write(
+        STRACE_DROPIN,
+        format!(
+            "[Service]\nExecStart=\nExecStart=/usr/bin/strace -f -qq --seccomp-bpf -y \
+             -e trace=openat,openat2,write,mkdir,mkdirat -o {STRACE_OUT} \
+             /usr/bin/kubelet $KUBELET_ARGS $KUBELET_EXTRA_ARGS\n"
+        ),
+        0o644,
+    );
+    c.sh(&format!(
+        "mkdir -p /run/e2e && rm -f {STRACE_OUT} && systemctl daemon-reload && systemctl restart kubelet.service"
+    ));
+    c.wait_for(
+        "kubelet under strace",
+        60,
+        "systemctl is-active -q kubelet.service && pgrep -x kubelet >/dev/null",
+    );
+    let manifest = format!("/etc/kubernetes/manifests/{pod}.yaml");
+    c.tb.write(&manifest, pod_manifest(&pod), 0o644);
+    let id = c.pod_container(&pod, 120);
+    let uid = c.sh(&format!(
+        "docker inspect -f '{{{{index .Config.Labels \"io.kubernetes.pod.uid\"}}}}' {id}"
+    ));
+    let uid = uid.trim().to_string();
+    assert!(!uid.is_empty(), "no pod uid label on container {id}");
+    // stop tracing: back to the plain unit, trace pod gone
+    c.sh(&format!(
+        "rm -f {manifest} {STRACE_DROPIN} && systemctl daemon-reload && systemctl restart kubelet.service"
+    ));
+    let mkdirs = c.sh(&format!(
+        "grep -E 'mkdir(at)?\\(.*\"/sys/fs/cgroup/memory/kubepods/(.*/)?pod{uid}\"' {STRACE_OUT} || true"
+    ));
+    let writes = c.sh(&format!(
+        "grep -E 'write\\([0-9]+</sys/fs/cgroup/memory/[^>]*memory\\.kmem\\.limit_in_bytes>' {STRACE_OUT} || true"
+    ));
+    let lines = c.sh(&format!("wc -l <{STRACE_OUT}"));
+    println!(
+        "e2e:   strace of kubelet ({}): {} lines, pod {pod} uid {uid}: {} mkdir of its memory cgroup, {} writes to memory.kmem.limit_in_bytes",
+        c.sh("readlink -f /usr/bin/kubelet && /usr/bin/kubelet --version").replace('\n', " ").trim(),
+        lines.trim(),
+        mkdirs.lines().count(),
+        writes.lines().count()
+    );
+    for l in writes.lines().take(4) {
+        println!("e2e:     {l}");
+    }
+    c.wait_for(
+        "kubelet back without strace",
+        60,
+        "systemctl is-active -q kubelet.service && pgrep -x kubelet >/dev/null && ! pgrep -x strace >/dev/null",
+    );
+    (
+        mkdirs.lines().map(str::to_string).collect(),
+        writes.lines().map(str::to_string).collect(),
+    )
+}
+
+/// The original kubelet switches kmem on for the pod cgroups it creates.
+fn original_kubelet_writes_kmem(c: &mut Ctx) {
+    let (mkdirs, writes) = trace_new_pod(c, "orig");
+    assert!(
+        !mkdirs.is_empty(),
+        "expected the traced original kubelet to mkdir the new pod's memory cgroup, saw none"
+    );
+    assert!(
+        writes.iter().any(|w| w.contains("\"1\"")),
+        "expected the original kubelet to write \"1\" to memory.kmem.limit_in_bytes, saw {} writes: {writes:?}",
+        writes.len()
+    );
+}
+
+/// `apt-get install k8s-nokmem` from the signed repository.
+fn apt_install(c: &mut Ctx) {
+    c.publish("k8s-nokmem-v1.deb");
+    let before: Vec<_> = UNITS.iter().map(|u| c.unit_state(u)).collect();
+    let pod_before = c.pod_container("e2e-sleeper", 30);
+    c.apt("update -qq");
+    let log = c.apt("install k8s-nokmem");
+    println!("e2e:   apt-get install k8s-nokmem:");
+    for l in log.lines().filter(|l| l.contains("k8s-nokmem:")) {
+        println!("e2e:     {l}");
+    }
+    assert_eq!(
+        c.pkg_version("k8s-nokmem"),
+        format!("install ok installed {}", c.v1),
+        "k8s-nokmem after apt-get install"
+    );
+    let div = c.diversions();
+    for want in [KUBELET_DIVERSION, RUNC_DIVERSION] {
+        assert!(
+            div.contains(want),
+            "expected diversion '{want}', dpkg-divert --list says:\n{div}"
+        );
+    }
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.payload_kubelet,
+        "/usr/bin/kubelet should be the payload"
+    );
+    assert_eq!(
+        c.sha("/usr/sbin/runc"),
+        c.payload_runc,
+        "/usr/sbin/runc should be the payload"
+    );
+    assert_eq!(
+        c.sha("/usr/bin/kubelet.distrib"),
+        c.orig_kubelet,
+        "the diverted original kubelet"
+    );
+    assert_eq!(
+        c.sha("/usr/sbin/runc.distrib"),
+        c.orig_runc,
+        "the diverted original runc"
+    );
+    for (unit, b) in UNITS.iter().zip(&before) {
+        let a = c.unit_state(unit);
+        assert_eq!(a.2, "active", "{unit} after install");
+        assert_ne!(
+            a.0, b.0,
+            "{unit} should have been restarted (ActiveEnterTimestampMonotonic unchanged)"
+        );
+        assert_ne!(a.1, b.1, "{unit} should run a new main process");
+    }
+    let exe = c.sh("readlink /proc/$(systemctl show -p MainPID --value kubelet.service)/exe");
+    assert_eq!(
+        exe.trim(),
+        "/usr/bin/kubelet",
+        "kubelet.service's main process"
+    );
+    let pod_after = c.pod_container("e2e-sleeper", 180);
+    assert_ne!(
+        pod_after, pod_before,
+        "expected kubelet to recreate the pod's container after docker's restart"
+    );
+    let report = c.verify_json();
+    for check in ["payload", "diversions", "running-kubelet"] {
+        expect_check(&report, check, &["ok"]);
+    }
+    println!(
+        "e2e:   verify: payload, diversions, running-kubelet ok; overall '{}' (kernel-kmem: {})",
+        report["status"].as_str().unwrap_or("?"),
+        check_status(&report, "kernel-kmem")
+    );
+}
+
+/// The nokmem kubelet creates pod cgroups without touching memory.kmem.limit_in_bytes.
+fn nokmem_kubelet_never_writes_kmem(c: &mut Ctx) {
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.payload_kubelet,
+        "the payload kubelet must be in place"
+    );
+    let (mkdirs, writes) = trace_new_pod(c, "nokmem");
+    assert!(
+        !mkdirs.is_empty(),
+        "expected the traced nokmem kubelet to mkdir the new pod's memory cgroup, saw none (the trace proves nothing)"
+    );
+    assert!(
+        writes.is_empty(),
+        "expected no write to memory.kmem.limit_in_bytes by the nokmem kubelet, saw {}:\n{}",
+        writes.len(),
+        writes.join("\n")
+    );
+}
+
+/// Run unattended-upgrade; returns its output.
+fn unattended_upgrade(c: &Ctx) -> String {
+    c.apt("update -qq");
+    let out =
+        c.tb.sh("unattended-upgrade -v </dev/null 2>&1; echo \"exit=$?\"");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.trim_end().ends_with("exit=0"),
+        "unattended-upgrade failed:\n{text}"
+    );
+    text
+}
+
+/// unattended-upgrade to a version with the same payload: nothing restarted.
+fn unattended_same_payload(c: &mut Ctx) {
+    c.publish("k8s-nokmem-v2.deb");
+    let before: Vec<_> = UNITS.iter().map(|u| c.unit_state(u)).collect();
+    let log = unattended_upgrade(c);
+    assert_eq!(
+        c.pkg_version("k8s-nokmem"),
+        format!("install ok installed {}", c.v2),
+        "k8s-nokmem after unattended-upgrade; its output:\n{log}"
+    );
+    for (unit, b) in UNITS.iter().zip(&before) {
+        let a = c.unit_state(unit);
+        assert_eq!(
+            (&a.0, &a.1, a.2.as_str()),
+            (&b.0, &b.1, "active"),
+            "{unit}: an upgrade with the same payload must not restart it (ActiveEnterTimestampMonotonic, MainPID, state)"
+        );
+    }
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.payload_kubelet,
+        "kubelet after upgrade"
+    );
+    assert_eq!(
+        c.sha("/usr/sbin/runc"),
+        c.payload_runc,
+        "runc after upgrade"
+    );
+}
+
+/// unattended-upgrade to a version whose runc changed: docker restarted, kubelet not.
+fn unattended_changed_runc(c: &mut Ctx) {
+    c.publish("k8s-nokmem-v3.deb");
+    let kubelet_before = c.unit_state("kubelet.service");
+    let docker_before = c.unit_state("docker.service");
+    let log = unattended_upgrade(c);
+    assert_eq!(
+        c.pkg_version("k8s-nokmem"),
+        format!("install ok installed {}", c.v3),
+        "k8s-nokmem after unattended-upgrade; its output:\n{log}"
+    );
+    let new_runc = c.sha("/usr/lib/k8s-nokmem/runc");
+    assert_ne!(new_runc, c.payload_runc, "v3 should ship a different runc");
+    assert_eq!(
+        c.sha("/usr/sbin/runc"),
+        new_runc,
+        "/usr/sbin/runc should be v3's runc"
+    );
+    c.payload_runc = new_runc;
+    let docker_after = c.unit_state("docker.service");
+    assert_eq!(docker_after.2, "active", "docker.service after upgrade");
+    assert_ne!(
+        docker_after.0, docker_before.0,
+        "docker.service should have been restarted for the new runc"
+    );
+    let kubelet_after = c.unit_state("kubelet.service");
+    assert_eq!(
+        (&kubelet_after.0, &kubelet_after.1, kubelet_after.2.as_str()),
+        (&kubelet_before.0, &kubelet_before.1, "active"),
+        "kubelet.service must not be restarted when only runc changed"
+    );
+    c.pod_container("e2e-sleeper", 180);
+}
+
+/// The kubelet package is upgraded underneath the diversion: ours stays, verify says skew.
+fn kubelet_upgraded_underneath(c: &mut Ctx) {
+    c.publish("kubelet_1.21.0-e2e1_amd64.deb");
+    c.apt("update -qq");
+    c.apt("install kubelet=1.21.0-e2e1");
+    assert_eq!(
+        c.pkg_version("kubelet"),
+        "install ok installed 1.21.0-e2e1",
+        "kubelet package"
+    );
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.payload_kubelet,
+        "/usr/bin/kubelet must stay the payload after the kubelet package upgrade"
+    );
+    let distrib = c.sh("/usr/bin/kubelet.distrib --version");
+    assert_eq!(
+        distrib.trim(),
+        "Kubernetes v1.21.0",
+        "the upgraded package's kubelet lands at /usr/bin/kubelet.distrib"
+    );
+    c.orig_kubelet = c.sha("/usr/bin/kubelet.distrib");
+    c.wait_for(
+        "kubelet active",
+        60,
+        "systemctl is-active -q kubelet.service",
+    );
+    let report = c.verify_json();
+    expect_check(&report, "version-skew", &["warning", "problem"]);
+    expect_check(&report, "payload", &["ok"]);
+    let skew = report["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "version-skew"))
+        .and_then(|c| c["summary"].as_str())
+        .unwrap_or("")
+        .to_string();
+    println!("e2e:   verify version-skew: {skew}");
+}
+
+/// `apt-get remove`: originals back byte for byte, no diversion, services on originals.
+fn apt_remove(c: &mut Ctx) {
+    let log = c.apt("remove k8s-nokmem");
+    for l in log.lines().filter(|l| l.contains("k8s-nokmem:")) {
+        println!("e2e:     {l}");
+    }
+    assert!(
+        c.pkg_version("k8s-nokmem")
+            .starts_with("deinstall ok config-files"),
+        "k8s-nokmem after remove: {}",
+        c.pkg_version("k8s-nokmem")
+    );
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.orig_kubelet,
+        "original kubelet back"
+    );
+    assert_eq!(c.sha("/usr/sbin/runc"), c.orig_runc, "original runc back");
+    let div = c.diversions();
+    assert!(
+        !div.contains("k8s-nokmem"),
+        "expected no diversion by k8s-nokmem, dpkg-divert --list says:\n{div}"
+    );
+    c.sh("test ! -e /usr/bin/kubelet.distrib && test ! -e /usr/sbin/runc.distrib");
+    for unit in UNITS {
+        c.wait_for(
+            &format!("{unit} active"),
+            60,
+            &format!("systemctl is-active -q {unit}"),
+        );
+    }
+    let exe = c.sh("readlink /proc/$(systemctl show -p MainPID --value kubelet.service)/exe");
+    assert_eq!(
+        exe.trim(),
+        "/usr/bin/kubelet",
+        "kubelet.service main process"
+    );
+    let running = c.sh(
+        "sha256sum /proc/$(systemctl show -p MainPID --value kubelet.service)/exe | cut -d' ' -f1",
+    );
+    assert_eq!(
+        running.trim(),
+        c.orig_kubelet,
+        "the running kubelet should be the original"
+    );
+    c.pod_container("e2e-sleeper", 180);
+}
+
+/// `apt-get purge`: no file of ours left.
+fn apt_purge(c: &mut Ctx) {
+    let ours = c.sh("cat /var/lib/dpkg/info/k8s-nokmem.list 2>/dev/null || true");
+    c.apt("purge k8s-nokmem");
+    assert_eq!(
+        c.pkg_version("k8s-nokmem"),
+        "",
+        "dpkg still knows k8s-nokmem"
+    );
+    let left = c.sh(
+        "for p in /etc/k8s-nokmem /var/lib/k8s-nokmem /run/k8s-nokmem /usr/lib/k8s-nokmem \
+         /usr/sbin/k8s-nokmem /lib/systemd/system/k8s-nokmem-verify.service \
+         /lib/systemd/system/k8s-nokmem-verify.timer /usr/bin/kubelet.distrib /usr/sbin/runc.distrib \
+         /etc/systemd/system/timers.target.wants/k8s-nokmem-verify.timer \
+         /etc/systemd/system/multi-user.target.wants/k8s-nokmem-verify.service \
+         /var/lib/systemd/deb-systemd-helper-enabled/k8s-nokmem-verify.timer.dsh-also; do \
+         [ -e \"$p\" ] || [ -L \"$p\" ] && echo \"$p\"; done; true",
+    );
+    assert_eq!(left.trim(), "", "files of k8s-nokmem left after purge");
+    // every regular file the package listed is gone
+    let mut still = Vec::new();
+    for f in ours.lines().filter(|l| !l.is_empty()) {
+        let out = c.tb.sh(&format!("test -f '{f}' && ! test -d '{f}'"));
+        if out.status.success() {
+            still.push(f.to_string());
+        }
+    }
+    assert!(
+        still.is_empty(),
+        "files of k8s-nokmem left after purge: {still:?}"
+    );
+    assert!(!ours.is_empty(), "k8s-nokmem.list was empty before purge");
+}
+
+/// Reinstall, reboot: k8s-nokmem-verify.service ran at boot and left its result.
+fn reinstall_and_reboot(c: &mut Ctx) {
+    c.apt("install k8s-nokmem");
+    assert_eq!(
+        c.pkg_version("k8s-nokmem"),
+        format!("install ok installed {}", c.v3),
+        "reinstalled k8s-nokmem"
+    );
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.payload_kubelet,
+        "payload kubelet"
+    );
+    c.tb.reboot();
+    c.wait_for(
+        "k8s-nokmem-verify.service to run at boot",
+        300,
+        "[ \"$(systemctl show -p ExecMainExitTimestampMonotonic --value k8s-nokmem-verify.service)\" != 0 ]",
+    );
+    let props = c.tb.unit_props(
+        "k8s-nokmem-verify.service",
+        &["ExecMainStatus", "Result", "ActiveState", "InvocationID"],
+    );
+    println!("e2e:   k8s-nokmem-verify.service at boot: {props:?}");
+    let journal = c.tb.journal("k8s-nokmem-verify.service");
+    assert!(
+        journal.contains("k8s-nokmem"),
+        "expected k8s-nokmem-verify.service's output in the journal, saw:\n{journal}"
+    );
+    let json = c.sh("cat /run/k8s-nokmem/verify.json");
+    let report: Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("/run/k8s-nokmem/verify.json is not JSON ({e}):\n{json}"));
+    expect_check(&report, "payload", &["ok"]);
+    expect_check(&report, "diversions", &["ok"]);
+    let code = props
+        .get("ExecMainStatus")
+        .map(String::as_str)
+        .unwrap_or("");
+    let want_code = match report["status"].as_str() {
+        Some("ok") => "0",
+        Some("problem") => "1",
+        _ => "2",
+    };
+    assert_eq!(
+        code, want_code,
+        "verify.service exit status vs verify.json status '{}'",
+        report["status"]
+    );
+    for l in journal
+        .lines()
+        .rev()
+        .take(6)
+        .collect::<Vec<_>>()
+        .iter()
+        .rev()
+    {
+        println!("e2e:     {l}");
+    }
+    for unit in UNITS {
+        c.wait_for(
+            &format!("{unit} active after reboot"),
+            120,
+            &format!("systemctl is-active -q {unit}"),
+        );
+    }
+    c.pod_container("e2e-sleeper", 240);
+}
+
+/// kill -9 dpkg (and the helper) while the helper has stopped the services, then
+/// `dpkg --configure -a` converges.
+fn kill9_dpkg_mid_install(c: &mut Ctx) {
+    c.apt("remove k8s-nokmem");
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.orig_kubelet,
+        "original kubelet back"
+    );
+    // a slow docker stop opens a window in the helper's "stop services" step
+    c.tb.write(
+        SLOW_STOP_DROPIN,
+        "[Service]\nExecStopPost=/bin/sleep 5\n",
+        0o644,
+    );
+    c.sh("systemctl daemon-reload && mkdir -p /run/e2e");
+    c.sh(
+        "systemd-run --unit=e2e-apt --service-type=exec --collect -p StandardOutput=file:/run/e2e/apt.log \
+         -p StandardError=file:/run/e2e/apt.log -E DEBIAN_FRONTEND=noninteractive \
+         apt-get -o DPkg::Lock::Timeout=120 -y install k8s-nokmem",
+    );
+    let pids = c.wait_for(
+        "the helper to stop kubelet.service inside apt's dpkg run",
+        120,
+        "h=$(pgrep -x k8s-nokmem) && [ \"$(systemctl show -p ActiveState --value kubelet.service)\" = inactive ] \
+         && [ \"$(systemctl show -p ActiveState --value docker.service)\" = deactivating ] \
+         && echo $(pgrep -x dpkg) $(pgrep -f /var/lib/dpkg/info/k8s-nokmem.postinst) $h",
+    );
+    c.sh(&format!("kill -KILL {}", pids.trim()));
+    println!(
+        "e2e:   killed -9 dpkg, postinst and helper (pids {}) while docker.service was stopping",
+        pids.trim()
+    );
+    c.wait_for(
+        "apt-get to end",
+        60,
+        "! systemctl is-active -q e2e-apt.service",
+    );
+    let status = c.pkg_version("k8s-nokmem");
+    assert!(
+        !status.starts_with("install ok installed"),
+        "expected k8s-nokmem half-configured after the kill, dpkg says '{status}'"
+    );
+    let state = c.sh("ls -la /var/lib/k8s-nokmem/ 2>&1 || true");
+    println!("e2e:   after the kill: dpkg status '{status}'; /var/lib/k8s-nokmem:\n{state}");
+    c.sh(&format!(
+        "rm -f {SLOW_STOP_DROPIN} && systemctl daemon-reload"
+    ));
+    let out =
+        c.tb.sh("DEBIAN_FRONTEND=noninteractive dpkg --configure -a </dev/null 2>&1");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for l in text.lines().filter(|l| l.contains("k8s-nokmem:")) {
+        println!("e2e:     {l}");
+    }
+    assert!(out.status.success(), "dpkg --configure -a failed:\n{text}");
+    assert_eq!(
+        c.pkg_version("k8s-nokmem"),
+        format!("install ok installed {}", c.v3),
+        "k8s-nokmem after dpkg --configure -a"
+    );
+    for unit in UNITS {
+        c.wait_for(
+            &format!("{unit} active"),
+            60,
+            &format!("systemctl is-active -q {unit}"),
+        );
+    }
+    let div = c.diversions();
+    for want in [KUBELET_DIVERSION, RUNC_DIVERSION] {
+        assert!(div.contains(want), "expected '{want}', saw:\n{div}");
+    }
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.payload_kubelet,
+        "payload kubelet"
+    );
+    assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "payload runc");
+    assert_eq!(
+        c.sha("/usr/bin/kubelet.distrib"),
+        c.orig_kubelet,
+        "original kubelet aside"
+    );
+    let report = c.verify_json();
+    for check in ["payload", "diversions"] {
+        expect_check(&report, check, &["ok"]);
+    }
+    c.pod_container("e2e-sleeper", 180);
+}
+
+type Scenario = (&'static str, fn(&mut Ctx));
+
+const SCENARIOS: &[Scenario] = &[
+    ("node-ready", node_ready),
+    ("original-kubelet-writes-kmem", original_kubelet_writes_kmem),
+    ("apt-install", apt_install),
+    (
+        "nokmem-kubelet-never-writes-kmem",
+        nokmem_kubelet_never_writes_kmem,
+    ),
+    ("unattended-upgrade-same-payload", unattended_same_payload),
+    ("unattended-upgrade-changed-runc", unattended_changed_runc),
+    (
+        "kubelet-package-upgraded-underneath",
+        kubelet_upgraded_underneath,
+    ),
+    ("apt-remove", apt_remove),
+    ("apt-purge", apt_purge),
+    ("reinstall-and-reboot", reinstall_and_reboot),
+    ("kill9-dpkg-then-configure-a", kill9_dpkg_mid_install),
+];
+
+fn artifacts() -> Option<Artifacts> {
+    match std::env::var_os(ARTIFACTS_ENV) {
+        Some(d) => Some(Artifacts { dir: d.into() }),
+        None if nspawn::strict() => {
+            panic!("{ARTIFACTS_ENV} is not set; run tests/e2e/run.sh (K8S_NOKMEM_STRICT=1)")
+        }
+        None => {
+            eprintln!("skipped: e2e: {ARTIFACTS_ENV} is not set; run `sudo tests/e2e/run.sh`");
+            None
+        }
+    }
+}
+
+fn payload_sha(deb: &Path, name: &str) -> String {
+    let manifest = host_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xO ./usr/lib/k8s-nokmem/MANIFEST")
+            .arg("sh")
+            .arg(deb),
+    );
+    let mut section = "";
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line;
+        } else if section == format!("[{name}]") {
+            if let Some(v) = line.strip_prefix("sha256 = ") {
+                return v.to_string();
+            }
+        }
+    }
+    panic!("no [{name}] sha256 in the MANIFEST of {}", deb.display())
+}
+
+#[test]
+#[ignore = "end to end on a booted node: run tests/e2e/run.sh"]
+fn e2e() {
+    let Some(art) = artifacts() else { return };
+    let Some(root) = nspawn::root_or_skip("e2e") else {
+        return;
+    };
+    let started = Instant::now();
+    let tb = Testbed::new(&root);
+    // run.sh tears the testbed down if this process dies before Drop runs
+    fs::write(
+        art.path("testbed.env"),
+        format!("dir={}\npid={}\n", tb.dir().display(), std::process::id()),
+    )
+    .expect("write testbed.env");
+    let repo = tb.share().join("repo");
+    let repo_sh = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/repo.sh");
+    host_ok(Command::new(&repo_sh).arg("init").arg(&repo));
+    let kubelet_debs = ["kubelet_1.20.2-e2e1_amd64.deb"];
+    for d in kubelet_debs {
+        host_ok(
+            Command::new(&repo_sh)
+                .arg("publish")
+                .arg(&repo)
+                .arg(art.path(d)),
+        );
+    }
+    fs::copy(art.path("pause"), tb.share().join("pause")).expect("copy pause");
+    let v1deb = art.path("k8s-nokmem-v1.deb");
+    let mut c = Ctx {
+        payload_runc: payload_sha(&v1deb, "runc"),
+        payload_kubelet: payload_sha(&v1deb, "kubelet"),
+        v1: art.deb_version("k8s-nokmem-v1.deb"),
+        v2: art.deb_version("k8s-nokmem-v2.deb"),
+        v3: art.deb_version("k8s-nokmem-v3.deb"),
+        tb,
+        art,
+        repo,
+        repo_sh,
+        orig_runc: String::new(),
+        orig_kubelet: String::new(),
+    };
+    c.tb.boot();
+
+    let mut failed = Vec::new();
+    for (name, scenario) in SCENARIOS {
+        let t = Instant::now();
+        println!("e2e: --- {name}");
+        let result = catch_unwind(AssertUnwindSafe(|| scenario(&mut c)));
+        let secs = t.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => println!("e2e: PASS {name} ({secs:.1} s)"),
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| e.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                println!(
+                    "e2e: FAIL {name} ({secs:.1} s): {}",
+                    msg.lines().next().unwrap_or("")
+                );
+                failed.push(*name);
+            }
+        }
+    }
+    println!(
+        "e2e: {} of {} scenarios passed in {:.0} s{}",
+        SCENARIOS.len() - failed.len(),
+        SCENARIOS.len(),
+        started.elapsed().as_secs_f64(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; failed: {}", failed.join(", "))
+        }
+    );
+    drop(c);
+    assert!(failed.is_empty(), "e2e scenarios failed: {failed:?}");
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# End-to-end test of k8s-nokmem on a booted node (issue 6): a Debian bookworm root booted
+# with systemd-nspawn (systemd as PID 1, dockerd, a real kubelet running a static pod), the
+# .deb installed from a local signed apt repository, upgraded by unattended-upgrade, the
+# kubelet package upgraded underneath, removed, purged, reinstalled, rebooted, and dpkg
+# killed -9 in the middle of the helper's transaction. See --help.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: tests/e2e/run.sh [--keep]
+
+Builds what the scenarios need (cached under ${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}):
+  - the kmem-enabled "original" kubelet .debs (tests/e2e/build-kubelet-debs.sh);
+  - the testbed root (scripts/testbed-root.sh);
+  - the k8s-nokmem amd64 .deb (target/debian/, scripts/build-deb.sh --arch amd64 when
+    missing) and two repacked later versions of it: the same payload, and a changed runc;
+  - a static pause binary from tests/e2e/images/pause.c;
+then runs the scenarios (tests/e2e/main.rs, `cargo test --test e2e -- --ignored`), which
+print one PASS/FAIL line each. Exit status: 0 when every scenario passed, 1 otherwise,
+2 when something could not be built.
+
+  --keep   keep the testbed directory (upper layer, logs) and the artifacts
+
+Needs root, systemd-nspawn, gcc, gpg, apt-ftparchive (scripts/install-deps.sh).
+Every process, mount and cgroup the run creates is removed at the end, also on failure.
+EOF
+}
+
+keep=0
+case "${1:-}" in
+"") ;;
+--keep) keep=1 ;;
+-h | --help) usage; exit 0 ;;
+*) echo "e2e: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+esac
+
+top=$(cd "$(dirname "$0")/../.." && pwd -P)
+cd "$top"
+log() { printf 'e2e: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+[ "$(id -u)" -eq 0 ] || die "must run as root (systemd-nspawn, mounts, cgroups)"
+for t in gcc gpg apt-ftparchive dpkg-deb systemd-nspawn nsenter cargo; do
+    command -v "$t" >/dev/null || die "'$t' not found (run scripts/install-deps.sh)"
+done
+
+t0=$(date +%s)
+work=$(mktemp -d "${TMPDIR:-/tmp}/k8s-nokmem-e2e.XXXXXX")
+
+# The Rust runner writes the testbed it boots into $work/testbed.env (dir=, pid=). When
+# the runner is killed before its Drop guards run, tear that testbed down from here.
+cleanup() {
+    local rc=$? dir='' pid='' p cg
+    if [ -f "$work/testbed.env" ]; then
+        dir=$(sed -n 's/^dir=//p' "$work/testbed.env")
+        pid=$(sed -n 's/^pid=//p' "$work/testbed.env")
+    fi
+    if [ -n "$dir" ] && [ -d "$dir" ] && [ "$keep" -eq 0 ]; then
+        log "removing what the runner left behind: $dir"
+        for p in $(pgrep -f -- "-D $dir/merged" || true); do
+            kill -KILL "$p" 2>/dev/null || true
+        done
+        sleep 1
+        if mountpoint -q "$dir/merged"; then umount -l "$dir/merged" || true; fi
+        if [ -n "$pid" ]; then
+            find /sys/fs/cgroup -mindepth 2 -depth -type d -name "k8s-nokmem-tb-$pid-*" 2>/dev/null |
+                while read -r cg; do
+                    find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+                done
+        fi
+        rm -rf --one-file-system "$dir"
+    fi
+    if [ "$keep" -eq 1 ]; then
+        log "kept the artifacts in $work"
+    else
+        rm -rf "$work"
+    fi
+    log "total $(($(date +%s) - t0)) s"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step() { log "[$(($(date +%s) - t0)) s] $*"; }
+
+step "original kubelet .debs (cached)"
+debs=$(tests/e2e/build-kubelet-debs.sh) || die "tests/e2e/build-kubelet-debs.sh failed"
+cp "$debs"/kubelet_*_amd64.deb "$work/"
+
+step "testbed root (cached)"
+scripts/testbed-root.sh >/dev/null || die "scripts/testbed-root.sh failed"
+
+step "k8s-nokmem amd64 .deb"
+deb=$(find target/debian -maxdepth 1 -name 'k8s-nokmem_*_amd64.deb' -printf '%T@ %p\n' 2>/dev/null |
+    sort -rn | head -n1 | cut -d' ' -f2-) || true
+if [ -z "$deb" ]; then
+    log "no target/debian/k8s-nokmem_*_amd64.deb: scripts/build-deb.sh --arch amd64"
+    scripts/build-deb.sh --arch amd64 >&2 || die "scripts/build-deb.sh --arch amd64 failed"
+    deb=$(find target/debian -maxdepth 1 -name 'k8s-nokmem_*_amd64.deb' -printf '%T@ %p\n' |
+        sort -rn | head -n1 | cut -d' ' -f2-)
+fi
+[ -n "$deb" ] || die "no k8s-nokmem .deb in target/debian"
+log "using $deb ($(dpkg-deb -f "$deb" Version))"
+tests/e2e/make-variants.sh "$deb" "$work" || die "tests/e2e/make-variants.sh failed"
+
+step "pause binary"
+gcc -static -Os -Wall -Wextra -Werror -o "$work/pause" tests/e2e/images/pause.c ||
+    die "gcc -static failed on tests/e2e/images/pause.c (apt-get install gcc libc6-dev)"
+
+step "scenarios (cargo test --test e2e -- --ignored)"
+rc=0
+E2E_ARTIFACTS=$work K8S_NOKMEM_KEEP_TMP=$keep \
+    cargo test --locked --test e2e -- --ignored --nocapture --test-threads=1 || rc=$?
+if [ "$rc" -ne 0 ]; then
+    log "FAILED: at least one scenario failed (see the FAIL lines above)"
+    exit 1
+fi
+log "all scenarios passed"
