@@ -46,6 +46,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Files in a testbed directory that let a later run clean up after a killed one.
+const OWNER: &str = "owner";
+const CGROUPS: &str = "cgroups";
+const NSPAWN_PID: &str = "nspawn.pid";
+const KEPT: &str = "kept";
+const DIR_PREFIX: &str = "k8s-nokmem-testbed.";
+
 /// Where the root is: `$K8S_NOKMEM_TESTBED_ROOT`, else
 /// `${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/testbed/bookworm-amd64`.
 pub fn root_path() -> PathBuf {
@@ -132,8 +139,9 @@ impl Testbed {
     /// [`boot`]: Testbed::boot
     pub fn new(root: &Path) -> Testbed {
         let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        reap_stale();
         let dir = tempfile::Builder::new()
-            .prefix("k8s-nokmem-testbed.")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .expect("create the testbed directory")
             .keep();
@@ -162,6 +170,12 @@ impl Testbed {
         for sub in ["upper", "work", "merged", "docker", "share"] {
             fs::create_dir_all(tb.dir.join(sub)).unwrap();
         }
+        // for reap_stale(), should this process die without dropping us
+        fs::write(
+            tb.dir.join(OWNER),
+            format!("{}\n{}\n", std::process::id(), tb.name),
+        )
+        .unwrap();
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             tb.lower.display(),
@@ -175,6 +189,8 @@ impl Testbed {
         );
         tb.mounted = true;
         tb.cgroups = make_cgroups(&tb.name);
+        let list: Vec<String> = tb.cgroups.iter().map(|c| c.display().to_string()).collect();
+        fs::write(tb.dir.join(CGROUPS), list.join("\n")).unwrap();
         tb
     }
 
@@ -293,6 +309,7 @@ impl Testbed {
         let child = cmd.spawn().expect("start systemd-nspawn");
         let nspawn_pid = child.id();
         self.nspawn = Some(child);
+        fs::write(self.dir.join(NSPAWN_PID), nspawn_pid.to_string()).unwrap();
         let deadline = started + BOOT_TIMEOUT;
         let leader = loop {
             self.check_alive("finding the container's PID 1");
@@ -546,6 +563,55 @@ pub fn write_stand_in_services(tb: &Testbed) {
     }
     for unit in ["docker.socket", "containerd.service"] {
         tb.mask(unit);
+    }
+}
+
+/// Clean up after test processes that died without dropping their testbed (SIGKILL, Ctrl-C):
+/// kill what is left in their cgroups, unmount, remove the cgroups and the directory. Kept
+/// directories (`K8S_NOKMEM_KEEP_TMP=1`) and those of live processes are left alone.
+fn reap_stale() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) || dir.join(KEPT).exists() {
+            continue;
+        }
+        let Ok(owner) = fs::read_to_string(dir.join(OWNER)) else {
+            continue;
+        };
+        let mut lines = owner.lines();
+        let (Some(pid), Some(name)) = (lines.next(), lines.next()) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        eprintln!(
+            "testbed: cleaning up after dead test process {pid}: {}",
+            dir.display()
+        );
+        if let Ok(nspawn) = fs::read_to_string(dir.join(NSPAWN_PID)) {
+            let cmdline = fs::read(format!("/proc/{}/cmdline", nspawn.trim())).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
+                let _ = Command::new("kill").args(["-KILL", nspawn.trim()]).status();
+            }
+        }
+        let cgroups = fs::read_to_string(dir.join(CGROUPS)).unwrap_or_default();
+        for cg in cgroups.lines().filter(|l| l.contains(name)) {
+            remove_cgroup_tree(Path::new(cg));
+        }
+        let merged = dir.join("merged");
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&merged)
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir(Path::new("/run/systemd/nspawn/propagate").join(name));
+        if let Err(e) = remove_tree(&dir) {
+            eprintln!("testbed: failed to remove {}: {e}", dir.display());
+        }
     }
 }
 
