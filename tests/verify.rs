@@ -229,6 +229,29 @@ fn a_4_4_node_with_a_kmem_pod_names_the_pod_and_container() {
         "{}",
         human.stdout
     );
+
+    // swapped long before these cgroups were made: the binaries that made them enable kmem
+    fs::write(
+        state.join("state.json"),
+        "{\"version\":1,\"swapped_at\":\"2001-09-09T01:46:40Z\",\"targets\":{}}",
+    )
+    .unwrap();
+    let r = verify_node(&node, root.path(), &["--json"]);
+    let kmem = check(&r.json(), "cgroup-kmem").clone();
+    assert_eq!(kmem["evidence"]["swap_time"], 1000000000);
+    // the pod cgroup (made by kubelet) and its container, which inherits from it
+    assert_eq!(
+        kmem["evidence"]["cgroups"][0]["cause"], "after-swap",
+        "{kmem:#}"
+    );
+    assert_eq!(
+        kmem["evidence"]["cgroups"][1]["cause"], "inherited-from-pod",
+        "{kmem:#}"
+    );
+    assert!(
+        kmem["fix"].as_str().unwrap().contains("k8s-nokmem status"),
+        "{kmem:#}"
+    );
 }
 
 #[test]

@@ -456,7 +456,8 @@ fn parse_time(v: &Value) -> Option<i64> {
     Some(days * 86400 + h * 3600 + mi * 60 + se)
 }
 
-/// Why a kmem-active cgroup is active, for the report and the fix.
+/// Why a kmem-active cgroup is active, for the report and the fix. In the order of what to
+/// fix first: the smallest cause of all active cgroups gives the one thing to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum Cause {
@@ -464,16 +465,17 @@ enum Cause {
     KernelWide,
     /// kubepods or a QoS cgroup is active: every pod under it inherits kmem until reboot.
     KubepodsActive,
-    /// Inherited from a pod cgroup that is active.
-    InheritedFromPod,
+    /// Created after the swap: the binary that created it enables kmem (fix that before
+    /// recreating pods, or they get kmem again).
+    AfterSwap,
     /// Created before the payload was swapped in.
     BeforeSwap,
-    /// Created after the swap: the binary that created it enables kmem.
-    AfterSwap,
     /// The package is not installed (or no swap recorded).
     NotSwapped,
     /// Booted with nokmem, yet accounted.
     DespiteNokmem,
+    /// Inherited from a pod cgroup that is active (that pod's cause is the one to fix).
+    InheritedFromPod,
 }
 
 fn cause_of(rule: Rule, cg: &cgroup::Cgroup, top: Option<&Kind>, swap: Option<i64>) -> Cause {
