@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::paths::{self, FileError, WrapIo};
@@ -35,7 +35,16 @@ pub enum KernelError {
     Cmdline(#[source] FileError),
     #[error("failed to read the kernel log")]
     Log(#[source] FileError),
+    #[error("'{}' is character device {major}:{minor}, not the kernel log (1:11): a container?", path.display())]
+    NotKmsg {
+        path: PathBuf,
+        major: u32,
+        minor: u32,
+    },
 }
+
+/// `/dev/kmsg` is character device 1:11 (mem driver, minor 11).
+const KMSG_DEV: (u32, u32) = (1, 11);
 
 /// `major.minor` of a kernel release: `4.4.0-131-generic` -> (4, 4),
 /// `3.10.0-862.el7.x86_64` -> (3, 10).
@@ -189,13 +198,23 @@ pub fn read_log(path: &Path) -> Result<LogFindings, KernelError> {
         .open(path)
         .with_path("open", path)
         .map_err(KernelError::Log)?;
-    let is_device = file
+    let meta = file
         .metadata()
         .with_path("stat", path)
-        .map_err(KernelError::Log)?
-        .file_type()
-        .is_char_device();
-    if is_device {
+        .map_err(KernelError::Log)?;
+    if meta.file_type().is_char_device() {
+        // containers link /dev/kmsg to /dev/console or /dev/null: not the kernel's log
+        let (major, minor) = (
+            nix::sys::stat::major(meta.rdev()) as u32,
+            nix::sys::stat::minor(meta.rdev()) as u32,
+        );
+        if (major, minor) != KMSG_DEV {
+            return Err(KernelError::NotKmsg {
+                path: path.to_path_buf(),
+                major,
+                minor,
+            });
+        }
         read_kmsg_device(file).with_path("read", path)
     } else {
         scan_text(BufReader::new(file)).with_path("read", path)
@@ -313,6 +332,23 @@ mod tests {
         let f = scan_text(text.as_bytes()).unwrap();
         assert_eq!((f.scanned, f.slub, f.cgroup_enospc), (3, 2, 0));
         assert_eq!(f.lines.len(), 2);
+    }
+
+    #[test]
+    fn another_character_device_is_not_the_kernel_log() {
+        // containers link /dev/kmsg to /dev/null or /dev/console
+        let err = read_log(Path::new("/dev/null")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KernelError::NotKmsg {
+                    major: 1,
+                    minor: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

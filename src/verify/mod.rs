@@ -747,6 +747,9 @@ fn kernel_log_check(settings: &Settings) -> Check {
         ),
     };
     match step("kernel-log", || kernel::read_log(&source)) {
+        Err(e @ kernel::KernelError::NotKmsg { .. }) => {
+            Check::new(NAME, Status::Skipped, format!("{e}: pass --kernel-log FILE"))
+        }
         Err(e) => Check::new(NAME, Status::Unknown, error_chain(&e))
             .fix("run as root, or pass --kernel-log FILE (a saved `dmesg`)"),
         Ok(f) if f.total() == 0 => Check::new(
