@@ -583,6 +583,33 @@ impl Drop for RealTree {
     }
 }
 
+/// Remove test trees left by runs that were killed before their guard ran (their PID is gone).
+fn reap_stale_test_cgroups(memory: &Path) {
+    fn rmdir_tree(dir: &Path) {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    rmdir_tree(&e.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    let Ok(entries) = fs::read_dir(memory) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("k8s-nokmem-test-") else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            eprintln!("removing stale test cgroup tree '{}'", e.path().display());
+            rmdir_tree(&e.path());
+        }
+    }
+}
+
 #[test]
 fn real_cgroup_v1_tree_reports_the_kernel_wide_rule_and_the_cgroup() {
     let memory = Path::new("/sys/fs/cgroup/memory");
@@ -595,6 +622,7 @@ fn real_cgroup_v1_tree_reports_the_kernel_wide_rule_and_the_cgroup() {
         eprintln!("skipped: {why}");
         return;
     }
+    reap_stale_test_cgroups(memory);
     let uid = "5b0c6d4e-3f2a-4b1c-9d8e-7f6a5b4c3d2e";
     let cid = "1f3e5d7c9b2a4f6e8d0c1b3a5f7e9d2c4b6a8f0e1d3c5b7a9f2e4d6c8b0a1f3e";
     let base = memory.join(format!("k8s-nokmem-test-{}", std::process::id()));
