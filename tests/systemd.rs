@@ -38,6 +38,11 @@ fn write_misbehaving_units(tb: &nspawn::Testbed) {
     );
     tb.mask("masked-thing.service");
     tb.write(
+        "/etc/systemd/system/oneshot.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/true\n",
+        0o644,
+    );
+    tb.write(
         "/etc/systemd/system/noise.service",
         "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\nExecStart=/bin/true\n",
         0o644,
@@ -348,7 +353,16 @@ fn inside_client_scenarios() {
     );
     assert_eq!(systemctl_show("slow.service", "ActiveState"), "inactive");
 
-    // 9. others' jobs finishing while we wait are not taken for ours
+    // 9. a oneshot that ran fine is inactive again, and that is a successful start
+    assert_eq!(
+        sd.start("oneshot.service", T).unwrap(),
+        ServiceAction::Done {
+            job_result: "done".into()
+        }
+    );
+    assert_eq!(systemctl_show("oneshot.service", "Result"), "success");
+
+    // 10. others' jobs finishing while we wait are not taken for ours
     let noise = std::thread::spawn(|| {
         for _ in 0..20 {
             let _ = std::process::Command::new("systemctl")

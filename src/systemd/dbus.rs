@@ -14,7 +14,11 @@
 //! `activating/auto-restart`: for such units, when the start really started them, the
 //! unit is watched for [`SystemdClient::settle`] (default 1 s, bounded by the timeout) and
 //! must stay active with the same ActiveEnterTimestamp. Units that report readiness
-//! (`notify`, `forking`, `oneshot`, `dbus`) are not watched: their job ends when they are up.
+//! (`notify`, `forking`, `oneshot`, `dbus`) are not watched: their job ends when they are up
+//! (a `oneshot` without `RemainAfterExit` may be `inactive` again, with `Result=success`).
+//!
+//! A job that times out is left queued: the next stop or start of that unit (mode
+//! `replace`, e.g. the rollback's) replaces it.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -130,6 +134,16 @@ pub(crate) enum JobWait {
 /// Whether a JobRemoved result means the job did what was asked.
 pub(crate) fn job_succeeded(result: &str) -> bool {
     matches!(result, "done" | "skipped")
+}
+
+/// Whether a unit is up after its start job ended `done`: `active`, or for a oneshot service
+/// (no RemainAfterExit) back to `inactive` with `Result=success`.
+pub(crate) fn started_ok(state: &UnitState, service_type: &str) -> bool {
+    match state.active_state.as_str() {
+        "active" => true,
+        "inactive" => service_type == "oneshot" && state.result == "success",
+        _ => false,
+    }
 }
 
 /// Wait for the JobRemoved of `job`; signals for other jobs (other clients', other units')
@@ -428,7 +442,13 @@ impl SystemdClient {
             unit_result: s.result,
         };
         if after.active_state != "active" {
-            return Err(not_active(after));
+            // a oneshot without RemainAfterExit is inactive again once it ran fine
+            let service_type = self.service_type(unit, path)?;
+            return if started_ok(&after, &service_type) {
+                Ok(())
+            } else {
+                Err(not_active(after))
+            };
         }
         if !restarted || self.settle.is_zero() || self.service_type(unit, path)? != "simple" {
             return Ok(());
@@ -528,6 +548,69 @@ mod tests {
         let got = zbus::block_on(wait_for_job(events, OURS, Duration::from_millis(100)));
         assert_eq!(got, JobWait::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn what_counts_as_started() {
+        let st = |active: &str, sub: &str, result: &str| UnitState {
+            active_state: active.into(),
+            sub_state: sub.into(),
+            result: result.into(),
+            ..UnitState::default()
+        };
+        let table = [
+            (
+                "running simple",
+                st("active", "running", "success"),
+                "simple",
+                true,
+            ),
+            (
+                "running notify",
+                st("active", "running", "success"),
+                "notify",
+                true,
+            ),
+            (
+                "oneshot done",
+                st("inactive", "dead", "success"),
+                "oneshot",
+                true,
+            ),
+            (
+                "oneshot failed",
+                st("failed", "failed", "exit-code"),
+                "oneshot",
+                false,
+            ),
+            (
+                "simple exited",
+                st("inactive", "dead", "success"),
+                "simple",
+                false,
+            ),
+            (
+                "simple crashed",
+                st("failed", "failed", "exit-code"),
+                "simple",
+                false,
+            ),
+            (
+                "restarting",
+                st("activating", "auto-restart", "exit-code"),
+                "simple",
+                false,
+            ),
+            (
+                "deactivating",
+                st("deactivating", "stop-sigterm", "success"),
+                "notify",
+                false,
+            ),
+        ];
+        for (case, state, service_type, ok) in table {
+            assert_eq!(started_ok(&state, service_type), ok, "case '{case}'");
+        }
     }
 
     #[test]
