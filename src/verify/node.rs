@@ -20,8 +20,6 @@ use crate::paths::{self, Root};
 use crate::targets::{self, InPlace, Target};
 
 pub const NOT_INSTALLED: &str = "k8s-nokmem not installed: payload checks skipped";
-/// dpkg's file list of the package: present while it is installed (or half-installed).
-const DPKG_LIST: &str = "/var/lib/dpkg/info/k8s-nokmem.list";
 /// What the kernel appends to `/proc/PID/exe` when the file was deleted or replaced.
 const DELETED: &str = " (deleted)";
 const REINSTALL: &str =
@@ -29,7 +27,7 @@ const REINSTALL: &str =
 
 /// True when the package is (or was) installed here: dpkg knows it, or the swap left state.
 fn installed(root: &Root) -> bool {
-    root.join(DPKG_LIST).exists()
+    matches!(Dpkg::new(root).version(paths::PACKAGE), Ok(Some(_)))
         || root
             .join(Path::new(paths::STATE_DIR).join(targets::STATE_FILE))
             .exists()
