@@ -435,9 +435,16 @@ fn a_garbled_proc_cgroups_is_unknown_with_the_reason() {
 #[test]
 fn a_missing_manifest_of_an_installed_package_is_unknown() {
     let root = Tmp::new();
-    let info = root.path().join("var/lib/dpkg/info");
-    fs::create_dir_all(&info).unwrap();
-    fs::write(info.join("k8s-nokmem.list"), "/usr/sbin/k8s-nokmem\n").unwrap();
+    // dpkg says the package is installed (its status database, read with dpkg-query)
+    let admin = root.path().join("var/lib/dpkg");
+    fs::create_dir_all(admin.join("updates")).unwrap();
+    fs::write(
+        admin.join("status"),
+        "Package: k8s-nokmem\nStatus: install ok installed\nPriority: optional\n\
+         Section: admin\nMaintainer: t <t@example.org>\nArchitecture: amd64\n\
+         Version: 1.20.2+nokmem0.1.0-1\nDescription: t\n",
+    )
+    .unwrap();
     let r = verify_node(&fixture("4.4-nokmem"), root.path(), &["--json"]);
     assert_eq!(r.code, 2, "{}", r.stdout);
     let p = check(&r.json(), "payload").clone();
