@@ -249,6 +249,12 @@ impl DpkgDivert {
         if Self::check_ours(self.of(path)?.as_ref(), path, divert_to)? {
             return Ok(Added::AlreadyThere);
         }
+        self.add_unchecked(path, divert_to)?;
+        Ok(Added::Added)
+    }
+
+    /// [`DpkgDivert::add`] for a caller that has just checked the list itself.
+    pub fn add_unchecked(&self, path: &Path, divert_to: &Path) -> Result<(), DivertError> {
         self.run(&[
             "--package".as_ref(),
             PACKAGE.as_ref(),
@@ -258,7 +264,7 @@ impl DpkgDivert {
             divert_to.as_os_str(),
             path.as_os_str(),
         ])?;
-        Ok(Added::Added)
+        Ok(())
     }
 
     /// `dpkg-divert --package k8s-nokmem --remove --rename --divert TO PATH` when we hold
@@ -268,6 +274,12 @@ impl DpkgDivert {
         if !Self::check_ours(self.of(path)?.as_ref(), path, divert_to)? {
             return Ok(Removed::NotThere);
         }
+        self.remove_unchecked(path, divert_to)?;
+        Ok(Removed::Removed)
+    }
+
+    /// [`DpkgDivert::remove`] for a caller that has just checked the list itself.
+    pub fn remove_unchecked(&self, path: &Path, divert_to: &Path) -> Result<(), DivertError> {
         self.run(&[
             "--package".as_ref(),
             PACKAGE.as_ref(),
@@ -277,7 +289,7 @@ impl DpkgDivert {
             divert_to.as_os_str(),
             path.as_os_str(),
         ])?;
-        Ok(Removed::Removed)
+        Ok(())
     }
 }
 

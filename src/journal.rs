@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use log::{debug, error, info, warn};
 
-use crate::divert::{Added, DpkgDivert, Removed};
+use crate::divert::{Added, Diversion, DpkgDivert, Removed};
 use crate::notes::with_note;
 use crate::paths::{self, Root, WrapIo};
 use crate::policy::SkipReason;
@@ -380,6 +380,8 @@ pub struct Node<'a> {
     pub timeout: Duration,
     /// Temp files this run staged (a leftover of another run is never renamed into place).
     staged: RefCell<Vec<PathBuf>>,
+    /// See [`Node::diversions`].
+    diversions: RefCell<Option<Vec<Diversion>>>,
 }
 
 impl<'a> Node<'a> {
@@ -390,12 +392,58 @@ impl<'a> Node<'a> {
             services,
             timeout,
             staged: RefCell::new(Vec::new()),
+            diversions: RefCell::new(None),
         }
     }
 
+    /// The diversions, listed once and then kept up to date by our own changes (we hold
+    /// the lock; dpkg runs maintainer scripts one at a time), so that the steps between
+    /// the stops and the starts spawn no `dpkg-divert --list`.
+    pub fn diversions(&self) -> anyhow::Result<Vec<Diversion>> {
+        if let Some(d) = self.diversions.borrow().as_ref() {
+            return Ok(d.clone());
+        }
+        let listed = self.divert.list()?;
+        *self.diversions.borrow_mut() = Some(listed.clone());
+        Ok(listed)
+    }
+
     fn held(&self, path: &Path, divert_to: &Path) -> anyhow::Result<bool> {
-        let current = self.divert.of(path)?;
-        Ok(DpkgDivert::check_ours(current.as_ref(), path, divert_to)?)
+        let all = self.diversions()?;
+        let current = all.iter().find(|d| d.path == path);
+        Ok(DpkgDivert::check_ours(current, path, divert_to)?)
+    }
+
+    fn div_add(&self, path: &Path, divert_to: &Path) -> anyhow::Result<Added> {
+        if self.held(path, divert_to)? {
+            return Ok(Added::AlreadyThere);
+        }
+        let result = self.divert.add_unchecked(path, divert_to);
+        let mut cache = self.diversions.borrow_mut();
+        match (&result, cache.as_mut()) {
+            (Ok(()), Some(list)) => list.push(Diversion {
+                path: path.to_path_buf(),
+                divert_to: divert_to.to_path_buf(),
+                package: Some(paths::PACKAGE.to_string()),
+            }),
+            _ => *cache = None,
+        }
+        result?;
+        Ok(Added::Added)
+    }
+
+    fn div_remove(&self, path: &Path, divert_to: &Path) -> anyhow::Result<Removed> {
+        if !self.held(path, divert_to)? {
+            return Ok(Removed::NotThere);
+        }
+        let result = self.divert.remove_unchecked(path, divert_to);
+        let mut cache = self.diversions.borrow_mut();
+        match (&result, cache.as_mut()) {
+            (Ok(()), Some(list)) => list.retain(|d| d.path != path),
+            _ => *cache = None,
+        }
+        result?;
+        Ok(Removed::Removed)
     }
 
     fn exists(&self, abs: &Path) -> bool {
@@ -441,8 +489,7 @@ impl<'a> Node<'a> {
                 path, divert_to, ..
             } => {
                 let added = self
-                    .divert
-                    .add(path, divert_to)
+                    .div_add(path, divert_to)
                     .with_context(|| format!("failed to divert {}", self.root.describe(path)))?;
                 Ok(match added {
                     Added::Added => Did::Ok,
@@ -536,7 +583,7 @@ impl<'a> Node<'a> {
             Step::Undivert {
                 path, divert_to, ..
             } => {
-                let added = self.divert.add(path, divert_to).with_context(|| {
+                let added = self.div_add(path, divert_to).with_context(|| {
                     format!("failed to divert {} again", self.root.describe(path))
                 })?;
                 Ok(match added {
@@ -659,8 +706,7 @@ impl<'a> Node<'a> {
                     self.root.describe(divert_to)
                 );
             }
-            self.divert
-                .remove(path, divert_to)
+            self.div_remove(path, divert_to)
                 .with_context(|| format!("failed to remove the diversion of {shown}"))?;
             return Ok(Did::Ok);
         }
@@ -718,8 +764,7 @@ impl<'a> Node<'a> {
                 return Ok(Did::Skipped("path occupied: diversion kept".into()));
             }
             match self
-                .divert
-                .remove(path, divert_to)
+                .div_remove(path, divert_to)
                 .with_context(|| format!("failed to remove the diversion of {shown}"))?
             {
                 Removed::Removed | Removed::NotThere => {}
@@ -759,8 +804,7 @@ impl<'a> Node<'a> {
             State::default()
         });
         let ours: Vec<_> = self
-            .divert
-            .list()?
+            .diversions()?
             .into_iter()
             .filter(|d| d.is_ours())
             .collect();
@@ -783,6 +827,9 @@ pub fn run(
     let n = steps.len();
     let fail_at = failpoint.and_then(|f| f.index_in(&steps).map(|i| (i, f.mode)));
     let mut journal = Journal::new(command, steps);
+    // list the diversions now, before any service stops (see Node::diversions)
+    node.diversions()
+        .context("failed to list diversions; nothing was changed")?;
     for i in 0..n {
         journal.begun = i + 1;
         journal.done = i;

@@ -121,6 +121,9 @@ fn install_downtime_against_the_shell_baseline() {
         let out = tb.run(&[HELPER, "install"]);
         let w = t0.elapsed().as_micros() as u64;
         assert!(out.status.success(), "{}", nspawn::show(&out));
+        if round == 1 {
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        }
         let o = downtime_us(&tb);
         assert_eq!(sha256(&tb.read("/usr/bin/kubelet")), sha256(&kubelet));
         let out = tb.run(&[HELPER, "remove"]);
