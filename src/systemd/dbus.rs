@@ -181,8 +181,13 @@ fn connection() -> Result<Connection, SystemdError> {
     let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
         .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket (default)".to_string());
     debug!("connecting to the system bus at {address}");
-    let conn = zbus::blocking::connection::Builder::system()
-        .map_err(SystemdError::Connect)?
+    let conn = open(zbus::blocking::connection::Builder::system().map_err(SystemdError::Connect)?)?;
+    Ok(CONN.get_or_init(|| conn).clone())
+}
+
+/// Connect with `builder` and Subscribe() to job signals.
+fn open(builder: zbus::blocking::connection::Builder<'_>) -> Result<Connection, SystemdError> {
+    let conn = builder
         .method_timeout(METHOD_TIMEOUT)
         .build()
         .map_err(SystemdError::Connect)?;
@@ -197,7 +202,7 @@ fn connection() -> Result<Connection, SystemdError> {
         Err(zbus::Error::MethodError(name, _, _)) if name.ends_with("AlreadySubscribed") => {}
         Err(e) => return Err(SystemdError::Connect(e)),
     }
-    Ok(CONN.get_or_init(|| conn).clone())
+    Ok(conn)
 }
 
 /// systemd over D-Bus. Cheap to create: every client shares the process's one connection.
@@ -633,12 +638,11 @@ mod tests {
 
     #[test]
     fn unreachable_bus_is_a_connect_error() {
-        // the only test here that connects; nothing listens at this address
-        std::env::set_var(
-            "DBUS_SYSTEM_BUS_ADDRESS",
-            "unix:path=/nonexistent/k8s-nokmem-test",
-        );
-        let err = SystemdClient::system().unwrap_err();
+        // nothing listens at this address (no process-wide env var: tests run in threads)
+        let builder =
+            zbus::blocking::connection::Builder::address("unix:path=/nonexistent/k8s-nokmem-test")
+                .unwrap();
+        let err = open(builder).unwrap_err();
         assert!(matches!(err, SystemdError::Connect(_)), "{err:?}");
         assert_eq!(err.to_string(), "failed to connect to the system bus");
     }
