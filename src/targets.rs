@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use log::debug;
@@ -448,14 +448,6 @@ pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileErro
     }
     out.sync_all().with_path("fsync", dst)?;
     Ok(hex::encode(hasher.finalize()))
-}
-
-/// The inode-level identity of a file, to tell a renamed file from a copy (tests, status).
-pub fn same_inode(a: &Path, b: &Path) -> bool {
-    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

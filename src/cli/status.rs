@@ -85,7 +85,7 @@ pub(crate) struct TargetReport {
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct Report {
     pub root: PathBuf,
-    /// `installed`, `not-installed`, `partial`, `unknown`.
+    /// `installed`, `not-installed`, `partial`, `interrupted`, `unknown`.
     pub installed: String,
     pub targets: Vec<TargetReport>,
     pub state_file: Option<State>,
@@ -190,7 +190,7 @@ pub(crate) fn collect(ctx: &Ctx, services: Services<'_>) -> Report {
         ));
     }
     let swapped = reports.iter().filter(|r| r.diverted_by_us).count();
-    let installed = if !unknown.is_empty() && reports.is_empty() {
+    let mut installed = if !unknown.is_empty() && reports.is_empty() {
         "unknown"
     } else if swapped == 0 {
         "not-installed"
@@ -216,6 +216,7 @@ pub(crate) fn collect(ctx: &Ctx, services: Services<'_>) -> Report {
                 .unwrap_or_else(|| "unknown".into())
         ));
     } else if let Some(j) = &interrupted {
+        installed = "interrupted";
         problems.push(format!(
             "an interrupted {} transaction is journalled ({} of {} steps begun): the next `k8s-nokmem install` or `remove` resolves it",
             j.command,
