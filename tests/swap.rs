@@ -596,3 +596,42 @@ fn a_damaged_state_file_does_not_block_remove() {
     assert!(log.contains("going by the diversions alone"), "{log}");
     assert_same(&before, &n.snapshot(), "remove with a damaged state file");
 }
+
+#[test]
+fn dpkg_root_in_the_environment_acts_like_root() {
+    let n = NodeRoot::new();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_k8s-nokmem"));
+    cmd.arg("install")
+        .env("DPKG_ROOT", &n.path)
+        .env_remove("RUST_LOG")
+        .env_remove("K8S_NOKMEM_FAILPOINT");
+    let out = common::run(&mut cmd);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains(&format!("root={}", n.path.display())), "{log}");
+    assert!(
+        log.contains("stop 'kubelet.service': skipped (root is '"),
+        "{log}"
+    );
+    assert_installed(&n);
+}
+
+#[test]
+fn an_interrupted_remove_finishes_even_after_the_payload_is_gone() {
+    let n = NodeRoot::new();
+    let before = n.snapshot();
+    n.ok(&["install"]);
+    // killed after the kubelet payload was deleted, before its diversion went
+    abort_at(&n, "remove", 5);
+    for f in ["kubelet", "runc", "MANIFEST"] {
+        std::fs::remove_file(n.abs(&format!("usr/lib/k8s-nokmem/{f}"))).unwrap();
+    }
+    let log = n.ok(&["remove"]);
+    assert!(log.contains("finishing the interrupted remove"), "{log}");
+    let mut after = n.snapshot();
+    let mut want = before.clone();
+    for m in [&mut after, &mut want] {
+        m.retain(|k, _| !k.starts_with("usr/lib/k8s-nokmem"));
+    }
+    assert_same(&want, &after, "remove finished without a payload");
+}
