@@ -38,6 +38,10 @@ const JOB_MODE: &str = "replace";
 /// Every method call's reply, as libdbus's default: a hung systemd must not hang dpkg.
 /// (Job waits have their own timeout, from the config.)
 const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
+/// Messages zbus queues per stream before its reader waits (default 64): while we wait for
+/// StopUnit's reply, every JobRemoved on the system lands in our stream, and a full queue
+/// would hold the reply back until the method timeout.
+const MAX_QUEUED: usize = 4096;
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
 
 #[zbus::proxy(
@@ -189,6 +193,7 @@ fn connection() -> Result<Connection, SystemdError> {
 fn open(builder: zbus::blocking::connection::Builder<'_>) -> Result<Connection, SystemdError> {
     let conn = builder
         .method_timeout(METHOD_TIMEOUT)
+        .max_queued(MAX_QUEUED)
         .build()
         .map_err(SystemdError::Connect)?;
     let manager = ManagerProxyBlocking::builder(&conn)
