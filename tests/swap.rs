@@ -635,3 +635,40 @@ fn an_interrupted_remove_finishes_even_after_the_payload_is_gone() {
     }
     assert_same(&want, &after, "remove finished without a payload");
 }
+
+/// Unmounts on drop, also when the test panics.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn not_enough_free_space_is_refused_before_any_change() {
+    if !common::root_or_skip("mounting a small tmpfs") {
+        return;
+    }
+    let n = NodeRoot::new();
+    let bin = n.abs("usr/bin");
+    common::ok(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "k8s-nokmem-test"])
+            .arg(&bin),
+    );
+    let _guard = Mounted(bin);
+    n.write("usr/bin/kubelet", node::ORIG_KUBELET, 0o755);
+    n.set_payload(node::PAYLOAD_RUNC, &vec![b'k'; 2 << 20], "1.20.2");
+    let before = n.snapshot();
+    let out = n.run(&["install"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not enough free space in '/usr/bin' under root")
+            && err.contains("for the kubelet payload: need 3 MiB")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_same(&before, &n.snapshot(), "no space");
+}

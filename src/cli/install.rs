@@ -477,13 +477,28 @@ fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<(
 
 /// Enough free space next to each target for a copy of the payload (plus 1 MiB).
 fn check_space(root: &Root, found: &[Found]) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // payload copies that land on the same file system add up
+    let mut per_fs: Vec<(u64, &Path, Vec<&str>, u64)> = Vec::new();
     for f in found.iter().filter(|f| f.now != InPlace::Payload) {
         let parent = f.target.path.parent().unwrap_or(Path::new("/"));
         let dir = root.join(parent);
+        let dev = std::fs::metadata(&dir)
+            .with_context(|| format!("failed to inspect '{}'", dir.display()))?
+            .dev();
         let size = std::fs::metadata(root.join(&f.target.payload))
             .map(|m| m.len())
             .unwrap_or(0);
-        let need = size + (1 << 20);
+        match per_fs.iter_mut().find(|(d, ..)| *d == dev) {
+            Some((_, _, names, need)) => {
+                names.push(&f.target.name);
+                *need += size;
+            }
+            None => per_fs.push((dev, parent, vec![&f.target.name], size + (1 << 20))),
+        }
+    }
+    for (_, parent, names, need) in per_fs {
+        let dir = root.join(parent);
         let st = nix::sys::statvfs::statvfs(&dir)
             .with_context(|| format!("failed to read free space of '{}'", dir.display()))?;
         #[allow(clippy::unnecessary_cast)]
@@ -493,7 +508,7 @@ fn check_space(root: &Root, found: &[Found]) -> anyhow::Result<()> {
                 anyhow!(
                     "not enough free space in {} for the {} payload: need {} MiB, {} MiB available",
                     root.describe(parent),
-                    f.target.name,
+                    names.join(" and "),
                     need >> 20,
                     avail >> 20
                 ),
