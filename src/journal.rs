@@ -3,6 +3,10 @@
 //! the previous step is recorded done in the same write) and rolled back in reverse on any
 //! failure.
 //!
+//! install: preflight, stage (copy the payload next to each target while services still
+//! run), stop, divert, place (a rename), start (reverse order), record `state.json`.
+//! remove: preflight, stop, unplace, undivert, start, record.
+//!
 //! After an interruption (kill -9, power loss) the next run finds the journal and resolves
 //! it toward the originals before doing what it was asked:
 //! - an `install` journal is undone: every begun step is undone in reverse. Undo is always
@@ -12,15 +16,19 @@
 //!   idempotent and need only the originals, not the payload (which `apt remove` may have
 //!   deleted meanwhile).
 //!
-//! Either way the node is then consistent (originals in place, no diversion) and the command
-//! runs in full; an `install` then swaps again. Every apply and undo checks the node first,
-//! so running one twice, or after a partial run, is harmless.
+//! Either way every target the transaction touched is then consistent (its original in
+//! place, no diversion, its services started) and the command runs in full; an `install`
+//! then swaps again. Every apply and undo checks the node first, so running one twice, a
+//! step that was only begun, or one that never ran, is harmless.
 //!
-//! Fault injection (test-only, always compiled so the shipped binary is the tested one):
-//! `K8S_NOKMEM_FAILPOINT=<step>[:error|:abort]`, `<step>` being a 1-based index as in the
-//! log (`[3/10]`) or a step name (`divert`: the first such step). `error` makes that step
-//! fail (tests rollback); `abort` calls `std::process::abort()` right after the journal
-//! entry for that step is written (kill -9, power loss). A warning is logged when armed.
+//! Fault injection (test-only): `K8S_NOKMEM_FAILPOINT=<step>[:error|:abort]`, `<step>`
+//! being a 1-based index as in the log (`[3/12]`) or a step name (`divert`: the first such
+//! step). `error` makes that step fail (tests rollback); `abort` calls
+//! `std::process::abort()` right after the journal entry for that step is written (kill
+//! -9, power loss). It is always compiled, not behind the `failpoints` feature, so that
+//! the tests (`cargo test --release` in CI) exercise the very binary that ships; it costs
+//! one environment lookup, acts only when the variable is set (root's environment), and
+//! logs a warning when armed.
 
 use std::cell::RefCell;
 use std::fs;
