@@ -493,6 +493,13 @@ fn remove_keeps_the_diversion_of_a_path_someone_else_filled() {
     assert_eq!(n.read("usr/sbin/runc"), node::ORIG_RUNC);
     let status = n.run(&["status"]);
     assert_eq!(status.status.code(), Some(1));
+    // installing again replaces that file, and says so
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains("holds a file k8s-nokmem did not place"),
+        "{log}"
+    );
+    assert_installed(&n);
 }
 
 #[test]

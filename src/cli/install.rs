@@ -391,6 +391,16 @@ fn check_target(
         );
     }
     let now = targets::in_place(root, target)?;
+    if let (true, InPlace::Other(sha)) = (ours, &now) {
+        let recorded = state.targets.get(&target.name).map(|t| &t.payload_sha256);
+        if recorded != Some(sha) {
+            warn!(
+                "{} holds a file k8s-nokmem did not place (sha256 {}): the payload replaces it",
+                root.describe(&target.path),
+                targets::short(sha)
+            );
+        }
+    }
     let original = if ours {
         match state.targets.get(&target.name) {
             Some(ts) if ts.path == target.path => ts.original.clone(),
