@@ -25,7 +25,7 @@
 //! being a 1-based index as in the log (`[3/12]`) or a step name (`divert`: the first such
 //! step). `error` makes that step fail (tests rollback); `abort` calls
 //! `std::process::abort()` right after the journal entry for that step is written (kill
-//! -9, power loss). It is always compiled, not behind the `failpoints` feature, so that
+//! -9, power loss). It is always compiled (not behind a cargo feature), so that
 //! the tests (`cargo test --release` in CI) exercise the very binary that ships; it costs
 //! one environment lookup, acts only when the variable is set (root's environment), and
 //! logs a warning when armed.
