@@ -37,7 +37,6 @@ const ARTIFACTS_ENV: &str = "E2E_ARTIFACTS";
 const KEYRING_IN: &str = "/etc/apt/keyrings/k8s-nokmem-e2e.gpg";
 const STRACE_OUT: &str = "/run/e2e/kubelet.strace";
 const STRACE_DROPIN: &str = "/etc/systemd/system/kubelet.service.d/e2e-strace.conf";
-const SLOW_STOP_DROPIN: &str = "/etc/systemd/system/docker.service.d/e2e-slow-stop.conf";
 const UNITS: [&str; 2] = ["kubelet.service", "docker.service"];
 const KUBELET_DIVERSION: &str =
     "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem";
@@ -700,6 +699,15 @@ fn reinstall_and_reboot(c: &mut Ctx) {
         &["ExecMainStatus", "Result", "ActiveState", "InvocationID"],
     );
     println!("e2e:   k8s-nokmem-verify.service at boot: {props:?}");
+    let diag = c.tb.sh(
+        "systemd-analyze 2>&1 | head -1; \
+         for u in docker.service kubelet.service k8s-nokmem-verify.service; do \
+         echo \"$u: $(systemctl show -p NRestarts,ActiveEnterTimestampMonotonic,ExecMainStartTimestampMonotonic,ExecMainExitTimestampMonotonic --value $u | tr '\\n' ' ')\"; done; \
+         journalctl -b --no-pager -o short-monotonic -u kubelet.service | grep -vE 'W[0-9]{4}|I[0-9]{4}' | head -8",
+    );
+    for l in String::from_utf8_lossy(&diag.stdout).lines() {
+        println!("e2e:     boot: {l}");
+    }
     let journal = c.tb.journal("k8s-nokmem-verify.service");
     assert!(
         journal.contains("k8s-nokmem"),
@@ -744,54 +752,95 @@ fn reinstall_and_reboot(c: &mut Ctx) {
     c.pod_container("e2e-sleeper", 240);
 }
 
-/// kill -9 dpkg (and the helper) while the helper has stopped the services, then
-/// `dpkg --configure -a` converges.
-fn kill9_dpkg_mid_install(c: &mut Ctx) {
-    c.apt("remove k8s-nokmem");
+/// Where to kill: a drop-in that slows one unit down (a window inside one helper step) and
+/// the condition, checked inside, that says the helper is in that window.
+struct KillPoint {
+    what: &'static str,
+    dropin: &'static str,
+    content: &'static str,
+    condition: &'static str,
+}
+
+/// While the helper stops docker.service (kubelet already stopped, nothing diverted yet).
+const KILL_AT_STOP: KillPoint = KillPoint {
+    what: "docker.service was stopping (step 'stop', nothing diverted yet)",
+    dropin: "/etc/systemd/system/docker.service.d/e2e-slow-stop.conf",
+    content: "[Service]\nExecStopPost=/bin/sleep 5\n",
+    condition: "[ \"$(systemctl show -p ActiveState --value kubelet.service)\" = inactive ] \
+                && [ \"$(systemctl show -p ActiveState --value docker.service)\" = deactivating ]",
+};
+
+/// While the helper starts kubelet.service (diverted, payload placed, docker started).
+const KILL_AT_START: KillPoint = KillPoint {
+    what: "kubelet.service was starting (step 'start', payload in place)",
+    dropin: "/etc/systemd/system/kubelet.service.d/e2e-slow-start.conf",
+    content: "[Service]\nExecStartPre=/bin/sleep 5\n",
+    condition: "[ \"$(systemctl show -p ActiveState --value kubelet.service)\" = activating ] \
+                && dpkg-divert --list /usr/bin/kubelet | grep -q k8s-nokmem",
+};
+
+/// kill -9 dpkg, the postinst and the helper at `at` during `apt-get install k8s-nokmem`,
+/// then `dpkg --configure -a` must converge: installed, diverted, payload, services active.
+fn kill9_during_install(c: &mut Ctx, at: &KillPoint) {
+    if c.pkg_version("k8s-nokmem")
+        .starts_with("install ok installed")
+    {
+        c.apt("remove k8s-nokmem");
+    }
     assert_eq!(
         c.sha("/usr/bin/kubelet"),
         c.orig_kubelet,
-        "original kubelet back"
+        "original kubelet before the install"
     );
-    // a slow docker stop opens a window in the helper's "stop services" step
-    c.tb.write(
-        SLOW_STOP_DROPIN,
-        "[Service]\nExecStopPost=/bin/sleep 5\n",
-        0o644,
-    );
-    c.sh("systemctl daemon-reload && mkdir -p /run/e2e");
+    c.tb.write(at.dropin, at.content, 0o644);
+    c.sh("systemctl daemon-reload && mkdir -p /run/e2e && rm -f /run/e2e/apt.log");
     c.sh(
         "systemd-run --unit=e2e-apt --service-type=exec --collect -p StandardOutput=file:/run/e2e/apt.log \
          -p StandardError=file:/run/e2e/apt.log -E DEBIAN_FRONTEND=noninteractive \
          apt-get -o DPkg::Lock::Timeout=120 -y install k8s-nokmem",
     );
     let pids = c.wait_for(
-        "the helper to stop kubelet.service inside apt's dpkg run",
+        &format!("the helper inside apt's dpkg run while {}", at.what),
         120,
-        "h=$(pgrep -x k8s-nokmem) && [ \"$(systemctl show -p ActiveState --value kubelet.service)\" = inactive ] \
-         && [ \"$(systemctl show -p ActiveState --value docker.service)\" = deactivating ] \
-         && echo $(pgrep -x dpkg) $(pgrep -f /var/lib/dpkg/info/k8s-nokmem.postinst) $h",
+        &format!(
+            "h=$(pgrep -x k8s-nokmem) && d=$(pgrep -x dpkg) && {} \
+             && echo $d $(pgrep -f '^/bin/sh /var/lib/dpkg/info/k8s-nokmem[.]postinst') $h",
+            at.condition
+        ),
     );
-    c.sh(&format!("kill -KILL {}", pids.trim()));
+    let pids = pids.trim().to_string();
+    let killed = c.sh(&format!(
+        "for p in {pids}; do kill -KILL $p 2>/dev/null && echo $p; done; true"
+    ));
     println!(
-        "e2e:   killed -9 dpkg, postinst and helper (pids {}) while docker.service was stopping",
-        pids.trim()
+        "e2e:   kill -9 dpkg, postinst, helper (pids {pids}; killed {}) while {}",
+        killed.split_whitespace().collect::<Vec<_>>().join(" "),
+        at.what
     );
     c.wait_for(
         "apt-get to end",
         60,
         "! systemctl is-active -q e2e-apt.service",
     );
+    c.wait_for(
+        "dpkg and the helper to be gone",
+        30,
+        "! pgrep -x dpkg >/dev/null && ! pgrep -x k8s-nokmem >/dev/null",
+    );
     let status = c.pkg_version("k8s-nokmem");
     assert!(
         !status.starts_with("install ok installed"),
-        "expected k8s-nokmem half-configured after the kill, dpkg says '{status}'"
+        "expected k8s-nokmem not configured after the kill, dpkg says '{status}'"
     );
-    let state = c.sh("ls -la /var/lib/k8s-nokmem/ 2>&1 || true");
-    println!("e2e:   after the kill: dpkg status '{status}'; /var/lib/k8s-nokmem:\n{state}");
-    c.sh(&format!(
-        "rm -f {SLOW_STOP_DROPIN} && systemctl daemon-reload"
+    let left = c.sh(&format!(
+        "echo \"kubelet $(systemctl show -p ActiveState --value kubelet.service), docker $(systemctl show -p ActiveState --value docker.service)\"; \
+         dpkg-divert --list | grep k8s-nokmem || true; ls /var/lib/k8s-nokmem/ 2>&1 || true; rm -f {}; systemctl daemon-reload",
+        at.dropin
     ));
+    println!(
+        "e2e:   after the kill: dpkg says '{status}'; {}",
+        left.lines().collect::<Vec<_>>().join("; ")
+    );
     let out =
         c.tb.sh("DEBIAN_FRONTEND=noninteractive dpkg --configure -a </dev/null 2>&1");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -813,7 +862,10 @@ fn kill9_dpkg_mid_install(c: &mut Ctx) {
     }
     let div = c.diversions();
     for want in [KUBELET_DIVERSION, RUNC_DIVERSION] {
-        assert!(div.contains(want), "expected '{want}', saw:\n{div}");
+        assert!(
+            div.contains(want),
+            "expected '{want}', dpkg-divert --list says:\n{div}"
+        );
     }
     assert_eq!(
         c.sha("/usr/bin/kubelet"),
@@ -826,11 +878,24 @@ fn kill9_dpkg_mid_install(c: &mut Ctx) {
         c.orig_kubelet,
         "original kubelet aside"
     );
+    assert_eq!(
+        c.sha("/usr/sbin/runc.distrib"),
+        c.orig_runc,
+        "original runc aside"
+    );
     let report = c.verify_json();
     for check in ["payload", "diversions"] {
         expect_check(&report, check, &["ok"]);
     }
     c.pod_container("e2e-sleeper", 180);
+}
+
+fn kill9_at_stop(c: &mut Ctx) {
+    kill9_during_install(c, &KILL_AT_STOP);
+}
+
+fn kill9_at_start(c: &mut Ctx) {
+    kill9_during_install(c, &KILL_AT_START);
 }
 
 type Scenario = (&'static str, fn(&mut Ctx));
@@ -852,7 +917,8 @@ const SCENARIOS: &[Scenario] = &[
     ("apt-remove", apt_remove),
     ("apt-purge", apt_purge),
     ("reinstall-and-reboot", reinstall_and_reboot),
-    ("kill9-dpkg-then-configure-a", kill9_dpkg_mid_install),
+    ("kill9-dpkg-while-stopping-then-configure-a", kill9_at_stop),
+    ("kill9-dpkg-while-starting-then-configure-a", kill9_at_start),
 ];
 
 fn artifacts() -> Option<Artifacts> {
