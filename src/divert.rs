@@ -8,10 +8,8 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use log::{debug, trace};
-
+use crate::command::{self, Cmd, CommandError};
 use crate::paths::{Root, PACKAGE};
 
 /// The program, found on `$PATH` (it lives in /usr/bin on every dpkg system).
@@ -19,18 +17,8 @@ pub const DPKG_DIVERT: &str = "dpkg-divert";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DivertError {
-    #[error("failed to run `{cmd}`")]
-    Spawn {
-        cmd: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{cmd}` failed ({status}): {stderr}")]
-    Failed {
-        cmd: String,
-        status: String,
-        stderr: String,
-    },
+    #[error(transparent)]
+    Command(#[from] CommandError),
     #[error("cannot parse line {line_no} of `dpkg-divert --list` output: '{line}'")]
     Parse { line_no: usize, line: String },
     #[error("'{}' is already diverted to '{}' by {}", path.display(), divert_to.display(), owner_name(.package))]
@@ -168,47 +156,22 @@ impl DpkgDivert {
         DpkgDivert { root: root.clone() }
     }
 
-    fn command(&self, args: &[&std::ffi::OsStr]) -> (Command, String) {
-        let mut cmd = Command::new(DPKG_DIVERT);
-        cmd.env("LC_ALL", "C");
-        let mut shown = vec![DPKG_DIVERT.to_string()];
+    /// `dpkg-divert [--root R] ARGS`: `--root` only for a root other than `/` (dpkg 1.18.4
+    /// on Ubuntu 16.04 does not know it).
+    fn command(&self, args: &[&std::ffi::OsStr]) -> Cmd {
+        let mut cmd = Cmd::new(DPKG_DIVERT);
         if !self.root.is_host() {
-            cmd.arg("--root").arg(self.root.path());
-            shown.push("--root".into());
-            shown.push(self.root.path().display().to_string());
+            cmd = cmd.arg("--root").arg(self.root.path());
         }
-        for a in args {
-            cmd.arg(a);
-            shown.push(a.to_string_lossy().into_owned());
-        }
-        (cmd, shown.join(" "))
+        cmd.args(args)
     }
 
     fn run(&self, args: &[&std::ffi::OsStr]) -> Result<String, DivertError> {
-        let (mut cmd, shown) = self.command(args);
-        debug!("running `{shown}`");
-        let out = cmd.output().map_err(|source| DivertError::Spawn {
-            cmd: shown.clone(),
-            source,
-        })?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        trace!(
-            "`{shown}`: {}; stdout: {stdout}; stderr: {stderr}",
-            out.status
-        );
+        let (out, shown) = self.command(args).output()?;
         if !out.status.success() {
-            let stderr = stderr
-                .trim()
-                .trim_start_matches("dpkg-divert: error: ")
-                .replace('\n', " ");
-            return Err(DivertError::Failed {
-                cmd: shown,
-                status: out.status.to_string(),
-                stderr,
-            });
+            return Err(command::failed(shown, &out, "dpkg-divert: error: ").into());
         }
-        Ok(stdout)
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Every diversion on the root.
@@ -412,9 +375,13 @@ mod tests {
 
     #[test]
     fn root_flag_only_for_a_foreign_root() {
-        let (_, shown) = DpkgDivert::new(&Root::new("/")).command(&["--list".as_ref()]);
+        let shown = DpkgDivert::new(&Root::new("/"))
+            .command(&["--list".as_ref()])
+            .shown();
         assert_eq!(shown, "dpkg-divert --list");
-        let (_, shown) = DpkgDivert::new(&Root::new("/tmp/r")).command(&["--list".as_ref()]);
+        let shown = DpkgDivert::new(&Root::new("/tmp/r"))
+            .command(&["--list".as_ref()])
+            .shown();
         assert_eq!(shown, "dpkg-divert --root /tmp/r --list");
     }
 }

@@ -4,31 +4,16 @@
 //! another root `--admindir R/var/lib/dpkg`, which every dpkg version knows.
 
 use std::path::Path;
-use std::process::Command;
 
-use log::{debug, trace};
-
+use crate::command::{self, Cmd, CommandError};
 use crate::paths::Root;
 
 pub const DPKG_QUERY: &str = "dpkg-query";
 /// dpkg's database, relative to the root.
 pub const ADMINDIR: &str = "/var/lib/dpkg";
 
-#[derive(Debug, thiserror::Error)]
-pub enum DpkgError {
-    #[error("failed to run `{cmd}`")]
-    Spawn {
-        cmd: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{cmd}` failed ({status}): {stderr}")]
-    Failed {
-        cmd: String,
-        status: String,
-        stderr: String,
-    },
-}
+/// dpkg-query could not be run or failed.
+pub type DpkgError = CommandError;
 
 /// `dpkg-query` on one root.
 #[derive(Debug, Clone)]
@@ -43,34 +28,15 @@ impl Dpkg {
 
     /// Run dpkg-query; `Ok(None)` when it exits 1 (nothing matched).
     fn query(&self, args: &[&str]) -> Result<Option<String>, DpkgError> {
-        let mut cmd = Command::new(DPKG_QUERY);
-        cmd.env("LC_ALL", "C");
-        let mut shown = vec![DPKG_QUERY.to_string()];
+        let mut cmd = Cmd::new(DPKG_QUERY);
         if !self.root.is_host() {
-            let admindir = self.root.join(ADMINDIR);
-            cmd.arg("--admindir").arg(&admindir);
-            shown.push(format!("--admindir {}", admindir.display()));
+            cmd = cmd.arg("--admindir").arg(self.root.join(ADMINDIR));
         }
-        cmd.args(args);
-        shown.extend(args.iter().map(|a| a.to_string()));
-        let shown = shown.join(" ");
-        debug!("running `{shown}`");
-        let out = cmd.output().map_err(|source| DpkgError::Spawn {
-            cmd: shown.clone(),
-            source,
-        })?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        trace!("`{shown}`: {}; stdout: {stdout}", out.status);
+        let (out, shown) = cmd.args(args).output()?;
         match out.status.code() {
-            Some(0) => Ok(Some(stdout)),
+            Some(0) => Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned())),
             Some(1) => Ok(None),
-            _ => Err(DpkgError::Failed {
-                cmd: shown,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr)
-                    .trim()
-                    .replace('\n', " "),
-            }),
+            _ => Err(command::failed(shown, &out, "dpkg-query: error: ")),
         }
     }
 
