@@ -204,7 +204,9 @@ fn unit_files_pass_systemd_analyze_verify() {
         .arg(format!("--root={}", x.path().display()))
         .arg(units.join("k8s-nokmem-verify.service"))
         .arg(units.join("k8s-nokmem-verify.timer"))
-        .env("SYSTEMD_LOG_LEVEL", "notice"));
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        // Documentation=man:k8s-nokmem(8) must resolve to the package's own man page
+        .env("MANPATH", x.path().join("usr/share/man")));
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Only complaints about our own units count (the build host's other units are not ours).
     let ours: Vec<&str> = stderr

@@ -222,7 +222,9 @@ struct Proc {
 /// kubelet processes in our mount namespace (a container's kubelet runs another file
 /// system). Under a root other than /, only those running a file under that root.
 fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
-    let own_ns = fs::read_link(proc_root.join("self/ns/mnt")).ok();
+    // The node's mount namespace is init's: verify itself may run in a private one (the
+    // unit's PrivateTmp/ProtectSystem), while kubelets inside containers (kind) have theirs.
+    let node_ns = fs::read_link(proc_root.join("1/ns/mnt")).ok();
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
     };
@@ -240,7 +242,7 @@ fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
             Ok(comm) if comm.trim_end() == "kubelet" => {}
             _ => continue,
         }
-        if own_ns.is_some() && fs::read_link(dir.join("ns/mnt")).ok() != own_ns {
+        if node_ns.is_some() && fs::read_link(dir.join("ns/mnt")).ok() != node_ns {
             debug!("kubelet pid {pid}: another mount namespace, not checked");
             continue;
         }
