@@ -22,6 +22,13 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 
+# qemu-system-x86 from bookworm-backports (tests/e2e/qemu.sh boots Debian's kernel under TCG).
+bpo_list=/etc/apt/sources.list.d/k8s-nokmem-backports.sources
+if [ ! -f "$bpo_list" ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "adding bookworm-backports in $bpo_list"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' >"$bpo_list"
+fi
+
 # arm64 libraries for the static cross build of runc (libseccomp).
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     log "adding dpkg architecture arm64"
@@ -38,10 +45,13 @@ pkgs=(
     lintian shellcheck file xz-utils binutils systemd
     # tests: arm64 under qemu-user, chroots, a booted systemd, tracing
     qemu-user-static debootstrap systemd-container strace apt-utils gnupg
-    prometheus
+    prometheus jq
 )
 log "apt-get install ${pkgs[*]}"
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+
+log "apt-get install -t bookworm-backports qemu-system-x86 qemu-utils"
+apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 
 # runc's Go dependencies come from Debian's gocode packages (GOPATH build).
 log "apt-get build-dep runc"

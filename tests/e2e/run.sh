@@ -16,8 +16,8 @@ Builds what the scenarios need (cached under ${K8S_NOKMEM_CACHE:-/var/cache/k8s-
   - the k8s-nokmem amd64 .deb (target/debian/, scripts/build-deb.sh --arch amd64 when
     missing) and two repacked later versions of it: the same payload, and a changed runc;
   - a static pause binary from tests/e2e/images/pause.c;
-then runs the scenarios (tests/e2e/main.rs, `cargo test --test e2e -- --ignored`), which
-print one PASS/FAIL line each. Exit status: 0 when every scenario passed, 1 otherwise,
+then runs the scenarios (tests/e2e/main.rs, `cargo test --test e2e -- --ignored`) and
+the real-kernel boots under qemu (tests/e2e/qemu.sh), which print one PASS/FAIL line each. Exit status: 0 when every scenario passed, 1 otherwise,
 2 when something could not be built.
 
   --keep   keep the testbed directory (upper layer, logs) and the artifacts
@@ -111,6 +111,11 @@ step "scenarios (cargo test --test e2e -- --ignored)"
 rc=0
 E2E_ARTIFACTS=$work K8S_NOKMEM_KEEP_TMP=$keep \
     cargo test --locked --test e2e -- --ignored --nocapture --test-threads=1 || rc=$?
+
+step "a real kernel under qemu TCG (tests/e2e/qemu.sh)"
+qrc=0
+tests/e2e/qemu.sh "$deb" || qrc=$?
+[ "$qrc" -eq 0 ] || rc=1
 if [ "$rc" -ne 0 ]; then
     log "FAILED: at least one scenario failed (see the FAIL lines above)"
     exit 1
