@@ -179,11 +179,6 @@ impl DpkgDivert {
         parse_list(&self.run(&["--list".as_ref()])?)
     }
 
-    /// The diversion of `path`, whoever holds it.
-    pub fn of(&self, path: &Path) -> Result<Option<Diversion>, DivertError> {
-        Ok(self.list()?.into_iter().find(|d| d.path == path))
-    }
-
     /// Check that `path` is free for us or already ours to `divert_to` (pure).
     pub fn check_ours(
         current: Option<&Diversion>,
@@ -206,47 +201,25 @@ impl DpkgDivert {
         }
     }
 
-    /// `dpkg-divert --package k8s-nokmem --add --rename --divert TO PATH`, unless that exact
-    /// diversion already exists. Another package's diversion of PATH is an error.
-    pub fn add(&self, path: &Path, divert_to: &Path) -> Result<Added, DivertError> {
-        if Self::check_ours(self.of(path)?.as_ref(), path, divert_to)? {
-            return Ok(Added::AlreadyThere);
-        }
-        self.add_unchecked(path, divert_to)?;
-        Ok(Added::Added)
+    /// `dpkg-divert --package k8s-nokmem --add --rename --divert TO PATH`. The caller
+    /// checks the list first ([`DpkgDivert::check_ours`]): another package's diversion of
+    /// PATH must not be touched.
+    pub fn add(&self, path: &Path, divert_to: &Path) -> Result<(), DivertError> {
+        self.change("--add", path, divert_to)
     }
 
-    /// [`DpkgDivert::add`] for a caller that has just checked the list itself.
-    pub fn add_unchecked(&self, path: &Path, divert_to: &Path) -> Result<(), DivertError> {
+    /// `dpkg-divert --package k8s-nokmem --remove --rename --divert TO PATH`, for a diversion
+    /// the caller checked is ours. The caller must have freed PATH first (dpkg refuses to
+    /// rename over a different file).
+    pub fn remove(&self, path: &Path, divert_to: &Path) -> Result<(), DivertError> {
+        self.change("--remove", path, divert_to)
+    }
+
+    fn change(&self, action: &str, path: &Path, divert_to: &Path) -> Result<(), DivertError> {
         self.run(&[
             "--package".as_ref(),
             PACKAGE.as_ref(),
-            "--add".as_ref(),
-            "--rename".as_ref(),
-            "--divert".as_ref(),
-            divert_to.as_os_str(),
-            path.as_os_str(),
-        ])?;
-        Ok(())
-    }
-
-    /// `dpkg-divert --package k8s-nokmem --remove --rename --divert TO PATH` when we hold
-    /// that diversion. The caller must have freed PATH first (dpkg refuses to rename over a
-    /// different file).
-    pub fn remove(&self, path: &Path, divert_to: &Path) -> Result<Removed, DivertError> {
-        if !Self::check_ours(self.of(path)?.as_ref(), path, divert_to)? {
-            return Ok(Removed::NotThere);
-        }
-        self.remove_unchecked(path, divert_to)?;
-        Ok(Removed::Removed)
-    }
-
-    /// [`DpkgDivert::remove`] for a caller that has just checked the list itself.
-    pub fn remove_unchecked(&self, path: &Path, divert_to: &Path) -> Result<(), DivertError> {
-        self.run(&[
-            "--package".as_ref(),
-            PACKAGE.as_ref(),
-            "--remove".as_ref(),
+            action.as_ref(),
             "--rename".as_ref(),
             "--divert".as_ref(),
             divert_to.as_os_str(),

@@ -426,7 +426,7 @@ impl<'a> Node<'a> {
         if self.held(path, divert_to)? {
             return Ok(Added::AlreadyThere);
         }
-        let result = self.divert.add_unchecked(path, divert_to);
+        let result = self.divert.add(path, divert_to);
         let mut cache = self.diversions.borrow_mut();
         match (&result, cache.as_mut()) {
             (Ok(()), Some(list)) => list.push(Diversion {
@@ -444,7 +444,7 @@ impl<'a> Node<'a> {
         if !self.held(path, divert_to)? {
             return Ok(Removed::NotThere);
         }
-        let result = self.divert.remove_unchecked(path, divert_to);
+        let result = self.divert.remove(path, divert_to);
         let mut cache = self.diversions.borrow_mut();
         match (&result, cache.as_mut()) {
             (Ok(()), Some(list)) => list.retain(|d| d.path != path),

@@ -238,15 +238,21 @@ pub(super) fn install(
             );
         }
     }
-    if let Services::Skip(reason) = &node.services {
+    log_skipped_restarts(&node.services, &units, "the old binaries");
+    Ok(())
+}
+
+/// Say which services keep running `binaries` when services were not touched (a chroot,
+/// policy-rc.d, another root).
+pub(super) fn log_skipped_restarts(services: &Services, units: &[String], binaries: &str) {
+    if let Services::Skip(reason) = services {
         if !units.is_empty() {
             info!(
-                "services not restarted ({reason}): {} keep the old binaries until they restart",
+                "services not restarted ({reason}): {} keep {binaries} until they restart",
                 units.join(", ")
             );
         }
     }
-    Ok(())
 }
 
 /// Keep the units that run now (try-restart semantics: a stopped or failed unit is not

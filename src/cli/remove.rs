@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use log::{info, warn};
 
-use super::install::{preflight_failed, running, units_for, Session};
+use super::install::{log_skipped_restarts, preflight_failed, running, units_for, Session};
 use super::{Ctx, Outcome};
 use crate::config::Config;
 use crate::divert::DpkgDivert;
-use crate::journal::{self, Node, Services, Step};
+use crate::journal::{self, Node, Step};
 use crate::manifest::Manifest;
 use crate::paths;
 use crate::systemd::ServiceManager;
@@ -143,13 +143,6 @@ pub(super) fn remove(
         started.elapsed(),
         session.failpoint.as_ref(),
     )?;
-    if let Services::Skip(reason) = &node.services {
-        if !units.is_empty() {
-            info!(
-                "services not restarted ({reason}): {} keep running k8s-nokmem's binaries until they restart",
-                units.join(", ")
-            );
-        }
-    }
+    log_skipped_restarts(&node.services, &units, "running k8s-nokmem's binaries");
     Ok(())
 }
