@@ -10,14 +10,6 @@ KN_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 
 RUNC_TAGS=(seccomp netgo osusergo static_build nokmem)
 KUBELET_TAGS=(selinux notest nokmem)
-# Every package that holds kubelet's version variables in some Kubernetes release
-# (1.14: pkg/version and client-go; 1.15+: component-base). In GOPATH mode the vendored
-# ones carry the vendor/ prefix: without it `-X` is silently ignored.
-KUBE_VERSION_PKGS=(
-    k8s.io/kubernetes/vendor/k8s.io/component-base/version
-    k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version
-    k8s.io/kubernetes/pkg/version
-)
 
 usage() {
     cat <<EOF
@@ -106,17 +98,16 @@ KN_CACHE=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}
 KN_NO_CACHE=0
 KN_GO=${GO:-go}
 
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || kn_die "$1 needs a value (see --help)" 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
-    --arch) need_arg "$@"; ARCHES=$2; shift 2 ;;
-    --only) need_arg "$@"; ONLY=$2; shift 2 ;;
-    --out) need_arg "$@"; OUT_DIR=$2; shift 2 ;;
-    --kubernetes-src) need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
-    --runc-src) need_arg "$@"; RUNC_SRC_ARG=$2; shift 2 ;;
-    --cache) need_arg "$@"; KN_CACHE=$2; shift 2 ;;
+    --arch) kn_need_arg "$@"; ARCHES=$2; shift 2 ;;
+    --only) kn_need_arg "$@"; ONLY=$2; shift 2 ;;
+    --out) kn_need_arg "$@"; OUT_DIR=$2; shift 2 ;;
+    --kubernetes-src) kn_need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
+    --runc-src) kn_need_arg "$@"; RUNC_SRC_ARG=$2; shift 2 ;;
+    --cache) kn_need_arg "$@"; KN_CACHE=$2; shift 2 ;;
     --no-cache) KN_NO_CACHE=1; shift ;;
-    --go) need_arg "$@"; KN_GO=$2; shift 2 ;;
+    --go) kn_need_arg "$@"; KN_GO=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) kn_die "unknown argument '$1' (see --help)" 2 ;;
     esac
@@ -256,10 +247,7 @@ libseccomp=$seccomp"
     fi
     kn_log "$label building ($RUNC_DESC, tags ${RUNC_TAGS[*]}, CC=$cc)"
     gopath=$KN_WORK/gopath-runc
-    if [ ! -e "$gopath/src/github.com/opencontainers/runc" ]; then
-        mkdir -p "$gopath/src/github.com/opencontainers"
-        ln -s "$RUNC_DIR" "$gopath/src/github.com/opencontainers/runc"
-    fi
+    kn_gopath_link "$gopath" github.com/opencontainers/runc "$RUNC_DIR"
     gocodes=$gopath
     [ -d /usr/share/gocode/src ] && gocodes="$gopath:/usr/share/gocode"
     # shellcheck disable=SC2086  # $TRIM is one flag or nothing
@@ -274,15 +262,10 @@ libseccomp=$seccomp"
 }
 
 build_kubelet() {
-    local arch=$1 out=$2 label="[kubelet $1]" gopath ldflags pkg key_text key
+    local arch=$1 out=$2 label="[kubelet $1]" gopath ldflags key_text key
     k8s_source
-    ldflags="-s -w"
-    for pkg in "${KUBE_VERSION_PKGS[@]}"; do
-        ldflags+=" -X $pkg.gitVersion=$K8S_GITVERSION -X $pkg.gitMajor=$K8S_MAJOR"
-        ldflags+=" -X $pkg.gitMinor=$K8S_MINOR -X $pkg.gitTreeState=$K8S_TREE"
-        ldflags+=" -X $pkg.buildDate=$K8S_BUILDDATE"
-        [ -z "$K8S_COMMIT" ] || ldflags+=" -X $pkg.gitCommit=$K8S_COMMIT"
-    done
+    ldflags=$(kn_kubelet_ldflags "$K8S_GITVERSION" "$K8S_MAJOR" "$K8S_MINOR" "$K8S_TREE" \
+        "$K8S_BUILDDATE" "$K8S_COMMIT")
     key_text="script=$KN_SCRIPT_VERSION
 what=kubelet
 source=$K8S_DIGEST
@@ -297,10 +280,7 @@ go=$GO_VERSION"
     fi
     kn_log "$label building ($K8S_DESC, tags ${KUBELET_TAGS[*]}; ~7 min cold on 2 cores)"
     gopath=$KN_WORK/gopath-k8s
-    if [ ! -e "$gopath/src/k8s.io/kubernetes" ]; then
-        mkdir -p "$gopath/src/k8s.io"
-        ln -s "$K8S_DIR" "$gopath/src/k8s.io/kubernetes"
-    fi
+    kn_gopath_link "$gopath" k8s.io/kubernetes "$K8S_DIR"
     # shellcheck disable=SC2086  # $TRIM is one flag or nothing
     run_build "$label" "$KN_WORK/kubelet-$arch.log" \
         env GO111MODULE=off GOPATH="$gopath" GOFLAGS='' GOPROXY=off GOCACHE="$(kn_gocache)" \

@@ -61,15 +61,14 @@ KN_CACHE=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}
 KN_NO_CACHE=0
 KN_GO=${GO:-go}
 
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || kn_die "$1 needs a value (see --help)" 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
-    --out) need_arg "$@"; OUT_DIR=$2; shift 2 ;;
-    --arch) need_arg "$@"; ARCHES=$2; shift 2 ;;
-    --kubernetes-src) need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
-    --cache) need_arg "$@"; KN_CACHE=$2; shift 2 ;;
+    --out) kn_need_arg "$@"; OUT_DIR=$2; shift 2 ;;
+    --arch) kn_need_arg "$@"; ARCHES=$2; shift 2 ;;
+    --kubernetes-src) kn_need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
+    --cache) kn_need_arg "$@"; KN_CACHE=$2; shift 2 ;;
     --no-cache) KN_NO_CACHE=1; shift ;;
-    --go) need_arg "$@"; KN_GO=$2; shift 2 ;;
+    --go) kn_need_arg "$@"; KN_GO=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) kn_die "unknown argument '$1' (see --help)" 2 ;;
     esac

@@ -18,6 +18,8 @@ KN_SCRIPT_VERSION=3
 
 kn_log() { printf '%s: %s\n' "${KN_PROG:-k8s-nokmem}" "$*" >&2; }
 kn_warn() { kn_log "warning: $*"; }
+# kn_need_arg "$@": in an option loop, the option in $1 must have a non-empty value in $2.
+kn_need_arg() { if [ $# -lt 2 ] || [ -z "$2" ]; then kn_die "$1 needs a value (see --help)" 2; fi; }
 # kn_die MSG [EXIT]: 1 = a build or a check failed (default), 2 = usage or environment.
 kn_die() {
     kn_log "error: $1"
@@ -221,6 +223,36 @@ kn_gocache() {
     else
         echo "$KN_CACHE/go-build"
     fi
+}
+
+# kn_gopath_link GOPATH IMPORT_PATH TREE: make TREE importable as IMPORT_PATH in GOPATH.
+kn_gopath_link() {
+    if [ ! -e "$1/src/$2" ]; then
+        mkdir -p "$(dirname "$1/src/$2")"
+        ln -s "$3" "$1/src/$2"
+    fi
+}
+
+# Every package that holds kubelet's version variables in some Kubernetes release
+# (1.14: pkg/version and client-go; 1.15+: component-base). In GOPATH mode the vendored
+# ones carry the vendor/ prefix: without it `-X` is silently ignored.
+KN_KUBE_VERSION_PKGS=(
+    k8s.io/kubernetes/vendor/k8s.io/component-base/version
+    k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version
+    k8s.io/kubernetes/pkg/version
+)
+
+# kn_kubelet_ldflags GITVERSION MAJOR MINOR TREESTATE BUILDDATE [COMMIT]: the -ldflags value
+# that makes `kubelet --version` tell the truth (stripped: -s -w).
+kn_kubelet_ldflags() {
+    local flags="-s -w" pkg
+    for pkg in "${KN_KUBE_VERSION_PKGS[@]}"; do
+        flags+=" -X $pkg.gitVersion=$1 -X $pkg.gitMajor=$2"
+        flags+=" -X $pkg.gitMinor=$3 -X $pkg.gitTreeState=$4"
+        flags+=" -X $pkg.buildDate=$5"
+        [ -z "${6:-}" ] || flags+=" -X $pkg.gitCommit=$6"
+    done
+    printf '%s' "$flags"
 }
 
 kn_prepare_cache() {

@@ -14,11 +14,6 @@ KN_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 # The payload's kubelet tags minus nokmem: this kubelet switches kmem on (vendored runc
 # rc92 libcontainer/cgroups/fs/kmem.go).
 KUBELET_TAGS=(selinux notest)
-KUBE_VERSION_PKGS=(
-    k8s.io/kubernetes/vendor/k8s.io/component-base/version
-    k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version
-    k8s.io/kubernetes/pkg/version
-)
 # Package version -> the version the binary reports. The first is what Debian's source
 # really is; the second is the same code claiming the next minor release: the "kubelet
 # package upgraded underneath the diversion" case (verify compares major.minor).
@@ -54,12 +49,11 @@ KN_CACHE=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}
 KN_NO_CACHE=0
 KN_GO=${GO:-go}
 OUT_DIR=''
-need_arg() { if [ $# -lt 2 ] || [ -z "$2" ]; then kn_die "$1 needs a value (see --help)" 2; fi; }
 while [ $# -gt 0 ]; do
     case "$1" in
-    --out) need_arg "$@"; OUT_DIR=$2; shift 2 ;;
-    --cache) need_arg "$@"; KN_CACHE=$2; shift 2 ;;
-    --go) need_arg "$@"; KN_GO=$2; shift 2 ;;
+    --out) kn_need_arg "$@"; OUT_DIR=$2; shift 2 ;;
+    --cache) kn_need_arg "$@"; KN_CACHE=$2; shift 2 ;;
+    --go) kn_need_arg "$@"; KN_GO=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) kn_die "unknown argument '$1' (see --help)" 2 ;;
     esac
@@ -88,14 +82,10 @@ kn_log "source $KN_SRC_DESC ($K8S_DIR), $GO_VERSION, tags ${KUBELET_TAGS[*]}"
 
 # build_kubelet GITVERSION OUT: the kmem-enabled kubelet reporting GITVERSION.
 build_kubelet() {
-    local gv=$1 out=$2 ldflags pkg key_text key gopath t0 major minor
+    local gv=$1 out=$2 ldflags key_text key gopath t0 major minor
     [[ $gv =~ ^v([0-9]+)\.([0-9]+)\. ]] || kn_die "bad version '$gv'" 2
     major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
-    ldflags="-s -w"
-    for pkg in "${KUBE_VERSION_PKGS[@]}"; do
-        ldflags+=" -X $pkg.gitVersion=$gv -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-        ldflags+=" -X $pkg.gitTreeState=archive -X $pkg.buildDate=$K8S_BUILDDATE"
-    done
+    ldflags=$(kn_kubelet_ldflags "$gv" "$major" "$minor" archive "$K8S_BUILDDATE")
     key_text="script=$KN_SCRIPT_VERSION
 what=kubelet-original-e2e
 source=$KN_SRC_DIGEST
@@ -111,10 +101,7 @@ go=$GO_VERSION"
     t0=$(date +%s)
     kn_log "[kubelet $gv] building (a re-link when the payload's Go build cache is warm; ~7 min cold)"
     gopath=$KN_WORK/gopath
-    if [ ! -e "$gopath/src/k8s.io/kubernetes" ]; then
-        mkdir -p "$gopath/src/k8s.io"
-        ln -s "$K8S_DIR" "$gopath/src/k8s.io/kubernetes"
-    fi
+    kn_gopath_link "$gopath" k8s.io/kubernetes "$K8S_DIR"
     # shellcheck disable=SC2086  # $TRIM is one flag or nothing
     if ! env GO111MODULE=off GOPATH="$gopath" GOFLAGS='' GOPROXY=off GOCACHE="$(kn_gocache)" \
         CGO_ENABLED=0 GOOS=linux GOARCH="$ARCH" \
