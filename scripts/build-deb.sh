@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the k8s-nokmem .debs (amd64 and arm64 by default) into target/debian/:
 # the nokmem payload (scripts/build-payload.sh, cached), the static musl helper, and
-# cargo-deb. Run scripts/install-deps.sh once on a fresh machine first.
+# cargo-deb. On a fresh machine it first runs scripts/install-deps.sh (a no-op when up to date).
 set -euo pipefail
 
 usage() {
@@ -54,7 +54,13 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 start=$(date +%s)
 
-command -v cargo-deb >/dev/null || die "cargo-deb not found; run scripts/install-deps.sh"
+# What the build runs (Go, the cross compilers, cargo-deb, the musl targets): install-deps
+# installs what is missing and returns at once when everything is there.
+if [ "$(id -u)" -eq 0 ]; then
+    scripts/install-deps.sh
+else
+    command -v cargo-deb >/dev/null || die "cargo-deb not found; run: sudo scripts/install-deps.sh"
+fi
 
 if [ "$skip_payload" -eq 0 ]; then
     for a in "${arches[@]}"; do

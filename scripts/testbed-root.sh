@@ -20,7 +20,9 @@ set -euo pipefail
 version=1
 suite=bookworm
 arch=amd64
-mirror=${K8S_NOKMEM_MIRROR:-http://deb.debian.org/debian}
+# shellcheck source=scripts/lib/mirror.sh
+. "$(dirname "$0")/lib/mirror.sh"
+mirror=$(mirror)  # the mirror apt uses here; K8S_NOKMEM_MIRROR overrides
 packages=(
     systemd systemd-sysv dbus docker.io busybox-static iproute2 procps
     unattended-upgrades apt-utils strace ca-certificates gpgv conntrack iptables

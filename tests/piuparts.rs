@@ -7,9 +7,8 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use common::{deb, ok, run};
+use common::{deb, mirror, ok, run};
 
-const MIRROR: &str = "http://deb.debian.org/debian";
 
 #[test]
 fn piuparts_install_upgrade_remove_purge() {
@@ -51,8 +50,9 @@ fn piuparts_install_upgrade_remove_purge() {
         .current_dir(&repo));
     fs::write(repo.join("Packages"), packages).unwrap();
 
+    let mirror = mirror();
     let out = run(Command::new("piuparts")
-        .args(["--distribution", "bookworm", "--mirror", MIRROR])
+        .args(["--distribution", "bookworm", "--mirror", &mirror])
         .arg(format!("--bindmount={}", repo.display()))
         .arg(format!(
             "--extra-repo=deb [trusted=yes] file://{} ./",

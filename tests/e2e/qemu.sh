@@ -9,7 +9,9 @@ set -euo pipefail
 script_version=1
 base_pkgs=linux-image-amd64,systemd-sysv,udev,kmod,initramfs-tools
 suite=bookworm
-mirror=${K8S_NOKMEM_MIRROR:-http://deb.debian.org/debian}
+# shellcheck source=scripts/lib/mirror.sh
+. "$(dirname "$0")/../../scripts/lib/mirror.sh"
+mirror=$(mirror)  # the mirror apt uses here; K8S_NOKMEM_MIRROR overrides
 
 usage() {
     cat <<'EOF'
