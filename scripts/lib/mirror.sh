@@ -26,7 +26,7 @@ mirror() {
                 [ -f "$f" ] || continue
                 awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { print $i; break } }' "$f"
             done
-        } | tr ' \t' '\n\n' | grep -E '^(https?|file)://' | grep -v -- '-security' | grep -v '/debian-ports' | head -n1
+        } | tr -s '[:blank:]' '\n' | grep -E '^(https?|file)://' | grep -v -- '-security' | grep -v '/debian-ports' | head -n1
     )
     if [ -z "$uri" ]; then
         printf 'mirror: no Debian mirror found in %s/sources.list{,.d/*}; set K8S_NOKMEM_MIRROR=URI\n' "$dir" >&2
