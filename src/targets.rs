@@ -422,20 +422,14 @@ pub fn in_place(root: &Root, target: &Target) -> Result<InPlace, TargetError> {
     )
 }
 
-/// Copy `src` to `dst` (created with `mode`, truncated if it exists), fsync it, and return
-/// the sha256 of the bytes written. One pass over the data.
+/// Copy `src` to a new file `dst` with `mode` (whatever was at `dst`, a stale copy or a
+/// link, is unlinked first, never followed: [`paths::create_replacing`]), fsync it, and
+/// return the sha256 of the bytes written. One pass over the data.
 pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileError> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Write};
     let mut input = fs::File::open(src).with_path("open", src)?;
-    let mut out = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(dst)
-        .with_path("create", dst)?;
-    out.set_permissions(fs::Permissions::from_mode(mode))
-        .with_path("set mode of", dst)?;
+    let mut out = paths::create_replacing(dst, mode)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -453,6 +447,31 @@ pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The staged copy has a name others can predict (`.kubelet.k8s-nokmem-new` next to
+    /// the target): a link planted there is replaced, its target never written.
+    #[test]
+    fn copy_hashed_never_writes_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, victim) = (dir.path().join("payload"), dir.path().join("victim"));
+        fs::write(&src, b"abc").unwrap();
+        fs::write(&victim, b"keep").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let staged = dir.path().join(".kubelet.k8s-nokmem-new");
+        std::os::unix::fs::symlink(&victim, &staged).unwrap();
+        let sha = copy_hashed(&src, &staged, PAYLOAD_MODE).unwrap();
+        assert_eq!(
+            sha,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        let meta = fs::symlink_metadata(&victim).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let meta = fs::symlink_metadata(&staged).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o7777, PAYLOAD_MODE);
+        assert_eq!(fs::read(&staged).unwrap(), b"abc");
+    }
 
     #[test]
     fn probe_tells_files_symlinks_and_nothing_apart() {

@@ -546,6 +546,70 @@ fn textfile_passes_promtool_and_state_is_written() {
     assert!(collector.join("k8s_nokmem.prom").is_file());
 }
 
+/// node_exporter's textfile directory is often group-writable by a non-root group: someone
+/// who can write it plants links at the file's final name and at the temp name verify used
+/// to use. Root's hourly verify must write neither link's target nor change its mode.
+#[test]
+fn a_link_planted_in_the_textfile_dir_is_never_followed() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = Tmp::new();
+    let outside = Tmp::new();
+    let dir = Tmp::new();
+    let victims = [
+        outside.path().join("shadow"),
+        outside.path().join("sudoers"),
+    ];
+    for v in &victims {
+        fs::write(v, b"secret\n").unwrap();
+        fs::set_permissions(v, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // owned by nobody, writable by its group, as node_exporter's directory is
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o775)).unwrap();
+    symlink(
+        &victims[0],
+        dir.path().join(".k8s_nokmem.prom.k8s-nokmem-new"),
+    )
+    .unwrap();
+    symlink(&victims[1], dir.path().join("k8s_nokmem.prom")).unwrap();
+
+    let r = verify_node(
+        &fixture("4.4-nokmem"),
+        root.path(),
+        &["--textfile", dir.path().to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for v in &victims {
+        let meta = fs::metadata(v).unwrap();
+        assert_eq!(
+            fs::read(v).unwrap(),
+            b"secret\n",
+            "{} was written",
+            v.display()
+        );
+        assert_eq!(meta.mode() & 0o7777, 0o600, "{} was chmod-ed", v.display());
+    }
+    let prom = dir.path().join("k8s_nokmem.prom");
+    assert!(
+        fs::symlink_metadata(&prom).unwrap().is_file(),
+        "the planted link is replaced by the metrics file"
+    );
+    assert!(fs::read_to_string(&prom)
+        .unwrap()
+        .contains("k8s_nokmem_verify_status{status=\"ok\"} 1\n"));
+
+    // a textfile directory that is itself a link is refused
+    let link = outside.path().join("collector");
+    symlink(dir.path(), &link).unwrap();
+    let r = verify_node(
+        &fixture("4.4-nokmem"),
+        root.path(),
+        &["--textfile", link.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("it is a symlink"), "{}", r.stderr);
+}
+
 #[test]
 fn an_unwritable_textfile_dir_is_unknown() {
     let root = Tmp::new();
@@ -555,7 +619,12 @@ fn an_unwritable_textfile_dir_is_unknown() {
         &["--textfile", "/nonexistent/dir"],
     );
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("/nonexistent/dir/"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("failed to open directory '/nonexistent/dir'"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A kubepods-like tree in this machine's real cgroup v1 memory hierarchy with a real
