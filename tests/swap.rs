@@ -773,3 +773,41 @@ fn every_rename_and_unlink_is_followed_by_a_directory_fsync() {
     }
     assert!(n.diversions().is_empty());
 }
+
+/// Ubuntu 16.04's dpkg-divert (1.18.4) has no `--root`: under `--root R` the helper says so
+/// before it changes anything. No dpkg that old can be installed here (its archive is not
+/// reachable), so a script on `$PATH` answers as 1.18.4 does: its `--version` text, and
+/// an error for the unknown option.
+#[test]
+fn a_dpkg_divert_without_root_option_is_refused_up_front() {
+    use std::os::unix::fs::PermissionsExt;
+    let n = NodeRoot::new();
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("dpkg-divert");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$1\" in --version)\n  printf 'Debian dpkg-divert version 1.18.4.\\n\\nThis is free software.\\n'; exit 0;;\nesac\n\
+         echo \"dpkg-divert: error: unknown option --root\" >&2\nexit 2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let before = n.snapshot();
+    for cmd in ["install", "remove"] {
+        let out = common::run(n.helper(&[cmd]).env("PATH", &path));
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {log}");
+        assert!(
+            log.contains(&format!(
+                "dpkg-divert 1.18.4 cannot work on root '{}': its --root option needs dpkg 1.19.2 or later",
+                n.path.display()
+            )),
+            "{cmd}: {log}"
+        );
+        assert_same(&before, &n.snapshot(), cmd);
+    }
+}
