@@ -350,6 +350,116 @@ pub struct TargetState {
     pub original: Original,
     pub payload_sha256: String,
     pub payload_version: String,
+    /// The package that ships the original, at its version when this payload was put in
+    /// place: an upgrade of that package lands at `divert_to` and never runs, so verify
+    /// and status compare. Absent when no package ships it, and in state files written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_package: Option<PackageVersion>,
+}
+
+/// An installed package and its version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackageVersion {
+    pub package: String,
+    pub version: String,
+}
+
+impl PackageVersion {
+    /// The first package that ships `path` and its installed version, now.
+    pub fn of(dpkg: &Dpkg, path: &Path) -> Result<Option<PackageVersion>, DpkgError> {
+        let Some(package) = dpkg.owners(path)?.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(dpkg
+            .version(&package)?
+            .map(|version| PackageVersion { package, version }))
+    }
+
+    /// What to record for `target` in the new state: the recorded package when the same
+    /// payload stays in place (the payload was built for that version, not for one that
+    /// arrived underneath since), else the package as it is now. A dpkg-query failure
+    /// records nothing (logged): it must not stop the swap.
+    pub fn to_record(
+        dpkg: &Dpkg,
+        target: &Target,
+        recorded: Option<&TargetState>,
+        payload_stays: bool,
+    ) -> Option<PackageVersion> {
+        if let Some(kept) = recorded
+            .filter(|r| payload_stays && r.path == target.path)
+            .filter(|r| r.payload_sha256 == target.payload_sha256)
+            .and_then(|r| r.original_package.clone())
+        {
+            return Some(kept);
+        }
+        PackageVersion::of(dpkg, &target.path)
+            .map_err(|e| {
+                log::warn!(
+                    "{} package of '{}' not recorded: {e}",
+                    target.name,
+                    target.path.display()
+                )
+            })
+            .ok()
+            .flatten()
+    }
+}
+
+/// How the package of a swapped target's original changed since the swap.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "change")]
+pub enum Underneath {
+    /// Nothing recorded (no package shipped it, or an older state file).
+    NotRecorded,
+    Same {
+        package: String,
+        version: String,
+    },
+    /// A new version landed at `divert_to`; the payload was built for `was`.
+    Upgraded {
+        package: String,
+        was: String,
+        now: String,
+    },
+    /// The package is no longer installed.
+    Removed {
+        package: String,
+        was: String,
+    },
+}
+
+impl Underneath {
+    /// Compare what `recorded` says with dpkg now.
+    pub fn check(dpkg: &Dpkg, recorded: &TargetState) -> Result<Underneath, DpkgError> {
+        let Some(at_swap) = &recorded.original_package else {
+            return Ok(Underneath::NotRecorded);
+        };
+        let (package, was) = (at_swap.package.clone(), at_swap.version.clone());
+        Ok(match dpkg.version(&at_swap.package)? {
+            None => Underneath::Removed { package, was },
+            Some(now) if now == was => Underneath::Same {
+                package,
+                version: now,
+            },
+            Some(now) => Underneath::Upgraded { package, was, now },
+        })
+    }
+
+    /// A warning for `name` (`runc`, `kubelet`) when the package changed; the update lies
+    /// at `divert_to`.
+    pub fn warning(&self, name: &str, divert_to: &Path) -> Option<String> {
+        match self {
+            Underneath::NotRecorded | Underneath::Same { .. } => None,
+            Underneath::Upgraded { package, was, now } => Some(format!(
+                "{name} package '{package}' upgraded to {now} underneath ({was} at the swap): the update lies at '{}' and never runs; build the payload from it",
+                divert_to.display()
+            )),
+            Underneath::Removed { package, was } => Some(format!(
+                "{name} package '{package}' ({was} at the swap) is no longer installed, but the payload {name} still runs"
+            )),
+        }
+    }
 }
 
 /// `R/var/lib/k8s-nokmem/state.json`: what is swapped now, by target name.
@@ -554,6 +664,10 @@ mod tests {
                 original: Original::Missing,
                 payload_sha256: "a".repeat(64),
                 payload_version: "1.1.5".into(),
+                original_package: Some(PackageVersion {
+                    package: "runc".into(),
+                    version: "1.1.5+ds1-1".into(),
+                }),
             },
         );
         state.save(&root).unwrap();
@@ -564,5 +678,25 @@ mod tests {
         fs::write(State::path(&root), "{not json").unwrap();
         let err = State::load(&root).unwrap_err();
         assert!(err.to_string().contains("state.json"), "{err}");
+    }
+
+    /// A state file written before the original's package was recorded still loads.
+    #[test]
+    fn an_older_state_file_without_the_package_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
+        let sha = "b".repeat(64);
+        fs::write(
+            State::path(&root),
+            format!(
+                r#"{{"version": 1, "targets": {{"kubelet": {{"path": "/usr/bin/kubelet",
+                "divert_to": "/usr/bin/kubelet.distrib", "original": {{"kind": "missing"}},
+                "payload_sha256": "{sha}", "payload_version": "1.20.2"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let state = State::load(&root).unwrap();
+        assert_eq!(state.targets["kubelet"].original_package, None);
     }
 }
