@@ -226,9 +226,10 @@ impl Dir {
         let fd = rustix::fs::openat(&self.fd, name, CREATE_FLAGS, Mode::from_raw_mode(0o600))
             .map_err(io::Error::from)
             .with_path("create", &shown)?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
-            .map_err(io::Error::from)
-            .with_path("set mode of", &shown)?;
+        if let Err(e) = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)) {
+            let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+            return Err(io::Error::from(e)).with_path("set mode of", &shown);
+        }
         Ok(File::from(fd))
     }
 
