@@ -14,6 +14,8 @@ use crate::paths::{Root, PACKAGE};
 
 /// The program, found on `$PATH` (it lives in /usr/bin on every dpkg system).
 pub const DPKG_DIVERT: &str = "dpkg-divert";
+/// The first dpkg whose dpkg-divert knows `--root`.
+pub const ROOT_SINCE: &str = "1.19.2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DivertError {
@@ -34,6 +36,8 @@ pub enum DivertError {
         found: PathBuf,
         want: PathBuf,
     },
+    #[error("dpkg-divert {version} cannot work on root '{}': its --root option needs dpkg {ROOT_SINCE} or later; run `k8s-nokmem` inside that root (chroot), or from a host with a newer dpkg", root.display())]
+    NoRootOption { version: String, root: PathBuf },
 }
 
 fn owner_name(package: &Option<String>) -> String {
@@ -145,15 +149,75 @@ pub enum Removed {
     NotThere,
 }
 
+/// The version `dpkg-divert --version` prints on its first line: `Debian dpkg-divert
+/// version 1.21.23 (amd64).` (dpkg >= 1.19), `Debian dpkg-divert version 1.18.4.` (pure).
+pub fn parse_version(text: &str) -> Option<&str> {
+    let rest = text.lines().next()?.split_once(" version ")?.1;
+    let version = rest.split_whitespace().next()?.trim_end_matches('.');
+    version
+        .starts_with(|c: char| c.is_ascii_digit())
+        .then_some(version)
+}
+
+/// The numbers of a dpkg version, for ordering upstream releases: `1.19.0.5ubuntu2` ->
+/// `[1, 19, 0, 5]` (an epoch and what follows the first non-numeric part are dropped).
+fn version_numbers(version: &str) -> Vec<u64> {
+    let v = version.split_once(':').map_or(version, |(_, r)| r);
+    let mut out = Vec::new();
+    for part in v.split('.') {
+        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+        let Ok(n) = digits.parse() else { break };
+        out.push(n);
+        // `5ubuntu2`, `0~rc1`: the number counts, nothing after it
+        if digits.len() != part.len() {
+            break;
+        }
+    }
+    out
+}
+
+/// True when dpkg-divert `version` knows `--root` (dpkg >= 1.19.2).
+pub fn knows_root(version: &str) -> bool {
+    version_numbers(version) >= version_numbers(ROOT_SINCE)
+}
+
 /// `dpkg-divert` on one root.
 #[derive(Debug, Clone)]
 pub struct DpkgDivert {
     root: Root,
+    /// Under a root other than `/`: this dpkg-divert was checked to know `--root`.
+    root_checked: std::cell::OnceCell<()>,
 }
 
 impl DpkgDivert {
     pub fn new(root: &Root) -> DpkgDivert {
-        DpkgDivert { root: root.clone() }
+        DpkgDivert {
+            root: root.clone(),
+            root_checked: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Refuse, before anything is run on another root, a dpkg-divert without `--root`
+    /// (older ones stop at the unknown option; the message would not say why). A version
+    /// that cannot be read is let through: dpkg-divert itself then says what it thinks.
+    fn check_root_option(&self) -> Result<(), DivertError> {
+        if self.root.is_host() || self.root_checked.get().is_some() {
+            return Ok(());
+        }
+        let (out, shown) = Cmd::new(DPKG_DIVERT).arg("--version").output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        match parse_version(&text) {
+            Some(v) if !knows_root(v) => {
+                return Err(DivertError::NoRootOption {
+                    version: v.to_string(),
+                    root: self.root.path().to_path_buf(),
+                })
+            }
+            Some(v) => log::debug!("dpkg-divert {v} knows --root"),
+            None => log::debug!("`{shown}` printed no version: {}", text.trim()),
+        }
+        let _ = self.root_checked.set(());
+        Ok(())
     }
 
     /// `dpkg-divert [--root R] ARGS`: `--root` only for a root other than `/` (dpkg 1.18.4
@@ -167,6 +231,7 @@ impl DpkgDivert {
     }
 
     fn run(&self, args: &[&std::ffi::OsStr]) -> Result<String, DivertError> {
+        self.check_root_option()?;
         let (out, shown) = self.command(args).output()?;
         if !out.status.success() {
             return Err(command::failed(shown, &out, "dpkg-divert: error: ").into());
@@ -286,6 +351,57 @@ mod tests {
                 "case '{line}'"
             );
         }
+    }
+
+    #[test]
+    fn version_output_and_root_option() {
+        let cases: [(&str, Option<&str>, bool); 8] = [
+            (
+                "Debian dpkg-divert version 1.21.23 (amd64).\nThis is free software; see",
+                Some("1.21.23"),
+                true,
+            ),
+            (
+                "Debian dpkg-divert version 1.18.4.\n\nThis is free software;",
+                Some("1.18.4"),
+                false,
+            ),
+            (
+                "Debian dpkg-divert version 1.19.2 (arm64).\n",
+                Some("1.19.2"),
+                true,
+            ),
+            (
+                "Debian dpkg-divert version 1.19.0.5ubuntu2 (amd64).\n",
+                Some("1.19.0.5ubuntu2"),
+                false,
+            ),
+            (
+                "Debian dpkg-divert version 1.19.7ubuntu3 (amd64).\n",
+                Some("1.19.7ubuntu3"),
+                true,
+            ),
+            (
+                "Debian dpkg-divert version 1.17.27.\n",
+                Some("1.17.27"),
+                false,
+            ),
+            (
+                "Debian dpkg-divert version 2.0.0 (amd64).\n",
+                Some("2.0.0"),
+                true,
+            ),
+            ("dpkg-divert: unknown option --version\n", None, false),
+        ];
+        for (text, want, root) in cases {
+            let got = parse_version(text);
+            assert_eq!(got, want, "case {text:?}");
+            if let Some(v) = got {
+                assert_eq!(knows_root(v), root, "case '{v}'");
+            }
+        }
+        assert!(!knows_root("1.19"));
+        assert!(knows_root("1:1.19.2"));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use log::{debug, error, info, warn};
 
 use crate::divert::{Added, Diversion, DpkgDivert, Removed};
 use crate::notes::with_note;
-use crate::paths::{self, Root, WrapIo};
+use crate::paths::{self, Root};
 use crate::policy::SkipReason;
 use crate::systemd::{ServiceAction, ServiceManager};
 use crate::targets::{self, Original, State};
@@ -624,12 +624,8 @@ impl<'a> Node<'a> {
             }
             self.stage(path, payload, sha256)?;
         }
-        fs::rename(&tmp, &dst)
-            .with_path("rename into place", &dst)
+        paths::rename(&tmp, &dst)
             .with_context(|| format!("failed to put the payload at {shown}"))?;
-        if let Some(dir) = dst.parent() {
-            paths::sync_dir(dir)?;
-        }
         self.staged.borrow_mut().retain(|t| *t != tmp);
         debug!("placed '{}' -> '{}'", tmp.display(), dst.display());
         Ok(Did::Ok)
@@ -658,7 +654,8 @@ impl<'a> Node<'a> {
         Ok(())
     }
 
-    /// The temp file `paths::atomic_write` uses for `path`.
+    /// The staged copy of the payload next to `path`: a fixed name, so that an undo after
+    /// a crash finds it; `targets::copy_hashed` creates it afresh, never through a link.
     fn temp_of(&self, path: &Path) -> PathBuf {
         let dst = self.root.join(path);
         let name = dst
@@ -722,7 +719,7 @@ impl<'a> Node<'a> {
         // its database write, the original sits at `.distrib` with nothing at `path`.
         if *original != Original::Missing && !self.exists(path) && self.exists(divert_to) {
             let (from, to) = (self.root.join(divert_to), self.root.join(path));
-            fs::rename(&from, &to)
+            paths::rename(&from, &to)
                 .with_context(|| format!("failed to move '{}' back", from.display()))?;
             return Ok(Did::OkBecause("moved the original back".into()));
         }
@@ -782,7 +779,7 @@ impl<'a> Node<'a> {
             && self.exists(divert_to)
         {
             let (from, to) = (self.root.join(divert_to), self.root.join(path));
-            fs::rename(&from, &to)
+            paths::rename(&from, &to)
                 .with_context(|| format!("failed to move '{}' back", from.display()))?;
         }
         let Some(original) = original else {

@@ -2,12 +2,14 @@
 //! whole run and released by the kernel when the process ends (also on kill -9). The holder
 //! writes its pid into the file so that a second run can name it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use rustix::fs::{Mode, OFlags};
 
 use crate::paths::{FileError, WrapIo};
 
@@ -45,13 +47,7 @@ pub struct Lock {
 impl Lock {
     /// Take the lock at `path` without waiting.
     pub fn acquire(path: &Path) -> Result<Lock, LockError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_path("open lock file", path)?;
+        let file = open_lock_file(path)?;
         let mut flock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(f) => f,
             Err((mut file, Errno::EWOULDBLOCK)) => {
@@ -86,6 +82,25 @@ impl Lock {
     }
 }
 
+/// Open (creating it if needed) the lock file without following a link, and refuse
+/// anything but a plain file of its own (a hard link to another file has more than one
+/// name): the pid is written into it.
+fn open_lock_file(path: &Path) -> Result<File, FileError> {
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644))
+        .map(File::from)
+        .map_err(io::Error::from)
+        .with_path("open lock file", path)?;
+    let meta = file.metadata().with_path("inspect lock file", path)?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err(io::Error::other(
+            "not a plain file with one name: move it away (k8s-nokmem recreates it)",
+        ))
+        .with_path("use lock file", path);
+    }
+    Ok(file)
+}
+
 /// Whether someone holds the lock at `path` (for `status`), and their pid.
 pub fn holder_of(path: &Path) -> Option<Option<u32>> {
     Lock::acquire_shared_probe(path).err()
@@ -94,7 +109,8 @@ pub fn holder_of(path: &Path) -> Option<Option<u32>> {
 impl Lock {
     /// Try a shared lock without creating the file: `Err(pid)` when an exclusive one is held.
     fn acquire_shared_probe(path: &Path) -> Result<(), Option<u32>> {
-        let Ok(file) = File::open(path) else {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let Ok(file) = rustix::fs::open(path, flags, Mode::empty()).map(File::from) else {
             return Ok(());
         };
         match Flock::lock(file, FlockArg::LockSharedNonblock) {
@@ -133,5 +149,20 @@ mod tests {
         assert_eq!(holder_of(&path), None);
         let again = Lock::acquire(&path).unwrap();
         assert_eq!(again.path(), path);
+    }
+
+    #[test]
+    fn a_link_at_the_lock_path_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep\n").unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        assert!(Lock::acquire(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&victim, &path).unwrap();
+        let err = Lock::acquire(&path).unwrap_err();
+        assert!(err.to_string().contains("failed to use lock file"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep\n");
     }
 }

@@ -1,10 +1,14 @@
 //! Where things live on a node, relative to a root (`/` on a live node, an unpacked tree in
 //! tests and image builds), and file helpers whose errors name the path.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+use rustix::io::Errno;
 
 use sha2::{Digest, Sha256};
 
@@ -141,32 +145,176 @@ pub fn sha256_file(path: &Path) -> Result<String, FileError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Write `path` atomically: a temp file in the same directory, mode set, data written and
-/// fsynced, then renamed over `path`, then the directory fsynced. A reader sees the old
-/// file or the new one, never a half-written one, even after a power loss.
+/// Flags of a directory we create, rename or remove files in: never reached through a
+/// symlink at its last component (the directories above are root's: /usr/bin, /var/lib).
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// Flags of every file the helper creates: a new inode or nothing, never through a link.
+const CREATE_FLAGS: OFlags = OFlags::WRONLY
+    .union(OFlags::CREATE)
+    .union(OFlags::EXCL)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// How many random temp names to try before giving up (a collision means someone plants
+/// names in the directory).
+const TEMP_TRIES: usize = 8;
+
+/// An open directory, for creating, renaming and removing files in it by name: the helper
+/// runs as root in directories others may write (a node_exporter textfile directory), so
+/// no name it writes is resolved through a symlink, and every change of the directory is
+/// made durable with an fsync of the directory.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Open `path` as a directory, refusing a symlink (`O_DIRECTORY|O_NOFOLLOW`).
+    pub fn open(path: &Path) -> Result<Dir, FileError> {
+        match rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok(Dir {
+                fd,
+                path: path.to_path_buf(),
+            }),
+            Err(e) => {
+                let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+                let source = if is_link {
+                    io::Error::other(
+                        "it is a symlink, which k8s-nokmem does not follow when it writes: name the real directory",
+                    )
+                } else {
+                    e.into()
+                };
+                Err(FileError {
+                    action: "open directory",
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The directory of `path` (`.` for a bare name) and `path`'s file name.
+    fn of(path: &Path) -> Result<(Dir, &OsStr), FileError> {
+        let name = path.file_name().ok_or_else(|| FileError {
+            action: "write",
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        })?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Ok((Dir::open(dir)?, name))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn shown(&self, name: &OsStr) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Create `name` with `mode` (set with fchmod, whatever the umask): a new file or an
+    /// error (`O_CREAT|O_EXCL|O_NOFOLLOW`), never an existing file or a link's target.
+    pub fn create_new(&self, name: &OsStr, mode: u32) -> Result<File, FileError> {
+        let shown = self.shown(name);
+        let fd = rustix::fs::openat(&self.fd, name, CREATE_FLAGS, Mode::from_raw_mode(0o600))
+            .map_err(io::Error::from)
+            .with_path("create", &shown)?;
+        if let Err(e) = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)) {
+            let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+            return Err(io::Error::from(e)).with_path("set mode of", &shown);
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Create a new file named `.<name>.k8s-nokmem-<random>`: an unpredictable name, so
+    /// that nobody can plant anything there first.
+    pub fn create_temp(&self, name: &OsStr, mode: u32) -> Result<(File, OsString), FileError> {
+        let mut last = None;
+        for _ in 0..TEMP_TRIES {
+            let mut tmp = OsString::from(".");
+            tmp.push(name);
+            tmp.push(format!(".k8s-nokmem-{}", random_hex()?));
+            match self.create_new(&tmp, mode) {
+                Ok(file) => return Ok((file, tmp)),
+                Err(e) if e.source.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| FileError {
+            action: "create",
+            path: self.shown(name),
+            source: io::Error::from(io::ErrorKind::AlreadyExists),
+        }))
+    }
+
+    /// Rename `from` to `to` in this directory (a link at `to` is replaced, not followed),
+    /// then fsync the directory.
+    pub fn rename(&self, from: &OsStr, to: &OsStr) -> Result<(), FileError> {
+        rustix::fs::renameat(&self.fd, from, &self.fd, to)
+            .map_err(io::Error::from)
+            .with_path("rename into place", &self.shown(to))?;
+        self.sync()
+    }
+
+    /// Remove `name` (a link is removed, not followed), then fsync the directory. A name
+    /// that is already gone is success (false).
+    pub fn remove(&self, name: &OsStr) -> Result<bool, FileError> {
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) => {
+                self.sync()?;
+                Ok(true)
+            }
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(io::Error::from(e)).with_path("remove", &self.shown(name)),
+        }
+    }
+
+    /// fsync the directory, so that the names changed in it survive a power loss.
+    pub fn sync(&self) -> Result<(), FileError> {
+        rustix::fs::fsync(&self.fd)
+            .map_err(io::Error::from)
+            .with_path("fsync directory", &self.path)
+    }
+}
+
+/// 16 random hex digits from the kernel's CSPRNG (`/dev/urandom` works on every kernel the
+/// helper runs on, getrandom(2) needs 3.17).
+fn random_hex() -> Result<String, FileError> {
+    let urandom = Path::new("/dev/urandom");
+    let mut bytes = [0u8; 8];
+    File::open(urandom)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .with_path("read", urandom)?;
+    Ok(hex::encode(bytes))
+}
+
+/// Write `path` atomically: a new temp file with an unpredictable name in the same
+/// directory (see [`Dir`]), mode set, data written and fsynced, renamed over `path`, the
+/// directory fsynced. A reader sees the old file or the new one, never a half-written one,
+/// even after a power loss; a symlink planted at any name is never followed.
 pub fn atomic_write(
     path: &Path,
     mode: u32,
     write: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), FileError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.k8s-nokmem-new"));
+    let (dir, name) = Dir::of(path)?;
+    let (mut file, tmp) = dir.create_temp(name, mode)?;
+    let shown = dir.shown(&tmp);
     let result = (|| {
-        let mut file = File::create(&tmp).with_path("create", &tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .with_path("set mode of", &tmp)?;
-        write(&mut file).with_path("write", &tmp)?;
-        file.flush().with_path("write", &tmp)?;
-        file.sync_all().with_path("fsync", &tmp)?;
-        fs::rename(&tmp, path).with_path("rename into place", path)?;
-        sync_dir(dir)
+        write(&mut file).with_path("write", &shown)?;
+        file.flush().with_path("write", &shown)?;
+        file.sync_all().with_path("fsync", &shown)?;
+        dir.rename(&tmp, name)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = dir.remove(&tmp);
     }
     result
 }
@@ -176,25 +324,42 @@ pub fn atomic_write_bytes(path: &Path, mode: u32, bytes: &[u8]) -> Result<(), Fi
     atomic_write(path, mode, |f| f.write_all(bytes))
 }
 
-/// Copy `src` to `dst` atomically with `mode` (see [`atomic_write`]).
-pub fn atomic_copy(src: &Path, dst: &Path, mode: u32) -> Result<(), FileError> {
-    let mut input = File::open(src).with_path("open", src)?;
-    atomic_write(dst, mode, |out| io::copy(&mut input, out).map(|_| ()))
+/// Create `path` afresh with `mode` under a name others can find again (a staged payload
+/// next to its target): whatever is at that name (a stale copy, a planted link) is
+/// unlinked, never followed, then the file is created exclusively.
+pub fn create_replacing(path: &Path, mode: u32) -> Result<File, FileError> {
+    let (dir, name) = Dir::of(path)?;
+    dir.remove(name)?;
+    dir.create_new(name, mode)
+}
+
+/// Rename `from` to `to` (a link at `to` is replaced, not followed), then fsync the
+/// directory of each.
+pub fn rename(from: &Path, to: &Path) -> Result<(), FileError> {
+    let (from_dir, from_name) = Dir::of(from)?;
+    let (to_dir, to_name) = Dir::of(to)?;
+    rustix::fs::renameat(&from_dir.fd, from_name, &to_dir.fd, to_name)
+        .map_err(io::Error::from)
+        .with_path("rename into place", to)?;
+    to_dir.sync()?;
+    if from_dir.path != to_dir.path {
+        from_dir.sync()?;
+    }
+    Ok(())
 }
 
 /// fsync a directory so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), FileError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_path("fsync directory", dir)
+    Dir::open(dir)?.sync()
 }
 
-/// Remove a file; a file that is already gone is success.
+/// Remove a file (a link itself, never its target), then fsync its directory; a file that
+/// is already gone (or whose directory is) is success.
 pub fn remove_file_if_exists(path: &Path) -> Result<bool, FileError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_path("remove", path),
+    match Dir::of(path) {
+        Ok((dir, name)) => dir.remove(name),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -211,6 +376,11 @@ pub fn create_dir_all(path: &Path, mode: u32) -> Result<(), FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
 
     #[test]
     fn join_keeps_the_root() {
@@ -257,6 +427,99 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    /// A directory others can write, with links planted at the final name and at the temp
+    /// name the helper used to use: no link target is written, truncated or chmod-ed.
+    #[test]
+    fn atomic_write_never_follows_a_planted_link() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("shadow");
+        fs::write(&victim, b"secret\n").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.path().join("k8s_nokmem.prom");
+        let old_temp = dir.path().join(".k8s_nokmem.prom.k8s-nokmem-new");
+        symlink(&victim, &old_temp).unwrap();
+        symlink(&victim, &path).unwrap();
+
+        atomic_write_bytes(&path, 0o644, b"metrics\n").unwrap();
+
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"secret\n",
+            "link target written"
+        );
+        assert_eq!(mode_of(&victim), 0o600, "link target chmod-ed");
+        assert!(
+            fs::symlink_metadata(&path).unwrap().is_file(),
+            "the link is replaced"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"metrics\n");
+        assert_eq!(mode_of(&path), 0o644);
+        assert!(fs::symlink_metadata(&old_temp)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        symlink(&real, &link).unwrap();
+        let err = atomic_write_bytes(&link.join("f"), 0o644, b"x").unwrap_err();
+        assert_eq!(
+            format!("{err}: {}", err.source),
+            format!(
+                "failed to open directory '{}': it is a symlink, which k8s-nokmem does not follow when it writes: name the real directory",
+                link.display()
+            )
+        );
+        assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
+        assert!(remove_file_if_exists(&link.join("f")).is_err());
+    }
+
+    #[test]
+    fn create_replacing_unlinks_a_planted_link_and_creates_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let staged = dir.path().join(".kubelet.k8s-nokmem-new");
+        symlink(&victim, &staged).unwrap();
+        let mut f = create_replacing(&staged, 0o755).unwrap();
+        f.write_all(b"payload").unwrap();
+        drop(f);
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(fs::symlink_metadata(&staged).unwrap().is_file());
+        assert_eq!(mode_of(&staged), 0o755);
+        // a stale copy is replaced too
+        create_replacing(&staged, 0o700).unwrap();
+        assert_eq!(fs::read(&staged).unwrap(), b"");
+        assert_eq!(mode_of(&staged), 0o700);
+    }
+
+    #[test]
+    fn remove_takes_the_link_not_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let link = dir.path().join("link");
+        symlink(&victim, &link).unwrap();
+        assert!(remove_file_if_exists(&link).unwrap());
+        assert!(!remove_file_if_exists(&link).unwrap());
+        assert!(!remove_file_if_exists(&dir.path().join("gone/f")).unwrap());
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        rename(&victim, &link).unwrap();
+        assert_eq!(fs::read(&link).unwrap(), b"keep");
     }
 
     #[test]

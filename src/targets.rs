@@ -350,6 +350,116 @@ pub struct TargetState {
     pub original: Original,
     pub payload_sha256: String,
     pub payload_version: String,
+    /// The package that ships the original, at its version when this payload was put in
+    /// place: an upgrade of that package lands at `divert_to` and never runs, so verify
+    /// and status compare. Absent when no package ships it, and in state files written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_package: Option<PackageVersion>,
+}
+
+/// An installed package and its version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackageVersion {
+    pub package: String,
+    pub version: String,
+}
+
+impl PackageVersion {
+    /// The first package that ships `path` and its installed version, now.
+    pub fn of(dpkg: &Dpkg, path: &Path) -> Result<Option<PackageVersion>, DpkgError> {
+        let Some(package) = dpkg.owners(path)?.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(dpkg
+            .version(&package)?
+            .map(|version| PackageVersion { package, version }))
+    }
+
+    /// What to record for `target` in the new state: the recorded package when the same
+    /// payload stays in place (the payload was built for that version, not for one that
+    /// arrived underneath since), else the package as it is now. A dpkg-query failure
+    /// records nothing (logged): it must not stop the swap.
+    pub fn to_record(
+        dpkg: &Dpkg,
+        target: &Target,
+        recorded: Option<&TargetState>,
+        payload_stays: bool,
+    ) -> Option<PackageVersion> {
+        if let Some(kept) = recorded
+            .filter(|r| payload_stays && r.path == target.path)
+            .filter(|r| r.payload_sha256 == target.payload_sha256)
+            .and_then(|r| r.original_package.clone())
+        {
+            return Some(kept);
+        }
+        PackageVersion::of(dpkg, &target.path)
+            .map_err(|e| {
+                log::warn!(
+                    "{} package of '{}' not recorded: {e}",
+                    target.name,
+                    target.path.display()
+                )
+            })
+            .ok()
+            .flatten()
+    }
+}
+
+/// How the package of a swapped target's original changed since the swap.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "change")]
+pub enum Underneath {
+    /// Nothing recorded (no package shipped it, or an older state file).
+    NotRecorded,
+    Same {
+        package: String,
+        version: String,
+    },
+    /// A new version landed at `divert_to`; the payload was built for `was`.
+    Upgraded {
+        package: String,
+        was: String,
+        now: String,
+    },
+    /// The package is no longer installed.
+    Removed {
+        package: String,
+        was: String,
+    },
+}
+
+impl Underneath {
+    /// Compare what `recorded` says with dpkg now.
+    pub fn check(dpkg: &Dpkg, recorded: &TargetState) -> Result<Underneath, DpkgError> {
+        let Some(at_swap) = &recorded.original_package else {
+            return Ok(Underneath::NotRecorded);
+        };
+        let (package, was) = (at_swap.package.clone(), at_swap.version.clone());
+        Ok(match dpkg.version(&at_swap.package)? {
+            None => Underneath::Removed { package, was },
+            Some(now) if now == was => Underneath::Same {
+                package,
+                version: now,
+            },
+            Some(now) => Underneath::Upgraded { package, was, now },
+        })
+    }
+
+    /// A warning for `name` (`runc`, `kubelet`) when the package changed; the update lies
+    /// at `divert_to`.
+    pub fn warning(&self, name: &str, divert_to: &Path) -> Option<String> {
+        match self {
+            Underneath::NotRecorded | Underneath::Same { .. } => None,
+            Underneath::Upgraded { package, was, now } => Some(format!(
+                "{name} package '{package}' upgraded to {now} underneath ({was} at the swap): the update lies at '{}' and never runs; build the payload from it",
+                divert_to.display()
+            )),
+            Underneath::Removed { package, was } => Some(format!(
+                "{name} package '{package}' ({was} at the swap) is no longer installed, but the payload {name} still runs"
+            )),
+        }
+    }
 }
 
 /// `R/var/lib/k8s-nokmem/state.json`: what is swapped now, by target name.
@@ -422,20 +532,14 @@ pub fn in_place(root: &Root, target: &Target) -> Result<InPlace, TargetError> {
     )
 }
 
-/// Copy `src` to `dst` (created with `mode`, truncated if it exists), fsync it, and return
-/// the sha256 of the bytes written. One pass over the data.
+/// Copy `src` to a new file `dst` with `mode` (whatever was at `dst`, a stale copy or a
+/// link, is unlinked first, never followed: [`paths::create_replacing`]), fsync it, and
+/// return the sha256 of the bytes written. One pass over the data.
 pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileError> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Write};
     let mut input = fs::File::open(src).with_path("open", src)?;
-    let mut out = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(dst)
-        .with_path("create", dst)?;
-    out.set_permissions(fs::Permissions::from_mode(mode))
-        .with_path("set mode of", dst)?;
+    let mut out = paths::create_replacing(dst, mode)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -453,6 +557,31 @@ pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The staged copy has a name others can predict (`.kubelet.k8s-nokmem-new` next to
+    /// the target): a link planted there is replaced, its target never written.
+    #[test]
+    fn copy_hashed_never_writes_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, victim) = (dir.path().join("payload"), dir.path().join("victim"));
+        fs::write(&src, b"abc").unwrap();
+        fs::write(&victim, b"keep").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let staged = dir.path().join(".kubelet.k8s-nokmem-new");
+        std::os::unix::fs::symlink(&victim, &staged).unwrap();
+        let sha = copy_hashed(&src, &staged, PAYLOAD_MODE).unwrap();
+        assert_eq!(
+            sha,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        let meta = fs::symlink_metadata(&victim).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let meta = fs::symlink_metadata(&staged).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o7777, PAYLOAD_MODE);
+        assert_eq!(fs::read(&staged).unwrap(), b"abc");
+    }
 
     #[test]
     fn probe_tells_files_symlinks_and_nothing_apart() {
@@ -535,6 +664,10 @@ mod tests {
                 original: Original::Missing,
                 payload_sha256: "a".repeat(64),
                 payload_version: "1.1.5".into(),
+                original_package: Some(PackageVersion {
+                    package: "runc".into(),
+                    version: "1.1.5+ds1-1".into(),
+                }),
             },
         );
         state.save(&root).unwrap();
@@ -545,5 +678,25 @@ mod tests {
         fs::write(State::path(&root), "{not json").unwrap();
         let err = State::load(&root).unwrap_err();
         assert!(err.to_string().contains("state.json"), "{err}");
+    }
+
+    /// A state file written before the original's package was recorded still loads.
+    #[test]
+    fn an_older_state_file_without_the_package_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
+        let sha = "b".repeat(64);
+        fs::write(
+            State::path(&root),
+            format!(
+                r#"{{"version": 1, "targets": {{"kubelet": {{"path": "/usr/bin/kubelet",
+                "divert_to": "/usr/bin/kubelet.distrib", "original": {{"kind": "missing"}},
+                "payload_sha256": "{sha}", "payload_version": "1.20.2"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let state = State::load(&root).unwrap();
+        assert_eq!(state.targets["kubelet"].original_package, None);
     }
 }

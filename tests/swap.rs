@@ -679,3 +679,135 @@ fn not_enough_free_space_is_refused_before_any_change() {
     );
     assert_same(&before, &n.snapshot(), "no space");
 }
+
+/// One syscall line of `strace -y`: its name, arguments and result.
+fn syscall(line: &str) -> Option<(&str, Vec<&str>, &str)> {
+    let (name, rest) = line.split_once('(')?;
+    let (args, ret) = rest.rsplit_once(") = ")?;
+    Some((name, args.split(", ").collect(), ret.trim()))
+}
+
+/// The path an `*at` syscall names: `N</dir>` or `AT_FDCWD</cwd>` plus `"name"`.
+fn at_path(dirfd: &str, name: &str) -> std::path::PathBuf {
+    let name = name.trim_matches('"');
+    let dir = dirfd
+        .split_once('<')
+        .map(|(_, d)| d.trim_end_matches('>'))
+        .unwrap_or("/");
+    std::path::Path::new(dir).join(name)
+}
+
+/// Every rename and unlink the helper makes itself (dpkg-divert is another process) is
+/// followed by an fsync of the directory it changed before the next change: a power loss
+/// keeps a finished step finished.
+#[test]
+fn every_rename_and_unlink_is_followed_by_a_directory_fsync() {
+    let n = NodeRoot::new();
+    let traces = tempfile::tempdir().unwrap();
+    for cmd in ["install", "remove"] {
+        let trace = traces.path().join(cmd);
+        let helper = n.helper(&[cmd]);
+        let mut strace = std::process::Command::new("strace");
+        strace
+            .arg("-y")
+            .arg("-o")
+            .arg(&trace)
+            .args([
+                "-e",
+                "trace=rename,renameat,renameat2,unlink,unlinkat,fsync,fdatasync",
+            ])
+            .arg(helper.get_program())
+            .args(helper.get_args())
+            .envs(helper.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+            .env_remove("RUST_LOG")
+            .env_remove("DPKG_ROOT")
+            .env_remove("K8S_NOKMEM_FAILPOINT");
+        let out = strace
+            .output()
+            .unwrap_or_else(|e| panic!("strace: {e}; apt-get install strace"));
+        assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+        let text = std::fs::read_to_string(&trace).unwrap();
+        let mut pending: Vec<(std::path::PathBuf, String)> = Vec::new();
+        let mut changes = 0;
+        for line in text.lines() {
+            let Some((name, args, ret)) = syscall(line) else {
+                continue;
+            };
+            if ret != "0" {
+                continue;
+            }
+            let changed: Vec<std::path::PathBuf> = match (name, args.as_slice()) {
+                ("rename", [from, to, ..]) => {
+                    vec![at_path("AT_FDCWD</>", from), at_path("AT_FDCWD</>", to)]
+                }
+                ("renameat" | "renameat2", [d1, from, d2, to, ..]) => {
+                    vec![at_path(d1, from), at_path(d2, to)]
+                }
+                ("unlink", [p, ..]) => vec![at_path("AT_FDCWD</>", p)],
+                ("unlinkat", [d, p, ..]) => vec![at_path(d, p)],
+                ("fsync" | "fdatasync", [fd]) => {
+                    let dir = at_path(fd, "");
+                    pending.retain(|(d, _)| *d != dir);
+                    continue;
+                }
+                _ => continue,
+            };
+            assert!(
+                pending.is_empty(),
+                "{cmd}: no directory fsync after {:?} before `{line}`:\n{text}",
+                pending
+            );
+            for p in changed {
+                let dir = p.parent().unwrap().to_path_buf();
+                if dir.starts_with(&n.path) && !pending.iter().any(|(d, _)| *d == dir) {
+                    pending.push((dir, line.to_string()));
+                }
+            }
+            changes += 1;
+        }
+        assert!(
+            pending.is_empty(),
+            "{cmd}: no directory fsync after {pending:?}:\n{text}"
+        );
+        assert!(changes >= 4, "{cmd}: too few changes traced:\n{text}");
+    }
+    assert!(n.diversions().is_empty());
+}
+
+/// Ubuntu 16.04's dpkg-divert (1.18.4) has no `--root`: under `--root R` the helper says so
+/// before it changes anything. No dpkg that old can be installed here (its archive is not
+/// reachable), so a script on `$PATH` answers as 1.18.4 does: its `--version` text, and
+/// an error for the unknown option.
+#[test]
+fn a_dpkg_divert_without_root_option_is_refused_up_front() {
+    use std::os::unix::fs::PermissionsExt;
+    let n = NodeRoot::new();
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("dpkg-divert");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$1\" in --version)\n  printf 'Debian dpkg-divert version 1.18.4.\\n\\nThis is free software.\\n'; exit 0;;\nesac\n\
+         echo \"dpkg-divert: error: unknown option --root\" >&2\nexit 2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let before = n.snapshot();
+    for cmd in ["install", "remove"] {
+        let out = common::run(n.helper(&[cmd]).env("PATH", &path));
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {log}");
+        assert!(
+            log.contains(&format!(
+                "dpkg-divert 1.18.4 cannot work on root '{}': its --root option needs dpkg 1.19.2 or later",
+                n.path.display()
+            )),
+            "{cmd}: {log}"
+        );
+        assert_same(&before, &n.snapshot(), cmd);
+    }
+}

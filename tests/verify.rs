@@ -546,6 +546,70 @@ fn textfile_passes_promtool_and_state_is_written() {
     assert!(collector.join("k8s_nokmem.prom").is_file());
 }
 
+/// node_exporter's textfile directory is often group-writable by a non-root group: someone
+/// who can write it plants links at the file's final name and at the temp name verify used
+/// to use. Root's hourly verify must write neither link's target nor change its mode.
+#[test]
+fn a_link_planted_in_the_textfile_dir_is_never_followed() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = Tmp::new();
+    let outside = Tmp::new();
+    let dir = Tmp::new();
+    let victims = [
+        outside.path().join("shadow"),
+        outside.path().join("sudoers"),
+    ];
+    for v in &victims {
+        fs::write(v, b"secret\n").unwrap();
+        fs::set_permissions(v, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // owned by nobody, writable by its group, as node_exporter's directory is
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o775)).unwrap();
+    symlink(
+        &victims[0],
+        dir.path().join(".k8s_nokmem.prom.k8s-nokmem-new"),
+    )
+    .unwrap();
+    symlink(&victims[1], dir.path().join("k8s_nokmem.prom")).unwrap();
+
+    let r = verify_node(
+        &fixture("4.4-nokmem"),
+        root.path(),
+        &["--textfile", dir.path().to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for v in &victims {
+        let meta = fs::metadata(v).unwrap();
+        assert_eq!(
+            fs::read(v).unwrap(),
+            b"secret\n",
+            "{} was written",
+            v.display()
+        );
+        assert_eq!(meta.mode() & 0o7777, 0o600, "{} was chmod-ed", v.display());
+    }
+    let prom = dir.path().join("k8s_nokmem.prom");
+    assert!(
+        fs::symlink_metadata(&prom).unwrap().is_file(),
+        "the planted link is replaced by the metrics file"
+    );
+    assert!(fs::read_to_string(&prom)
+        .unwrap()
+        .contains("k8s_nokmem_verify_status{status=\"ok\"} 1\n"));
+
+    // a textfile directory that is itself a link is refused
+    let link = outside.path().join("collector");
+    symlink(dir.path(), &link).unwrap();
+    let r = verify_node(
+        &fixture("4.4-nokmem"),
+        root.path(),
+        &["--textfile", link.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("it is a symlink"), "{}", r.stderr);
+}
+
 #[test]
 fn an_unwritable_textfile_dir_is_unknown() {
     let root = Tmp::new();
@@ -555,7 +619,12 @@ fn an_unwritable_textfile_dir_is_unknown() {
         &["--textfile", "/nonexistent/dir"],
     );
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("/nonexistent/dir/"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("failed to open directory '/nonexistent/dir'"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A kubepods-like tree in this machine's real cgroup v1 memory hierarchy with a real
@@ -988,5 +1057,163 @@ fn wait_for_pods_is_bounded_by_boot_wait_after_boot() {
         r.stderr.contains("verify wait-for-pods: ok ("),
         "{}",
         r.stderr
+    );
+}
+
+/// A tiny .deb in `dir`: package `name` at `version`, shipping `file` (absolute) with `bytes`.
+fn build_deb(dir: &Path, name: &str, version: &str, file: &str, bytes: &[u8]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = dir.join(format!("{name}_{version}"));
+    fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    fs::write(
+        tree.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: all\n\
+             Maintainer: t <t@example.org>\nDescription: test {name}\n"
+        ),
+    )
+    .unwrap();
+    let at = tree.join(file.trim_start_matches('/'));
+    fs::create_dir_all(at.parent().unwrap()).unwrap();
+    fs::write(&at, bytes).unwrap();
+    fs::set_permissions(&at, fs::Permissions::from_mode(0o755)).unwrap();
+    let deb = dir.join(format!("{name}_{version}_all.deb"));
+    common::ok(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zgzip", "-b"])
+            .arg(&tree)
+            .arg(&deb),
+    );
+    deb
+}
+
+/// `dpkg --root R -i DEB`: the real unpack, which honours the diversions under R.
+fn dpkg_install(root: &Path, deb: &Path) {
+    common::ok(
+        Command::new("dpkg")
+            .arg(format!("--root={}", root.display()))
+            .arg("-i")
+            .arg(deb),
+    );
+}
+
+/// A security update of runc (then kubelet) installed by the real dpkg after the swap
+/// lands in `.distrib` and never runs: verify warns with a metric, status warns, and
+/// re-running install with the same payload does not hide it.
+#[test]
+fn an_update_of_an_original_package_underneath_is_a_warning_and_a_metric() {
+    if !common::root_or_skip("dpkg --root -i") {
+        return;
+    }
+    let n = NodeRoot::bare();
+    fs::create_dir_all(n.abs("var/lib/dpkg/updates")).unwrap();
+    let debs = Tmp::new();
+    let runc_fix: &[u8] = b"#!/bin/sh\necho runc 1.1.5 with a security fix\n";
+    let kubelet_fix: &[u8] = b"#!/bin/sh\necho kubelet v1.20.15\n";
+    let deb = |name, version, file, bytes| build_deb(debs.path(), name, version, file, bytes);
+    dpkg_install(
+        &n.path,
+        &deb("runc", "1.1.5-1", "/usr/sbin/runc", node::ORIG_RUNC),
+    );
+    dpkg_install(
+        &n.path,
+        &deb(
+            "kubelet",
+            "1.20.2-00",
+            "/usr/bin/kubelet",
+            node::ORIG_KUBELET,
+        ),
+    );
+    n.ok(&["install"]);
+    let state = String::from_utf8(n.read("var/lib/k8s-nokmem/state.json")).unwrap();
+    assert!(state.contains("\"version\": \"1.1.5-1\""), "{state}");
+    let textfile = Tmp::new();
+    let verify = || {
+        verify_node(
+            &fixture("4.4-nokmem"),
+            &n.path,
+            &["--json", "--textfile", textfile.path().to_str().unwrap()],
+        )
+    };
+    let prom = || fs::read_to_string(textfile.path().join("k8s_nokmem.prom")).unwrap();
+    let r = verify();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let under = check(&r.json(), "updates-underneath").clone();
+    assert_eq!(under["status"], "ok", "{under:#}");
+    assert!(
+        prom().contains("k8s_nokmem_verify_original_upgraded{binary=\"runc\"} 0\n"),
+        "{}",
+        prom()
+    );
+
+    // the security update: dpkg puts it aside, the payload stays
+    dpkg_install(
+        &n.path,
+        &deb("runc", "1.1.5-1+deb12u1", "/usr/sbin/runc", runc_fix),
+    );
+    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
+    assert_eq!(n.read("usr/sbin/runc.distrib"), runc_fix);
+    let want = "runc package 'runc' upgraded to 1.1.5-1+deb12u1 underneath";
+    let r = verify();
+    assert_eq!(r.code, 0, "a warning: {}{}", r.stdout, r.stderr);
+    let under = check(&r.json(), "updates-underneath").clone();
+    assert_eq!(under["status"], "warning", "{under:#}");
+    assert!(
+        under["summary"].as_str().unwrap().contains(want)
+            && under["summary"]
+                .as_str()
+                .unwrap()
+                .contains("build the payload from it"),
+        "{under:#}"
+    );
+    assert!(
+        under["fix"].as_str().unwrap().contains("build-payload.sh"),
+        "{under:#}"
+    );
+    let text = prom();
+    assert!(
+        text.contains("k8s_nokmem_verify_original_upgraded{binary=\"runc\"} 1\n")
+            && text.contains("k8s_nokmem_verify_original_upgraded{binary=\"kubelet\"} 0\n"),
+        "{text}"
+    );
+    let human = verify_node(&fixture("4.4-nokmem"), &n.path, &[]);
+    assert_eq!(human.code, 0, "{}{}", human.stdout, human.stderr);
+    assert!(human.stdout.contains(want), "{}", human.stdout);
+
+    let status = n.run(&["status"]);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{out}");
+    assert!(out.contains(&format!("warning: {want}")), "{out}");
+
+    // installing the same payload again does not forget what it was built for
+    n.ok(&["install"]);
+    let r = verify();
+    assert_eq!(check(&r.json(), "updates-underneath")["status"], "warning");
+
+    // kubelet too
+    dpkg_install(
+        &n.path,
+        &deb("kubelet", "1.20.15-00", "/usr/bin/kubelet", kubelet_fix),
+    );
+    assert_eq!(n.read("usr/bin/kubelet.distrib"), kubelet_fix);
+    let status = n.run(&["status", "--json"]);
+    assert_eq!(status.status.code(), Some(0));
+    let json: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let warnings = json["warnings"].to_string();
+    assert!(
+        warnings.contains("kubelet package 'kubelet' upgraded to 1.20.15-00 underneath")
+            && warnings.contains(want),
+        "{json:#}"
+    );
+    assert!(
+        prom().contains("k8s_nokmem_verify_original_upgraded{binary=\"runc\"} 1\n"),
+        "textfile from the last verify run"
+    );
+    let r = verify();
+    assert!(
+        prom().contains("k8s_nokmem_verify_original_upgraded{binary=\"kubelet\"} 1\n"),
+        "{}{}",
+        r.stdout,
+        prom()
     );
 }

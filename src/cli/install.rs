@@ -19,7 +19,7 @@ use crate::notes::{with_note, WithNote};
 use crate::paths::{self, Root};
 use crate::policy::{self, ServicePolicy, Verdict};
 use crate::systemd::ServiceManager;
-use crate::targets::{self, InPlace, Original, State, Target, TargetState};
+use crate::targets::{self, InPlace, Original, PackageVersion, State, Target, TargetState};
 
 #[derive(Debug, clap::Args)]
 pub struct Install {}
@@ -162,7 +162,10 @@ pub(super) fn install(
         .collect();
     let mut state = State::load(root).map_err(|e| preflight_failed("install", e))?;
     let mut new_state = state.clone();
+    let dpkg = Dpkg::new(root);
     for f in &found {
+        let stays = f.ours && f.now == InPlace::Payload;
+        let recorded = state.targets.get(&f.target.name);
         new_state.targets.insert(
             f.target.name.clone(),
             TargetState {
@@ -171,6 +174,7 @@ pub(super) fn install(
                 original: f.original.clone(),
                 payload_sha256: f.target.payload_sha256.clone(),
                 payload_version: f.target.payload_version.clone(),
+                original_package: PackageVersion::to_record(&dpkg, &f.target, recorded, stays),
             },
         );
     }

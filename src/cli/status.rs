@@ -18,7 +18,7 @@ use crate::manifest::Manifest;
 use crate::paths::{self, Root};
 use crate::policy::{self, ServicePolicy};
 use crate::systemd::{ServiceManager, UnitState};
-use crate::targets::{self, Original, State, TargetState};
+use crate::targets::{self, Original, State, TargetState, Underneath};
 
 #[derive(Debug, clap::Args)]
 pub struct Status {
@@ -78,6 +78,8 @@ pub(crate) struct TargetReport {
     /// What is at `divert_to` (the original while diverted).
     pub original_now: String,
     pub recorded: Option<TargetState>,
+    /// How the original's package changed since the swap (when recorded).
+    pub underneath: Option<Underneath>,
     /// `swapped`, `original`, or `inconsistent`.
     pub verdict: String,
 }
@@ -96,6 +98,9 @@ pub(crate) struct Report {
     pub services_note: Option<String>,
     pub problems: Vec<String>,
     pub unknown: Vec<String>,
+    /// Worth acting on, not inconsistent (exit 0): an update of an original's package that
+    /// landed underneath the diversion.
+    pub warnings: Vec<String>,
     pub outcome: Outcome,
 }
 
@@ -189,6 +194,20 @@ pub(crate) fn collect(ctx: &Ctx, services: Services<'_>) -> Report {
             &mut unknown,
         ));
     }
+    let mut warnings = Vec::new();
+    let dpkg = Dpkg::new(root);
+    for r in reports.iter_mut().filter(|r| r.diverted_by_us) {
+        let Some(recorded) = &r.recorded else {
+            continue;
+        };
+        match Underneath::check(&dpkg, recorded) {
+            Ok(u) => {
+                warnings.extend(u.warning(&r.name, &recorded.divert_to));
+                r.underneath = Some(u);
+            }
+            Err(e) => unknown.push(format!("cannot ask dpkg about {}'s package: {e}", r.name)),
+        }
+    }
     let swapped = reports.iter().filter(|r| r.diverted_by_us).count();
     let mut installed = if !unknown.is_empty() && reports.is_empty() {
         "unknown"
@@ -272,6 +291,7 @@ pub(crate) fn collect(ctx: &Ctx, services: Services<'_>) -> Report {
         services_note,
         problems,
         unknown,
+        warnings,
         outcome,
     }
 }
@@ -358,6 +378,7 @@ fn target_report(
         original_now: describe(&aside, None),
         payload_sha256,
         recorded,
+        underneath: None,
         verdict: verdict.to_string(),
     }
 }
@@ -408,6 +429,9 @@ pub(crate) fn render(r: &Report) -> String {
     }
     for p in &r.problems {
         line(format!("problem: {p}"));
+    }
+    for w in &r.warnings {
+        line(format!("warning: {w}"));
     }
     for u in &r.unknown {
         line(format!("unknown: {u}"));

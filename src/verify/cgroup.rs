@@ -2,9 +2,11 @@
 //! the memory hierarchy that finds every pod and container cgroup whatever the kubelet
 //! cgroup driver, reads their kmem files, and the zombie count from `/proc/cgroups`.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -496,8 +498,9 @@ fn classify(parent: &Place, name: &str) -> (Place, Option<Kind>) {
 struct Pending {
     /// The parent directory, kept open while its children wait.
     parent: Rc<Dir>,
-    /// Name in the parent (`.` for the hierarchy root).
-    name: String,
+    /// Name in the parent (`.` for the hierarchy root), as the kernel has it: cgroup names
+    /// need not be UTF-8 (only `rel`, for display, is lossy).
+    name: OsString,
     /// Path inside the hierarchy, `` for its root.
     rel: String,
     place: Place,
@@ -543,7 +546,7 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
         let walk_err =
             |action, e: Errno| CgroupError::Walk(file_error(action, &shown(&dir.rel), e.into()));
         let parent = dir.parent.fd().map_err(|e| walk_err("open directory", e))?;
-        let st = match rustix::fs::statat(parent, dir.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let st = match rustix::fs::statat(parent, dir.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) if !is_root => continue,
             Err(e) => return Err(walk_err("stat", e)),
@@ -589,7 +592,7 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
         if st.st_nlink == 2 {
             continue;
         }
-        let fd = match rustix::fs::openat(parent, dir.name.as_str(), DIR_FLAGS, Mode::empty()) {
+        let fd = match rustix::fs::openat(parent, dir.name.as_os_str(), DIR_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT) if !is_root => continue,
             Err(e) => return Err(walk_err("open directory", e)),
@@ -599,12 +602,12 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
         let mut unknown = Vec::new();
         for entry in entries.by_ref() {
             let Ok(entry) = entry else { continue };
-            let name = entry.file_name().to_string_lossy();
-            if name == "." || name == ".." {
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
                 continue;
             }
             match entry.file_type() {
-                FileType::Directory => children.push(name.into_owned()),
+                FileType::Directory => children.push(OsStr::from_bytes(name).to_os_string()),
                 // a file system without d_type
                 FileType::Unknown => unknown.push(entry.file_name().to_owned()),
                 _ => {}
@@ -612,16 +615,17 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
         }
         for name in unknown {
             if dir_fd_is_dir(&entries, &name) {
-                children.push(name.to_string_lossy().into_owned());
+                children.push(OsStr::from_bytes(name.to_bytes()).to_os_string());
             }
         }
         // the children look themselves up in this directory: keep it open until they did
         let entries = Rc::new(entries);
         for name in children {
-            let (place, kind) = classify(&dir.place, &name);
+            let shown = name.to_string_lossy();
+            let (place, kind) = classify(&dir.place, &shown);
             stack.push(Pending {
                 parent: Rc::clone(&entries),
-                rel: format!("{}/{}", dir.rel, name),
+                rel: format!("{}/{}", dir.rel, shown),
                 name,
                 place,
                 kind,
@@ -644,12 +648,12 @@ fn dir_fd_is_dir(dir: &Dir, name: &std::ffi::CStr) -> bool {
 /// `shown` gives its full path for messages.
 fn read_kmem(
     parent: BorrowedFd<'_>,
-    dir: &str,
+    dir: &OsStr,
     slabinfo: bool,
     buf: &mut Vec<u8>,
     shown: impl Fn() -> PathBuf,
 ) -> Kmem {
-    let usage = match read_at(parent, &format!("{dir}/{MEMORY_KMEM_USAGE}"), buf, 64) {
+    let usage = match read_at(parent, &Path::new(dir).join(MEMORY_KMEM_USAGE), buf, 64) {
         Ok(()) => match parse_u64(buf) {
             Some(v) => v,
             None => {
@@ -678,7 +682,12 @@ fn read_kmem(
     if !slabinfo {
         return Kmem::Off;
     }
-    match read_at(parent, &format!("{dir}/{MEMORY_KMEM_SLABINFO}"), buf, 4096) {
+    match read_at(
+        parent,
+        &Path::new(dir).join(MEMORY_KMEM_SLABINFO),
+        buf,
+        4096,
+    ) {
         Ok(()) => match slab_entries(buf) {
             0 => Kmem::Off,
             n => Kmem::Active {
@@ -699,7 +708,7 @@ fn read_kmem(
 /// Read a small file relative to a directory with plain reads of `chunk` bytes. A short
 /// read ends it: a regular file and a cgroup file (seq_file) return less than asked only
 /// at the end, and skipping the read that returns 0 saves a syscall per file.
-fn read_at(dir: BorrowedFd<'_>, path: &str, buf: &mut Vec<u8>, chunk: usize) -> Result<(), Errno> {
+fn read_at(dir: BorrowedFd<'_>, path: &Path, buf: &mut Vec<u8>, chunk: usize) -> Result<(), Errno> {
     buf.clear();
     let fd = rustix::fs::openat(dir, path, FILE_FLAGS, Mode::empty())?;
     loop {
@@ -951,6 +960,46 @@ mod tests {
         );
         assert_eq!(w.active().count(), 3);
         assert!(pods_present(m));
+    }
+
+    /// Directory names are bytes: a container cgroup whose name is not UTF-8 is read and
+    /// shown lossily, not skipped (a leaking cgroup must never hide behind its name).
+    #[test]
+    fn a_cgroup_whose_name_is_not_utf8_is_read() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path();
+        cg(&m.join("kubepods/podaaaa"), 0, HEADER);
+        let odd = std::ffi::OsStr::from_bytes(b"c\xff\xfe1");
+        cg(&m.join("kubepods/podaaaa").join(odd), 4096, HEADER);
+        cg(
+            &m.join("kubepods/podaaaa").join(odd).join("child"),
+            0,
+            HEADER,
+        );
+        let w = walk(
+            m,
+            WalkOptions {
+                read_kmem: true,
+                slabinfo: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(w.dirs, 5, "every directory counted");
+        let c = w
+            .cgroups
+            .iter()
+            .find(|c| c.path == "/kubepods/podaaaa/c\u{fffd}\u{fffd}1")
+            .unwrap_or_else(|| panic!("not found in {:?}", w.cgroups));
+        assert_eq!(
+            c.kmem,
+            Kmem::Active {
+                usage: 4096,
+                slab_entries: 0
+            }
+        );
+        assert_eq!(c.kind.container_id(), Some("c\u{fffd}\u{fffd}1"));
+        assert_eq!(w.unreadable, 0);
     }
 
     #[test]

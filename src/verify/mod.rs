@@ -137,6 +137,8 @@ pub struct Metrics {
     pub memory_cgroups: Option<u64>,
     /// Per target binary: is the payload in place (absent when not installed).
     pub binary_match: Vec<(String, bool)>,
+    /// Per swapped target: did its original's package change since the swap.
+    pub original_upgraded: Vec<(String, bool)>,
 }
 
 /// What the node is.

@@ -17,7 +17,7 @@ use crate::divert::{Diversion, DpkgDivert};
 use crate::dpkg::{self, Dpkg};
 use crate::manifest::{Manifest, ManifestError};
 use crate::paths::{self, Root};
-use crate::targets::{self, InPlace, Target};
+use crate::targets::{self, InPlace, Target, Underneath};
 
 pub const NOT_INSTALLED: &str = "k8s-nokmem not installed: payload checks skipped";
 /// What the kernel appends to `/proc/PID/exe` when the file was deleted or replaced.
@@ -72,12 +72,13 @@ pub fn checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
         }
     };
     let dpkg = Dpkg::new(root);
+    let state = targets::State::load(root).unwrap_or_default();
     let targets = match targets::resolve(
         root,
         &settings.config,
         &manifest,
         diversions.as_deref().unwrap_or(&[]),
-        &targets::State::load(root).unwrap_or_default(),
+        &state,
         &dpkg,
     ) {
         Ok(t) => t,
@@ -102,7 +103,75 @@ pub fn checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
         checks.push(running_kubelet_check(settings, kubelet));
         checks.push(skew_check(settings, &dpkg, kubelet));
     }
+    checks.push(underneath_check(&dpkg, &targets, &state, metrics));
     checks
+}
+
+/// The packages of the diverted originals (runc's and kubelet's) at the version recorded
+/// when the payload was put in place: a security update of either lands at `.distrib` and
+/// never runs, while the payload stays built from the old source.
+fn underneath_check(
+    dpkg: &Dpkg,
+    targets: &[Target],
+    state: &targets::State,
+    metrics: &mut Metrics,
+) -> Check {
+    const NAME: &str = "updates-underneath";
+    let mut warnings = Vec::new();
+    let mut unknown = Vec::new();
+    let mut same = Vec::new();
+    let mut evidence = Vec::new();
+    for t in targets {
+        let Some(recorded) = state.targets.get(&t.name).filter(|r| r.path == t.path) else {
+            continue;
+        };
+        match step(&format!("package of {}", t.name), || {
+            Underneath::check(dpkg, recorded)
+        }) {
+            Ok(u) => {
+                metrics.original_upgraded.push((
+                    t.name.clone(),
+                    matches!(u, Underneath::Upgraded { .. } | Underneath::Removed { .. }),
+                ));
+                match (&u, u.warning(&t.name, &recorded.divert_to)) {
+                    (_, Some(w)) => warnings.push(w),
+                    (Underneath::Same { package, version }, None) => {
+                        same.push(format!("{} '{package}' {version}", t.name))
+                    }
+                    _ => {}
+                }
+                evidence.push(json!({"name": t.name, "path": t.path, "underneath": u}));
+            }
+            Err(e) => unknown.push(format!("{}: {}", t.name, error_chain(&e))),
+        }
+    }
+    let evidence = Value::Array(evidence);
+    if !warnings.is_empty() {
+        Check::new(NAME, Status::Warning, warnings.join("; "))
+            .fix("build the payload from the new packages' sources (scripts/build-payload.sh --runc-src/--kubernetes-src, see README 'Building for another kubelet version') and install that k8s-nokmem; until then the node runs the payload built from the old ones")
+            .evidence(evidence)
+    } else if !unknown.is_empty() {
+        Check::new(NAME, Status::Unknown, unknown.join("; "))
+            .fix("run `dpkg-query -W` by hand to see what dpkg says")
+            .evidence(evidence)
+    } else if same.is_empty() {
+        Check::new(
+            NAME,
+            Status::Skipped,
+            "no package version recorded at the swap (no package ships the originals, or the swap predates the record)",
+        )
+        .evidence(evidence)
+    } else {
+        Check::new(
+            NAME,
+            Status::Ok,
+            format!(
+                "the original packages are as at the swap: {}",
+                same.join(", ")
+            ),
+        )
+        .evidence(evidence)
+    }
 }
 
 /// The binaries at the target paths are the payload, byte for byte (sha256 vs MANIFEST).

@@ -261,6 +261,14 @@ pub fn prometheus(report: &Report) -> String {
             .collect::<Vec<_>>(),
     );
     gauge(
+        "original_upgraded",
+        "1 when the package of the diverted original changed since the swap (its update does not run).",
+        &m.original_upgraded
+            .iter()
+            .map(|(name, up)| (format!("{{binary=\"{name}\"}}"), f64::from(u8::from(*up))))
+            .collect::<Vec<_>>(),
+    );
+    gauge(
         "last_run_timestamp_seconds",
         "When the last k8s-nokmem verify run ended, in seconds since the epoch.",
         &one(Some(report.timestamp)),
