@@ -448,30 +448,32 @@ fn an_upgrade_replaces_only_the_changed_binary() {
 }
 
 #[test]
-fn version_skew_warns_or_refuses_per_config() {
+fn version_skew_refuses_by_default_and_warn_overrides() {
     let n = NodeRoot::new();
     n.dpkg_package(
         "kubelet",
         "1.19.16-00",
         &["/usr", "/usr/bin", "/usr/bin/kubelet"],
     );
-    n.write(
-        "etc/k8s-nokmem/k8s-nokmem.conf",
-        b"[kubelet]\nversion-skew = refuse\n",
-        0o644,
-    );
     let before = n.snapshot();
     let out = n.run(&["install"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains(
-            "version skew: the payload kubelet is 1.20.2, package 'kubelet' has 1.19.16-00"
-        ) && err.contains("version-skew = refuse"),
-        "{err}"
-    );
+    for want in [
+        "version skew: the payload kubelet is 1.20.2, package 'kubelet' has 1.19.16-00",
+        "refusing to replace a 1.19 kubelet with a 1.20 one",
+        "nothing was changed",
+        "check out kubernetes v1.19.16 in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`",
+        "set `version-skew = warn` under [kubelet] in /etc/k8s-nokmem/k8s-nokmem.conf",
+    ] {
+        assert!(err.contains(want), "missing '{want}' in:\n{err}");
+    }
     assert_same(&before, &n.snapshot(), "skew refused");
-    n.write("etc/k8s-nokmem/k8s-nokmem.conf", b"", 0o644);
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[kubelet]\nversion-skew = warn\n",
+        0o644,
+    );
     let log = n.ok(&["install"]);
     assert!(log.contains("warn: version skew"), "{log}");
     assert_installed(&n);

@@ -484,11 +484,42 @@ fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<(
             warn!("{msg}; installing anyway ([kubelet] version-skew = warn in {file})");
             Ok(())
         }
-        SkewPolicy::Refuse => Err(with_note(
-            anyhow!("{msg}, and [kubelet] version-skew = refuse in {file}"),
-            format!("install a k8s-nokmem build for kubelet {installed}, or set version-skew = warn in {file}"),
-        )),
+        SkewPolicy::Refuse => {
+            let err = anyhow!(
+                "{msg}: refusing to replace a {} kubelet with a {} one ([kubelet] version-skew = refuse, the default)",
+                minor_of(&installed),
+                minor_of(&f.target.payload_version)
+            );
+            let err = with_note(
+                err,
+                format!(
+                    "build k8s-nokmem for this node's kubelet: check out kubernetes {} in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`, then install that package",
+                    upstream_tag(&installed)
+                ),
+            );
+            Err(with_note(
+                err,
+                format!("or accept the skew: set `version-skew = warn` under [kubelet] in {file}"),
+            ))
+        }
     }
+}
+
+/// `1.19` for `1:1.19.16-00`.
+fn minor_of(version: &str) -> String {
+    dpkg::major_minor(version)
+        .map(|(major, minor)| format!("{major}.{minor}"))
+        .unwrap_or_else(|| version.to_string())
+}
+
+/// The upstream tag of a Debian package version: `v1.19.16` for `1:1.19.16-00` or
+/// `1.20.5+really1.19.16-1`.
+fn upstream_tag(version: &str) -> String {
+    let v = version.trim();
+    let v = v.rsplit_once("+really").map(|(_, r)| r).unwrap_or(v);
+    let v = v.split_once(':').map(|(_, r)| r).unwrap_or(v);
+    let v = v.rsplit_once('-').map(|(u, _)| u).unwrap_or(v);
+    format!("v{}", v.trim_start_matches('v'))
 }
 
 /// Enough free space next to each target for a copy of the payload (plus 1 MiB).
@@ -797,6 +828,19 @@ mod tests {
         sd.clear_calls();
         node.remove(&sd).unwrap();
         assert!(sd.calls().is_empty(), "remove twice touches nothing");
+    }
+
+    #[test]
+    fn upstream_tags_of_package_versions() {
+        for (version, want) in [
+            ("1.19.16-00", "v1.19.16"),
+            ("1:1.19.16-00", "v1.19.16"),
+            ("1.20.5+really1.20.2-1", "v1.20.2"),
+            ("1.14.6", "v1.14.6"),
+        ] {
+            assert_eq!(upstream_tag(version), want, "case {version}");
+        }
+        assert_eq!(minor_of("1:1.19.16-00"), "1.19");
     }
 
     #[test]
