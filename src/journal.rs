@@ -7,18 +7,25 @@
 //! run), stop, divert, place (a rename), start (reverse order), record `state.json`.
 //! remove: preflight, stop, unplace, undivert, start, record.
 //!
+//! An upgrade (a new payload over one we placed) plans no divert step for a path we already
+//! divert, and its place step first hard-links the previous payload aside: a rollback puts
+//! it back and keeps its record in `state.json`, so a failed upgrade leaves the node on the
+//! previous payload, never on the kmem-enabling originals. The aside copy is deleted once
+//! the transaction is committed.
+//!
 //! After an interruption (kill -9, power loss) the next run finds the journal and resolves
-//! it toward the originals before doing what it was asked:
+//! it toward what the node ran before, before doing what it was asked:
 //! - an `install` journal is undone: every begun step is undone in reverse. Undo is always
-//!   possible, because the originals never leave the node (dpkg keeps them at `.distrib`),
-//!   while finishing could need a payload that changed since (an interrupted upgrade);
+//!   possible, because the originals never leave the node (dpkg keeps them at `.distrib`)
+//!   and an upgrade's previous payload is kept aside until it commits, while finishing
+//!   could need a payload that changed since (an interrupted upgrade);
 //! - a `remove` journal is finished: its steps are applied again from the start. They are
 //!   idempotent and need only the originals, not the payload (which `apt remove` may have
 //!   deleted meanwhile).
 //!
 //! Either way every target the transaction touched is then consistent (its original in
-//! place, no diversion, its services started) and the command runs in full; an `install`
-//! then swaps again. Every apply and undo checks the node first, so running one twice, a
+//! place and no diversion, or for an upgrade its previous payload; its services started)
+//! and the command runs in full; an `install` then swaps again. Every apply and undo checks the node first, so running one twice, a
 //! step that was only begun, or one that never ran, is harmless.
 //!
 //! Fault injection (test-only): `K8S_NOKMEM_FAILPOINT=<step>[:error|:abort]`, `<step>`
@@ -77,7 +84,10 @@ pub enum Step {
         payload: PathBuf,
         sha256: String,
     },
-    /// Rename the staged payload onto `path` (copying it first if it was not staged).
+    /// Rename the staged payload onto `path` (copying it first if it was not staged). On
+    /// an upgraded target (`previous`: what `path` held, already diverted by us) that file
+    /// is first hard-linked aside (`.NAME.k8s-nokmem-prev`), and undo puts it back, so that
+    /// a failed upgrade leaves the node on the previous payload, not the original.
     Place {
         target: String,
         path: PathBuf,
@@ -85,6 +95,8 @@ pub enum Step {
         payload: PathBuf,
         sha256: String,
         original: Original,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<Original>,
     },
     Start {
         unit: String,
@@ -106,9 +118,11 @@ pub enum Step {
         original: Option<Original>,
     },
     /// Write `state.json`: this state, or (None) the current one minus the targets that are
-    /// no longer diverted.
+    /// no longer diverted. Undo writes `before` (the state when the transaction was planned).
     Record {
         state: Option<State>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<State>,
     },
 }
 
@@ -144,17 +158,6 @@ impl Step {
     /// `divert /usr/bin/kubelet`: the label without quotes, for use inside quotes.
     pub fn plain(&self) -> String {
         self.label().replace('\'', "")
-    }
-
-    fn target(&self) -> Option<&str> {
-        match self {
-            Step::Divert { target, .. }
-            | Step::Stage { target, .. }
-            | Step::Place { target, .. }
-            | Step::Unplace { target, .. }
-            | Step::Undivert { target, .. } => Some(target),
-            _ => None,
-        }
     }
 }
 
@@ -510,6 +513,9 @@ impl<'a> Node<'a> {
                 sha256,
                 ..
             } => {
+                // a previous payload kept aside by an earlier run whose cleanup was cut
+                // short: never to be put back by this transaction
+                self.remove_synced(&self.aside_of(path))?;
                 self.stage(path, payload, sha256)?;
                 Ok(Did::Ok)
             }
@@ -518,8 +524,9 @@ impl<'a> Node<'a> {
                 divert_to,
                 payload,
                 sha256,
+                previous,
                 ..
-            } => self.place(path, divert_to, payload, sha256),
+            } => self.place(path, divert_to, payload, sha256, previous.is_some()),
             Step::Unplace {
                 path,
                 divert_to,
@@ -532,7 +539,7 @@ impl<'a> Node<'a> {
                 original,
                 ..
             } => self.undivert(path, divert_to, original.as_ref()),
-            Step::Record { state } => {
+            Step::Record { state, .. } => {
                 let state = match state {
                     Some(s) => s.clone(),
                     None => self.state_without_undiverted()?,
@@ -546,7 +553,14 @@ impl<'a> Node<'a> {
     /// Undo a step (also one that was only begun).
     pub fn undo(&self, step: &Step) -> anyhow::Result<Did> {
         match step {
-            Step::Preflight | Step::Record { .. } => Ok(Did::Ok),
+            Step::Preflight | Step::Record { before: None, .. } => Ok(Did::Ok),
+            Step::Record {
+                before: Some(before),
+                ..
+            } => {
+                before.save(&self.root)?;
+                Ok(Did::OkBecause("the state before is back".into()))
+            }
             Step::Stage { path, .. } => {
                 let removed = paths::remove_file_if_exists(&self.temp_of(path))?;
                 Ok(Did::OkBecause(
@@ -571,8 +585,9 @@ impl<'a> Node<'a> {
                 divert_to,
                 sha256,
                 original,
+                previous,
                 ..
-            } => self.undo_place(path, divert_to, sha256, original),
+            } => self.undo_place(path, divert_to, sha256, original, previous.as_ref()),
             Step::Unplace {
                 path,
                 divert_to,
@@ -583,7 +598,7 @@ impl<'a> Node<'a> {
                     if self.exists(path) {
                         Ok(Did::OkBecause("already in place".into()))
                     } else {
-                        self.place(path, divert_to, payload, sha256)
+                        self.place(path, divert_to, payload, sha256, false)
                     }
                 }
                 _ => Ok(Did::Skipped("nothing to put back".into())),
@@ -608,6 +623,7 @@ impl<'a> Node<'a> {
         divert_to: &Path,
         payload: &Path,
         sha256: &str,
+        keep_previous: bool,
     ) -> anyhow::Result<Did> {
         let shown = self.root.describe(path);
         if !self.held(path, divert_to)? {
@@ -624,6 +640,7 @@ impl<'a> Node<'a> {
             }
             self.stage(path, payload, sha256)?;
         }
+        let kept = keep_previous && self.keep_aside(path)?;
         fs::rename(&tmp, &dst)
             .with_path("rename into place", &dst)
             .with_context(|| format!("failed to put the payload at {shown}"))?;
@@ -632,7 +649,95 @@ impl<'a> Node<'a> {
         }
         self.staged.borrow_mut().retain(|t| *t != tmp);
         debug!("placed '{}' -> '{}'", tmp.display(), dst.display());
-        Ok(Did::Ok)
+        Ok(if kept {
+            Did::OkBecause("the previous payload kept aside".into())
+        } else {
+            Did::Ok
+        })
+    }
+
+    /// Where an upgrade keeps the previous payload of `path` until it commits.
+    fn aside_of(&self, path: &Path) -> PathBuf {
+        let dst = self.root.join(path);
+        let name = dst
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dst.with_file_name(format!(".{name}.k8s-nokmem-prev"))
+    }
+
+    /// Hard-link what is at `path` to its aside name (a rename if the file system cannot
+    /// link), replacing an older aside; directory fsynced. False when `path` is empty.
+    fn keep_aside(&self, path: &Path) -> anyhow::Result<bool> {
+        let (dst, aside) = (self.root.join(path), self.aside_of(path));
+        if !self.exists(path) {
+            return Ok(false);
+        }
+        self.remove_synced(&aside)?;
+        if let Err(e) = fs::hard_link(&dst, &aside) {
+            debug!(
+                "cannot link '{}' to '{}' ({e}): renaming it",
+                dst.display(),
+                aside.display()
+            );
+            fs::rename(&dst, &aside)
+                .with_path("move aside", &dst)
+                .context("failed to keep the previous payload")?;
+        }
+        if let Some(dir) = aside.parent() {
+            paths::sync_dir(dir)?;
+        }
+        debug!("kept '{}' as '{}'", dst.display(), aside.display());
+        Ok(true)
+    }
+
+    /// Put the previous payload kept aside back at `path` (replacing what is there, in one
+    /// rename). None when there is nothing aside.
+    fn restore_aside(&self, path: &Path, previous: &Original) -> anyhow::Result<Option<Did>> {
+        use std::os::unix::fs::MetadataExt;
+        let (dst, aside) = (self.root.join(path), self.aside_of(path));
+        let Ok(kept) = fs::symlink_metadata(&aside) else {
+            return Ok(None);
+        };
+        let now = Original::probe("previous", &aside)?;
+        if !previous.same_as(&now) {
+            warn!(
+                "'{}' is {}, not the previous payload ({}): left alone",
+                aside.display(),
+                now.describe(),
+                previous.describe()
+            );
+            return Ok(None);
+        }
+        // a rename between two links of one file does nothing: then drop the extra link
+        let same = fs::symlink_metadata(&dst)
+            .is_ok_and(|m| m.dev() == kept.dev() && m.ino() == kept.ino());
+        if same {
+            paths::remove_file_if_exists(&aside)?;
+        } else {
+            fs::rename(&aside, &dst)
+                .with_path("move back", &aside)
+                .with_context(|| {
+                    format!(
+                        "failed to put the previous payload back at {}",
+                        self.root.describe(path)
+                    )
+                })?;
+        }
+        if let Some(dir) = dst.parent() {
+            paths::sync_dir(dir)?;
+        }
+        Ok(Some(Did::OkBecause("the previous payload is back".into())))
+    }
+
+    /// Remove a file if it exists, then fsync its directory.
+    fn remove_synced(&self, file: &Path) -> anyhow::Result<()> {
+        if paths::remove_file_if_exists(file)? {
+            if let Some(dir) = file.parent() {
+                paths::sync_dir(dir)?;
+            }
+        }
+        Ok(())
     }
 
     /// Copy the payload to `path`'s temp file, hashing while copying; a mismatch with the
@@ -683,18 +788,31 @@ impl<'a> Node<'a> {
         divert_to: &Path,
         sha256: &str,
         original: &Original,
+        previous: Option<&Original>,
     ) -> anyhow::Result<Did> {
         paths::remove_file_if_exists(&self.temp_of(path))?;
+        if let Some(previous) = previous {
+            if let Some(did) = self.restore_aside(path, previous)? {
+                return Ok(did);
+            }
+        }
         if !self.held(path, divert_to)? || !self.exists(path) {
             return Ok(Did::OkBecause("nothing placed".into()));
         }
-        // While we hold the diversion, dpkg puts nothing at `path`: what is there is ours,
-        // unless the original was not renamed away yet (then it is the original: keep it).
+        // The rename into place is atomic: anything but the payload was not placed by this
+        // step (the original not yet renamed away, or an upgrade's previous payload).
         let now = Original::probe("target", &self.root.join(path))?;
         let is_payload = matches!(&now, Original::File { sha256: s, .. } if s == sha256);
-        let aside = self.exists(divert_to) || *original == Original::Missing;
-        if !is_payload && !aside && original.same_as(&now) {
-            return Ok(Did::OkBecause("the original is still there".into()));
+        if !is_payload {
+            let aside = self.exists(divert_to) || *original == Original::Missing;
+            return Ok(Did::OkBecause(
+                if !aside && original.same_as(&now) {
+                    "the original is still there"
+                } else {
+                    "not placed: kept"
+                }
+                .into(),
+            ));
         }
         self.remove_ours(path)?;
         Ok(Did::OkBecause("removed ours".into()))
@@ -731,6 +849,7 @@ impl<'a> Node<'a> {
 
     fn unplace(&self, path: &Path, divert_to: &Path, ours: &[String]) -> anyhow::Result<Did> {
         paths::remove_file_if_exists(&self.temp_of(path))?;
+        self.remove_synced(&self.aside_of(path))?;
         if !self.held(path, divert_to)? {
             return Ok(Did::OkBecause("not diverted".into()));
         }
@@ -892,8 +1011,57 @@ pub fn run(
         .and_then(|_| journal.finish(&node.root, Phase::Done))
     {
         warn!("failed to close the journal ({e:#}); the next run will redo this transaction");
+        return Ok(());
+    }
+    // committed: the previous payloads kept for a rollback go (a leftover is removed by
+    // the next run's stage or by remove)
+    for step in &journal.steps {
+        if let Step::Place {
+            path,
+            previous: Some(_),
+            ..
+        } = step
+        {
+            if let Err(e) = node.remove_synced(&node.aside_of(path)) {
+                warn!("failed to delete the previous payload kept aside: {e:#}");
+            }
+        }
     }
     Ok(())
+}
+
+/// What a rolled-back transaction left the node running, for the error.
+fn rolled_back_to(journal: &Journal) -> String {
+    if journal.command == "remove" {
+        return "k8s-nokmem's binaries are back in place".into();
+    }
+    let (mut previous, mut original) = (Vec::new(), Vec::new());
+    for step in &journal.steps {
+        if let Step::Place {
+            target,
+            previous: p,
+            ..
+        } = step
+        {
+            if p.is_some() {
+                previous.push(target.as_str());
+            } else {
+                original.push(target.as_str());
+            }
+        }
+    }
+    match (previous.is_empty(), original.is_empty()) {
+        (true, _) => "the original binaries are back in place".into(),
+        (false, true) => format!(
+            "the node runs the previous payload again ({})",
+            previous.join(", ")
+        ),
+        (false, false) => format!(
+            "the node runs the previous payload again ({}) and the original {}",
+            previous.join(", "),
+            original.join(", ")
+        ),
+    }
 }
 
 /// Roll back after step `i` failed with `err`; the error to report.
@@ -913,11 +1081,7 @@ fn fail(
     match rollback(node, journal) {
         Ok(undone) => {
             let _ = journal.finish(&node.root, Phase::RolledBack);
-            let what = if command == "remove" {
-                "k8s-nokmem's binaries are back in place"
-            } else {
-                "the original binaries are back in place"
-            };
+            let what = rolled_back_to(journal);
             let services = if undone.services_failed.is_empty() {
                 String::new()
             } else {
@@ -996,16 +1160,9 @@ fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<Undone> {
         return Err(e);
     }
     if journal.command == "install" {
-        // what this run touched is back to the originals: it is no longer swapped
-        let touched: Vec<&str> = journal.steps[..journal.begun]
-            .iter()
-            .filter_map(Step::target)
-            .collect();
-        let mut state = State::load(&node.root)?;
-        state
-            .targets
-            .retain(|name, _| !touched.contains(&name.as_str()));
-        state.save(&node.root)?;
+        // the state as before (Record's undo), minus what is no longer diverted: an
+        // upgraded target keeps the record of its previous payload
+        node.state_without_undiverted()?.save(&node.root)?;
     }
     Ok(undone)
 }
@@ -1045,7 +1202,7 @@ pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
         finish_forward(node, &journal)
     } else {
         info!(
-            "undoing the interrupted {}: the originals come back",
+            "undoing the interrupted {}: the node goes back to what it ran before",
             journal.command
         );
         journal.phase = Phase::Recovering;
@@ -1127,7 +1284,10 @@ mod tests {
             Step::Stop {
                 unit: "a.service".into(),
             },
-            Step::Record { state: None },
+            Step::Record {
+                state: None,
+                before: None,
+            },
         ];
         let at = |s: &str| Failpoint::parse(s).unwrap().index_in(&steps);
         assert_eq!(at("1"), Some(0));
@@ -1192,6 +1352,7 @@ mod tests {
                 payload: "/usr/lib/k8s-nokmem/kubelet".into(),
                 sha256: "f".repeat(64),
                 original: orig.clone(),
+                previous: None,
             },
         )
     }

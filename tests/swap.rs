@@ -19,6 +19,13 @@ const RUNC_LINE: &str = "diversion of /usr/sbin/runc to /usr/sbin/runc.distrib b
 const INSTALL_STEPS: usize = 12;
 /// preflight, 2 stops, 2 unplaces, 2 undiverts, 2 starts, record.
 const REMOVE_STEPS: usize = 10;
+/// An upgrade of kubelet alone: preflight, stage, stop, place, start, record (no divert:
+/// the path is already ours).
+const UPGRADE_STEPS: usize = 6;
+/// The kubelet of the upgraded payload.
+const NEW_KUBELET: &[u8] = b"#!/bin/sh\necho nokmem kubelet v1.20.3\n";
+/// Where an upgrade keeps the previous kubelet payload until it commits.
+const KUBELET_ASIDE: &str = "usr/bin/.kubelet.k8s-nokmem-prev";
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -413,8 +420,7 @@ fn a_second_run_fails_naming_the_lock_and_its_holder() {
 fn an_upgrade_replaces_only_the_changed_binary() {
     let n = NodeRoot::new();
     n.ok(&["install"]);
-    let new_kubelet = b"#!/bin/sh\necho nokmem kubelet v1.20.3\n";
-    n.set_payload(node::PAYLOAD_RUNC, new_kubelet, "1.20.3");
+    n.set_payload(node::PAYLOAD_RUNC, NEW_KUBELET, "1.20.3");
     let log = n.ok(&["install"]);
     assert!(log.contains("stop 'kubelet.service'"), "{log}");
     assert!(
@@ -423,28 +429,66 @@ fn an_upgrade_replaces_only_the_changed_binary() {
     );
     assert!(!log.contains("'/usr/sbin/runc'"), "{log}");
     assert!(
-        log.contains("divert '/usr/bin/kubelet': ok (already diverted)"),
+        !log.contains("divert '"),
+        "an already diverted path is not diverted again:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "install [4/{UPGRADE_STEPS}] place '/usr/bin/kubelet': ok (the previous payload kept aside)"
+        )),
         "{log}"
     );
-    assert_eq!(n.read("usr/bin/kubelet"), new_kubelet);
+    assert_eq!(n.read("usr/bin/kubelet"), NEW_KUBELET);
     assert_eq!(n.read("usr/bin/kubelet.distrib"), node::ORIG_KUBELET);
-    // an error during the upgrade puts the original back for that binary only
-    n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
-    let mut cmd = n.helper(&["install"]);
-    cmd.env("K8S_NOKMEM_FAILPOINT", "start:error");
-    let out = common::run(&mut cmd);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert_eq!(n.read("usr/bin/kubelet"), node::ORIG_KUBELET);
-    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
-    assert_eq!(n.diversions(), vec![RUNC_LINE]);
-    let status = n.run(&["status"]);
-    assert_eq!(
-        status.status.code(),
-        Some(1),
-        "partial install is a problem"
-    );
+    assert!(!n.exists(KUBELET_ASIDE), "committed: nothing kept aside");
+}
+
+/// The state file, parsed (it is outside the snapshots).
+fn state_json(n: &NodeRoot) -> serde_json::Value {
+    serde_json::from_slice(&n.read("var/lib/k8s-nokmem/state.json")).unwrap()
+}
+
+/// A node with the 1.20.2 payload installed and the 1.20.3 payload unpacked (an upgrade
+/// ready to run); its snapshot and state.
+fn node_before_upgrade() -> (NodeRoot, BTreeMap<String, Entry>, serde_json::Value) {
+    let n = NodeRoot::new();
     n.ok(&["install"]);
-    assert_installed(&n);
+    n.set_payload(node::PAYLOAD_RUNC, NEW_KUBELET, "1.20.3");
+    let (before, state) = (n.snapshot(), state_json(&n));
+    (n, before, state)
+}
+
+#[test]
+fn a_failed_upgrade_keeps_the_previous_payload() {
+    for step in 1..=UPGRADE_STEPS {
+        let (n, before, state) = node_before_upgrade();
+        let mut cmd = n.helper(&["install"]);
+        cmd.env("K8S_NOKMEM_FAILPOINT", format!("{step}:error"));
+        let out = common::run(&mut cmd);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "step {step}: {err}");
+        assert!(
+            err.contains(&format!("install step {step}/{UPGRADE_STEPS} '"))
+                && err.contains("the node runs the previous payload again (kubelet)"),
+            "step {step}: {err}"
+        );
+        assert_same(&before, &n.snapshot(), &format!("upgrade error at {step}"));
+        assert_eq!(
+            n.read("usr/bin/kubelet"),
+            node::PAYLOAD_KUBELET,
+            "step {step}"
+        );
+        assert_eq!(n.diversions(), vec![KUBELET_LINE, RUNC_LINE], "step {step}");
+        assert_eq!(
+            state_json(&n),
+            state,
+            "step {step}: state of the previous payload"
+        );
+        // the previous payload is what the state describes: the old package is consistent
+        n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
+        let log = n.ok(&["install"]);
+        assert!(log.contains("nothing to do"), "step {step}: {log}");
+    }
 }
 
 #[test]

@@ -198,7 +198,8 @@ pub(super) fn install(
         });
     }
     steps.extend(units.iter().map(|u| Step::Stop { unit: u.clone() }));
-    for f in &changed {
+    // a path we already divert is not diverted again: its undo would drop our diversion
+    for f in changed.iter().filter(|f| !f.ours) {
         steps.push(Step::Divert {
             target: f.target.name.clone(),
             path: f.target.path.clone(),
@@ -214,11 +215,13 @@ pub(super) fn install(
             payload: f.target.payload.clone(),
             sha256: f.target.payload_sha256.clone(),
             original: f.original.clone(),
+            previous: previous_of(root, f)?,
         });
     }
     steps.extend(units.iter().rev().map(|u| Step::Start { unit: u.clone() }));
     steps.push(Step::Record {
         state: Some(new_state),
+        before: Some(state),
     });
     journal::run(
         &node,
@@ -240,6 +243,31 @@ pub(super) fn install(
     }
     log_skipped_restarts(&node.services, &units, "the old binaries");
     Ok(())
+}
+
+/// What an upgrade replaces at a path we already divert (the previous payload, kept so
+/// that a rollback puts it back); None for a first install or an empty path.
+fn previous_of(root: &Root, f: &Found) -> anyhow::Result<Option<Original>> {
+    use std::os::unix::fs::PermissionsExt;
+    if !f.ours {
+        return Ok(None);
+    }
+    let on_disk = root.join(&f.target.path);
+    Ok(match &f.now {
+        InPlace::Missing | InPlace::Payload => None,
+        InPlace::Symlink(target) => Some(Original::Symlink {
+            target: target.clone(),
+        }),
+        InPlace::Other(sha256) => {
+            let meta = std::fs::symlink_metadata(&on_disk)
+                .with_context(|| format!("failed to inspect '{}'", on_disk.display()))?;
+            Some(Original::File {
+                sha256: sha256.clone(),
+                size: meta.len(),
+                mode: meta.permissions().mode() & 0o7777,
+            })
+        }
+    })
 }
 
 /// Say which services keep running `binaries` when services were not touched (a chroot,

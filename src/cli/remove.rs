@@ -135,7 +135,10 @@ pub(super) fn remove(
         });
     }
     steps.extend(units.iter().rev().map(|u| Step::Start { unit: u.clone() }));
-    steps.push(Step::Record { state: None });
+    steps.push(Step::Record {
+        state: None,
+        before: None,
+    });
     journal::run(
         &node,
         "remove",
