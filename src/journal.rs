@@ -826,11 +826,15 @@ impl<'a> Node<'a> {
     ) -> anyhow::Result<Did> {
         let shown = self.root.describe(path);
         if self.held(path, divert_to)? {
+            // A diversion this step added left nothing at `path` (dpkg-divert renamed the
+            // original away and place's undo, which runs first, removed the payload). A file
+            // there with the original aside means the diversion predates the transaction:
+            // an older helper journalled a divert step for an upgrade. That divert added
+            // nothing, so its undo removes nothing.
             if self.exists(path) && self.exists(divert_to) {
-                bail!(
-                    "cannot put the original back: {shown} is occupied and the original is at {}",
-                    self.root.describe(divert_to)
-                );
+                return Ok(Did::OkBecause(
+                    "diverted before this transaction: kept".into(),
+                ));
             }
             self.div_remove(path, divert_to)
                 .with_context(|| format!("failed to remove the diversion of {shown}"))?;
@@ -1410,6 +1414,28 @@ mod tests {
         );
         assert!(node.divert.list().unwrap().is_empty());
         assert_eq!(fs::read(root.join("/usr/bin/kubelet")).unwrap(), b"orig");
+    }
+
+    #[test]
+    fn undoing_a_divert_of_a_path_diverted_before_keeps_the_diversion() {
+        let (_dir, root) = node_root(b"orig");
+        let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+        let (divert, _) = kubelet_steps(&original(b"orig"));
+        node.apply(&divert).unwrap();
+        fs::write(root.join("/usr/bin/kubelet"), b"previous payload").unwrap();
+        assert_eq!(
+            node.undo(&divert).unwrap(),
+            Did::OkBecause("diverted before this transaction: kept".into())
+        );
+        assert_eq!(node.divert.list().unwrap().len(), 1);
+        assert_eq!(
+            fs::read(root.join("/usr/bin/kubelet")).unwrap(),
+            b"previous payload"
+        );
+        assert_eq!(
+            fs::read(root.join("/usr/bin/kubelet.distrib")).unwrap(),
+            b"orig"
+        );
     }
 
     #[test]

@@ -492,6 +492,113 @@ fn a_failed_upgrade_keeps_the_previous_payload() {
 }
 
 #[test]
+fn an_upgrade_killed_at_any_step_converges_to_the_previous_payload_then_does_what_is_asked() {
+    for step in 1..=UPGRADE_STEPS {
+        // the next install recovers (the previous payload is back: with it unpacked again
+        // there is nothing to do), then upgrades
+        let (n, before, state) = node_before_upgrade();
+        abort_at(&n, "install", step);
+        n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
+        let log = n.ok(&["install"]);
+        assert!(
+            log.contains("interrupted install transaction") && log.contains("nothing to do"),
+            "step {step}: {log}"
+        );
+        n.set_payload(node::PAYLOAD_RUNC, NEW_KUBELET, "1.20.3");
+        assert_same(&before, &n.snapshot(), &format!("upgrade killed at {step}"));
+        assert_eq!(state_json(&n), state, "step {step}");
+        abort_at(&n, "install", step);
+        n.ok(&["install"]);
+        assert_eq!(n.read("usr/bin/kubelet"), NEW_KUBELET, "step {step}");
+        assert!(!n.exists(KUBELET_ASIDE), "step {step}");
+        let status = n.run(&["status"]);
+        assert_eq!(
+            status.status.code(),
+            Some(0),
+            "step {step}: {}",
+            stderr(&status)
+        );
+
+        // remove after the kill: the originals, as before the first install
+        let n = NodeRoot::new();
+        let pristine = n.snapshot();
+        n.ok(&["install"]);
+        n.set_payload(node::PAYLOAD_RUNC, NEW_KUBELET, "1.20.3");
+        abort_at(&n, "install", step);
+        n.ok(&["remove"]);
+        n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
+        assert_same(
+            &pristine,
+            &n.snapshot(),
+            &format!("upgrade killed at {step}, remove"),
+        );
+        assert!(n.diversions().is_empty(), "step {step}");
+    }
+}
+
+/// The journal an older helper wrote for an upgrade: a divert step for the path it already
+/// diverted, and a place without the previous payload, interrupted at `begun` steps.
+fn legacy_upgrade_journal(n: &NodeRoot, begun: usize) {
+    let file = |bytes: &[u8]| serde_json::json!({"kind": "file", "sha256": sha256(bytes), "size": bytes.len(), "mode": 493});
+    let (path, to) = ("/usr/bin/kubelet", "/usr/bin/kubelet.distrib");
+    let state: serde_json::Value = state_json(n);
+    let journal = serde_json::json!({
+        "version": 1, "command": "install", "pid": 1, "started": 0,
+        "steps": [
+            {"step": "preflight"},
+            {"step": "stage", "target": "kubelet", "path": path,
+             "payload": "/usr/lib/k8s-nokmem/kubelet", "sha256": sha256(NEW_KUBELET)},
+            {"step": "stop", "unit": "kubelet.service"},
+            {"step": "divert", "target": "kubelet", "path": path, "divert_to": to,
+             "original": file(node::ORIG_KUBELET)},
+            {"step": "place", "target": "kubelet", "path": path, "divert_to": to,
+             "payload": "/usr/lib/k8s-nokmem/kubelet", "sha256": sha256(NEW_KUBELET),
+             "original": file(node::ORIG_KUBELET)},
+            {"step": "start", "unit": "kubelet.service"},
+            {"step": "record", "state": state},
+        ],
+        "begun": begun, "done": begun - 1, "phase": "forward",
+    });
+    n.write(
+        "var/lib/k8s-nokmem/journal.json",
+        serde_json::to_string_pretty(&journal).unwrap().as_bytes(),
+        0o644,
+    );
+}
+
+#[test]
+fn an_older_helpers_interrupted_upgrade_no_longer_blocks_install_or_remove() {
+    // killed with the divert (4) or the place (5) journalled: the previous payload is at
+    // the path, the original aside, and undoing that divert used to be impossible
+    for begun in [4, 5] {
+        for command in ["install", "remove"] {
+            let (n, _, _) = node_before_upgrade();
+            let pristine_kubelet = node::ORIG_KUBELET;
+            legacy_upgrade_journal(&n, begun);
+            let log = n.ok(&[command]);
+            assert!(
+                log.contains("interrupted install transaction"),
+                "{command} after {begun}: {log}"
+            );
+            assert!(
+                log.contains(
+                    "divert '/usr/bin/kubelet': ok (diverted before this transaction: kept)"
+                ),
+                "{command} after {begun}: {log}"
+            );
+            if command == "install" {
+                assert_eq!(n.read("usr/bin/kubelet"), NEW_KUBELET);
+                assert_eq!(n.diversions(), vec![KUBELET_LINE, RUNC_LINE]);
+            } else {
+                assert_eq!(n.read("usr/bin/kubelet"), pristine_kubelet);
+                assert!(n.diversions().is_empty());
+            }
+            assert!(!n.exists("var/lib/k8s-nokmem/journal.json"));
+        }
+    }
+}
+
+#[test]
 fn version_skew_refuses_by_default_and_warn_overrides() {
     let n = NodeRoot::new();
     n.dpkg_package(
