@@ -101,7 +101,9 @@ pub enum Step {
     Start {
         unit: String,
     },
-    /// Delete our file at `path` (one of `ours` by sha256), before the diversion goes.
+    /// Delete our file at `path` (one of `ours` by sha256), before the diversion goes. A
+    /// file we did not place is moved to `foreign_to` instead (never deleted, never
+    /// clobbering), so that the diversion can go and the original come back.
     Unplace {
         target: String,
         path: PathBuf,
@@ -109,6 +111,9 @@ pub enum Step {
         ours: Vec<String>,
         /// The payload to put back when this is undone (a failed remove).
         payload: Option<(PathBuf, String)>,
+        /// Where a file that is not ours goes ([`foreign_aside`]); chosen when planned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        foreign_to: Option<PathBuf>,
     },
     /// `dpkg-divert --remove --rename`, then check the original is back.
     Undivert {
@@ -281,7 +286,35 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()>
     Ok(())
 }
 
-fn now() -> u64 {
+/// Where remove moves a file it did not place: `<path>.k8s-nokmem-foreign-<UTC time>`.
+pub fn foreign_aside(path: &Path, secs: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".k8s-nokmem-foreign-{}", utc_stamp(secs)));
+    PathBuf::from(name)
+}
+
+/// `20261130T221500Z` for seconds since the epoch (civil date from days: H. Hinnant).
+fn utc_stamp(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -531,8 +564,9 @@ impl<'a> Node<'a> {
                 path,
                 divert_to,
                 ours,
+                foreign_to,
                 ..
-            } => self.unplace(path, divert_to, ours),
+            } => self.unplace(path, divert_to, ours, foreign_to.as_deref()),
             Step::Undivert {
                 path,
                 divert_to,
@@ -588,6 +622,18 @@ impl<'a> Node<'a> {
                 previous,
                 ..
             } => self.undo_place(path, divert_to, sha256, original, previous.as_ref()),
+            Step::Unplace {
+                path,
+                divert_to,
+                foreign_to: Some(foreign_to),
+                ..
+            } if self.held(path, divert_to)? && !self.exists(path) && self.exists(foreign_to) => {
+                self.move_no_clobber(foreign_to, path)?;
+                Ok(Did::OkBecause(format!(
+                    "put back the file moved to '{}'",
+                    foreign_to.display()
+                )))
+            }
             Step::Unplace {
                 path,
                 divert_to,
@@ -851,7 +897,13 @@ impl<'a> Node<'a> {
         Ok(Did::OkBecause("not diverted".into()))
     }
 
-    fn unplace(&self, path: &Path, divert_to: &Path, ours: &[String]) -> anyhow::Result<Did> {
+    fn unplace(
+        &self,
+        path: &Path,
+        divert_to: &Path,
+        ours: &[String],
+        foreign_to: Option<&Path>,
+    ) -> anyhow::Result<Did> {
         paths::remove_file_if_exists(&self.temp_of(path))?;
         self.remove_synced(&self.aside_of(path))?;
         if !self.held(path, divert_to)? {
@@ -864,14 +916,58 @@ impl<'a> Node<'a> {
                 Ok(Did::Ok)
             }
             other => {
+                // someone else's file (a hand-copied hotfix): keeping it there would keep
+                // the diversion, and every later runc/kubelet upgrade would land aside
+                let to = foreign_to
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| foreign_aside(path, now()));
+                self.move_no_clobber(path, &to).map_err(|e| {
+                    with_note(
+                        e,
+                        format!(
+                            "move {} away by hand and run `k8s-nokmem remove` again",
+                            self.root.describe(path)
+                        ),
+                    )
+                })?;
                 warn!(
-                    "{} is {}, not a payload k8s-nokmem placed: keeping it and the diversion",
+                    "{} was {}, not a payload k8s-nokmem placed: moved it to {} so that the original can come back",
                     self.root.describe(path),
-                    other.describe()
+                    other.describe(),
+                    self.root.describe(&to)
                 );
-                Ok(Did::Skipped("not ours: kept".into()))
+                Ok(Did::OkBecause(format!(
+                    "not ours: moved to '{}'",
+                    to.display()
+                )))
             }
         }
+    }
+
+    /// Rename `from` to `to` (in-system paths, one directory) without replacing anything at
+    /// `to`: a hard link, then the unlink of `from`, then a directory fsync. Finishes a move
+    /// that was cut short between the two (both names on one file).
+    fn move_no_clobber(&self, from: &Path, to: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let (src, dst) = (self.root.join(from), self.root.join(to));
+        if let Err(e) = fs::hard_link(&src, &dst) {
+            let same = match (fs::symlink_metadata(&src), fs::symlink_metadata(&dst)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+            if !same {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "failed to move {} to {} (without replacing anything there)",
+                    self.root.describe(from),
+                    self.root.describe(to)
+                )));
+            }
+        }
+        paths::remove_file_if_exists(&src)?;
+        if let Some(dir) = src.parent() {
+            paths::sync_dir(dir)?;
+        }
+        Ok(())
     }
 
     fn undivert(
@@ -885,14 +981,17 @@ impl<'a> Node<'a> {
             // both present: the path holds someone else's file and the original is aside.
             // (Path present, nothing aside: the original was renamed back by a cut-short
             // dpkg-divert, or there never was one; removing the diversion is then right.)
+            // (unplace moved anything there aside: this is someone writing meanwhile)
             if self.exists(path) && self.exists(divert_to) {
-                warn!(
-                    "NOT removing the diversion of {shown}: the path holds a file that is not \
-                     k8s-nokmem's; the original stays at {}. Move that file away and run \
-                     `k8s-nokmem remove` again",
-                    self.root.describe(divert_to)
-                );
-                return Ok(Did::Skipped("path occupied: diversion kept".into()));
+                return Err(with_note(
+                    anyhow!(
+                        "cannot remove the diversion of {shown}: the path holds a file that is not k8s-nokmem's, and the original is at {}",
+                        self.root.describe(divert_to)
+                    ),
+                    format!(
+                        "move {shown} away and run `k8s-nokmem remove` again"
+                    ),
+                ));
             }
             match self
                 .div_remove(path, divert_to)
@@ -1436,6 +1535,52 @@ mod tests {
             fs::read(root.join("/usr/bin/kubelet.distrib")).unwrap(),
             b"orig"
         );
+    }
+
+    #[test]
+    fn utc_stamps() {
+        for (secs, want) in [
+            (0, "19700101T000000Z"),
+            (951_782_400, "20000229T000000Z"),
+            (1_796_164_261, "20261201T223101Z"),
+        ] {
+            assert_eq!(utc_stamp(secs), want, "case {secs}");
+        }
+        assert_eq!(
+            foreign_aside(Path::new("/usr/bin/kubelet"), 0),
+            PathBuf::from("/usr/bin/kubelet.k8s-nokmem-foreign-19700101T000000Z")
+        );
+    }
+
+    #[test]
+    fn a_foreign_file_move_cut_short_is_finished() {
+        let (_dir, root) = node_root(b"hotfix");
+        divert_db_only(&root);
+        let to = PathBuf::from("/usr/bin/kubelet.k8s-nokmem-foreign-x");
+        // killed between the link and the unlink
+        fs::hard_link(root.join("/usr/bin/kubelet"), root.join(&to)).unwrap();
+        let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+        let unplace = Step::Unplace {
+            target: "kubelet".into(),
+            path: "/usr/bin/kubelet".into(),
+            divert_to: "/usr/bin/kubelet.distrib".into(),
+            ours: vec![],
+            payload: None,
+            foreign_to: Some(to.clone()),
+        };
+        node.apply(&unplace).unwrap();
+        assert!(!root.join("/usr/bin/kubelet").exists());
+        assert_eq!(fs::read(root.join(&to)).unwrap(), b"hotfix");
+        // a name that holds another file is never replaced
+        fs::write(root.join("/usr/bin/kubelet"), b"another").unwrap();
+        fs::write(root.join(&to), b"taken").unwrap();
+        let err = node.apply(&unplace).unwrap_err();
+        assert!(format!("{err:#}").contains("without replacing"), "{err:#}");
+        assert_eq!(fs::read(root.join(&to)).unwrap(), b"taken");
+        // undo puts the moved file back
+        fs::remove_file(root.join("/usr/bin/kubelet")).unwrap();
+        node.undo(&unplace).unwrap();
+        assert_eq!(fs::read(root.join("/usr/bin/kubelet")).unwrap(), b"taken");
     }
 
     #[test]

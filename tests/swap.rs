@@ -630,29 +630,131 @@ fn version_skew_refuses_by_default_and_warn_overrides() {
     assert_installed(&n);
 }
 
+/// The files in `usr/bin` whose name starts with `prefix`.
+fn named_like(n: &NodeRoot, prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(n.abs("usr/bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    out.sort();
+    out
+}
+
 #[test]
-fn remove_keeps_the_diversion_of_a_path_someone_else_filled() {
+fn remove_moves_a_file_someone_else_put_there_aside_and_undiverts() {
     let n = NodeRoot::new();
     n.ok(&["install"]);
     n.write("usr/bin/kubelet", b"hand-copied hotfix", 0o755);
-    let log = n.ok(&["remove"]);
+    // a failure after the move puts everything back as it was
+    let before = n.snapshot();
+    let mut cmd = n.helper(&["remove"]);
+    cmd.env("K8S_NOKMEM_FAILPOINT", "undivert:error");
+    let out = common::run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        log.contains("NOT removing the diversion of '/usr/bin/kubelet'"),
+        stderr(&out).contains("put back the file moved to '/usr/bin/kubelet.k8s-nokmem-foreign-"),
+        "{}",
+        stderr(&out)
+    );
+    assert_same(
+        &before,
+        &n.snapshot(),
+        "remove rolled back with a foreign file",
+    );
+
+    let log = n.ok(&["remove"]);
+    let moved = named_like(&n, "kubelet.k8s-nokmem-foreign-");
+    assert_eq!(moved.len(), 1, "{moved:?}\n{log}");
+    assert!(
+        log.contains(&format!(
+            "'/usr/bin/kubelet' under root '{}' was a file of 18 bytes",
+            n.path.display()
+        )) && log.contains(&format!("moved it to '/usr/bin/{}'", moved[0])),
         "{log}"
     );
-    assert_eq!(n.read("usr/bin/kubelet"), b"hand-copied hotfix");
-    assert_eq!(n.read("usr/bin/kubelet.distrib"), node::ORIG_KUBELET);
-    assert_eq!(n.diversions(), vec![KUBELET_LINE]);
+    assert_eq!(
+        n.read(&format!("usr/bin/{}", moved[0])),
+        b"hand-copied hotfix"
+    );
+    assert_eq!(n.read("usr/bin/kubelet"), node::ORIG_KUBELET);
+    assert!(!n.exists("usr/bin/kubelet.distrib"));
+    assert!(n.diversions().is_empty(), "no orphan diversion");
     assert_eq!(n.read("usr/sbin/runc"), node::ORIG_RUNC);
     let status = n.run(&["status"]);
-    assert_eq!(status.status.code(), Some(1));
-    // installing again replaces that file, and says so
-    let log = n.ok(&["install"]);
-    assert!(
-        log.contains("holds a file k8s-nokmem did not place"),
-        "{log}"
-    );
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    n.ok(&["install"]);
     assert_installed(&n);
+}
+
+/// `sh debian/prerm remove` on the node (DPKG_ROOT), with `PATH` holding only the tools it
+/// uses, and the helper when `with_helper`.
+fn prerm_remove(n: &NodeRoot, with_helper: bool) -> std::process::Output {
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["dpkg-divert", "cmp", "ln", "rm", "date"] {
+        let real = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| {
+                panic!("{tool} not found: apt-get install dpkg diffutils coreutils")
+            });
+        std::os::unix::fs::symlink(real, bin.path().join(tool)).unwrap();
+    }
+    if with_helper {
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_k8s-nokmem"),
+            bin.path().join("k8s-nokmem"),
+        )
+        .unwrap();
+    }
+    let prerm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/prerm");
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg(prerm)
+        .arg("remove")
+        .env_clear()
+        .env("PATH", bin.path())
+        .env("DPKG_ROOT", &n.path);
+    common::run(&mut cmd)
+}
+
+#[test]
+fn prerm_remove_works_with_and_without_the_helper() {
+    for with_helper in [true, false] {
+        let n = NodeRoot::new();
+        let before = n.snapshot();
+        n.ok(&["install"]);
+        let out = prerm_remove(&n, with_helper);
+        let err = stderr(&out);
+        assert!(out.status.success(), "helper {with_helper}: {err}");
+        assert_eq!(
+            err.contains("the k8s-nokmem helper is missing"),
+            !with_helper,
+            "{err}"
+        );
+        assert!(n.diversions().is_empty(), "helper {with_helper}: {err}");
+        assert_same(
+            &before,
+            &n.snapshot(),
+            &format!("prerm, helper {with_helper}"),
+        );
+    }
+    // without the helper, a file k8s-nokmem did not place is moved aside, not deleted
+    let n = NodeRoot::new();
+    n.ok(&["install"]);
+    n.write("usr/bin/kubelet", b"hand-copied hotfix", 0o755);
+    let out = prerm_remove(&n, false);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let moved = named_like(&n, "kubelet.k8s-nokmem-foreign-");
+    assert_eq!(moved.len(), 1, "{moved:?}\n{err}");
+    assert!(err.contains(&moved[0]), "says where: {err}");
+    assert_eq!(
+        n.read(&format!("usr/bin/{}", moved[0])),
+        b"hand-copied hotfix"
+    );
+    assert_eq!(n.read("usr/bin/kubelet"), node::ORIG_KUBELET);
+    assert!(n.diversions().is_empty());
 }
 
 #[test]
