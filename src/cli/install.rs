@@ -749,6 +749,40 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_upgrade_starts_the_services_on_the_previous_payload() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS);
+        node.install(&sd).unwrap();
+        node.payload(b"nokmem runc", b"nokmem kubelet 2");
+        let sd = FakeSystemd::with_active(&UNITS).with_fault_times(
+            Op::Start,
+            "kubelet.service",
+            Fault::failed("exit-code"),
+            1,
+        );
+        let err = node.install(&sd).unwrap_err();
+        let chain = format!("{err:#}");
+        assert!(
+            chain.contains("install step 5/6 'start kubelet.service' failed; rolled back")
+                && chain.contains("the node runs the previous payload again (kubelet)"),
+            "{chain}"
+        );
+        assert_eq!(
+            sd.call_lines(),
+            vec![
+                "stop kubelet.service",
+                "start kubelet.service",
+                // rollback: undo the start, the file, then the stop
+                "stop kubelet.service",
+                "start kubelet.service",
+            ]
+        );
+        assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+        assert_eq!(node.read("usr/bin/kubelet.distrib"), ORIG_KUBELET);
+        assert_eq!(sd.unit_state("kubelet.service").active_state, "active");
+    }
+
+    #[test]
     fn a_service_that_never_starts_still_gets_the_originals_back() {
         let node = TestNode::new();
         let sd = FakeSystemd::with_active(&UNITS).with_fault(
