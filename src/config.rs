@@ -123,7 +123,7 @@ impl Default for Config {
             ],
             service_order: vec!["kubelet.service".into(), "docker.service".into()],
             service_timeout: Duration::from_secs(90),
-            version_skew: SkewPolicy::Warn,
+            version_skew: SkewPolicy::Refuse,
             verify: VerifyConfig {
                 kernel_wide_kmem: Severity::Problem,
                 boot_wait: Duration::from_secs(120),
@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn values_override_defaults() {
-        let text = "[kubelet]\npath = /usr/local/bin/kubelet\nversion-skew = refuse\n\
+        let text = "[kubelet]\npath = /usr/local/bin/kubelet\nversion-skew = warn\n\
                     [services]\norder = kubelet.service containerd.service\ntimeout = 2m\n\
                     [verify]\nkernel-wide-kmem = warning\nboot-wait = 500ms\n";
         let c = Config::parse(text, "t").unwrap();
@@ -357,7 +357,7 @@ mod tests {
             c.target("kubelet").unwrap().path,
             TargetPath::Fixed("/usr/local/bin/kubelet".into())
         );
-        assert_eq!(c.version_skew, SkewPolicy::Refuse);
+        assert_eq!(c.version_skew, SkewPolicy::Warn);
         assert_eq!(
             c.service_order,
             vec!["kubelet.service", "containerd.service"]

@@ -7,18 +7,25 @@
 //! run), stop, divert, place (a rename), start (reverse order), record `state.json`.
 //! remove: preflight, stop, unplace, undivert, start, record.
 //!
+//! An upgrade (a new payload over one we placed) plans no divert step for a path we already
+//! divert, and its place step first hard-links the previous payload aside: a rollback puts
+//! it back and keeps its record in `state.json`, so a failed upgrade leaves the node on the
+//! previous payload, never on the kmem-enabling originals. The aside copy is deleted once
+//! the transaction is committed.
+//!
 //! After an interruption (kill -9, power loss) the next run finds the journal and resolves
-//! it toward the originals before doing what it was asked:
+//! it toward what the node ran before, before doing what it was asked:
 //! - an `install` journal is undone: every begun step is undone in reverse. Undo is always
-//!   possible, because the originals never leave the node (dpkg keeps them at `.distrib`),
-//!   while finishing could need a payload that changed since (an interrupted upgrade);
+//!   possible, because the originals never leave the node (dpkg keeps them at `.distrib`)
+//!   and an upgrade's previous payload is kept aside until it commits, while finishing
+//!   could need a payload that changed since (an interrupted upgrade);
 //! - a `remove` journal is finished: its steps are applied again from the start. They are
 //!   idempotent and need only the originals, not the payload (which `apt remove` may have
 //!   deleted meanwhile).
 //!
 //! Either way every target the transaction touched is then consistent (its original in
-//! place, no diversion, its services started) and the command runs in full; an `install`
-//! then swaps again. Every apply and undo checks the node first, so running one twice, a
+//! place and no diversion, or for an upgrade its previous payload; its services started)
+//! and the command runs in full; an `install` then swaps again. Every apply and undo checks the node first, so running one twice, a
 //! step that was only begun, or one that never ran, is harmless.
 //!
 //! Fault injection (test-only): `K8S_NOKMEM_FAILPOINT=<step>[:error|:abort]`, `<step>`
@@ -77,7 +84,10 @@ pub enum Step {
         payload: PathBuf,
         sha256: String,
     },
-    /// Rename the staged payload onto `path` (copying it first if it was not staged).
+    /// Rename the staged payload onto `path` (copying it first if it was not staged). On
+    /// an upgraded target (`previous`: what `path` held, already diverted by us) that file
+    /// is first hard-linked aside (`.NAME.k8s-nokmem-prev`), and undo puts it back, so that
+    /// a failed upgrade leaves the node on the previous payload, not the original.
     Place {
         target: String,
         path: PathBuf,
@@ -85,11 +95,15 @@ pub enum Step {
         payload: PathBuf,
         sha256: String,
         original: Original,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<Original>,
     },
     Start {
         unit: String,
     },
-    /// Delete our file at `path` (one of `ours` by sha256), before the diversion goes.
+    /// Delete our file at `path` (one of `ours` by sha256), before the diversion goes. A
+    /// file we did not place is moved to `foreign_to` instead (never deleted, never
+    /// clobbering), so that the diversion can go and the original come back.
     Unplace {
         target: String,
         path: PathBuf,
@@ -97,6 +111,9 @@ pub enum Step {
         ours: Vec<String>,
         /// The payload to put back when this is undone (a failed remove).
         payload: Option<(PathBuf, String)>,
+        /// Where a file that is not ours goes ([`foreign_aside`]); chosen when planned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        foreign_to: Option<PathBuf>,
     },
     /// `dpkg-divert --remove --rename`, then check the original is back.
     Undivert {
@@ -106,9 +123,11 @@ pub enum Step {
         original: Option<Original>,
     },
     /// Write `state.json`: this state, or (None) the current one minus the targets that are
-    /// no longer diverted.
+    /// no longer diverted. Undo writes `before` (the state when the transaction was planned).
     Record {
         state: Option<State>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<State>,
     },
 }
 
@@ -144,17 +163,6 @@ impl Step {
     /// `divert /usr/bin/kubelet`: the label without quotes, for use inside quotes.
     pub fn plain(&self) -> String {
         self.label().replace('\'', "")
-    }
-
-    fn target(&self) -> Option<&str> {
-        match self {
-            Step::Divert { target, .. }
-            | Step::Stage { target, .. }
-            | Step::Place { target, .. }
-            | Step::Unplace { target, .. }
-            | Step::Undivert { target, .. } => Some(target),
-            _ => None,
-        }
     }
 }
 
@@ -278,7 +286,35 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()>
     Ok(())
 }
 
-fn now() -> u64 {
+/// Where remove moves a file it did not place: `<path>.k8s-nokmem-foreign-<UTC time>`.
+pub fn foreign_aside(path: &Path, secs: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".k8s-nokmem-foreign-{}", utc_stamp(secs)));
+    PathBuf::from(name)
+}
+
+/// `20261130T221500Z` for seconds since the epoch (civil date from days: H. Hinnant).
+fn utc_stamp(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -510,6 +546,9 @@ impl<'a> Node<'a> {
                 sha256,
                 ..
             } => {
+                // a previous payload kept aside by an earlier run whose cleanup was cut
+                // short: never to be put back by this transaction
+                self.remove_synced(&self.aside_of(path))?;
                 self.stage(path, payload, sha256)?;
                 Ok(Did::Ok)
             }
@@ -518,21 +557,23 @@ impl<'a> Node<'a> {
                 divert_to,
                 payload,
                 sha256,
+                previous,
                 ..
-            } => self.place(path, divert_to, payload, sha256),
+            } => self.place(path, divert_to, payload, sha256, previous.is_some()),
             Step::Unplace {
                 path,
                 divert_to,
                 ours,
+                foreign_to,
                 ..
-            } => self.unplace(path, divert_to, ours),
+            } => self.unplace(path, divert_to, ours, foreign_to.as_deref()),
             Step::Undivert {
                 path,
                 divert_to,
                 original,
                 ..
             } => self.undivert(path, divert_to, original.as_ref()),
-            Step::Record { state } => {
+            Step::Record { state, .. } => {
                 let state = match state {
                     Some(s) => s.clone(),
                     None => self.state_without_undiverted()?,
@@ -546,7 +587,14 @@ impl<'a> Node<'a> {
     /// Undo a step (also one that was only begun).
     pub fn undo(&self, step: &Step) -> anyhow::Result<Did> {
         match step {
-            Step::Preflight | Step::Record { .. } => Ok(Did::Ok),
+            Step::Preflight | Step::Record { before: None, .. } => Ok(Did::Ok),
+            Step::Record {
+                before: Some(before),
+                ..
+            } => {
+                before.save(&self.root)?;
+                Ok(Did::OkBecause("the state before is back".into()))
+            }
             Step::Stage { path, .. } => {
                 let removed = paths::remove_file_if_exists(&self.temp_of(path))?;
                 Ok(Did::OkBecause(
@@ -571,8 +619,21 @@ impl<'a> Node<'a> {
                 divert_to,
                 sha256,
                 original,
+                previous,
                 ..
-            } => self.undo_place(path, divert_to, sha256, original),
+            } => self.undo_place(path, divert_to, sha256, original, previous.as_ref()),
+            Step::Unplace {
+                path,
+                divert_to,
+                foreign_to: Some(foreign_to),
+                ..
+            } if self.held(path, divert_to)? && !self.exists(path) && self.exists(foreign_to) => {
+                self.move_no_clobber(foreign_to, path)?;
+                Ok(Did::OkBecause(format!(
+                    "put back the file moved to '{}'",
+                    foreign_to.display()
+                )))
+            }
             Step::Unplace {
                 path,
                 divert_to,
@@ -583,7 +644,7 @@ impl<'a> Node<'a> {
                     if self.exists(path) {
                         Ok(Did::OkBecause("already in place".into()))
                     } else {
-                        self.place(path, divert_to, payload, sha256)
+                        self.place(path, divert_to, payload, sha256, false)
                     }
                 }
                 _ => Ok(Did::Skipped("nothing to put back".into())),
@@ -608,6 +669,7 @@ impl<'a> Node<'a> {
         divert_to: &Path,
         payload: &Path,
         sha256: &str,
+        keep_previous: bool,
     ) -> anyhow::Result<Did> {
         let shown = self.root.describe(path);
         if !self.held(path, divert_to)? {
@@ -624,11 +686,100 @@ impl<'a> Node<'a> {
             }
             self.stage(path, payload, sha256)?;
         }
+        let kept = keep_previous && self.keep_aside(path)?;
         paths::rename(&tmp, &dst)
             .with_context(|| format!("failed to put the payload at {shown}"))?;
         self.staged.borrow_mut().retain(|t| *t != tmp);
         debug!("placed '{}' -> '{}'", tmp.display(), dst.display());
-        Ok(Did::Ok)
+        Ok(if kept {
+            Did::OkBecause("the previous payload kept aside".into())
+        } else {
+            Did::Ok
+        })
+    }
+
+    /// Where an upgrade keeps the previous payload of `path` until it commits.
+    fn aside_of(&self, path: &Path) -> PathBuf {
+        let dst = self.root.join(path);
+        let name = dst
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dst.with_file_name(format!(".{name}.k8s-nokmem-prev"))
+    }
+
+    /// Hard-link what is at `path` to its aside name (a rename if the file system cannot
+    /// link), replacing an older aside; directory fsynced. False when `path` is empty.
+    fn keep_aside(&self, path: &Path) -> anyhow::Result<bool> {
+        let (dst, aside) = (self.root.join(path), self.aside_of(path));
+        if !self.exists(path) {
+            return Ok(false);
+        }
+        self.remove_synced(&aside)?;
+        if let Err(e) = fs::hard_link(&dst, &aside) {
+            debug!(
+                "cannot link '{}' to '{}' ({e}): renaming it",
+                dst.display(),
+                aside.display()
+            );
+            fs::rename(&dst, &aside)
+                .with_path("move aside", &dst)
+                .context("failed to keep the previous payload")?;
+        }
+        if let Some(dir) = aside.parent() {
+            paths::sync_dir(dir)?;
+        }
+        debug!("kept '{}' as '{}'", dst.display(), aside.display());
+        Ok(true)
+    }
+
+    /// Put the previous payload kept aside back at `path` (replacing what is there, in one
+    /// rename). None when there is nothing aside.
+    fn restore_aside(&self, path: &Path, previous: &Original) -> anyhow::Result<Option<Did>> {
+        use std::os::unix::fs::MetadataExt;
+        let (dst, aside) = (self.root.join(path), self.aside_of(path));
+        let Ok(kept) = fs::symlink_metadata(&aside) else {
+            return Ok(None);
+        };
+        let now = Original::probe("previous", &aside)?;
+        if !previous.same_as(&now) {
+            warn!(
+                "'{}' is {}, not the previous payload ({}): left alone",
+                aside.display(),
+                now.describe(),
+                previous.describe()
+            );
+            return Ok(None);
+        }
+        // a rename between two links of one file does nothing: then drop the extra link
+        let same = fs::symlink_metadata(&dst)
+            .is_ok_and(|m| m.dev() == kept.dev() && m.ino() == kept.ino());
+        if same {
+            paths::remove_file_if_exists(&aside)?;
+        } else {
+            fs::rename(&aside, &dst)
+                .with_path("move back", &aside)
+                .with_context(|| {
+                    format!(
+                        "failed to put the previous payload back at {}",
+                        self.root.describe(path)
+                    )
+                })?;
+        }
+        if let Some(dir) = dst.parent() {
+            paths::sync_dir(dir)?;
+        }
+        Ok(Some(Did::OkBecause("the previous payload is back".into())))
+    }
+
+    /// Remove a file if it exists, then fsync its directory.
+    fn remove_synced(&self, file: &Path) -> anyhow::Result<()> {
+        if paths::remove_file_if_exists(file)? {
+            if let Some(dir) = file.parent() {
+                paths::sync_dir(dir)?;
+            }
+        }
+        Ok(())
     }
 
     /// Copy the payload to `path`'s temp file, hashing while copying; a mismatch with the
@@ -680,18 +831,31 @@ impl<'a> Node<'a> {
         divert_to: &Path,
         sha256: &str,
         original: &Original,
+        previous: Option<&Original>,
     ) -> anyhow::Result<Did> {
         paths::remove_file_if_exists(&self.temp_of(path))?;
+        if let Some(previous) = previous {
+            if let Some(did) = self.restore_aside(path, previous)? {
+                return Ok(did);
+            }
+        }
         if !self.held(path, divert_to)? || !self.exists(path) {
             return Ok(Did::OkBecause("nothing placed".into()));
         }
-        // While we hold the diversion, dpkg puts nothing at `path`: what is there is ours,
-        // unless the original was not renamed away yet (then it is the original: keep it).
+        // The rename into place is atomic: anything but the payload was not placed by this
+        // step (the original not yet renamed away, or an upgrade's previous payload).
         let now = Original::probe("target", &self.root.join(path))?;
         let is_payload = matches!(&now, Original::File { sha256: s, .. } if s == sha256);
-        let aside = self.exists(divert_to) || *original == Original::Missing;
-        if !is_payload && !aside && original.same_as(&now) {
-            return Ok(Did::OkBecause("the original is still there".into()));
+        if !is_payload {
+            let aside = self.exists(divert_to) || *original == Original::Missing;
+            return Ok(Did::OkBecause(
+                if !aside && original.same_as(&now) {
+                    "the original is still there"
+                } else {
+                    "not placed: kept"
+                }
+                .into(),
+            ));
         }
         self.remove_ours(path)?;
         Ok(Did::OkBecause("removed ours".into()))
@@ -705,11 +869,15 @@ impl<'a> Node<'a> {
     ) -> anyhow::Result<Did> {
         let shown = self.root.describe(path);
         if self.held(path, divert_to)? {
+            // A diversion this step added left nothing at `path` (dpkg-divert renamed the
+            // original away and place's undo, which runs first, removed the payload). A file
+            // there with the original aside means the diversion predates the transaction:
+            // an older helper journalled a divert step for an upgrade. That divert added
+            // nothing, so its undo removes nothing.
             if self.exists(path) && self.exists(divert_to) {
-                bail!(
-                    "cannot put the original back: {shown} is occupied and the original is at {}",
-                    self.root.describe(divert_to)
-                );
+                return Ok(Did::OkBecause(
+                    "diverted before this transaction: kept".into(),
+                ));
             }
             self.div_remove(path, divert_to)
                 .with_context(|| format!("failed to remove the diversion of {shown}"))?;
@@ -726,8 +894,15 @@ impl<'a> Node<'a> {
         Ok(Did::OkBecause("not diverted".into()))
     }
 
-    fn unplace(&self, path: &Path, divert_to: &Path, ours: &[String]) -> anyhow::Result<Did> {
+    fn unplace(
+        &self,
+        path: &Path,
+        divert_to: &Path,
+        ours: &[String],
+        foreign_to: Option<&Path>,
+    ) -> anyhow::Result<Did> {
         paths::remove_file_if_exists(&self.temp_of(path))?;
+        self.remove_synced(&self.aside_of(path))?;
         if !self.held(path, divert_to)? {
             return Ok(Did::OkBecause("not diverted".into()));
         }
@@ -738,14 +913,58 @@ impl<'a> Node<'a> {
                 Ok(Did::Ok)
             }
             other => {
+                // someone else's file (a hand-copied hotfix): keeping it there would keep
+                // the diversion, and every later runc/kubelet upgrade would land aside
+                let to = foreign_to
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| foreign_aside(path, now()));
+                self.move_no_clobber(path, &to).map_err(|e| {
+                    with_note(
+                        e,
+                        format!(
+                            "move {} away by hand and run `k8s-nokmem remove` again",
+                            self.root.describe(path)
+                        ),
+                    )
+                })?;
                 warn!(
-                    "{} is {}, not a payload k8s-nokmem placed: keeping it and the diversion",
+                    "{} was {}, not a payload k8s-nokmem placed: moved it to {} so that the original can come back",
                     self.root.describe(path),
-                    other.describe()
+                    other.describe(),
+                    self.root.describe(&to)
                 );
-                Ok(Did::Skipped("not ours: kept".into()))
+                Ok(Did::OkBecause(format!(
+                    "not ours: moved to '{}'",
+                    to.display()
+                )))
             }
         }
+    }
+
+    /// Rename `from` to `to` (in-system paths, one directory) without replacing anything at
+    /// `to`: a hard link, then the unlink of `from`, then a directory fsync. Finishes a move
+    /// that was cut short between the two (both names on one file).
+    fn move_no_clobber(&self, from: &Path, to: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let (src, dst) = (self.root.join(from), self.root.join(to));
+        if let Err(e) = fs::hard_link(&src, &dst) {
+            let same = match (fs::symlink_metadata(&src), fs::symlink_metadata(&dst)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+            if !same {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "failed to move {} to {} (without replacing anything there)",
+                    self.root.describe(from),
+                    self.root.describe(to)
+                )));
+            }
+        }
+        paths::remove_file_if_exists(&src)?;
+        if let Some(dir) = src.parent() {
+            paths::sync_dir(dir)?;
+        }
+        Ok(())
     }
 
     fn undivert(
@@ -759,14 +978,17 @@ impl<'a> Node<'a> {
             // both present: the path holds someone else's file and the original is aside.
             // (Path present, nothing aside: the original was renamed back by a cut-short
             // dpkg-divert, or there never was one; removing the diversion is then right.)
+            // (unplace moved anything there aside: this is someone writing meanwhile)
             if self.exists(path) && self.exists(divert_to) {
-                warn!(
-                    "NOT removing the diversion of {shown}: the path holds a file that is not \
-                     k8s-nokmem's; the original stays at {}. Move that file away and run \
-                     `k8s-nokmem remove` again",
-                    self.root.describe(divert_to)
-                );
-                return Ok(Did::Skipped("path occupied: diversion kept".into()));
+                return Err(with_note(
+                    anyhow!(
+                        "cannot remove the diversion of {shown}: the path holds a file that is not k8s-nokmem's, and the original is at {}",
+                        self.root.describe(divert_to)
+                    ),
+                    format!(
+                        "move {shown} away and run `k8s-nokmem remove` again"
+                    ),
+                ));
             }
             match self
                 .div_remove(path, divert_to)
@@ -889,8 +1111,57 @@ pub fn run(
         .and_then(|_| journal.finish(&node.root, Phase::Done))
     {
         warn!("failed to close the journal ({e:#}); the next run will redo this transaction");
+        return Ok(());
+    }
+    // committed: the previous payloads kept for a rollback go (a leftover is removed by
+    // the next run's stage or by remove)
+    for step in &journal.steps {
+        if let Step::Place {
+            path,
+            previous: Some(_),
+            ..
+        } = step
+        {
+            if let Err(e) = node.remove_synced(&node.aside_of(path)) {
+                warn!("failed to delete the previous payload kept aside: {e:#}");
+            }
+        }
     }
     Ok(())
+}
+
+/// What a rolled-back transaction left the node running, for the error.
+fn rolled_back_to(journal: &Journal) -> String {
+    if journal.command == "remove" {
+        return "k8s-nokmem's binaries are back in place".into();
+    }
+    let (mut previous, mut original) = (Vec::new(), Vec::new());
+    for step in &journal.steps {
+        if let Step::Place {
+            target,
+            previous: p,
+            ..
+        } = step
+        {
+            if p.is_some() {
+                previous.push(target.as_str());
+            } else {
+                original.push(target.as_str());
+            }
+        }
+    }
+    match (previous.is_empty(), original.is_empty()) {
+        (true, _) => "the original binaries are back in place".into(),
+        (false, true) => format!(
+            "the node runs the previous payload again ({})",
+            previous.join(", ")
+        ),
+        (false, false) => format!(
+            "the node runs the previous payload again ({}) and the original {}",
+            previous.join(", "),
+            original.join(", ")
+        ),
+    }
 }
 
 /// Roll back after step `i` failed with `err`; the error to report.
@@ -910,11 +1181,7 @@ fn fail(
     match rollback(node, journal) {
         Ok(undone) => {
             let _ = journal.finish(&node.root, Phase::RolledBack);
-            let what = if command == "remove" {
-                "k8s-nokmem's binaries are back in place"
-            } else {
-                "the original binaries are back in place"
-            };
+            let what = rolled_back_to(journal);
             let services = if undone.services_failed.is_empty() {
                 String::new()
             } else {
@@ -993,16 +1260,9 @@ fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<Undone> {
         return Err(e);
     }
     if journal.command == "install" {
-        // what this run touched is back to the originals: it is no longer swapped
-        let touched: Vec<&str> = journal.steps[..journal.begun]
-            .iter()
-            .filter_map(Step::target)
-            .collect();
-        let mut state = State::load(&node.root)?;
-        state
-            .targets
-            .retain(|name, _| !touched.contains(&name.as_str()));
-        state.save(&node.root)?;
+        // the state as before (Record's undo), minus what is no longer diverted: an
+        // upgraded target keeps the record of its previous payload
+        node.state_without_undiverted()?.save(&node.root)?;
     }
     Ok(undone)
 }
@@ -1042,7 +1302,7 @@ pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
         finish_forward(node, &journal)
     } else {
         info!(
-            "undoing the interrupted {}: the originals come back",
+            "undoing the interrupted {}: the node goes back to what it ran before",
             journal.command
         );
         journal.phase = Phase::Recovering;
@@ -1124,7 +1384,10 @@ mod tests {
             Step::Stop {
                 unit: "a.service".into(),
             },
-            Step::Record { state: None },
+            Step::Record {
+                state: None,
+                before: None,
+            },
         ];
         let at = |s: &str| Failpoint::parse(s).unwrap().index_in(&steps);
         assert_eq!(at("1"), Some(0));
@@ -1189,6 +1452,7 @@ mod tests {
                 payload: "/usr/lib/k8s-nokmem/kubelet".into(),
                 sha256: "f".repeat(64),
                 original: orig.clone(),
+                previous: None,
             },
         )
     }
@@ -1246,6 +1510,74 @@ mod tests {
         );
         assert!(node.divert.list().unwrap().is_empty());
         assert_eq!(fs::read(root.join("/usr/bin/kubelet")).unwrap(), b"orig");
+    }
+
+    #[test]
+    fn undoing_a_divert_of_a_path_diverted_before_keeps_the_diversion() {
+        let (_dir, root) = node_root(b"orig");
+        let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+        let (divert, _) = kubelet_steps(&original(b"orig"));
+        node.apply(&divert).unwrap();
+        fs::write(root.join("/usr/bin/kubelet"), b"previous payload").unwrap();
+        assert_eq!(
+            node.undo(&divert).unwrap(),
+            Did::OkBecause("diverted before this transaction: kept".into())
+        );
+        assert_eq!(node.divert.list().unwrap().len(), 1);
+        assert_eq!(
+            fs::read(root.join("/usr/bin/kubelet")).unwrap(),
+            b"previous payload"
+        );
+        assert_eq!(
+            fs::read(root.join("/usr/bin/kubelet.distrib")).unwrap(),
+            b"orig"
+        );
+    }
+
+    #[test]
+    fn utc_stamps() {
+        for (secs, want) in [
+            (0, "19700101T000000Z"),
+            (951_782_400, "20000229T000000Z"),
+            (1_796_164_261, "20261201T223101Z"),
+        ] {
+            assert_eq!(utc_stamp(secs), want, "case {secs}");
+        }
+        assert_eq!(
+            foreign_aside(Path::new("/usr/bin/kubelet"), 0),
+            PathBuf::from("/usr/bin/kubelet.k8s-nokmem-foreign-19700101T000000Z")
+        );
+    }
+
+    #[test]
+    fn a_foreign_file_move_cut_short_is_finished() {
+        let (_dir, root) = node_root(b"hotfix");
+        divert_db_only(&root);
+        let to = PathBuf::from("/usr/bin/kubelet.k8s-nokmem-foreign-x");
+        // killed between the link and the unlink
+        fs::hard_link(root.join("/usr/bin/kubelet"), root.join(&to)).unwrap();
+        let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+        let unplace = Step::Unplace {
+            target: "kubelet".into(),
+            path: "/usr/bin/kubelet".into(),
+            divert_to: "/usr/bin/kubelet.distrib".into(),
+            ours: vec![],
+            payload: None,
+            foreign_to: Some(to.clone()),
+        };
+        node.apply(&unplace).unwrap();
+        assert!(!root.join("/usr/bin/kubelet").exists());
+        assert_eq!(fs::read(root.join(&to)).unwrap(), b"hotfix");
+        // a name that holds another file is never replaced
+        fs::write(root.join("/usr/bin/kubelet"), b"another").unwrap();
+        fs::write(root.join(&to), b"taken").unwrap();
+        let err = node.apply(&unplace).unwrap_err();
+        assert!(format!("{err:#}").contains("without replacing"), "{err:#}");
+        assert_eq!(fs::read(root.join(&to)).unwrap(), b"taken");
+        // undo puts the moved file back
+        fs::remove_file(root.join("/usr/bin/kubelet")).unwrap();
+        node.undo(&unplace).unwrap();
+        assert_eq!(fs::read(root.join("/usr/bin/kubelet")).unwrap(), b"taken");
     }
 
     #[test]

@@ -19,6 +19,13 @@ const RUNC_LINE: &str = "diversion of /usr/sbin/runc to /usr/sbin/runc.distrib b
 const INSTALL_STEPS: usize = 12;
 /// preflight, 2 stops, 2 unplaces, 2 undiverts, 2 starts, record.
 const REMOVE_STEPS: usize = 10;
+/// An upgrade of kubelet alone: preflight, stage, stop, place, start, record (no divert:
+/// the path is already ours).
+const UPGRADE_STEPS: usize = 6;
+/// The kubelet of the upgraded payload.
+const NEW_KUBELET: &[u8] = b"#!/bin/sh\necho nokmem kubelet v1.20.3\n";
+/// Where an upgrade keeps the previous kubelet payload until it commits.
+const KUBELET_ASIDE: &str = "usr/bin/.kubelet.k8s-nokmem-prev";
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -413,8 +420,7 @@ fn a_second_run_fails_naming_the_lock_and_its_holder() {
 fn an_upgrade_replaces_only_the_changed_binary() {
     let n = NodeRoot::new();
     n.ok(&["install"]);
-    let new_kubelet = b"#!/bin/sh\necho nokmem kubelet v1.20.3\n";
-    n.set_payload(node::PAYLOAD_RUNC, new_kubelet, "1.20.3");
+    n.set_payload(node::PAYLOAD_RUNC, NEW_KUBELET, "1.20.3");
     let log = n.ok(&["install"]);
     assert!(log.contains("stop 'kubelet.service'"), "{log}");
     assert!(
@@ -423,83 +429,332 @@ fn an_upgrade_replaces_only_the_changed_binary() {
     );
     assert!(!log.contains("'/usr/sbin/runc'"), "{log}");
     assert!(
-        log.contains("divert '/usr/bin/kubelet': ok (already diverted)"),
+        !log.contains("divert '"),
+        "an already diverted path is not diverted again:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "install [4/{UPGRADE_STEPS}] place '/usr/bin/kubelet': ok (the previous payload kept aside)"
+        )),
         "{log}"
     );
-    assert_eq!(n.read("usr/bin/kubelet"), new_kubelet);
+    assert_eq!(n.read("usr/bin/kubelet"), NEW_KUBELET);
     assert_eq!(n.read("usr/bin/kubelet.distrib"), node::ORIG_KUBELET);
-    // an error during the upgrade puts the original back for that binary only
-    n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
-    let mut cmd = n.helper(&["install"]);
-    cmd.env("K8S_NOKMEM_FAILPOINT", "start:error");
-    let out = common::run(&mut cmd);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert_eq!(n.read("usr/bin/kubelet"), node::ORIG_KUBELET);
-    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
-    assert_eq!(n.diversions(), vec![RUNC_LINE]);
-    let status = n.run(&["status"]);
-    assert_eq!(
-        status.status.code(),
-        Some(1),
-        "partial install is a problem"
-    );
+    assert!(!n.exists(KUBELET_ASIDE), "committed: nothing kept aside");
+}
+
+/// The state file, parsed (it is outside the snapshots).
+fn state_json(n: &NodeRoot) -> serde_json::Value {
+    serde_json::from_slice(&n.read("var/lib/k8s-nokmem/state.json")).unwrap()
+}
+
+/// A node with the 1.20.2 payload installed and the 1.20.3 payload unpacked (an upgrade
+/// ready to run); its snapshot and state.
+fn node_before_upgrade() -> (NodeRoot, BTreeMap<String, Entry>, serde_json::Value) {
+    let n = NodeRoot::new();
     n.ok(&["install"]);
-    assert_installed(&n);
+    n.set_payload(node::PAYLOAD_RUNC, NEW_KUBELET, "1.20.3");
+    let (before, state) = (n.snapshot(), state_json(&n));
+    (n, before, state)
 }
 
 #[test]
-fn version_skew_warns_or_refuses_per_config() {
+fn a_failed_upgrade_keeps_the_previous_payload() {
+    for step in 1..=UPGRADE_STEPS {
+        let (n, before, state) = node_before_upgrade();
+        let mut cmd = n.helper(&["install"]);
+        cmd.env("K8S_NOKMEM_FAILPOINT", format!("{step}:error"));
+        let out = common::run(&mut cmd);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "step {step}: {err}");
+        assert!(
+            err.contains(&format!("install step {step}/{UPGRADE_STEPS} '"))
+                && err.contains("the node runs the previous payload again (kubelet)"),
+            "step {step}: {err}"
+        );
+        assert_same(&before, &n.snapshot(), &format!("upgrade error at {step}"));
+        assert_eq!(
+            n.read("usr/bin/kubelet"),
+            node::PAYLOAD_KUBELET,
+            "step {step}"
+        );
+        assert_eq!(n.diversions(), vec![KUBELET_LINE, RUNC_LINE], "step {step}");
+        assert_eq!(
+            state_json(&n),
+            state,
+            "step {step}: state of the previous payload"
+        );
+        // the previous payload is what the state describes: the old package is consistent
+        n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
+        let log = n.ok(&["install"]);
+        assert!(log.contains("nothing to do"), "step {step}: {log}");
+    }
+}
+
+#[test]
+fn an_upgrade_killed_at_any_step_converges_to_the_previous_payload_then_does_what_is_asked() {
+    for step in 1..=UPGRADE_STEPS {
+        // the next install recovers (the previous payload is back: with it unpacked again
+        // there is nothing to do), then upgrades
+        let (n, before, state) = node_before_upgrade();
+        abort_at(&n, "install", step);
+        n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
+        let log = n.ok(&["install"]);
+        assert!(
+            log.contains("interrupted install transaction") && log.contains("nothing to do"),
+            "step {step}: {log}"
+        );
+        n.set_payload(node::PAYLOAD_RUNC, NEW_KUBELET, "1.20.3");
+        assert_same(&before, &n.snapshot(), &format!("upgrade killed at {step}"));
+        assert_eq!(state_json(&n), state, "step {step}");
+        abort_at(&n, "install", step);
+        n.ok(&["install"]);
+        assert_eq!(n.read("usr/bin/kubelet"), NEW_KUBELET, "step {step}");
+        assert!(!n.exists(KUBELET_ASIDE), "step {step}");
+        let status = n.run(&["status"]);
+        assert_eq!(
+            status.status.code(),
+            Some(0),
+            "step {step}: {}",
+            stderr(&status)
+        );
+
+        // remove after the kill: the originals, as before the first install
+        let n = NodeRoot::new();
+        let pristine = n.snapshot();
+        n.ok(&["install"]);
+        n.set_payload(node::PAYLOAD_RUNC, NEW_KUBELET, "1.20.3");
+        abort_at(&n, "install", step);
+        n.ok(&["remove"]);
+        n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
+        assert_same(
+            &pristine,
+            &n.snapshot(),
+            &format!("upgrade killed at {step}, remove"),
+        );
+        assert!(n.diversions().is_empty(), "step {step}");
+    }
+}
+
+/// The journal an older helper wrote for an upgrade: a divert step for the path it already
+/// diverted, and a place without the previous payload, interrupted at `begun` steps.
+fn legacy_upgrade_journal(n: &NodeRoot, begun: usize) {
+    let file = |bytes: &[u8]| serde_json::json!({"kind": "file", "sha256": sha256(bytes), "size": bytes.len(), "mode": 493});
+    let (path, to) = ("/usr/bin/kubelet", "/usr/bin/kubelet.distrib");
+    let state: serde_json::Value = state_json(n);
+    let journal = serde_json::json!({
+        "version": 1, "command": "install", "pid": 1, "started": 0,
+        "steps": [
+            {"step": "preflight"},
+            {"step": "stage", "target": "kubelet", "path": path,
+             "payload": "/usr/lib/k8s-nokmem/kubelet", "sha256": sha256(NEW_KUBELET)},
+            {"step": "stop", "unit": "kubelet.service"},
+            {"step": "divert", "target": "kubelet", "path": path, "divert_to": to,
+             "original": file(node::ORIG_KUBELET)},
+            {"step": "place", "target": "kubelet", "path": path, "divert_to": to,
+             "payload": "/usr/lib/k8s-nokmem/kubelet", "sha256": sha256(NEW_KUBELET),
+             "original": file(node::ORIG_KUBELET)},
+            {"step": "start", "unit": "kubelet.service"},
+            {"step": "record", "state": state},
+        ],
+        "begun": begun, "done": begun - 1, "phase": "forward",
+    });
+    n.write(
+        "var/lib/k8s-nokmem/journal.json",
+        serde_json::to_string_pretty(&journal).unwrap().as_bytes(),
+        0o644,
+    );
+}
+
+#[test]
+fn an_older_helpers_interrupted_upgrade_no_longer_blocks_install_or_remove() {
+    // killed with the divert (4) or the place (5) journalled: the previous payload is at
+    // the path, the original aside, and undoing that divert used to be impossible
+    for begun in [4, 5] {
+        for command in ["install", "remove"] {
+            let (n, _, _) = node_before_upgrade();
+            let pristine_kubelet = node::ORIG_KUBELET;
+            legacy_upgrade_journal(&n, begun);
+            let log = n.ok(&[command]);
+            assert!(
+                log.contains("interrupted install transaction"),
+                "{command} after {begun}: {log}"
+            );
+            assert!(
+                log.contains(
+                    "divert '/usr/bin/kubelet': ok (diverted before this transaction: kept)"
+                ),
+                "{command} after {begun}: {log}"
+            );
+            if command == "install" {
+                assert_eq!(n.read("usr/bin/kubelet"), NEW_KUBELET);
+                assert_eq!(n.diversions(), vec![KUBELET_LINE, RUNC_LINE]);
+            } else {
+                assert_eq!(n.read("usr/bin/kubelet"), pristine_kubelet);
+                assert!(n.diversions().is_empty());
+            }
+            assert!(!n.exists("var/lib/k8s-nokmem/journal.json"));
+        }
+    }
+}
+
+#[test]
+fn version_skew_refuses_by_default_and_warn_overrides() {
     let n = NodeRoot::new();
     n.dpkg_package(
         "kubelet",
         "1.19.16-00",
         &["/usr", "/usr/bin", "/usr/bin/kubelet"],
     );
-    n.write(
-        "etc/k8s-nokmem/k8s-nokmem.conf",
-        b"[kubelet]\nversion-skew = refuse\n",
-        0o644,
-    );
     let before = n.snapshot();
     let out = n.run(&["install"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains(
-            "version skew: the payload kubelet is 1.20.2, package 'kubelet' has 1.19.16-00"
-        ) && err.contains("version-skew = refuse"),
-        "{err}"
-    );
+    for want in [
+        "version skew: the payload kubelet is 1.20.2, package 'kubelet' has 1.19.16-00",
+        "refusing to replace a 1.19 kubelet with a 1.20 one",
+        "nothing was changed",
+        "check out kubernetes v1.19.16 in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`",
+        "set `version-skew = warn` under [kubelet] in /etc/k8s-nokmem/k8s-nokmem.conf",
+    ] {
+        assert!(err.contains(want), "missing '{want}' in:\n{err}");
+    }
     assert_same(&before, &n.snapshot(), "skew refused");
-    n.write("etc/k8s-nokmem/k8s-nokmem.conf", b"", 0o644);
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[kubelet]\nversion-skew = warn\n",
+        0o644,
+    );
     let log = n.ok(&["install"]);
     assert!(log.contains("warn: version skew"), "{log}");
     assert_installed(&n);
 }
 
+/// The files in `usr/bin` whose name starts with `prefix`.
+fn named_like(n: &NodeRoot, prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(n.abs("usr/bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    out.sort();
+    out
+}
+
 #[test]
-fn remove_keeps_the_diversion_of_a_path_someone_else_filled() {
+fn remove_moves_a_file_someone_else_put_there_aside_and_undiverts() {
     let n = NodeRoot::new();
     n.ok(&["install"]);
     n.write("usr/bin/kubelet", b"hand-copied hotfix", 0o755);
-    let log = n.ok(&["remove"]);
+    // a failure after the move puts everything back as it was
+    let before = n.snapshot();
+    let mut cmd = n.helper(&["remove"]);
+    cmd.env("K8S_NOKMEM_FAILPOINT", "undivert:error");
+    let out = common::run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        log.contains("NOT removing the diversion of '/usr/bin/kubelet'"),
+        stderr(&out).contains("put back the file moved to '/usr/bin/kubelet.k8s-nokmem-foreign-"),
+        "{}",
+        stderr(&out)
+    );
+    assert_same(
+        &before,
+        &n.snapshot(),
+        "remove rolled back with a foreign file",
+    );
+
+    let log = n.ok(&["remove"]);
+    let moved = named_like(&n, "kubelet.k8s-nokmem-foreign-");
+    assert_eq!(moved.len(), 1, "{moved:?}\n{log}");
+    assert!(
+        log.contains(&format!(
+            "'/usr/bin/kubelet' under root '{}' was a file of 18 bytes",
+            n.path.display()
+        )) && log.contains(&format!("moved it to '/usr/bin/{}'", moved[0])),
         "{log}"
     );
-    assert_eq!(n.read("usr/bin/kubelet"), b"hand-copied hotfix");
-    assert_eq!(n.read("usr/bin/kubelet.distrib"), node::ORIG_KUBELET);
-    assert_eq!(n.diversions(), vec![KUBELET_LINE]);
+    assert_eq!(
+        n.read(&format!("usr/bin/{}", moved[0])),
+        b"hand-copied hotfix"
+    );
+    assert_eq!(n.read("usr/bin/kubelet"), node::ORIG_KUBELET);
+    assert!(!n.exists("usr/bin/kubelet.distrib"));
+    assert!(n.diversions().is_empty(), "no orphan diversion");
     assert_eq!(n.read("usr/sbin/runc"), node::ORIG_RUNC);
     let status = n.run(&["status"]);
-    assert_eq!(status.status.code(), Some(1));
-    // installing again replaces that file, and says so
-    let log = n.ok(&["install"]);
-    assert!(
-        log.contains("holds a file k8s-nokmem did not place"),
-        "{log}"
-    );
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    n.ok(&["install"]);
     assert_installed(&n);
+}
+
+/// `sh debian/prerm remove` on the node (DPKG_ROOT), with `PATH` holding only the tools it
+/// uses, and the helper when `with_helper`.
+fn prerm_remove(n: &NodeRoot, with_helper: bool) -> std::process::Output {
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["dpkg-divert", "cmp", "ln", "rm", "date"] {
+        let real = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| {
+                panic!("{tool} not found: apt-get install dpkg diffutils coreutils")
+            });
+        std::os::unix::fs::symlink(real, bin.path().join(tool)).unwrap();
+    }
+    if with_helper {
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_k8s-nokmem"),
+            bin.path().join("k8s-nokmem"),
+        )
+        .unwrap();
+    }
+    let prerm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/prerm");
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg(prerm)
+        .arg("remove")
+        .env_clear()
+        .env("PATH", bin.path())
+        .env("DPKG_ROOT", &n.path);
+    common::run(&mut cmd)
+}
+
+#[test]
+fn prerm_remove_works_with_and_without_the_helper() {
+    for with_helper in [true, false] {
+        let n = NodeRoot::new();
+        let before = n.snapshot();
+        n.ok(&["install"]);
+        let out = prerm_remove(&n, with_helper);
+        let err = stderr(&out);
+        assert!(out.status.success(), "helper {with_helper}: {err}");
+        assert_eq!(
+            err.contains("the k8s-nokmem helper is missing"),
+            !with_helper,
+            "{err}"
+        );
+        assert!(n.diversions().is_empty(), "helper {with_helper}: {err}");
+        assert_same(
+            &before,
+            &n.snapshot(),
+            &format!("prerm, helper {with_helper}"),
+        );
+    }
+    // without the helper, a file k8s-nokmem did not place is moved aside, not deleted
+    let n = NodeRoot::new();
+    n.ok(&["install"]);
+    n.write("usr/bin/kubelet", b"hand-copied hotfix", 0o755);
+    let out = prerm_remove(&n, false);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let moved = named_like(&n, "kubelet.k8s-nokmem-foreign-");
+    assert_eq!(moved.len(), 1, "{moved:?}\n{err}");
+    assert!(err.contains(&moved[0]), "says where: {err}");
+    assert_eq!(
+        n.read(&format!("usr/bin/{}", moved[0])),
+        b"hand-copied hotfix"
+    );
+    assert_eq!(n.read("usr/bin/kubelet"), node::ORIG_KUBELET);
+    assert!(n.diversions().is_empty());
 }
 
 #[test]

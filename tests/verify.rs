@@ -970,9 +970,9 @@ fn an_upgraded_kubelet_package_underneath_is_version_skew() {
         .replace("Version: 1.20.2-00", "Version: 1.21.14-00");
     fs::write(&status, text).unwrap();
     let r = verify_node(&fixture("4.4-nokmem"), &n.path, &["--json"]);
-    assert_eq!(r.code, 0, "a warning by default: {}", r.stdout);
+    assert_eq!(r.code, 1, "a problem by default (refuse): {}", r.stdout);
     let skew = check(&r.json(), "version-skew").clone();
-    assert_eq!(skew["status"], "warning");
+    assert_eq!(skew["status"], "problem");
     assert!(
         skew["summary"]
             .as_str()
@@ -982,12 +982,12 @@ fn an_upgraded_kubelet_package_underneath_is_version_skew() {
     );
     n.write(
         "etc/k8s-nokmem/k8s-nokmem.conf",
-        b"[kubelet]\nversion-skew = refuse\n",
+        b"[kubelet]\nversion-skew = warn\n",
         0o644,
     );
     let r = verify_node(&fixture("4.4-nokmem"), &n.path, &["--json"]);
-    assert_eq!(r.code, 1, "{}", r.stdout);
-    assert_eq!(check(&r.json(), "version-skew")["status"], "problem");
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(check(&r.json(), "version-skew")["status"], "warning");
 }
 
 #[test]

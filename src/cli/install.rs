@@ -202,7 +202,8 @@ pub(super) fn install(
         });
     }
     steps.extend(units.iter().map(|u| Step::Stop { unit: u.clone() }));
-    for f in &changed {
+    // a path we already divert is not diverted again: its undo would drop our diversion
+    for f in changed.iter().filter(|f| !f.ours) {
         steps.push(Step::Divert {
             target: f.target.name.clone(),
             path: f.target.path.clone(),
@@ -218,11 +219,13 @@ pub(super) fn install(
             payload: f.target.payload.clone(),
             sha256: f.target.payload_sha256.clone(),
             original: f.original.clone(),
+            previous: previous_of(root, f)?,
         });
     }
     steps.extend(units.iter().rev().map(|u| Step::Start { unit: u.clone() }));
     steps.push(Step::Record {
         state: Some(new_state),
+        before: Some(state),
     });
     journal::run(
         &node,
@@ -244,6 +247,31 @@ pub(super) fn install(
     }
     log_skipped_restarts(&node.services, &units, "the old binaries");
     Ok(())
+}
+
+/// What an upgrade replaces at a path we already divert (the previous payload, kept so
+/// that a rollback puts it back); None for a first install or an empty path.
+fn previous_of(root: &Root, f: &Found) -> anyhow::Result<Option<Original>> {
+    use std::os::unix::fs::PermissionsExt;
+    if !f.ours {
+        return Ok(None);
+    }
+    let on_disk = root.join(&f.target.path);
+    Ok(match &f.now {
+        InPlace::Missing | InPlace::Payload => None,
+        InPlace::Symlink(target) => Some(Original::Symlink {
+            target: target.clone(),
+        }),
+        InPlace::Other(sha256) => {
+            let meta = std::fs::symlink_metadata(&on_disk)
+                .with_context(|| format!("failed to inspect '{}'", on_disk.display()))?;
+            Some(Original::File {
+                sha256: sha256.clone(),
+                size: meta.len(),
+                mode: meta.permissions().mode() & 0o7777,
+            })
+        }
+    })
 }
 
 /// Say which services keep running `binaries` when services were not touched (a chroot,
@@ -488,11 +516,42 @@ fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<(
             warn!("{msg}; installing anyway ([kubelet] version-skew = warn in {file})");
             Ok(())
         }
-        SkewPolicy::Refuse => Err(with_note(
-            anyhow!("{msg}, and [kubelet] version-skew = refuse in {file}"),
-            format!("install a k8s-nokmem build for kubelet {installed}, or set version-skew = warn in {file}"),
-        )),
+        SkewPolicy::Refuse => {
+            let err = anyhow!(
+                "{msg}: refusing to replace a {} kubelet with a {} one ([kubelet] version-skew = refuse, the default)",
+                minor_of(&installed),
+                minor_of(&f.target.payload_version)
+            );
+            let err = with_note(
+                err,
+                format!(
+                    "build k8s-nokmem for this node's kubelet: check out kubernetes {} in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`, then install that package",
+                    upstream_tag(&installed)
+                ),
+            );
+            Err(with_note(
+                err,
+                format!("or accept the skew: set `version-skew = warn` under [kubelet] in {file}"),
+            ))
+        }
     }
+}
+
+/// `1.19` for `1:1.19.16-00`.
+fn minor_of(version: &str) -> String {
+    dpkg::major_minor(version)
+        .map(|(major, minor)| format!("{major}.{minor}"))
+        .unwrap_or_else(|| version.to_string())
+}
+
+/// The upstream tag of a Debian package version: `v1.19.16` for `1:1.19.16-00` or
+/// `1.20.5+really1.19.16-1`.
+fn upstream_tag(version: &str) -> String {
+    let v = version.trim();
+    let v = v.rsplit_once("+really").map(|(_, r)| r).unwrap_or(v);
+    let v = v.split_once(':').map(|(_, r)| r).unwrap_or(v);
+    let v = v.rsplit_once('-').map(|(u, _)| u).unwrap_or(v);
+    format!("v{}", v.trim_start_matches('v'))
 }
 
 /// Enough free space next to each target for a copy of the payload (plus 1 MiB).
@@ -694,6 +753,40 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_upgrade_starts_the_services_on_the_previous_payload() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS);
+        node.install(&sd).unwrap();
+        node.payload(b"nokmem runc", b"nokmem kubelet 2");
+        let sd = FakeSystemd::with_active(&UNITS).with_fault_times(
+            Op::Start,
+            "kubelet.service",
+            Fault::failed("exit-code"),
+            1,
+        );
+        let err = node.install(&sd).unwrap_err();
+        let chain = format!("{err:#}");
+        assert!(
+            chain.contains("install step 5/6 'start kubelet.service' failed; rolled back")
+                && chain.contains("the node runs the previous payload again (kubelet)"),
+            "{chain}"
+        );
+        assert_eq!(
+            sd.call_lines(),
+            vec![
+                "stop kubelet.service",
+                "start kubelet.service",
+                // rollback: undo the start, the file, then the stop
+                "stop kubelet.service",
+                "start kubelet.service",
+            ]
+        );
+        assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+        assert_eq!(node.read("usr/bin/kubelet.distrib"), ORIG_KUBELET);
+        assert_eq!(sd.unit_state("kubelet.service").active_state, "active");
+    }
+
+    #[test]
     fn a_service_that_never_starts_still_gets_the_originals_back() {
         let node = TestNode::new();
         let sd = FakeSystemd::with_active(&UNITS).with_fault(
@@ -801,6 +894,19 @@ mod tests {
         sd.clear_calls();
         node.remove(&sd).unwrap();
         assert!(sd.calls().is_empty(), "remove twice touches nothing");
+    }
+
+    #[test]
+    fn upstream_tags_of_package_versions() {
+        for (version, want) in [
+            ("1.19.16-00", "v1.19.16"),
+            ("1:1.19.16-00", "v1.19.16"),
+            ("1.20.5+really1.20.2-1", "v1.20.2"),
+            ("1.14.6", "v1.14.6"),
+        ] {
+            assert_eq!(upstream_tag(version), want, "case {version}");
+        }
+        assert_eq!(minor_of("1:1.19.16-00"), "1.19");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `k8s-nokmem remove`: the install in reverse. Stop the services of swapped binaries,
 //! delete our file, remove the diversion (dpkg renames the original back), check the
-//! original is the one recorded at install, start the services. Idempotent; a path that
-//! holds a file that is not ours keeps its diversion, with a loud warning.
+//! original is the one recorded at install, start the services. Idempotent; a file at the
+//! path that k8s-nokmem did not place is moved next to it
+//! (`<path>.k8s-nokmem-foreign-<UTC time>`, logged), never kept under a diversion.
 
 use std::path::Path;
 use std::time::Instant;
@@ -117,6 +118,7 @@ pub(super) fn remove(
     let services = session.services(root, manager, &units)?;
     let node = Node::new(root, services, config.service_timeout);
 
+    let now = journal::now();
     let mut steps = vec![Step::Preflight];
     steps.extend(units.iter().map(|u| Step::Stop { unit: u.clone() }));
     for (name, d, ours, original, payload) in &swapped {
@@ -126,6 +128,7 @@ pub(super) fn remove(
             divert_to: d.divert_to.clone(),
             ours: ours.clone(),
             payload: payload.clone(),
+            foreign_to: Some(journal::foreign_aside(&d.path, now)),
         });
         steps.push(Step::Undivert {
             target: name.clone(),
@@ -135,7 +138,10 @@ pub(super) fn remove(
         });
     }
     steps.extend(units.iter().rev().map(|u| Step::Start { unit: u.clone() }));
-    steps.push(Step::Record { state: None });
+    steps.push(Step::Record {
+        state: None,
+        before: None,
+    });
     journal::run(
         &node,
         "remove",

@@ -677,6 +677,10 @@ fn apt_purge(c: &mut Ctx) {
 
 /// Reinstall, reboot: k8s-nokmem-verify.service ran at boot and left its result.
 fn reinstall_and_reboot(c: &mut Ctx) {
+    // kubelet 1.21 (from the upgrade underneath) against the 1.20 payload: version-skew
+    // refuses by default, so the node goes back to the kubelet the payload was built for
+    c.apt("install --allow-downgrades kubelet=1.20.2-e2e1");
+    c.orig_kubelet = c.sha("/usr/bin/kubelet");
     c.apt("install k8s-nokmem");
     assert_eq!(
         c.pkg_version("k8s-nokmem"),
