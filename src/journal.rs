@@ -722,9 +722,7 @@ impl<'a> Node<'a> {
                 dst.display(),
                 aside.display()
             );
-            fs::rename(&dst, &aside)
-                .with_path("move aside", &dst)
-                .context("failed to keep the previous payload")?;
+            paths::rename(&dst, &aside).context("failed to keep the previous payload")?;
         }
         if let Some(dir) = aside.parent() {
             paths::sync_dir(dir)?;
@@ -757,14 +755,12 @@ impl<'a> Node<'a> {
         if same {
             paths::remove_file_if_exists(&aside)?;
         } else {
-            fs::rename(&aside, &dst)
-                .with_path("move back", &aside)
-                .with_context(|| {
-                    format!(
-                        "failed to put the previous payload back at {}",
-                        self.root.describe(path)
-                    )
-                })?;
+            paths::rename(&aside, &dst).with_context(|| {
+                format!(
+                    "failed to put the previous payload back at {}",
+                    self.root.describe(path)
+                )
+            })?;
         }
         if let Some(dir) = dst.parent() {
             paths::sync_dir(dir)?;
