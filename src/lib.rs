@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod notes;
 pub mod paths;
 pub mod policy;
+pub mod reboot;
 pub mod systemd;
 pub mod targets;
 pub mod verify;

@@ -241,3 +241,111 @@ fn cgroup_v2_and_nokmem_boots_need_nothing() {
     let v = verify(&n, "4.4-nokmem", &[]);
     assert_action(&v, "none", "no pod cgroup accounts kmem", "4.4 clean");
 }
+
+/// Point the node's config at a recorded tree, as install and the verify unit read it.
+fn config_for(n: &NodeRoot, node: &str, extra: &str) {
+    let node = fixture(node);
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        format!(
+            "[verify]\nproc-root = {}\ncgroup-root = {}\n{extra}",
+            node.join("proc").display(),
+            node.join("sys/fs/cgroup").display()
+        )
+        .as_bytes(),
+        0o644,
+    );
+}
+
+fn pkgs(n: &NodeRoot) -> String {
+    String::from_utf8(n.read("run/reboot-required.pkgs")).unwrap()
+}
+
+#[test]
+fn install_and_hourly_verify_runs_flag_reboot_required_once() {
+    let n = NodeRoot::new();
+    // another package asked first; ours is added after it, once
+    n.write(
+        "run/reboot-required.pkgs",
+        b"linux-image-4.4.0-210-generic\n",
+        0o644,
+    );
+    config_for(&n, "4.4-kubepods", "");
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains(
+            "install: a reboot is still needed: kubepods and its QoS cgroups account kmem"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        String::from_utf8(n.read("run/reboot-required")).unwrap(),
+        "*** System restart required ***\n"
+    );
+    assert!(
+        log.contains("reboot-required: wrote /run/reboot-required, /run/reboot-required.pkgs (the fix takes effect at the next boot)"),
+        "{log}"
+    );
+    let want = "linux-image-4.4.0-210-generic\nk8s-nokmem\n";
+    assert_eq!(pkgs(&n), want);
+
+    // a reinstall (nothing to swap) and hourly verify runs: still one line
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains("reboot-required: already flagged by k8s-nokmem"),
+        "{log}"
+    );
+    for _ in 0..3 {
+        let out = n.run(&["verify", "--state"]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "kubepods accounts kmem: a problem"
+        );
+    }
+    assert_eq!(pkgs(&n), want);
+    let names: Vec<String> = fs::read_dir(n.abs("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|f| !f.contains("k8s-nokmem-new")),
+        "no temp file left: {names:?}"
+    );
+
+    // status shows the flag and the last verdict
+    let out = n.run(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  reboot   required: /run/reboot-required.pkgs lists linux-image-4.4.0-210-generic, k8s-nokmem\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  effect   reboot (last verify): kubepods and its QoS cgroups account kmem"),
+        "{text}"
+    );
+    let out = n.run(&["status", "--json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["reboot_required"]["by_us"], true, "{json:#}");
+}
+
+#[test]
+fn nothing_is_flagged_when_a_reboot_cannot_help() {
+    let n = NodeRoot::new();
+    config_for(&n, "5.4-kmem", "[kernel]\ncmdline = leave\n");
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains("install: the fix is not in effect yet (operator): Linux 5.4 accounts kmem"),
+        "{log}"
+    );
+    assert!(!n.exists("run/reboot-required"), "{log}");
+    n.run(&["verify", "--state"]);
+    assert!(!n.exists("run/reboot-required"));
+    let out = n.run(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("  reboot   not required (/run/reboot-required absent)\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -30,7 +30,10 @@ impl Install {
         let session = Session::open(ctx, "install")?;
         let config = ctx.config().map_err(|e| preflight_failed("install", e))?;
         let connected = session.connect()?;
+        let before = super::effect::state_stamp(&ctx.root);
         install(ctx, &session, &config, connected.as_deref())?;
+        let swapped = super::effect::state_stamp(&ctx.root) != before;
+        super::effect::after_install(ctx, &config, swapped);
         Ok(Outcome::Ok)
     }
 }

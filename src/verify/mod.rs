@@ -197,6 +197,25 @@ enum Rule {
     Unknown,
 }
 
+/// Does the node have a cgroup v1 memory controller (None: mountinfo unreadable)?
+pub fn v1_memory(proc_root: &Path, cgroup_root: &Path) -> Option<bool> {
+    cgroup::read_layout(proc_root, cgroup_root)
+        .ok()
+        .map(|l| l.memory.is_some())
+}
+
+/// Settings for the rule as `install` and `remove` see the node: the config's roots.
+pub fn settings_for(root: &Root, config: &Config) -> Settings {
+    Settings {
+        root: root.clone(),
+        cgroup_root: config.verify.cgroup_root.clone(),
+        proc_root: config.verify.proc_root.clone(),
+        kernel_release: None,
+        kernel_log: None,
+        config: config.clone(),
+    }
+}
+
 /// Run every check. Never fails: unreadable inputs become `unknown` checks.
 pub fn run(settings: &Settings) -> Report {
     let mut node = NodeInfo::default();
@@ -314,7 +333,7 @@ pub fn run(settings: &Settings) -> Report {
         &checks,
         &metrics,
     );
-    info!("verify effect: {}: {}", effect.action.name(), effect.reason);
+    debug!("verify effect: {}: {}", effect.action.name(), effect.reason);
 
     let status = checks
         .iter()
@@ -424,9 +443,10 @@ fn step<T, E: std::error::Error>(name: &str, f: impl FnOnce() -> Result<T, E>) -
     let start = Instant::now();
     let result = f();
     let ms = start.elapsed().as_millis();
+    // debug: install runs the checks too, and its log is apt's term.log
     match &result {
-        Ok(_) => info!("verify {name}: ok ({ms} ms)"),
-        Err(e) => info!("verify {name}: FAILED: {} ({ms} ms)", error_chain(e)),
+        Ok(_) => debug!("verify {name}: ok ({ms} ms)"),
+        Err(e) => debug!("verify {name}: FAILED: {} ({ms} ms)", error_chain(e)),
     }
     result
 }
