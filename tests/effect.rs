@@ -349,3 +349,39 @@ fn nothing_is_flagged_when_a_reboot_cannot_help() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn apply_reboot_swaps_then_flags_reboot_required_and_restart_does_not_on_a_clean_node() {
+    // cgroup v2: the rule needs nothing; only apply = reboot asks for the reboot that
+    // starts the new binaries
+    let n = NodeRoot::new();
+    config_for(&n, "v2-only", "[services]\napply = reboot\n");
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains("reboot-required: wrote /run/reboot-required, /run/reboot-required.pkgs ([services] apply = reboot: the services run the old binaries until the node reboots)"),
+        "{log}"
+    );
+    assert_eq!(n.read("usr/bin/kubelet"), common::node::PAYLOAD_KUBELET);
+    assert_eq!(pkgs(&n), "k8s-nokmem\n");
+    // an upgrade of the payload flags again, still one line
+    n.set_payload(
+        b"#!/bin/sh\necho nokmem runc 1.1.6\n",
+        b"#!/bin/sh\necho nokmem kubelet 2\n",
+        "1.20.2",
+    );
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains("reboot-required: already flagged by k8s-nokmem ([services] apply = reboot"),
+        "{log}"
+    );
+    assert_eq!(pkgs(&n), "k8s-nokmem\n");
+
+    let n = NodeRoot::new();
+    config_for(&n, "v2-only", "");
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains("install: the fix is in effect: no cgroup v1 memory controller"),
+        "{log}"
+    );
+    assert!(!n.exists("run/reboot-required"), "{log}");
+}
