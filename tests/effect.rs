@@ -326,7 +326,8 @@ fn install_and_hourly_verify_runs_flag_reboot_required_once() {
     );
     let out = n.run(&["status", "--json"]);
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["reboot_required"]["by_us"], true, "{json:#}");
+    assert_eq!(json["reboot_flag"]["by_us"], true, "{json:#}");
+    assert_eq!(json["effect"]["action"], "reboot", "{json:#}");
 }
 
 #[test]

@@ -98,7 +98,7 @@ pub(crate) struct Report {
     pub unknown: Vec<String>,
     pub outcome: Outcome,
     /// Debian's reboot-required flag files.
-    pub reboot_required: crate::reboot::Flag,
+    pub reboot_flag: crate::reboot::Flag,
     /// The last verify run's verdict (`/run/k8s-nokmem/verify.json`): action and reason.
     pub effect: Option<Effect>,
 }
@@ -298,7 +298,7 @@ pub(crate) fn collect(ctx: &Ctx, services: Services<'_>) -> Report {
         problems,
         unknown,
         outcome,
-        reboot_required: crate::reboot::read(root),
+        reboot_flag: crate::reboot::read(root),
         effect: last_effect(root),
     }
 }
@@ -433,7 +433,7 @@ pub(crate) fn render(r: &Report) -> String {
             j.started
         ));
     }
-    let flag = &r.reboot_required;
+    let flag = &r.reboot_flag;
     line(format!(
         "  reboot   {}",
         match (flag.required, flag.by_us) {
