@@ -77,6 +77,28 @@ pub enum Severity {
     Ignore,
 }
 
+/// `[kernel] cmdline`: who puts `cgroup.memory=nokmem` on the kernel command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CmdlineMode {
+    /// Manage it on nodes that use a cgroup v1 memory controller; leave v2-only nodes alone.
+    Auto,
+    /// Always manage it (grub drop-in).
+    Manage,
+    /// Never touch it: the operator owns the kernel command line.
+    Leave,
+}
+
+/// `[services] apply`: how a swap takes effect in the running services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Apply {
+    /// Stop the services, swap, start them (containers restart with docker).
+    Restart,
+    /// Swap with no service stopped, flag reboot-required for the fleet's reboot engine.
+    Reboot,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifyConfig {
     /// Linux >= 4.6 without `cgroup.memory=nokmem` accounts kmem in every memory cgroup.
@@ -103,6 +125,10 @@ pub struct Config {
     pub service_timeout: Duration,
     pub version_skew: SkewPolicy,
     pub verify: VerifyConfig,
+    /// `[kernel] cmdline`.
+    pub kernel_cmdline: CmdlineMode,
+    /// `[services] apply`.
+    pub apply: Apply,
 }
 
 impl Default for Config {
@@ -132,6 +158,8 @@ impl Default for Config {
                 zombie_warn_percent: 50,
                 textfile_dir: "/var/lib/node_exporter/textfile_collector".into(),
             },
+            kernel_cmdline: CmdlineMode::Auto,
+            apply: Apply::Restart,
         }
     }
 }
@@ -217,6 +245,21 @@ impl Config {
                     "warning" => Severity::Warning,
                     "ignore" => Severity::Ignore,
                     _ => return Err(at.bad("'problem', 'warning' or 'ignore'")),
+                };
+            }
+            ("kernel", "cmdline") => {
+                self.kernel_cmdline = match v {
+                    "auto" => CmdlineMode::Auto,
+                    "manage" => CmdlineMode::Manage,
+                    "leave" => CmdlineMode::Leave,
+                    _ => return Err(at.bad("'auto', 'manage' or 'leave'")),
+                };
+            }
+            ("services", "apply") => {
+                self.apply = match v {
+                    "restart" => Apply::Restart,
+                    "reboot" => Apply::Reboot,
+                    _ => return Err(at.bad("'restart' or 'reboot'")),
                 };
             }
             ("verify", "boot-wait") => self.verify.boot_wait = duration(at)?,
@@ -365,6 +408,27 @@ mod tests {
         assert_eq!(c.service_timeout, Duration::from_secs(120));
         assert_eq!(c.verify.kernel_wide_kmem, Severity::Warning);
         assert_eq!(c.verify.boot_wait, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn kernel_cmdline_and_apply() {
+        let c = Config::parse(
+            "[kernel]\ncmdline = leave\n[services]\napply = reboot\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.kernel_cmdline, CmdlineMode::Leave);
+        assert_eq!(c.apply, Apply::Reboot);
+        let err = Config::parse("[services]\napply = later\n", "t").unwrap_err();
+        assert!(
+            err.to_string().ends_with("expected 'restart' or 'reboot'"),
+            "{err}"
+        );
+        let err = Config::parse("[kernel]\ncmdline = grub\n", "t").unwrap_err();
+        assert!(
+            err.to_string().contains("'auto', 'manage' or 'leave'"),
+            "{err}"
+        );
     }
 
     #[test]

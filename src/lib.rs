@@ -1,6 +1,7 @@
 //! Library behind the `k8s-nokmem` binary. One module per concern; see README.md.
 
 pub mod cli;
+pub mod cmdline;
 pub mod command;
 pub mod config;
 pub mod divert;
@@ -12,6 +13,7 @@ pub mod manifest;
 pub mod notes;
 pub mod paths;
 pub mod policy;
+pub mod reboot;
 pub mod systemd;
 pub mod targets;
 pub mod verify;

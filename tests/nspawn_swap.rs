@@ -429,3 +429,53 @@ fn no_bus_changes_nothing_and_policy_rc_d_keeps_services_running() {
         "policy-rc.d 101, yet remove restarted a service"
     );
 }
+
+#[test]
+fn apply_reboot_swaps_with_no_service_restarted_and_flags_reboot_required() {
+    let Some(tb) = testbed(
+        "apply_reboot_swaps_with_no_service_restarted_and_flags_reboot_required",
+        PAYLOAD_KUBELET,
+    ) else {
+        return;
+    };
+    tb.write(
+        "/etc/k8s-nokmem/k8s-nokmem.conf",
+        format!("{CONFIG}apply = reboot\n"),
+        0o644,
+    );
+    let booted = services(&tb);
+    let log = helper_ok(&tb, &["install"]);
+    assert!(
+        !log.contains("stop '") && !log.contains("start '"),
+        "apply = reboot touched a service:\n{log}"
+    );
+    assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
+    assert_content(&tb, "/usr/sbin/runc", PAYLOAD_RUNC, "after install");
+    assert_eq!(diversions(&tb), vec![KUBELET_LINE, RUNC_LINE]);
+    assert_eq!(
+        services(&tb),
+        booted,
+        "start timestamps changed: a service was restarted"
+    );
+    assert_eq!(
+        main_cmdline(&tb, "kubelet.service"),
+        "sleep 1000001",
+        "the running kubelet keeps its old file until the reboot"
+    );
+    // /run is the container's tmpfs: read it from inside
+    assert_eq!(
+        tb.sh_ok("cat /run/reboot-required.pkgs"),
+        "k8s-nokmem\n",
+        "flagged once:\n{log}"
+    );
+    assert_eq!(
+        tb.sh_ok("cat /run/reboot-required"),
+        "*** System restart required ***\n"
+    );
+
+    // an hourly verify run and a re-install: still one line, nothing restarted
+    tb.run(&[HELPER, "verify", "--state"]);
+    helper_ok(&tb, &["install"]);
+    assert_eq!(tb.sh_ok("cat /run/reboot-required.pkgs"), "k8s-nokmem\n");
+    assert_eq!(services(&tb), booted);
+}

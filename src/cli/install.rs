@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context};
 use log::{debug, info, warn};
 
 use super::{Ctx, Outcome};
-use crate::config::{Config, SkewPolicy};
+use crate::config::{Apply, Config, SkewPolicy};
 use crate::divert::{Diversion, DpkgDivert};
 use crate::dpkg::{self, Dpkg};
 use crate::journal::{self, Failpoint, Node, Services, Step};
@@ -30,7 +30,10 @@ impl Install {
         let session = Session::open(ctx, "install")?;
         let config = ctx.config().map_err(|e| preflight_failed("install", e))?;
         let connected = session.connect()?;
+        let before = super::effect::state_stamp(&ctx.root);
         install(ctx, &session, &config, connected.as_deref())?;
+        let swapped = super::effect::state_stamp(&ctx.root) != before;
+        super::effect::after_install(ctx, &config, swapped);
         Ok(Outcome::Ok)
     }
 }
@@ -188,7 +191,11 @@ pub(super) fn install(
         return Ok(());
     }
 
-    let units = units_for(config, changed.iter().map(|f| &f.target.restart));
+    // [services] apply = reboot: no service is stopped; the node's reboot starts the new ones
+    let units = match config.apply {
+        Apply::Restart => units_for(config, changed.iter().map(|f| &f.target.restart)),
+        Apply::Reboot => Vec::new(),
+    };
     let units = running(manager, units)?;
     let services = session.services(root, manager, &units)?;
     let node = Node::new(root, services, config.service_timeout);
@@ -691,6 +698,38 @@ mod tests {
         node.install(&sd).unwrap();
         assert!(sd.calls().is_empty(), "{:?}", sd.call_lines());
         assert_eq!(sd.unit_state("kubelet.service"), after, "not restarted");
+    }
+
+    #[test]
+    fn apply_reboot_swaps_with_no_service_stopped_or_started() {
+        let node = TestNode::new();
+        node.write(
+            "etc/k8s-nokmem/k8s-nokmem.conf",
+            b"[services]\napply = reboot\n",
+        );
+        let sd = FakeSystemd::with_active(&UNITS);
+        let before = sd.unit_state("kubelet.service");
+        node.install(&sd).unwrap();
+        assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+        assert_eq!(node.read("usr/sbin/runc"), b"nokmem runc");
+        let stops_or_starts: Vec<String> = sd
+            .call_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("stop ") || l.starts_with("start "))
+            .collect();
+        assert!(stops_or_starts.is_empty(), "{stops_or_starts:?}");
+        assert_eq!(sd.unit_state("kubelet.service"), before, "not restarted");
+        // an upgrade of the payload: still nothing restarted
+        node.payload(b"nokmem runc 2", b"nokmem kubelet 2");
+        node.install(&sd).unwrap();
+        assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet 2");
+        assert!(
+            !sd.call_lines()
+                .iter()
+                .any(|l| l.starts_with("stop ") || l.starts_with("start ")),
+            "{:?}",
+            sd.call_lines()
+        );
     }
 
     #[test]

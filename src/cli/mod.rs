@@ -11,6 +11,7 @@ use log::LevelFilter;
 use crate::config::Config;
 use crate::paths::Root;
 
+mod effect;
 mod inspect;
 mod install;
 mod remove;

@@ -33,6 +33,7 @@ impl Remove {
         });
         let connected = session.connect()?;
         remove(ctx, &session, &config, connected.as_deref())?;
+        super::effect::after_remove(ctx);
         Ok(Outcome::Ok)
     }
 }

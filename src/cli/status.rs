@@ -102,6 +102,31 @@ pub(crate) struct Report {
     /// landed underneath the diversion.
     pub warnings: Vec<String>,
     pub outcome: Outcome,
+    /// Debian's reboot-required flag files.
+    pub reboot_flag: crate::reboot::Flag,
+    /// The last verify run's verdict (`/run/k8s-nokmem/verify.json`): action and reason.
+    pub effect: Option<Effect>,
+}
+
+/// What the last verify run said puts the fix in effect.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Effect {
+    pub action: String,
+    pub reason: String,
+}
+
+/// The verdict of the last `verify --state` run, if any.
+fn last_effect(root: &Root) -> Option<Effect> {
+    let path = root.join(Path::new(paths::RUN_DIR).join(super::verify::STATE_FILE));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    Some(Effect {
+        action: v.get("action")?.as_str()?.to_string(),
+        reason: v
+            .get("reboot_required")?
+            .get("reason")?
+            .as_str()?
+            .to_string(),
+    })
 }
 
 fn describe(o: &Original, payload: Option<&str>) -> String {
@@ -293,6 +318,8 @@ pub(crate) fn collect(ctx: &Ctx, services: Services<'_>) -> Report {
         unknown,
         warnings,
         outcome,
+        reboot_flag: crate::reboot::read(root),
+        effect: last_effect(root),
     }
 }
 
@@ -425,6 +452,32 @@ pub(crate) fn render(r: &Report) -> String {
             j.phase,
             j.steps.len(),
             j.started
+        ));
+    }
+    let flag = &r.reboot_flag;
+    line(format!(
+        "  reboot   {}",
+        match (flag.required, flag.by_us) {
+            (false, _) => format!("not required ({} absent)", crate::reboot::FLAG),
+            (true, true) => format!(
+                "required: {} lists {}",
+                crate::reboot::PKGS,
+                flag.packages.join(", ")
+            ),
+            (true, false) => format!(
+                "required by other packages ({}), not by k8s-nokmem",
+                if flag.packages.is_empty() {
+                    "none listed".to_string()
+                } else {
+                    flag.packages.join(", ")
+                }
+            ),
+        }
+    ));
+    if let Some(e) = &r.effect {
+        line(format!(
+            "  effect   {} (last verify): {}",
+            e.action, e.reason
         ));
     }
     for p in &r.problems {

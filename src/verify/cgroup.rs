@@ -278,6 +278,14 @@ pub fn read_uptime(proc_root: &Path) -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// When this boot began: `btime` in `PROC/stat` (seconds since the epoch).
+pub fn read_boot_time(proc_root: &Path) -> Option<i64> {
+    let text = fs::read_to_string(proc_root.join("stat")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// kubelet's QoS classes (guaranteed pods sit directly under kubepods).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -15,11 +15,13 @@ use crate::config::{Config, Severity};
 use crate::paths::{self, Root};
 
 mod cgroup;
+pub mod effect;
 mod kernel;
 mod node;
 pub mod render;
 
 pub use cgroup::{Kind, Qos, Setup, MEMCG_ID_LIMIT};
+pub use effect::{Action, Effect, RebootRequired};
 
 /// Zombie memory cgroups use this share of the IDs (percent): mkdir is about to fail.
 pub const ZOMBIE_PROBLEM_PERCENT: u64 = 90;
@@ -160,6 +162,10 @@ pub struct Report {
     pub node: NodeInfo,
     pub checks: Vec<Check>,
     pub metrics: Metrics,
+    /// Is a reboot what puts the fix in effect, and why (see [`effect`]).
+    pub reboot_required: RebootRequired,
+    /// What puts the fix in effect: none, recreate-pods, reboot, operator.
+    pub action: Action,
 }
 
 impl Report {
@@ -191,6 +197,25 @@ enum Rule {
     PerCgroup,
     /// The kernel release is unknown.
     Unknown,
+}
+
+/// Does the node have a cgroup v1 memory controller (None: mountinfo unreadable)?
+pub fn v1_memory(proc_root: &Path, cgroup_root: &Path) -> Option<bool> {
+    cgroup::read_layout(proc_root, cgroup_root)
+        .ok()
+        .map(|l| l.memory.is_some())
+}
+
+/// Settings for the rule as `install` and `remove` see the node: the config's roots.
+pub fn settings_for(root: &Root, config: &Config) -> Settings {
+    Settings {
+        root: root.clone(),
+        cgroup_root: config.verify.cgroup_root.clone(),
+        proc_root: config.verify.proc_root.clone(),
+        kernel_release: None,
+        kernel_log: None,
+        config: config.clone(),
+    }
 }
 
 /// Run every check. Never fails: unreadable inputs become `unknown` checks.
@@ -297,6 +322,21 @@ pub fn run(settings: &Settings) -> Report {
     // what is installed
     checks.extend(node::checks(settings, &mut metrics));
 
+    // is the fix in effect, and what will put it in effect
+    let effect = effect_of(
+        settings,
+        rule,
+        &release,
+        nokmem,
+        memory.is_some(),
+        layout.is_ok(),
+        &walked,
+        swap,
+        &checks,
+        &metrics,
+    );
+    debug!("verify effect: {}: {}", effect.action.name(), effect.reason);
+
     let status = checks
         .iter()
         .map(|c| c.status.outcome())
@@ -312,7 +352,92 @@ pub fn run(settings: &Settings) -> Report {
         node,
         checks,
         metrics,
+        reboot_required: effect.reboot_required(),
+        action: effect.action,
     }
+}
+
+/// The inputs of the rule, from what the checks found.
+#[allow(clippy::too_many_arguments)]
+fn effect_of(
+    settings: &Settings,
+    rule: Rule,
+    release: &Result<(String, (u32, u32)), kernel::KernelError>,
+    nokmem: Option<bool>,
+    v1_memory: bool,
+    layout_known: bool,
+    walked: &Option<Result<cgroup::Walk, cgroup::CgroupError>>,
+    swap: Option<i64>,
+    checks: &[Check],
+    metrics: &Metrics,
+) -> Effect {
+    let version = release.as_ref().ok().map(|(_, v)| *v);
+    // Linux < 4.6 ignores the parameter (unless backported): judge by the cgroups alone
+    let counted_as = match (rule, version) {
+        (Rule::Nokmem, Some(v)) if v < kernel::KERNEL_WIDE_KMEM_SINCE => Rule::PerCgroup,
+        (r, _) => r,
+    };
+    let active = match walked {
+        Some(Ok(w)) => Some(active_by_cause(w, counted_as, swap)),
+        _ if rule == Rule::NoV1Memory => Some(effect::Active::default()),
+        _ => None,
+    };
+    let boot_time = cgroup::read_boot_time(&settings.proc_root);
+    let v1_memory = layout_known.then_some(v1_memory);
+    let inputs = effect::Inputs {
+        release: version,
+        v1_memory,
+        cmdline_nokmem: nokmem == Some(true),
+        kernel_wide_ignored: settings.config.verify.kernel_wide_kmem == Severity::Ignore,
+        active,
+        payload_kubelet: metrics
+            .binary_match
+            .iter()
+            .find(|(name, _)| name == "kubelet")
+            .map(|(_, ok)| *ok),
+        running_old_kubelet: checks
+            .iter()
+            .any(|c| c.name == "running-kubelet" && c.status == Status::Problem),
+        rebooted_since_swap: swap.zip(boot_time).map(|(s, b)| b > s),
+        boot_time,
+        cmdline_managed: crate::cmdline::managed(settings.config.kernel_cmdline, v1_memory),
+        loader: crate::cmdline::loader(&settings.root),
+        next_boot: crate::cmdline::next_boot(&settings.root),
+    };
+    debug!("verify effect inputs: {inputs:?}");
+    effect::decide(&inputs)
+}
+
+/// Count the kmem-active cgroups by cause, as the rule needs them: pods once each (a
+/// container follows its pod), other cgroups one each.
+fn active_by_cause(walk: &cgroup::Walk, rule: Rule, swap: Option<i64>) -> effect::Active {
+    let kinds: std::collections::HashMap<&str, &Kind> = walk
+        .cgroups
+        .iter()
+        .map(|c| (c.path.as_str(), &c.kind))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut active = effect::Active::default();
+    for cg in walk.active() {
+        let top = cg
+            .inherited_from
+            .as_deref()
+            .and_then(|p| kinds.get(p).copied());
+        let cause = cause_of(rule, cg, top, swap);
+        let who = cg.kind.pod_uid().unwrap_or(cg.path.as_str());
+        if !seen.insert((cause, who)) {
+            continue;
+        }
+        match cause {
+            Cause::KernelWide | Cause::DespiteNokmem => active.kernel += 1,
+            Cause::KubepodsActive => active.kubepods += 1,
+            Cause::BeforeSwap => active.before_swap += 1,
+            Cause::AfterSwap => active.after_swap += 1,
+            Cause::NotSwapped => active.not_swapped += 1,
+            Cause::InheritedFromPod => {}
+        }
+    }
+    active
 }
 
 /// Run one step, logging one line with its duration.
@@ -320,9 +445,10 @@ fn step<T, E: std::error::Error>(name: &str, f: impl FnOnce() -> Result<T, E>) -
     let start = Instant::now();
     let result = f();
     let ms = start.elapsed().as_millis();
+    // debug: install runs the checks too, and its log is apt's term.log
     match &result {
-        Ok(_) => info!("verify {name}: ok ({ms} ms)"),
-        Err(e) => info!("verify {name}: FAILED: {} ({ms} ms)", error_chain(e)),
+        Ok(_) => debug!("verify {name}: ok ({ms} ms)"),
+        Err(e) => debug!("verify {name}: FAILED: {} ({ms} ms)", error_chain(e)),
     }
     result
 }
@@ -460,7 +586,7 @@ fn parse_time(v: &Value) -> Option<i64> {
 
 /// Why a kmem-active cgroup is active, for the report and the fix. In the order of what to
 /// fix first: the smallest cause of all active cgroups gives the one thing to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum Cause {
     /// Linux >= 4.6: every cgroup.
@@ -841,6 +967,11 @@ mod tests {
                 Check::new("d", Status::Problem, "p").fix("fix d"),
             ],
             metrics: Metrics::default(),
+            reboot_required: RebootRequired {
+                required: false,
+                reason: String::new(),
+            },
+            action: Action::None,
         };
         assert_eq!(report.first_fix().map(|c| c.name), Some("c"));
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{Report, Status};
+use super::{Action, Report, Status};
 use crate::cli::Outcome;
 use crate::paths::{self, FileError};
 
@@ -82,6 +82,7 @@ pub fn human(report: &Report) -> String {
             }
         }
     }
+    let _ = writeln!(out, "effect: {}", effect_line(report));
     match report.first_fix() {
         Some(check) => {
             let _ = writeln!(out, "to do: {}", check.fix.as_deref().unwrap_or_default());
@@ -91,6 +92,17 @@ pub fn human(report: &Report) -> String {
         }
     }
     out
+}
+
+/// `reboot required: <reason>` and the like: what puts the fix in effect.
+fn effect_line(report: &Report) -> String {
+    let what = match report.action {
+        Action::None => "in effect",
+        Action::RecreatePods => "recreate pods",
+        Action::Reboot => "reboot required",
+        Action::Operator => "operator action needed",
+    };
+    format!("{what}: {}", report.reboot_required.reason)
 }
 
 fn cgroup_line(cg: &Value) -> String {
@@ -166,7 +178,7 @@ pub fn npd(report: &Report) -> String {
         .iter()
         .filter(|c| c.status.outcome() == report.status && report.status != Outcome::Ok)
         .max_by_key(|c| c.status);
-    match worst {
+    let line = match worst {
         Some(c) => format!("{}: {}: {}", outcome_name(report.status), c.name, c.summary),
         None => {
             let warnings = report
@@ -181,7 +193,16 @@ pub fn npd(report: &Report) -> String {
             }
         }
     }
-    .replace('\n', " ")
+    .replace('\n', " ");
+    if report.action == Action::None {
+        line
+    } else {
+        format!(
+            "{line} [{}: {}]",
+            report.action.name(),
+            report.reboot_required.reason
+        )
+    }
 }
 
 /// The Prometheus text exposition of the report.
@@ -273,6 +294,29 @@ pub fn prometheus(report: &Report) -> String {
         "When the last k8s-nokmem verify run ended, in seconds since the epoch.",
         &one(Some(report.timestamp)),
     );
+    let _ = writeln!(
+        out,
+        "# HELP k8s_nokmem_reboot_required 1 when a (drained) reboot puts the kmem fix in effect on this node."
+    );
+    let _ = writeln!(out, "# TYPE k8s_nokmem_reboot_required gauge");
+    let _ = writeln!(
+        out,
+        "k8s_nokmem_reboot_required {}",
+        u8::from(report.reboot_required.required)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP k8s_nokmem_action What puts the kmem fix in effect (1 for the current action): none, recreate-pods, reboot, operator."
+    );
+    let _ = writeln!(out, "# TYPE k8s_nokmem_action gauge");
+    for action in Action::ALL {
+        let _ = writeln!(
+            out,
+            "k8s_nokmem_action{{action=\"{}\"}} {}",
+            action.name(),
+            u8::from(action == report.action)
+        );
+    }
     out
 }
 
