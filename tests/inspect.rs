@@ -569,3 +569,71 @@ fn inspect_needs_a_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("<FILE>..."));
 }
+
+/// 32- and 64-bit, little- and big-endian ELF beyond amd64/arm64: the GOARCH, the Go
+/// version from the build info and, with the build info gone, from `runtime.buildVersion`
+/// in the symbol table (read with the file's byte order and word size).
+#[test]
+fn other_word_sizes_and_byte_orders_are_read() {
+    const ARCHES: [&str; 5] = ["386", "arm", "mips", "ppc64", "s390x"];
+    if !Path::new(GO).exists() {
+        let msg = format!("'{GO}' is missing; install it with `apt-get install golang-go`");
+        assert!(!common::strict(), "{msg}");
+        eprintln!("skipped: {msg}");
+        return;
+    }
+    let go_version = common::ok(Command::new(GO).arg("version"));
+    let mut key = Sha256::new();
+    for part in [HELLO_MAIN_GO, &go_version, &ARCHES.join(",")] {
+        key.update(part.as_bytes());
+        key.update([0]);
+    }
+    let key = hex::encode(&key.finalize()[..8]);
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gobin-arches-{key}"));
+    if !ARCHES.iter().all(|a| out_dir.join(a).exists()) {
+        let work = tempfile::tempdir().unwrap();
+        let pkg = work.path().join("gopath/src/hello");
+        fs::create_dir_all(&pkg).unwrap();
+        fs::write(pkg.join("main.go"), HELLO_MAIN_GO).unwrap();
+        let staging = work.path().join("out");
+        for arch in ARCHES {
+            common::ok(
+                Command::new(GO)
+                    .current_dir(&pkg)
+                    .env("GO111MODULE", "off")
+                    .env("GOPATH", work.path().join("gopath"))
+                    .env("GOFLAGS", "")
+                    .env("GOOS", "linux")
+                    .env("GOARCH", arch)
+                    .env("CGO_ENABLED", "0")
+                    .args(["build", "-o"])
+                    .arg(staging.join(arch)),
+            );
+        }
+        fs::create_dir_all(out_dir.parent().unwrap()).unwrap();
+        let _ = fs::remove_dir_all(&out_dir);
+        fs::rename(&staging, &out_dir)
+            .or_else(|_| fs::metadata(&out_dir).map(|_| ()))
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ARCHES {
+        let path = out_dir.join(arch);
+        let version = oracle(&path).0;
+        let r = gobin::inspect(&path).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(r.arch, arch);
+        assert_eq!(r.go_version.as_deref(), Some(version.as_str()), "{arch}");
+        assert_eq!(r.tags, Some(vec![]), "{arch}");
+        assert_eq!((r.verdict, r.reason), (Verdict::Safe, Reason::NoKmemCode));
+
+        let mut bytes = fs::read(&path).unwrap();
+        let magic = b"\xff Go buildinf:";
+        let at = memchr::memmem::find(&bytes, magic).unwrap();
+        bytes[at..at + magic.len()].fill(0);
+        let no_info = dir.path().join(arch);
+        fs::write(&no_info, &bytes).unwrap();
+        let r = gobin::inspect(&no_info).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(r.go_version, Some(version), "{arch}: from the symbol table");
+        assert_eq!(r.tags, None, "{arch}");
+    }
+}

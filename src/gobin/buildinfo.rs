@@ -79,10 +79,10 @@ impl BuildInfo {
     }
 }
 
-/// Decode the block that starts at `start` in `data` (a whole mapped file). Pointers of
-/// the pre-1.18 format are followed through `elf`.
-pub fn decode(data: &[u8], start: usize, elf: &Elf) -> Result<BuildInfo, BuildInfoError> {
-    let block = data.get(start..).unwrap_or_default();
+/// Decode the block that starts at file offset `start`. Pointers of the pre-1.18 format
+/// are followed through the ELF segments.
+pub fn decode(elf: &Elf, start: usize) -> Result<BuildInfo, BuildInfoError> {
+    let block = elf.data().get(start..).unwrap_or_default();
     if !block.starts_with(MAGIC) {
         return Err(BuildInfoError::NoMagic);
     }
@@ -113,8 +113,8 @@ pub fn decode(data: &[u8], start: usize, elf: &Elf) -> Result<BuildInfo, BuildIn
     let short = BuildInfoError::Short { len: block.len() };
     let version_ptr = layout.word(block, 16).ok_or(short.clone())?;
     let modinfo_ptr = layout.word(block, 16 + ps).ok_or(short)?;
-    let version = read_go_string(data, elf, layout, version_ptr, "version")?;
-    let modinfo = read_go_string(data, elf, layout, modinfo_ptr, "module info")?;
+    let version = read_go_string(elf, layout, version_ptr, "version")?;
+    let modinfo = read_go_string(elf, layout, modinfo_ptr, "module info")?;
     Ok(BuildInfo {
         version: text(version, "version")?,
         modinfo: text(strip_sentinels(modinfo), "module info")?,
@@ -124,7 +124,8 @@ pub fn decode(data: &[u8], start: usize, elf: &Elf) -> Result<BuildInfo, BuildIn
 
 /// Find the block: in the `.go.buildinfo` section when the section table is there, else
 /// the first 16-byte-aligned magic in the file (section table stripped).
-pub fn find(data: &[u8], elf: &Elf) -> Option<usize> {
+pub fn find(elf: &Elf) -> Option<usize> {
+    let data = elf.data();
     if let Some(sec) = elf.section(".go.buildinfo") {
         let bytes = data.get(sec.range())?;
         if bytes.starts_with(MAGIC) {
@@ -139,9 +140,9 @@ const BUILD_VERSION_SYMBOL: &str = "runtime.buildVersion";
 
 /// The Go version from the symbol table (`runtime.buildVersion`), for binaries without
 /// build info (Go < 1.13) that are not stripped.
-pub fn version_from_symtab(data: &[u8], elf: &Elf) -> Option<String> {
-    let addr = elf.symbol(data, BUILD_VERSION_SYMBOL)?;
-    let bytes = read_go_string(data, elf, elf.layout, addr, "version").ok()?;
+pub fn version_from_symtab(elf: &Elf) -> Option<String> {
+    let addr = elf.symbol(BUILD_VERSION_SYMBOL)?;
+    let bytes = read_go_string(elf, elf.layout, addr, "version").ok()?;
     let version = std::str::from_utf8(bytes).ok()?;
     version.starts_with("go").then(|| version.to_string())
 }
@@ -166,19 +167,18 @@ fn read_inline<'a>(
 }
 
 /// A Go string header (data pointer, length) at `addr`, then its bytes.
-fn read_go_string<'a>(
-    data: &'a [u8],
-    elf: &Elf,
+fn read_go_string<'data>(
+    elf: &Elf<'data>,
     layout: Layout,
     addr: u64,
     what: &'static str,
-) -> Result<&'a [u8], BuildInfoError> {
+) -> Result<&'data [u8], BuildInfoError> {
     if addr == 0 {
         return Ok(&[]);
     }
     let ps = layout.ptr_size();
     let header = elf
-        .read_vaddr(data, addr, 2 * ps as u64)
+        .read_vaddr(addr, 2 * ps as u64)
         .ok_or(BuildInfoError::Unmapped { addr })?;
     let unmapped = BuildInfoError::Unmapped { addr };
     let ptr = layout.word(header, 0).ok_or(unmapped.clone())?;
@@ -192,7 +192,7 @@ fn read_go_string<'a>(
             why: format!("implausible length {len}"),
         });
     }
-    elf.read_vaddr(data, ptr, len)
+    elf.read_vaddr(ptr, len)
         .ok_or(BuildInfoError::Unmapped { addr: ptr })
 }
 
@@ -286,22 +286,17 @@ fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::gobin::elf::Section;
+    use crate::gobin::elf::tests::{tiny_elf64, TinyElf, BASE};
 
     const START: &[u8; 16] = b"0w\xaf\x0c\x92t\x08\x02A\xe1\xc1\x07\xe6\xd6\x18\xe6";
     const END: &[u8; 16] = b"\xf92C1\x86\x18 r\x00\x82B\x10A\x16\xd8\xf2";
 
-    fn no_elf() -> Elf {
-        Elf {
-            layout: Layout {
-                big_endian: false,
-                is_64: true,
-            },
-            machine: 62,
-            segments: vec![],
-            sections: vec![],
-            symtab: None,
-        }
+    /// An ELF file followed by `tail`, and the offset of `tail`.
+    fn elf_then(tail: &[u8]) -> (Vec<u8>, usize) {
+        let mut data = tiny_elf64(62, ".text", b"");
+        let at = data.len();
+        data.extend_from_slice(tail);
+        (data, at)
     }
 
     fn varstr(s: &[u8]) -> Vec<u8> {
@@ -337,9 +332,11 @@ pub(crate) mod tests {
     fn decodes_the_inline_format() {
         let modinfo = "path\tk8s.io/kubernetes/cmd/kubelet\nbuild\t-compiler=gc\nbuild\t-tags=selinux,notest,nokmem\nbuild\tGOARCH=arm64\n";
         let block = inline_block("go1.19.8", modinfo);
-        let mut data = vec![0u8; 48];
-        data.extend(&block);
-        let bi = decode(&data, 48, &no_elf()).unwrap();
+        let data = tiny_elf64(183, ".go.buildinfo", &block);
+        let elf = Elf::parse(&data).unwrap();
+        let at = find(&elf).unwrap();
+        assert_eq!(&data[at..][..block.len()], block);
+        let bi = decode(&elf, at).unwrap();
         assert_eq!(bi.version, "go1.19.8");
         assert_eq!(bi.modinfo, modinfo);
         assert_eq!(
@@ -347,7 +344,6 @@ pub(crate) mod tests {
             Some(vec!["selinux".into(), "notest".into(), "nokmem".into()])
         );
         assert_eq!(bi.goarch().as_deref(), Some("arm64"));
-        assert_eq!(find(&data, &no_elf()), Some(48));
     }
 
     #[test]
@@ -370,12 +366,9 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn decodes_the_pointer_format_through_segments() {
-        // Layout at vaddr 0x1000 (file offset 0): [block 32][str hdr 16][str hdr 16][bytes]
-        let version = b"go1.15.15";
-        let modinfo = [&START[..], b"path\tx\n", &END[..]].concat();
-        let base = 0x1000u64;
+    /// A pre-1.18 block and what it points to, for contents mapped at `base`:
+    /// [block 32][version header 16][module info header 16][version][module info].
+    fn pointer_format(base: u64, version: &[u8], modinfo: &[u8]) -> Vec<u8> {
         let mut data = MAGIC.to_vec();
         data.push(8);
         data.push(0);
@@ -386,21 +379,33 @@ pub(crate) mod tests {
         data.extend((base + 64 + version.len() as u64).to_le_bytes());
         data.extend((modinfo.len() as u64).to_le_bytes());
         data.extend(version);
-        data.extend(&modinfo);
-        let mut elf = no_elf();
-        elf.segments.push(crate::gobin::elf::Segment {
-            offset: 0,
-            vaddr: base,
-            filesz: data.len() as u64,
-        });
-        let bi = decode(&data, 0, &elf).unwrap();
+        data.extend(modinfo);
+        data
+    }
+
+    #[test]
+    fn decodes_the_pointer_format_through_segments() {
+        let version = b"go1.15.15";
+        let modinfo = [&START[..], b"path\tx\n", &END[..]].concat();
+        let tiny = TinyElf {
+            machine: 62,
+            layout: TinyElf::LE64,
+        };
+        let at = tiny.contents_offset();
+        let contents = pointer_format(BASE + at, version, &modinfo);
+        let data = tiny.build(".go.buildinfo", &contents);
+        let elf = Elf::parse(&data).unwrap();
+        let bi = decode(&elf, at as usize).unwrap();
         assert_eq!(bi.version, "go1.15.15");
         assert_eq!(bi.modinfo, "path\tx\n");
         assert_eq!(bi.tags(), None, "pre-1.18 binaries record no tags");
 
-        // The same block with no segments to follow the pointers through.
-        let err = decode(&data, 0, &no_elf()).unwrap_err();
-        assert_eq!(err, BuildInfoError::Unmapped { addr: base + 32 });
+        // The same block pointing where no segment maps the file.
+        let contents = pointer_format(0x1000, version, &modinfo);
+        let data = tiny.build(".go.buildinfo", &contents);
+        let elf = Elf::parse(&data).unwrap();
+        let err = decode(&elf, at as usize).unwrap_err();
+        assert_eq!(err, BuildInfoError::Unmapped { addr: 0x1000 + 32 });
     }
 
     #[test]
@@ -432,29 +437,31 @@ pub(crate) mod tests {
                 "bad version string in the build info: length 127 runs past the end of the file",
             ),
         ];
-        for (name, data, want) in cases {
-            let got = decode(&data, 0, &no_elf()).unwrap_err().to_string();
+        for (name, tail, want) in cases {
+            let (data, at) = elf_then(&tail);
+            let elf = Elf::parse(&data).unwrap();
+            let got = decode(&elf, at).unwrap_err().to_string();
             assert_eq!(got, want, "case {name}");
         }
     }
 
     #[test]
     fn find_prefers_the_section_and_needs_alignment_otherwise() {
-        let mut data = vec![0u8; 3];
-        data.extend(MAGIC); // unaligned copy at 3: ignored
-        data.resize(64, 0);
-        data.extend(MAGIC); // aligned at 64
-        data.resize(96, 0);
-        assert_eq!(find(&data, &no_elf()), Some(64));
-        let mut elf = no_elf();
-        elf.sections.push(Section {
-            name: ".go.buildinfo".into(),
-            addr: 0,
-            offset: 64,
-            size: 32,
-        });
-        assert_eq!(find(&data, &elf), Some(64));
-        assert_eq!(find(&[0u8; 64], &no_elf()), None);
+        // Contents start at file offset 120 (not 16-aligned): one magic there, one at 144.
+        let mut contents = MAGIC.to_vec();
+        contents.resize(24, 0);
+        contents.extend(MAGIC);
+        contents.resize(56, 0);
+        let cases = [
+            (".go.buildinfo", contents.clone(), Some(120)),
+            (".data", contents, Some(144)),
+            (".data", vec![0u8; 64], None),
+        ];
+        for (section, contents, want) in cases {
+            let data = tiny_elf64(62, section, &contents);
+            let elf = Elf::parse(&data).unwrap();
+            assert_eq!(find(&elf), want, "section {section}");
+        }
     }
 
     #[test]

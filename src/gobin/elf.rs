@@ -1,21 +1,20 @@
-//! Just enough ELF to inspect a Go binary: the header, the loadable segments (to map a
-//! virtual address to a file offset, and to tell a truncated file) and the section table
-//! (to find `.go.buildinfo` and `.gopclntab` by name). Pure functions over `&[u8]`; the
-//! caller maps the file.
+//! The ELF side of inspection, read with the `object` crate: the segments (to map a virtual
+//! address to file bytes), the sections (to find `.go.buildinfo` and `.gopclntab` by name,
+//! and to name where evidence sits) and `.symtab` (for `runtime.buildVersion`).
 //!
-//! 32- and 64-bit, little- and big-endian. Section headers are optional (`sstrip` removes
-//! them); program headers are not.
+//! `object` reads the tables; this module adds what a user needs when the file is not a
+//! whole ELF executable: which table or segment runs past the end of the file (a partial
+//! copy), or how a file that is not ELF starts. 32- and 64-bit, little- and big-endian.
+//! Section headers are optional (`sstrip` removes them); program headers are not. Works
+//! over a mapped file: only the pages of the tables and of the bytes asked for are read.
 
-use std::ops::Range;
+use object::elf::{self as abi, FileHeader32, FileHeader64, Ident};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
+use object::{Endianness, Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
-const MAGIC: &[u8; 4] = b"\x7fELF";
-const CLASS_32: u8 = 1;
-const CLASS_64: u8 = 2;
-const DATA_LSB: u8 = 1;
-const DATA_MSB: u8 = 2;
-const PT_LOAD: u32 = 1;
-const SHT_NOBITS: u32 = 8;
-const SHT_SYMTAB: u32 = 2;
+/// Indexes in the identification bytes ([`Ident`]'s `class` and `data`).
+const EI_CLASS: usize = 4;
+const EI_DATA: usize = 5;
 
 /// Why bytes are not a usable ELF file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +30,19 @@ pub enum ElfError {
     Truncated { what: String, end: u64, len: u64 },
     #[error("malformed ELF: {what}")]
     Malformed { what: String },
+}
+
+impl ElfError {
+    /// What `object` could not read, worded as our other errors are.
+    fn object(err: object::read::Error) -> ElfError {
+        let what = err.to_string();
+        let mut chars = what.chars();
+        let what = match chars.next() {
+            Some(first) => first.to_lowercase().chain(chars).collect(),
+            None => what,
+        };
+        ElfError::Malformed { what }
+    }
 }
 
 /// Byte order and word size, shared by the ELF and Go build info decoders.
@@ -86,14 +98,6 @@ impl Layout {
     }
 }
 
-/// A `PT_LOAD` segment: where its bytes sit in the file and in memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Segment {
-    pub offset: u64,
-    pub vaddr: u64,
-    pub filesz: u64,
-}
-
 /// A section with file contents (`SHT_NOBITS` sections such as `.bss` are left out).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Section {
@@ -104,255 +108,103 @@ pub struct Section {
 }
 
 impl Section {
-    pub fn range(&self) -> Range<usize> {
+    /// Its bytes in the file.
+    pub fn range(&self) -> std::ops::Range<usize> {
         self.offset as usize..(self.offset + self.size) as usize
+    }
+
+    fn of<'data>(s: &impl ObjectSection<'data>) -> Option<Section> {
+        let (offset, size) = s.file_range().filter(|&(_, size)| size > 0)?;
+        Some(Section {
+            name: String::from_utf8_lossy(s.name_bytes().unwrap_or_default()).into_owned(),
+            addr: s.address(),
+            offset,
+            size,
+        })
     }
 }
 
-/// The parts of an ELF file that inspection uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Elf {
+/// A whole ELF file, its tables checked against its length.
+#[derive(Debug)]
+pub struct Elf<'data> {
+    data: &'data [u8],
+    file: object::File<'data>,
     pub layout: Layout,
     /// `e_machine`.
     pub machine: u16,
-    pub segments: Vec<Segment>,
-    /// Empty when the section table was stripped.
-    pub sections: Vec<Section>,
-    /// `.symtab` and its string table; `None` when stripped.
-    pub symtab: Option<SymbolTable>,
 }
 
-/// Where `.symtab` and its string table sit in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SymbolTable {
-    pub syms: Range<usize>,
-    pub strs: Range<usize>,
-}
-
-impl Elf {
-    /// Parse and bounds-check the header, program headers and section headers. Every
-    /// segment and section must lie inside `data`, otherwise the file is truncated.
-    pub fn parse(data: &[u8]) -> Result<Elf, ElfError> {
+impl<'data> Elf<'data> {
+    /// Parse `data`, the whole file. Every table, loadable segment and section must lie
+    /// inside it, otherwise the file is truncated.
+    pub fn parse(data: &'data [u8]) -> Result<Elf<'data>, ElfError> {
         let len = data.len() as u64;
-        if data.len() < 4 || &data[..4] != MAGIC {
+        if !data.starts_with(&abi::ELFMAG) {
             return Err(ElfError::BadMagic {
                 found: describe_start(data),
             });
         }
-        let truncated = |what: &str, end: u64| ElfError::Truncated {
-            what: what.to_string(),
-            end,
-            len,
-        };
-        if data.len() < 6 {
-            return Err(truncated("the ELF identification", 16));
+        let ident_len = std::mem::size_of::<Ident>();
+        if data.len() < ident_len {
+            return Err(truncated("the ELF identification", ident_len as u64, len));
         }
-        let is_64 = match data[4] {
-            CLASS_32 => false,
-            CLASS_64 => true,
+        let is_64 = match data[EI_CLASS] {
+            abi::ELFCLASS32 => false,
+            abi::ELFCLASS64 => true,
             class => return Err(ElfError::BadClass { class }),
         };
-        let big_endian = match data[5] {
-            DATA_LSB => false,
-            DATA_MSB => true,
+        let big_endian = match data[EI_DATA] {
+            abi::ELFDATA2LSB => false,
+            abi::ELFDATA2MSB => true,
             data => return Err(ElfError::BadEncoding { data }),
         };
-        let l = Layout { big_endian, is_64 };
-        let ehsize: u64 = if is_64 { 64 } else { 52 };
-        if len < ehsize {
-            return Err(truncated("the ELF header", ehsize));
-        }
-        // Offsets of e_phoff etc. differ between the classes; e_machine does not.
-        let malformed = || ElfError::Malformed {
-            what: "short header".into(),
-        };
-        let machine = l.u16(data, 18).ok_or_else(malformed)?;
-        let (phoff, shoff, rest) = if is_64 {
-            (l.u64(data, 32), l.u64(data, 40), 52)
+        let machine = if is_64 {
+            check_extents::<FileHeader64<Endianness>>(data)?
         } else {
-            (
-                l.u32(data, 28).map(u64::from),
-                l.u32(data, 32).map(u64::from),
-                40,
-            )
+            check_extents::<FileHeader32<Endianness>>(data)?
         };
-        let (phoff, shoff) = (phoff.ok_or_else(malformed)?, shoff.ok_or_else(malformed)?);
-        let phentsize = u64::from(l.u16(data, rest + 2).ok_or_else(malformed)?);
-        let phnum = u64::from(l.u16(data, rest + 4).ok_or_else(malformed)?);
-        let shentsize = u64::from(l.u16(data, rest + 6).ok_or_else(malformed)?);
-        let shnum = u64::from(l.u16(data, rest + 8).ok_or_else(malformed)?);
-        let shstrndx = usize::from(l.u16(data, rest + 10).ok_or_else(malformed)?);
-
-        let (min_ph, min_sh) = if is_64 { (56, 64) } else { (32, 40) };
-        if phnum == 0 {
-            return Err(ElfError::Malformed {
-                what: "no program headers (not an executable)".into(),
-            });
-        }
-        if phentsize < min_ph {
-            return Err(ElfError::Malformed {
-                what: format!("program header size {phentsize} < {min_ph}"),
-            });
-        }
-        let ph_end = phoff.saturating_add(phentsize.saturating_mul(phnum));
-        if ph_end > len {
-            return Err(truncated("the program header table", ph_end));
-        }
-        let mut segments = Vec::new();
-        for i in 0..phnum {
-            let at = (phoff + i * phentsize) as usize;
-            let p_type = l.u32(data, at).ok_or_else(malformed)?;
-            if p_type != PT_LOAD {
-                continue;
-            }
-            let (offset, vaddr, filesz) = if is_64 {
-                (
-                    l.u64(data, at + 8),
-                    l.u64(data, at + 16),
-                    l.u64(data, at + 32),
-                )
-            } else {
-                (
-                    l.u32(data, at + 4).map(u64::from),
-                    l.u32(data, at + 8).map(u64::from),
-                    l.u32(data, at + 16).map(u64::from),
-                )
-            };
-            let seg = Segment {
-                offset: offset.ok_or_else(malformed)?,
-                vaddr: vaddr.ok_or_else(malformed)?,
-                filesz: filesz.ok_or_else(malformed)?,
-            };
-            let end = seg.offset.saturating_add(seg.filesz);
-            if end > len {
-                return Err(truncated(&format!("loadable segment {i}"), end));
-            }
-            segments.push(seg);
-        }
-
-        let mut sections = Vec::new();
-        let mut symtab = None;
-        if shoff != 0 && shnum != 0 {
-            if shentsize < min_sh {
-                return Err(ElfError::Malformed {
-                    what: format!("section header size {shentsize} < {min_sh}"),
-                });
-            }
-            let sh_end = shoff.saturating_add(shentsize.saturating_mul(shnum));
-            if sh_end > len {
-                return Err(truncated("the section header table", sh_end));
-            }
-            let mut raw = Vec::new();
-            for i in 0..shnum {
-                let at = (shoff + i * shentsize) as usize;
-                let name = l.u32(data, at).ok_or_else(malformed)?;
-                let sh_type = l.u32(data, at + 4).ok_or_else(malformed)?;
-                let (addr, offset, size) = if is_64 {
-                    (
-                        l.u64(data, at + 16),
-                        l.u64(data, at + 24),
-                        l.u64(data, at + 32),
-                    )
-                } else {
-                    (
-                        l.u32(data, at + 12).map(u64::from),
-                        l.u32(data, at + 16).map(u64::from),
-                        l.u32(data, at + 20).map(u64::from),
-                    )
-                };
-                let (addr, offset, size) = (
-                    addr.ok_or_else(malformed)?,
-                    offset.ok_or_else(malformed)?,
-                    size.ok_or_else(malformed)?,
-                );
-                let link = l
-                    .u32(data, at + if is_64 { 40 } else { 24 })
-                    .ok_or_else(malformed)?;
-                let end = offset.saturating_add(size);
-                if sh_type != SHT_NOBITS && end > len {
-                    return Err(truncated(&format!("section {i}"), end));
-                }
-                raw.push((name, sh_type, addr, offset, size, link));
-            }
-            symtab = raw.iter().find(|s| s.1 == SHT_SYMTAB).and_then(|s| {
-                let strs = raw.get(s.5 as usize).filter(|t| t.1 != SHT_NOBITS)?;
-                Some(SymbolTable {
-                    syms: s.3 as usize..(s.3 + s.4) as usize,
-                    strs: strs.3 as usize..(strs.3 + strs.4) as usize,
-                })
-            });
-            let strtab = raw
-                .get(shstrndx)
-                .filter(|s| s.1 != SHT_NOBITS)
-                .map(|s| &data[s.3 as usize..(s.3 + s.4) as usize]);
-            for (name, sh_type, addr, offset, size, _) in raw {
-                if sh_type == SHT_NOBITS || size == 0 {
-                    continue;
-                }
-                let name = strtab
-                    .and_then(|t| c_string(t, name as usize))
-                    .unwrap_or_default();
-                sections.push(Section {
-                    name,
-                    addr,
-                    offset,
-                    size,
-                });
-            }
-        }
+        let file = object::File::parse(data).map_err(ElfError::object)?;
         Ok(Elf {
-            layout: l,
+            data,
+            file,
+            layout: Layout { big_endian, is_64 },
             machine,
-            segments,
-            sections,
-            symtab,
         })
+    }
+
+    /// The whole file.
+    pub fn data(&self) -> &'data [u8] {
+        self.data
+    }
+
+    /// The sections with file contents; none when the section table was stripped.
+    pub fn sections(&self) -> impl Iterator<Item = Section> + '_ {
+        self.file.sections().filter_map(|s| Section::of(&s))
+    }
+
+    /// The first section with this name.
+    pub fn section(&self, name: &str) -> Option<Section> {
+        Section::of(&self.file.section_by_name(name)?)
+    }
+
+    /// The section whose file bytes hold `offset`, for naming where evidence sits.
+    pub fn section_at(&self, offset: u64) -> Option<Section> {
+        self.sections()
+            .find(|s| s.offset <= offset && offset - s.offset < s.size)
+    }
+
+    /// `len` bytes at virtual address `vaddr`, when they are all in one loadable segment's
+    /// file bytes.
+    pub fn read_vaddr(&self, vaddr: u64, len: u64) -> Option<&'data [u8]> {
+        self.file
+            .segments()
+            .find_map(|seg| seg.data_range(vaddr, len).ok().flatten())
     }
 
     /// The value (address) of the symbol `name` in `.symtab`, when the binary has one
     /// (not stripped).
-    pub fn symbol(&self, data: &[u8], name: &str) -> Option<u64> {
-        let tab = self.symtab.as_ref()?;
-        let syms = data.get(tab.syms.clone())?;
-        let strs = data.get(tab.strs.clone())?;
-        let l = self.layout;
-        let (entsize, value_at) = if l.is_64 { (24, 8) } else { (16, 4) };
-        syms.chunks_exact(entsize).find_map(|sym| {
-            let name_at = l.u32(sym, 0)? as usize;
-            let sym_name = strs.get(name_at..)?;
-            let matches =
-                sym_name.starts_with(name.as_bytes()) && sym_name.get(name.len()) == Some(&0);
-            matches.then(|| l.word(sym, value_at)).flatten()
-        })
-    }
-
-    /// The first section with this name.
-    pub fn section(&self, name: &str) -> Option<&Section> {
-        self.sections.iter().find(|s| s.name == name)
-    }
-
-    /// The section whose file bytes hold `offset`, for naming where evidence sits.
-    pub fn section_at(&self, offset: u64) -> Option<&Section> {
-        self.sections
-            .iter()
-            .find(|s| s.offset <= offset && offset < s.offset + s.size)
-    }
-
-    /// The file offset of a virtual address inside a loadable segment's file bytes.
-    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
-        self.segments.iter().find_map(|s| {
-            let delta = vaddr.checked_sub(s.vaddr)?;
-            (delta < s.filesz).then_some(s.offset + delta)
-        })
-    }
-
-    /// `len` bytes at virtual address `vaddr`, when they are all in one segment's file bytes.
-    pub fn read_vaddr<'a>(&self, data: &'a [u8], vaddr: u64, len: u64) -> Option<&'a [u8]> {
-        let seg = self.segments.iter().find(|s| {
-            vaddr >= s.vaddr && vaddr.saturating_add(len) <= s.vaddr.saturating_add(s.filesz)
-        })?;
-        let start = usize::try_from(seg.offset + (vaddr - seg.vaddr)).ok()?;
-        data.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    pub fn symbol(&self, name: &str) -> Option<u64> {
+        self.file.symbol_by_name(name).map(|sym| sym.address())
     }
 
     /// Go's name for the architecture (`GOARCH`), or `machine <n>` for others.
@@ -361,32 +213,97 @@ impl Elf {
     }
 }
 
+fn truncated(what: &str, end: u64, len: u64) -> ElfError {
+    ElfError::Truncated {
+        what: what.to_string(),
+        end,
+        len,
+    }
+}
+
+/// Check that the header, the program header table, every loadable segment, the section
+/// header table and every section with contents lie inside `data`, in that order, so that
+/// a partial file is named by the first thing it cuts. Returns `e_machine`.
+fn check_extents<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<u16, ElfError> {
+    let len = data.len() as u64;
+    let header_len = std::mem::size_of::<H>() as u64;
+    if len < header_len {
+        return Err(truncated("the ELF header", header_len, len));
+    }
+    let header = H::parse(data).map_err(ElfError::object)?;
+    let endian = header.endian().map_err(ElfError::object)?;
+    let table_end = |offset: u64, entsize: u16, count: usize| {
+        offset.saturating_add(u64::from(entsize).saturating_mul(count as u64))
+    };
+
+    let phnum = header.phnum(endian, data).map_err(ElfError::object)?;
+    if phnum == 0 {
+        return Err(ElfError::Malformed {
+            what: "no program headers (not an executable)".into(),
+        });
+    }
+    let ph_end = table_end(
+        header.e_phoff(endian).into(),
+        header.e_phentsize(endian),
+        phnum,
+    );
+    if ph_end > len {
+        return Err(truncated("the program header table", ph_end, len));
+    }
+    let segments = header
+        .program_headers(endian, data)
+        .map_err(ElfError::object)?;
+    for (i, seg) in segments.iter().enumerate() {
+        let (offset, size) = seg.file_range(endian);
+        let end = offset.saturating_add(size);
+        if seg.p_type(endian) == abi::PT_LOAD && end > len {
+            return Err(truncated(&format!("loadable segment {i}"), end, len));
+        }
+    }
+
+    let shoff: u64 = header.e_shoff(endian).into();
+    let shnum = header.shnum(endian, data).map_err(ElfError::object)?;
+    if shoff != 0 && shnum != 0 {
+        let sh_end = table_end(shoff, header.e_shentsize(endian), shnum);
+        if sh_end > len {
+            return Err(truncated("the section header table", sh_end, len));
+        }
+        let sections = header
+            .section_headers(endian, data)
+            .map_err(ElfError::object)?;
+        for (i, sec) in sections.iter().enumerate() {
+            // `None` for SHT_NOBITS (.bss): no bytes in the file.
+            let Some((offset, size)) = sec.file_range(endian) else {
+                continue;
+            };
+            let end = offset.saturating_add(size);
+            if end > len {
+                return Err(truncated(&format!("section {i}"), end, len));
+            }
+        }
+    }
+    Ok(header.e_machine(endian))
+}
+
 /// Go's `GOARCH` for an ELF machine number.
 pub fn arch_name(machine: u16, layout: Layout) -> String {
     let name = match (machine, layout.is_64, layout.big_endian) {
-        (62, ..) => "amd64",
-        (183, ..) => "arm64",
-        (3, ..) => "386",
-        (40, ..) => "arm",
-        (21, true, false) => "ppc64le",
-        (21, true, true) => "ppc64",
-        (22, ..) => "s390x",
-        (243, true, _) => "riscv64",
-        (8, false, true) => "mips",
-        (8, false, false) => "mipsle",
-        (8, true, true) => "mips64",
-        (8, true, false) => "mips64le",
-        (258, ..) => "loong64",
+        (abi::EM_X86_64, ..) => "amd64",
+        (abi::EM_AARCH64, ..) => "arm64",
+        (abi::EM_386, ..) => "386",
+        (abi::EM_ARM, ..) => "arm",
+        (abi::EM_PPC64, true, false) => "ppc64le",
+        (abi::EM_PPC64, true, true) => "ppc64",
+        (abi::EM_S390, ..) => "s390x",
+        (abi::EM_RISCV, true, _) => "riscv64",
+        (abi::EM_MIPS, false, true) => "mips",
+        (abi::EM_MIPS, false, false) => "mipsle",
+        (abi::EM_MIPS, true, true) => "mips64",
+        (abi::EM_MIPS, true, false) => "mips64le",
+        (abi::EM_LOONGARCH, ..) => "loong64",
         _ => return format!("machine {machine}"),
     };
     name.to_string()
-}
-
-/// A NUL-terminated string at `at` in a string table.
-fn c_string(table: &[u8], at: usize) -> Option<String> {
-    let rest = table.get(at..)?;
-    let end = memchr::memchr(0, rest)?;
-    Some(String::from_utf8_lossy(&rest[..end]).into_owned())
 }
 
 /// How a file that is not ELF starts, for the error: a script shebang, text, or hex bytes.
@@ -407,84 +324,162 @@ fn describe_start(data: &[u8]) -> String {
 pub(crate) mod tests {
     use super::*;
 
-    /// A minimal 64-bit little-endian ELF: header, one PT_LOAD covering the file, and a
-    /// section table with `.shstrtab` and one named section.
-    pub(crate) fn tiny_elf64(machine: u16, section: &str, contents: &[u8]) -> Vec<u8> {
-        let mut strtab = vec![0u8];
-        let shstr_name = strtab.len() as u32;
-        strtab.extend_from_slice(b".shstrtab\0");
-        let sec_name = strtab.len() as u32;
-        strtab.extend_from_slice(section.as_bytes());
-        strtab.push(0);
+    /// Where [`TinyElf`] maps the file.
+    pub(crate) const BASE: u64 = 0x40_0000;
 
-        let phoff = 64u64;
-        let data_off = phoff + 56;
-        let strtab_off = data_off + contents.len() as u64;
-        let shoff = strtab_off + strtab.len() as u64;
-        let total = shoff + 3 * 64;
+    /// A minimal ELF executable of either class and byte order: the header, one PT_LOAD
+    /// mapping the whole file at [`BASE`], one named section, `.shstrtab`, and a section
+    /// table (null, `.shstrtab`, the section).
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct TinyElf {
+        pub machine: u16,
+        pub layout: Layout,
+    }
 
-        let mut b = vec![0u8; 64];
-        b[..4].copy_from_slice(MAGIC);
-        b[4] = CLASS_64;
-        b[5] = DATA_LSB;
-        b[6] = 1;
-        b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        b[18..20].copy_from_slice(&machine.to_le_bytes());
-        b[32..40].copy_from_slice(&phoff.to_le_bytes());
-        b[40..48].copy_from_slice(&shoff.to_le_bytes());
-        b[52..54].copy_from_slice(&64u16.to_le_bytes());
-        b[54..56].copy_from_slice(&56u16.to_le_bytes());
-        b[56..58].copy_from_slice(&1u16.to_le_bytes());
-        b[58..60].copy_from_slice(&64u16.to_le_bytes());
-        b[60..62].copy_from_slice(&3u16.to_le_bytes());
-        b[62..64].copy_from_slice(&1u16.to_le_bytes());
-        // PT_LOAD: whole file at vaddr 0x400000
-        let mut ph = vec![0u8; 56];
-        ph[..4].copy_from_slice(&PT_LOAD.to_le_bytes());
-        ph[16..24].copy_from_slice(&0x40_0000u64.to_le_bytes());
-        ph[32..40].copy_from_slice(&total.to_le_bytes());
-        b.extend_from_slice(&ph);
-        b.extend_from_slice(contents);
-        b.extend_from_slice(&strtab);
-        let sh = |name: u32, ty: u32, addr: u64, off: u64, size: u64| {
-            let mut s = vec![0u8; 64];
-            s[..4].copy_from_slice(&name.to_le_bytes());
-            s[4..8].copy_from_slice(&ty.to_le_bytes());
-            s[16..24].copy_from_slice(&addr.to_le_bytes());
-            s[24..32].copy_from_slice(&off.to_le_bytes());
-            s[32..40].copy_from_slice(&size.to_le_bytes());
-            s
+    impl TinyElf {
+        pub(crate) const LE64: Layout = Layout {
+            big_endian: false,
+            is_64: true,
         };
-        b.extend(sh(0, 0, 0, 0, 0));
-        b.extend(sh(shstr_name, 3, 0, strtab_off, strtab.len() as u64));
-        b.extend(sh(
-            sec_name,
-            1,
-            0x40_0000 + data_off,
-            data_off,
-            contents.len() as u64,
-        ));
-        assert_eq!(b.len() as u64, total);
-        b
+
+        /// The file offset of the section's contents.
+        pub(crate) fn contents_offset(self) -> u64 {
+            if self.layout.is_64 {
+                64 + 56
+            } else {
+                52 + 32
+            }
+        }
+
+        pub(crate) fn build(self, section: &str, contents: &[u8]) -> Vec<u8> {
+            let Layout { big_endian, is_64 } = self.layout;
+            let w = if is_64 { 8 } else { 4 };
+            let put = |b: &mut Vec<u8>, at: usize, size: usize, v: u64| {
+                let bytes = if big_endian {
+                    v.to_be_bytes()[8 - size..].to_vec()
+                } else {
+                    v.to_le_bytes()[..size].to_vec()
+                };
+                b[at..at + size].copy_from_slice(&bytes);
+            };
+            let (ehsize, phentsize, shentsize) = if is_64 { (64, 56, 64) } else { (52, 32, 40) };
+
+            let mut strtab = vec![0u8];
+            let shstr_name = strtab.len() as u64;
+            strtab.extend_from_slice(b".shstrtab\0");
+            let sec_name = strtab.len() as u64;
+            strtab.extend_from_slice(section.as_bytes());
+            strtab.push(0);
+            let data_off = self.contents_offset();
+            let strtab_off = data_off + contents.len() as u64;
+            let shoff = strtab_off + strtab.len() as u64;
+            let total = shoff + 3 * shentsize as u64;
+
+            let mut b = vec![0u8; ehsize];
+            b[..4].copy_from_slice(&abi::ELFMAG);
+            b[4] = if is_64 {
+                abi::ELFCLASS64
+            } else {
+                abi::ELFCLASS32
+            };
+            b[5] = if big_endian {
+                abi::ELFDATA2MSB
+            } else {
+                abi::ELFDATA2LSB
+            };
+            b[6] = abi::EV_CURRENT;
+            put(&mut b, 16, 2, abi::ET_EXEC.into());
+            put(&mut b, 18, 2, self.machine.into());
+            put(&mut b, 20, 4, abi::EV_CURRENT.into());
+            // e_phoff, e_shoff; then e_flags, e_ehsize, e_phentsize, e_phnum, e_shentsize,
+            // e_shnum, e_shstrndx.
+            put(&mut b, 24 + w, w, ehsize as u64);
+            put(&mut b, 24 + 2 * w, w, shoff);
+            let rest = 24 + 3 * w + 4;
+            for (i, v) in [ehsize, phentsize, 1, shentsize, 3, 1]
+                .into_iter()
+                .enumerate()
+            {
+                put(&mut b, rest + 2 * i, 2, v as u64);
+            }
+
+            let mut ph = vec![0u8; phentsize];
+            put(&mut ph, 0, 4, abi::PT_LOAD.into());
+            let (vaddr, filesz) = if is_64 { (16, 32) } else { (8, 16) };
+            put(&mut ph, vaddr, w, BASE);
+            put(&mut ph, filesz, w, total);
+            b.extend_from_slice(&ph);
+            b.extend_from_slice(contents);
+            b.extend_from_slice(&strtab);
+
+            let sh = |name: u64, ty: u32, addr: u64, off: u64, size: u64| {
+                let mut s = vec![0u8; shentsize];
+                put(&mut s, 0, 4, name);
+                put(&mut s, 4, 4, ty.into());
+                let addr_at = 8 + w;
+                put(&mut s, addr_at, w, addr);
+                put(&mut s, addr_at + w, w, off);
+                put(&mut s, addr_at + 2 * w, w, size);
+                s
+            };
+            b.extend(sh(0, abi::SHT_NULL, 0, 0, 0));
+            let strtab_len = strtab.len() as u64;
+            b.extend(sh(shstr_name, abi::SHT_STRTAB, 0, strtab_off, strtab_len));
+            let len = contents.len() as u64;
+            b.extend(sh(
+                sec_name,
+                abi::SHT_PROGBITS,
+                BASE + data_off,
+                data_off,
+                len,
+            ));
+            assert_eq!(b.len() as u64, total);
+            b
+        }
+    }
+
+    /// A 64-bit little-endian [`TinyElf`].
+    pub(crate) fn tiny_elf64(machine: u16, section: &str, contents: &[u8]) -> Vec<u8> {
+        TinyElf {
+            machine,
+            layout: TinyElf::LE64,
+        }
+        .build(section, contents)
     }
 
     #[test]
-    fn parses_sections_segments_and_addresses() {
-        let elf_bytes = tiny_elf64(183, ".go.buildinfo", b"0123456789abcdef");
-        let elf = Elf::parse(&elf_bytes).unwrap();
-        assert_eq!(elf.arch(), "arm64");
-        let sec = elf.section(".go.buildinfo").unwrap();
-        assert_eq!(&elf_bytes[sec.range()], b"0123456789abcdef");
-        assert_eq!(elf.file_offset(sec.addr), Some(sec.offset));
-        assert_eq!(
-            elf.read_vaddr(&elf_bytes, sec.addr + 4, 3),
-            Some(&b"456"[..])
-        );
-        assert_eq!(elf.read_vaddr(&elf_bytes, 0x10, 3), None);
-        assert_eq!(
-            elf.section_at(sec.offset + 2).map(|s| s.name.as_str()),
-            Some(".go.buildinfo")
-        );
+    fn reads_sections_segments_and_addresses_of_each_class_and_byte_order() {
+        let cases = [
+            (abi::EM_AARCH64, false, true, "arm64"),
+            (abi::EM_X86_64, false, true, "amd64"),
+            (abi::EM_PPC64, true, true, "ppc64"),
+            (abi::EM_386, false, false, "386"),
+            (abi::EM_MIPS, true, false, "mips"),
+        ];
+        for (machine, big_endian, is_64, arch) in cases {
+            let layout = Layout { big_endian, is_64 };
+            let tiny = TinyElf { machine, layout };
+            let bytes = tiny.build(".go.buildinfo", b"0123456789abcdef");
+            let elf = Elf::parse(&bytes).unwrap_or_else(|e| panic!("{arch}: {e}"));
+            assert_eq!((elf.arch(), elf.layout), (arch.to_string(), layout));
+            let sec = elf.section(".go.buildinfo").unwrap();
+            assert_eq!(sec.offset, tiny.contents_offset(), "{arch}");
+            assert_eq!(sec.addr, BASE + sec.offset, "{arch}");
+            assert_eq!(&bytes[sec.offset as usize..][..16], b"0123456789abcdef");
+            assert_eq!(elf.read_vaddr(sec.addr + 4, 3), Some(&b"456"[..]), "{arch}");
+            assert_eq!(elf.read_vaddr(0x10, 3), None, "{arch}");
+            let total = bytes.len() as u64;
+            assert_eq!(elf.read_vaddr(BASE + total - 2, 3), None, "{arch}");
+            let names: Vec<String> = elf.sections().map(|s| s.name).collect();
+            assert_eq!(names, [".shstrtab", ".go.buildinfo"], "{arch}");
+            assert_eq!(
+                elf.section_at(sec.offset + 2).map(|s| s.name),
+                Some(".go.buildinfo".into()),
+                "{arch}"
+            );
+            assert_eq!(elf.section_at(1), None, "{arch}");
+            assert_eq!(elf.symbol("runtime.buildVersion"), None, "{arch}: stripped");
+        }
     }
 
     #[test]
@@ -496,6 +491,10 @@ pub(crate) mod tests {
         bad_data[5] = 0;
         let mut no_phdrs = good.clone();
         no_phdrs[56] = 0;
+        let mut bad_phentsize = good.clone();
+        bad_phentsize[54] = 55;
+        let mut cut_section_table = good.clone();
+        cut_section_table[40] += 1; // e_shoff one byte later: the table runs past the end
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             (
                 "empty",
@@ -514,7 +513,7 @@ pub(crate) mod tests {
             ),
             (
                 "magic only",
-                MAGIC.to_vec(),
+                abi::ELFMAG.to_vec(),
                 "the ELF identification ends at byte 16 but the file has only 4 bytes",
             ),
             (
@@ -533,6 +532,11 @@ pub(crate) mod tests {
                 "loadable segment 0 ends at byte 330 but the file has only 130 bytes",
             ),
             (
+                "section table past the end",
+                cut_section_table,
+                "the section header table ends at byte 331 but the file has only 330 bytes",
+            ),
+            (
                 "bad class",
                 bad_class,
                 "unsupported ELF class 3 (want 1 for 32-bit or 2 for 64-bit)",
@@ -547,6 +551,11 @@ pub(crate) mod tests {
                 no_phdrs,
                 "malformed ELF: no program headers (not an executable)",
             ),
+            (
+                "program header size",
+                bad_phentsize,
+                "malformed ELF: invalid ELF program header entry size",
+            ),
         ];
         for (name, bytes, want) in cases {
             let got = Elf::parse(&bytes).map(|_| ()).unwrap_err().to_string();
@@ -556,10 +565,7 @@ pub(crate) mod tests {
 
     #[test]
     fn arch_names_follow_goarch() {
-        let le64 = Layout {
-            big_endian: false,
-            is_64: true,
-        };
+        let le64 = TinyElf::LE64;
         let cases = [
             (62, "amd64"),
             (183, "arm64"),

@@ -293,8 +293,8 @@ fn classify(
         },
     })?;
 
-    let build_info = buildinfo::find(data, &elf).and_then(|at| {
-        buildinfo::decode(data, at, &elf)
+    let build_info = buildinfo::find(&elf).and_then(|at| {
+        buildinfo::decode(&elf, at)
             .map_err(|err| {
                 log::warn!(
                     "'{}': cannot decode the Go build info at {at:#x}: {err}",
@@ -303,7 +303,7 @@ fn classify(
             })
             .ok()
     });
-    let pclntab = scan::pclntab(data, &elf);
+    let pclntab = scan::pclntab(&elf);
     if build_info.is_none() && pclntab.is_none() {
         return Err(GobinError::NotGo {
             path: path.to_path_buf(),
@@ -314,7 +314,7 @@ fn classify(
     let evidence_of = |hit: &scan::Hit| Evidence {
         what: hit.marker.needle(),
         offset: hit.offset,
-        section: elf.section_at(hit.offset).map(|s| s.name.clone()),
+        section: elf.section_at(hit.offset).map(|s| s.name),
         occurrences: hit.occurrences,
         file_name: hit.file_name.clone(),
     };
@@ -334,7 +334,7 @@ fn classify(
         .as_ref()
         .map(|b| b.version.clone())
         .filter(|v| !v.is_empty())
-        .or_else(|| buildinfo::version_from_symtab(data, &elf));
+        .or_else(|| buildinfo::version_from_symtab(&elf));
     let tags = build_info.as_ref().and_then(|b| b.tags());
     let mut report = Report {
         path: path.to_path_buf(),

@@ -224,8 +224,9 @@ pub struct Pclntab {
 /// Find the pclntab: the `.gopclntab` section, else (section table stripped) a header
 /// magic with a plausible instruction size and pointer size, in a file that also holds
 /// the name `runtime.goexit`.
-pub fn pclntab(data: &[u8], elf: &Elf) -> Option<Pclntab> {
-    if let Some(sec) = elf.sections.iter().find(|s| s.name.ends_with(".gopclntab")) {
+pub fn pclntab(elf: &Elf) -> Option<Pclntab> {
+    let data = elf.data();
+    if let Some(sec) = elf.sections().find(|s| s.name.ends_with(".gopclntab")) {
         let at = sec.offset as usize;
         return Some(Pclntab {
             offset: sec.offset,
