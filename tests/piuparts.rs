@@ -9,7 +9,6 @@ use std::process::Command;
 
 use common::{deb, mirror, ok, run};
 
-
 #[test]
 fn piuparts_install_upgrade_remove_purge() {
     if !common::root_or_skip("piuparts") {

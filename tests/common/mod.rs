@@ -59,7 +59,7 @@ pub fn deb(arch: &str) -> Option<PathBuf> {
 /// The Debian mirror this machine's apt uses (`scripts/lib/mirror.sh`; `K8S_NOKMEM_MIRROR`
 /// overrides it), so that no host name is written into the tests.
 pub fn mirror() -> String {
-    ok(Command::new(repo().join("scripts/lib/mirror.sh")))
+    ok(&mut Command::new(repo().join("scripts/lib/mirror.sh")))
         .trim()
         .to_string()
 }
