@@ -41,6 +41,8 @@ if [ "$quick" -eq 0 ]; then
     scripts/build-deb.sh
     step "build the cgroup probes (cached)"
     scripts/build-probes.sh
+    step "build runc v1.0.0-rc9 with and without nokmem (cached)"
+    scripts/build-rc9.sh
     step "wait for the test roots"
     if ! wait "$roots_pid"; then
         cat "$roots_log" >&2

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod cgroup;
 pub mod node;
 
 /// The opt-out for a quick local loop (`scripts/test.sh --quick` sets it): with
