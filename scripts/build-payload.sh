@@ -87,6 +87,8 @@ tree only). Exit status: 0 ok, 1 a build or a check failed, 2 usage or environme
 Examples:
   scripts/build-payload.sh                          # both, amd64 and arm64, from Debian
   scripts/build-payload.sh --arch arm64 --only runc
+  scripts/build-payload.sh --only runc --runc-src ~/src/runc-1.0.0-rc9 \\
+      --runc-commit d736ef14f0288d6993a1845745d6756cfc9ddd5a   # the v1.0.0-rc9 release tarball
   KUBE_GIT_VERSION=v1.14.6 scripts/build-payload.sh --go ~/go1.12/bin/go \\
       --kubernetes-src ~/src/kubernetes --runc-src ~/src/runc --out /tmp/payload
 EOF
