@@ -14,7 +14,7 @@ KUBELET_TAGS=(selinux notest nokmem)
 usage() {
     cat <<EOF
 usage: scripts/build-payload.sh [--arch amd64|arm64|all] [--only runc|kubelet] [--out DIR]
-                                [--kubernetes-src DIR] [--runc-src DIR]
+                                [--kubernetes-src DIR] [--runc-src DIR] [--runc-commit SHA]
                                 [--cache DIR] [--no-cache] [--go GO]
 
 Builds the payload of the k8s-nokmem package: runc and kubelet, static, compiled with
@@ -32,6 +32,9 @@ Options:
   --out DIR             output directory (default: target/payload in the repository)
   --kubernetes-src DIR  build kubelet from a local Kubernetes tree instead of Debian's
   --runc-src DIR        build runc from a local runc tree instead of Debian's
+  --runc-commit SHA     the commit of a --runc-src tree that is not a git checkout (an
+                        unpacked release tarball): 'runc --version' and the MANIFEST show
+                        it; for a git checkout it must be HEAD (default: git rev-parse HEAD)
   --cache DIR           sources, Go build cache and finished binaries
                         (default: \${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem})
   --no-cache            rebuild from scratch: do not read or write cached binaries and
@@ -84,6 +87,8 @@ tree only). Exit status: 0 ok, 1 a build or a check failed, 2 usage or environme
 Examples:
   scripts/build-payload.sh                          # both, amd64 and arm64, from Debian
   scripts/build-payload.sh --arch arm64 --only runc
+  scripts/build-payload.sh --only runc --runc-src ~/src/runc-1.0.0-rc9 \\
+      --runc-commit d736ef14f0288d6993a1845745d6756cfc9ddd5a   # the v1.0.0-rc9 release tarball
   KUBE_GIT_VERSION=v1.14.6 scripts/build-payload.sh --go ~/go1.12/bin/go \\
       --kubernetes-src ~/src/kubernetes --runc-src ~/src/runc --out /tmp/payload
 EOF
@@ -94,6 +99,7 @@ ONLY=''
 OUT_DIR=$KN_REPO/target/payload
 K8S_SRC_ARG=''
 RUNC_SRC_ARG=''
+RUNC_COMMIT_ARG=''
 KN_CACHE=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}
 KN_NO_CACHE=0
 KN_GO=${GO:-go}
@@ -105,6 +111,7 @@ while [ $# -gt 0 ]; do
     --out) kn_need_arg "$@"; OUT_DIR=$2; shift 2 ;;
     --kubernetes-src) kn_need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
     --runc-src) kn_need_arg "$@"; RUNC_SRC_ARG=$2; shift 2 ;;
+    --runc-commit) kn_need_arg "$@"; RUNC_COMMIT_ARG=$2; shift 2 ;;
     --cache) kn_need_arg "$@"; KN_CACHE=$2; shift 2 ;;
     --no-cache) KN_NO_CACHE=1; shift ;;
     --go) kn_need_arg "$@"; KN_GO=$2; shift 2 ;;
@@ -117,6 +124,11 @@ case "$ONLY" in
 runc | kubelet) NAMES=("$ONLY") ;;
 *) kn_die "--only must be runc or kubelet, not '$ONLY'" 2 ;;
 esac
+if [ -n "$RUNC_COMMIT_ARG" ]; then
+    [ -n "$RUNC_SRC_ARG" ] || kn_die "--runc-commit needs --runc-src (Debian's runc is named by its version)" 2
+    [[ $RUNC_COMMIT_ARG =~ ^[0-9a-f]{7,40}$ ]] ||
+        kn_die "--runc-commit must be a commit id (7 to 40 lowercase hex digits), not '$RUNC_COMMIT_ARG'" 2
+fi
 command -v "$KN_GO" >/dev/null || kn_die "'$KN_GO' not found (apt-get install golang-go, or pass --go)" 2
 HOST_ARCH=$(kn_host_arch)
 case "$ARCHES" in
@@ -138,7 +150,7 @@ TRIM=$(kn_trimpath_flag "$GO_VERSION")
 kn_log "$GO_VERSION, host $HOST_ARCH, cache $KN_CACHE$([ "$KN_NO_CACHE" = 1 ] && echo ' (--no-cache)'), out $OUT_DIR"
 
 # Per "<arch>/<name>": what the MANIFEST and the summary need.
-declare -A M_VERSION M_VOUT M_SOURCE M_TAGS M_CHECK M_KMEM M_HOW
+declare -A M_VERSION M_VOUT M_SOURCE M_TAGS M_CHECK M_KMEM M_HOW M_COMMIT
 
 # ---------------------------------------------------------------------------------
 # Sources (resolved once, when first needed)
@@ -155,12 +167,21 @@ runc_source() {
         # As Debian's own build does: the Debian version stands for the commit.
         RUNC_COMMIT="debian-$KN_SRC_DEBVER"
     elif [ -n "$KN_SRC_COMMIT" ]; then
+        case "$KN_SRC_COMMIT" in
+        "$RUNC_COMMIT_ARG"*) ;;
+        *) kn_die "--runc-commit $RUNC_COMMIT_ARG is not the checkout's HEAD ($KN_SRC_COMMIT)
+  note: leave --runc-commit out for a git checkout, or check out $RUNC_COMMIT_ARG" 2 ;;
+        esac
         RUNC_COMMIT=$KN_SRC_COMMIT
         [ "$KN_SRC_DIRTY" = 1 ] && RUNC_COMMIT="$RUNC_COMMIT-dirty"
+    elif [ -n "$RUNC_COMMIT_ARG" ]; then
+        RUNC_COMMIT=$RUNC_COMMIT_ARG
     else
         RUNC_COMMIT=unknown
+        kn_warn "[runc] '$RUNC_DIR' is not a git checkout: 'runc --version' says commit: unknown
+  note: pass --runc-commit SHA (the tree's upstream commit)"
     fi
-    kn_log "[runc] source $RUNC_DESC ($RUNC_DIR), version $RUNC_VERSION"
+    kn_log "[runc] source $RUNC_DESC ($RUNC_DIR), version $RUNC_VERSION, commit $RUNC_COMMIT"
     RUNC_READY=1
 }
 
@@ -311,6 +332,7 @@ build_and_check() {
     M_KMEM[$id]=$KN_KMEM_HOW
     if [ "$name" = runc ]; then
         M_VERSION[$id]=$RUNC_VERSION M_SOURCE[$id]=$RUNC_DESC M_TAGS[$id]="${RUNC_TAGS[*]}"
+        M_COMMIT[$id]=$RUNC_COMMIT
         want="runc version $RUNC_VERSION"
     else
         M_VERSION[$id]=${K8S_GITVERSION#v} M_SOURCE[$id]=$K8S_DESC M_TAGS[$id]="${KUBELET_TAGS[*]}"
@@ -326,6 +348,9 @@ build_and_check() {
         M_CHECK[$id]=$KN_CHECK_HOW
         [ "$KN_VERSION_LINE" = "$want" ] ||
             kn_die "$label '$out --version' says '$KN_VERSION_LINE', expected '$want' (ldflags -X not applied?)"
+        if [ "$name" = runc ] && ! grep -qxF "commit: $RUNC_COMMIT" <<<"$KN_VERSION_OUT"; then
+            kn_die "$label '$out --version' does not say 'commit: $RUNC_COMMIT': $KN_VERSION_OUT"
+        fi
     fi
     kn_log "$label checks ok: static $arch; kmem: $KN_KMEM_HOW; ${M_CHECK[$id]}: ${M_VOUT[$id]}"
 }
@@ -338,7 +363,8 @@ manifest_section() {
 file = $name
 version = ${M_VERSION[$id]}
 version_output = ${M_VOUT[$id]}
-source = ${M_SOURCE[$id]}
+source = ${M_SOURCE[$id]}${M_COMMIT[$id]:+
+commit = ${M_COMMIT[$id]}}
 go = $GO_VERSION
 tags = ${M_TAGS[$id]}
 arch = $arch

@@ -5,8 +5,8 @@
 //! work); the runc is docker.io's own, a packaged file. The payload is two small scripts with
 //! a MANIFEST of their sha256s.
 //!
-//! Needs root and the testbed root (`scripts/testbed-root.sh`); skipped without them unless
-//! `K8S_NOKMEM_STRICT=1`.
+//! Needs root and the testbed root (`scripts/testbed-root.sh`); without them it fails (skipped under
+//! `K8S_NOKMEM_ALLOW_SKIP=1`).
 
 #[path = "common/nspawn.rs"]
 mod nspawn;

@@ -7,8 +7,8 @@
 //! the ignored `inside_client_scenarios` there, which drives `k8s_nokmem::systemd` directly;
 //! the host side then checks the units with `systemctl show` and runs `k8s-nokmem status`.
 //!
-//! Needs root and the testbed root (`scripts/testbed-root.sh`); skipped without them unless
-//! `K8S_NOKMEM_STRICT=1`.
+//! Needs root and the testbed root (`scripts/testbed-root.sh`); without them it fails (skipped under
+//! `K8S_NOKMEM_ALLOW_SKIP=1`).
 
 #[path = "common/nspawn.rs"]
 mod nspawn;

@@ -13,7 +13,6 @@ use serde_json::Value;
 mod common;
 
 use common::node::{self, NodeRoot};
-use common::strict;
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8s-nokmem");
 
@@ -512,10 +511,9 @@ fn textfile_passes_promtool_and_state_is_written() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) if !strict() => {
-            eprintln!("skipped: promtool not found ({e}): apt-get install prometheus")
-        }
-        Err(e) => panic!("promtool not found ({e}): apt-get install prometheus"),
+        Err(e) => common::cannot_run(&format!(
+            "promtool not found ({e}); install it with `apt-get install prometheus`"
+        )),
     }
 
     // --textfile without DIR uses [verify] textfile-dir, and only when it exists
@@ -692,10 +690,11 @@ fn real_cgroup_v1_tree_reports_the_kernel_wide_rule_and_the_cgroup() {
     let usable =
         memory.join("memory.kmem.usage_in_bytes").exists() && nix::unistd::geteuid().is_root();
     if !usable {
-        let why =
-            "needs root and a cgroup v1 memory hierarchy with kmem files at /sys/fs/cgroup/memory";
-        assert!(!strict(), "{why}");
-        eprintln!("skipped: {why}");
+        common::cannot_run(
+            "needs root and a cgroup v1 memory hierarchy with kmem files at /sys/fs/cgroup/memory; \
+             run it as root (`sudo -E cargo test --test verify`) on a cgroup v1 host, e.g. booted \
+             with systemd.unified_cgroup_hierarchy=0",
+        );
         return;
     }
     reap_stale_test_cgroups(memory);

@@ -371,7 +371,7 @@ kn_check_nokmem() {
 }
 
 # kn_run_version FILE ARCH: run FILE --version, natively or under qemu-user; sets
-# KN_VERSION_LINE (the first line of the output) and KN_CHECK_HOW.
+# KN_VERSION_LINE (the first line of the output), KN_VERSION_OUT (all of it) and KN_CHECK_HOW.
 kn_run_version() {
     local file=$1 arch=$2 out qemu
     if [ "$arch" = "$(kn_host_arch)" ]; then
@@ -384,4 +384,5 @@ kn_run_version() {
         out=$(timeout 300 "$qemu" "$file" --version 2>&1) || kn_die "'$qemu $file --version' failed: $out"
     fi
     KN_VERSION_LINE=${out%%$'\n'*}
+    KN_VERSION_OUT=$out
 }

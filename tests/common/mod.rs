@@ -6,12 +6,27 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod cgroup;
 pub mod node;
 
-/// `K8S_NOKMEM_STRICT=1` (set by scripts/test.sh and CI): a missing artifact fails the test
-/// instead of skipping it.
+/// The opt-out for a quick local loop (`scripts/test.sh --quick` sets it): with
+/// `K8S_NOKMEM_ALLOW_SKIP=1` a test that cannot run (a missing artifact, tool or root)
+/// prints `skipped: ...` and passes.
+pub const ALLOW_SKIP_ENV: &str = "K8S_NOKMEM_ALLOW_SKIP";
+
+/// Whether a test that cannot run must fail: always, unless `K8S_NOKMEM_ALLOW_SKIP=1`.
 pub fn strict() -> bool {
-    std::env::var_os("K8S_NOKMEM_STRICT").is_some_and(|v| v == "1")
+    !std::env::var_os(ALLOW_SKIP_ENV).is_some_and(|v| v == "1")
+}
+
+/// A test that cannot run: fail with `msg` (which names the command that fixes it), or
+/// under `K8S_NOKMEM_ALLOW_SKIP=1` print `skipped: msg` and return (the caller returns).
+pub fn cannot_run(msg: &str) {
+    assert!(
+        !strict(),
+        "{msg}\n(this test cannot run; {ALLOW_SKIP_ENV}=1 skips it in a quick local loop)"
+    );
+    eprintln!("skipped: {msg}");
 }
 
 /// The repository root.
@@ -19,8 +34,8 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Return `path` if it exists. Otherwise skip (print why and how to build it) or, in strict
-/// mode, fail.
+/// Return `path` if it exists. Otherwise fail naming the command that builds it (or skip
+/// under `K8S_NOKMEM_ALLOW_SKIP=1`).
 pub fn artifact(path: &Path, build_with: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path.to_path_buf());
@@ -29,8 +44,7 @@ pub fn artifact(path: &Path, build_with: &str) -> Option<PathBuf> {
         "'{}' is missing; build it with `{build_with}`",
         path.display()
     );
-    assert!(!strict(), "{msg}");
-    eprintln!("skipped: {msg}");
+    cannot_run(&msg);
     None
 }
 
@@ -64,13 +78,14 @@ pub fn mirror() -> String {
         .to_string()
 }
 
-/// Skip (or fail in strict mode) unless we are root.
+/// Fail (or skip under `K8S_NOKMEM_ALLOW_SKIP=1`) unless we are root.
 pub fn root_or_skip(what: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    assert!(!strict(), "{what} needs root");
-    eprintln!("skipped: {what} needs root");
+    cannot_run(&format!(
+        "{what} needs root; run it with `sudo -E cargo test` (or scripts/test.sh as root)"
+    ));
     false
 }
 

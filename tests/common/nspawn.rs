@@ -65,17 +65,23 @@ pub fn root_path() -> PathBuf {
     cache.join("testbed/bookworm-amd64")
 }
 
-/// Whether the test must fail instead of skipping (`K8S_NOKMEM_STRICT=1`, set by CI).
+/// The opt-out for a quick local loop (`scripts/test.sh --quick` sets it).
+pub const ALLOW_SKIP_ENV: &str = "K8S_NOKMEM_ALLOW_SKIP";
+
+/// Whether a test that cannot run must fail: always, unless `K8S_NOKMEM_ALLOW_SKIP=1`.
 pub fn strict() -> bool {
-    std::env::var("K8S_NOKMEM_STRICT").is_ok_and(|v| v == "1")
+    !std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1")
 }
 
-/// The root when everything needed to boot it is here; otherwise print `skipped: ...` and
-/// return `None`, or panic under `K8S_NOKMEM_STRICT=1`.
+/// The root when everything needed to boot it is here; otherwise panic naming the command
+/// that fixes it, or under `K8S_NOKMEM_ALLOW_SKIP=1` print `skipped: ...` and return `None`.
 pub fn root_or_skip(test: &str) -> Option<PathBuf> {
     let root = root_path();
     let why = if !nix_is_root() {
-        Some("needs root (systemd-nspawn, mounts, cgroups)".to_string())
+        Some(
+            "needs root (systemd-nspawn, mounts, cgroups); run it with `sudo -E cargo test`"
+                .to_string(),
+        )
     } else if !root.join(STAMP).is_file() {
         Some(format!(
             "no testbed root at '{}'; build it with `sudo {BUILD_CMD}` (~2-4 min, cached) or set {ROOT_ENV}",
@@ -90,7 +96,9 @@ pub fn root_or_skip(test: &str) -> Option<PathBuf> {
     };
     match why {
         None => Some(root),
-        Some(why) if strict() => panic!("{test}: {why} (K8S_NOKMEM_STRICT=1)"),
+        Some(why) if strict() => panic!(
+            "{test}: {why}\n(this test cannot run; {ALLOW_SKIP_ENV}=1 skips it in a quick local loop)"
+        ),
         Some(why) => {
             println!("skipped: {test}: {why}");
             eprintln!("skipped: {test}: {why}");

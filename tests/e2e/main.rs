@@ -944,7 +944,7 @@ fn artifacts() -> Option<Artifacts> {
     match std::env::var_os(ARTIFACTS_ENV) {
         Some(d) => Some(Artifacts { dir: d.into() }),
         None if nspawn::strict() => {
-            panic!("{ARTIFACTS_ENV} is not set; run tests/e2e/run.sh (K8S_NOKMEM_STRICT=1)")
+            panic!("{ARTIFACTS_ENV} is not set; run `sudo tests/e2e/run.sh`")
         }
         None => {
             eprintln!("skipped: e2e: {ARTIFACTS_ENV} is not set; run `sudo tests/e2e/run.sh`");
