@@ -22,6 +22,9 @@ const PAYLOAD_KUBELET: &[u8] =
 const PAYLOAD_RUNC: &[u8] =
     b"#!/bin/sh\n# nokmem stand-in runc (payload)\necho 'runc version 1.1.5+nokmem'\n";
 const BROKEN_KUBELET: &[u8] = b"#!/bin/sh\necho 'payload kubelet: cannot run here' >&2\nexit 1\n";
+/// A kubelet that starts, then exits 3 s later (a bad flag, the wrong cgroup driver).
+const LATE_DYING_KUBELET: &[u8] =
+    b"#!/bin/sh\necho 'payload kubelet: up, failing in 3 s' >&2\nsleep 3\nexit 1\n";
 const KUBELET_LINE: &str =
     "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem";
 const RUNC_LINE: &str = "diversion of /usr/sbin/runc to /usr/sbin/runc.distrib by k8s-nokmem";
@@ -63,7 +66,8 @@ fn write_payload(tb: &nspawn::Testbed, runc: &[u8], kubelet: &[u8]) {
 /// Debian's runc package ships `/usr/sbin/runc` and a `/usr/bin/runc -> ../sbin/runc`
 /// symlink and docker finds `/usr/sbin/runc` first in $PATH: `path = auto` must pick it
 /// (`auto_detected_runc_is_the_one_docker_runs`).
-const CONFIG: &str = "[runc]\npath = /usr/sbin/runc\n\n[services]\ntimeout = 30s\n";
+/// `settle = 6s`: long enough to see a kubelet that exits 3 s after it started.
+const CONFIG: &str = "[runc]\npath = /usr/sbin/runc\n\n[services]\ntimeout = 30s\nsettle = 6s\n";
 
 /// A booted testbed with the stand-in services, the helper, its config and a payload.
 fn testbed(test: &str, kubelet_payload: &[u8]) -> Option<nspawn::Testbed> {
@@ -306,6 +310,52 @@ fn a_payload_that_fails_to_start_is_rolled_back() {
     let journal = tb.journal("kubelet.service");
     assert!(
         journal.contains("payload kubelet: cannot run here"),
+        "{journal}"
+    );
+}
+
+/// Issue 10 item 4: a kubelet whose start job succeeds but that exits 3 s later (the
+/// stand-in unit has `Restart=always`) is a failed start: rolled back, and the error names
+/// the unit and what happened.
+#[test]
+fn a_kubelet_that_dies_after_starting_is_rolled_back() {
+    let Some(tb) = testbed(
+        "a_kubelet_that_dies_after_starting_is_rolled_back",
+        LATE_DYING_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    let t0 = Instant::now();
+    let (out, log) = helper(&tb, &["install"]);
+    let took = t0.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "install of a kubelet that dies after 3 s:\n{log}"
+    );
+    for want in [
+        "start 'kubelet.service'",
+        "'kubelet.service' did not stay up for 6s after it started",
+        "rolled back",
+        "the original binaries are back in place",
+        "journalctl -u kubelet.service",
+    ] {
+        assert!(log.contains(want), "the log lacks \"{want}\":\n{log}");
+    }
+    assert!(
+        log.contains("auto-restart") || log.contains("main process changed"),
+        "the log does not say why:\n{log}"
+    );
+    assert!(took.as_secs() < 60, "install took {took:?}");
+    assert_originals(&tb, &orig_runc, "after the rolled-back install");
+    assert!(
+        !tb.path("/var/lib/k8s-nokmem/state.json").exists(),
+        "state recorded after a rollback"
+    );
+    let journal = tb.journal("kubelet.service");
+    assert!(
+        journal.contains("payload kubelet: up, failing in 3 s"),
         "{journal}"
     );
 }

@@ -187,7 +187,7 @@ pub(super) fn install(
     let units = units_for(config, changed.iter().map(|f| &f.target.restart));
     let units = running(manager, units)?;
     let services = session.services(root, manager, &units)?;
-    let node = Node::new(root, services, config.service_timeout);
+    let node = Node::new(root, services, config.service_timeout).with_settle(config.service_settle);
     let mut steps = vec![Step::Preflight];
     for f in &changed {
         steps.push(Step::Stage {
@@ -687,6 +687,31 @@ mod tests {
         for unit in UNITS {
             assert_eq!(sd.unit_state(unit).active_state, "active", "{unit}");
         }
+    }
+
+    #[test]
+    fn a_service_that_dies_after_starting_is_a_failed_start() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS).with_dies_after_start("docker.service");
+        let err = node.install(&sd).unwrap_err();
+        let chain = format!("{err:#}");
+        assert!(
+            chain.contains("install step 11/12 'start kubelet.service' failed; rolled back")
+                && chain.contains("the original binaries are back in place")
+                && chain.contains("'docker.service' did not stay up for 20s after it started")
+                && chain.contains("activating/auto-restart"),
+            "{chain}"
+        );
+        assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+        assert_eq!(node.read("usr/sbin/runc"), ORIG_RUNC);
+        for unit in UNITS {
+            assert_eq!(sd.unit_state(unit).active_state, "active", "{unit}");
+        }
+        assert!(!node
+            .dir
+            .path()
+            .join("var/lib/k8s-nokmem/state.json")
+            .exists());
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub(super) fn remove(
         .collect();
     let units = running(manager, units_for(config, restart.iter()))?;
     let services = session.services(root, manager, &units)?;
-    let node = Node::new(root, services, config.service_timeout);
+    let node = Node::new(root, services, config.service_timeout).with_settle(config.service_settle);
 
     let mut steps = vec![Step::Preflight];
     steps.extend(units.iter().map(|u| Step::Stop { unit: u.clone() }));

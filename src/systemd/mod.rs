@@ -9,10 +9,11 @@
 //! [`ServiceAction::Missing`]; a masked one [`ServiceAction::Masked`] (left alone). Only
 //! Manager methods that systemd 229 (Ubuntu 16.04) has are used.
 //!
-//! After a `done` start job the unit must be `active`; a `Type=simple` unit that was really
-//! (re)started must also stay active for [`SystemdClient::settle`] (default
-//! [`DEFAULT_SETTLE`]), since systemd reports it started as soon as it forked: a binary that
-//! cannot run fails a moment later ([`SystemdError::NotActive`]). See `dbus.rs`.
+//! After a `done` start job the unit must be `active` ([`SystemdError::NotActive`]). Then
+//! [`ServiceManager::settle`] watches every unit the transaction started, together, for the
+//! settle window (`[services] settle`): systemd reports a `Type=simple` unit started as soon
+//! as it forked, so a binary that cannot run, or exits seconds later, only shows then
+//! ([`SystemdError::Settle`]; see `settle.rs`).
 //!
 //! Get the real client with [`connect`] (or [`SystemdClient::system`]); the process keeps one
 //! bus connection, made on first use.
@@ -25,8 +26,10 @@ use std::time::Duration;
 
 mod dbus;
 pub mod fake;
+pub mod settle;
 
-pub use dbus::{SystemdClient, DEFAULT_SETTLE};
+pub use dbus::SystemdClient;
+pub use settle::Started;
 
 /// What happened to a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +107,16 @@ pub enum SystemdError {
         sub_state: String,
         unit_result: String,
     },
+    #[error("'{unit}' did not stay up for {}s after it started: {why} (after {after_ms} ms; now {active_state}/{sub_state}); see `journalctl -u {unit}`", window.as_secs_f32())]
+    Settle {
+        unit: String,
+        /// How long after its start job it was seen down.
+        after_ms: u64,
+        window: Duration,
+        why: String,
+        active_state: String,
+        sub_state: String,
+    },
     #[error("lost the D-Bus signal stream while waiting for the {verb} job of '{unit}' (systemd or the bus went away); see `systemctl status {unit}`")]
     Lost { verb: &'static str, unit: String },
     #[error("{verb} job for '{unit}' did not finish within {}s; see `journalctl -u {unit}` or raise [services] timeout", timeout.as_secs())]
@@ -122,4 +135,10 @@ pub trait ServiceManager {
     fn start(&self, unit: &str, timeout: Duration) -> Result<ServiceAction, SystemdError>;
     /// Read a unit's state (a missing unit gives `load_state: "not-found"`).
     fn state(&self, unit: &str) -> Result<UnitState, SystemdError>;
+    /// Watch the units started (each as read right after its start job) until every one
+    /// has been up for `window`; the first that went down, restarted, or (kubelet) answers
+    /// its healthz with an error is the error. See `settle.rs`.
+    fn settle(&self, started: &[Started], window: Duration) -> Result<(), SystemdError> {
+        settle::watch(self, started, window)
+    }
 }
