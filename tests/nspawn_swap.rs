@@ -360,6 +360,50 @@ fn a_kubelet_that_dies_after_starting_is_rolled_back() {
     );
 }
 
+/// Issue 10 item 10: a node where no dbus-daemon runs (dbus.service and dbus.socket masked):
+/// install and remove reach systemd over its private socket, /run/systemd/private.
+#[test]
+fn without_a_system_bus_systemd_is_reached_over_its_private_socket() {
+    let Some(root) =
+        nspawn::root_or_skip("without_a_system_bus_systemd_is_reached_over_its_private_socket")
+    else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    for unit in ["dbus.service", "dbus.socket"] {
+        tb.mask(unit);
+    }
+    write_payload(&tb, PAYLOAD_RUNC, PAYLOAD_KUBELET);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    assert_eq!(tb.unit_prop("dbus.socket", "LoadState"), "masked");
+    assert_ne!(tb.unit_prop("dbus.service", "ActiveState"), "active");
+    let out = tb.sh("test -S /run/dbus/system_bus_socket && echo there || echo none");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "none");
+    let orig_runc = tb.read("/usr/sbin/runc");
+    let booted = services(&tb);
+
+    let log = helper_ok(&tb, &["install"]);
+    assert!(
+        log.contains("private socket /run/systemd/private"),
+        "no word about the private socket:\n{log}"
+    );
+    for want in ["stop 'kubelet.service': ok", "start 'kubelet.service': ok"] {
+        assert!(log.contains(want), "install log lacks \"{want}\":\n{log}");
+    }
+    assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
+    let installed = services(&tb);
+    for (i, unit) in UNITS.iter().enumerate() {
+        assert_eq!(installed[i].0, "active", "{unit}\n{}", tb.journal(unit));
+        assert_ne!(installed[i].1, booted[i].1, "{unit} was not restarted");
+    }
+    assert_eq!(main_cmdline(&tb, "kubelet.service"), "sleep 2000001");
+    helper_ok(&tb, &["remove"]);
+    assert_originals(&tb, &orig_runc, "after remove without a bus");
+}
+
 #[test]
 fn masked_and_missing_units_are_left_alone() {
     let Some(root) = nspawn::root_or_skip("masked_and_missing_units_are_left_alone") else {

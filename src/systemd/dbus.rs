@@ -15,11 +15,12 @@
 //! A job that times out is left queued: the next stop or start of that unit (mode
 //! `replace`, e.g. the rollback's) replaces it.
 
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures_lite::{Stream, StreamExt};
-use log::{debug, trace};
+use log::{debug, info, trace};
 use zbus::blocking::Connection;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
@@ -35,6 +36,12 @@ const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
 /// would hold the reply back until the method timeout.
 const MAX_QUEUED: usize = 4096;
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
+/// systemd's own D-Bus socket (peer to peer, root only; systemd >= 209, so 229 has it): the
+/// way to systemd when no dbus-daemon runs.
+pub const PRIVATE_SOCKET: &str = "/run/systemd/private";
+const BUS_ENV: &str = "DBUS_SYSTEM_BUS_ADDRESS";
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -174,11 +181,43 @@ fn connection() -> Result<Connection, SystemdError> {
     if let Some(conn) = CONN.get() {
         return Ok(conn.clone());
     }
-    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
-        .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket (default)".to_string());
-    debug!("connecting to the system bus at {address}");
-    let conn = open(zbus::blocking::connection::Builder::system().map_err(SystemdError::Connect)?)?;
+    let explicit = std::env::var(BUS_ENV).ok();
+    let shown = explicit
+        .clone()
+        .unwrap_or_else(|| "unix:path=/var/run/dbus/system_bus_socket (default)".to_string());
+    debug!("connecting to the system bus at {shown}");
+    let bus = zbus::blocking::connection::Builder::system()
+        .map_err(SystemdError::Connect)
+        .and_then(open);
+    let conn = match (bus, explicit) {
+        (Ok(conn), _) => conn,
+        // the bus that was asked for by name is the one to use
+        (Err(e), Some(_)) => return Err(e),
+        (Err(SystemdError::Connect(bus)), None) => {
+            debug!("no system bus ({bus}); trying systemd's private socket {PRIVATE_SOCKET}");
+            let conn =
+                open_private(Path::new(PRIVATE_SOCKET)).map_err(|private| SystemdError::NoBus {
+                    bus: bus.to_string(),
+                    private: private.to_string(),
+                })?;
+            info!("no system bus: talking to systemd over its private socket {PRIVATE_SOCKET}");
+            conn
+        }
+        (Err(e), None) => return Err(e),
+    };
     Ok(CONN.get_or_init(|| conn).clone())
+}
+
+/// systemd's private socket: a peer-to-peer connection (no bus daemon, no Hello), then
+/// Subscribe() as on the bus (systemd sends JobRemoved to its subscribed direct clients).
+fn open_private(socket: &Path) -> Result<Connection, zbus::Error> {
+    let address = format!("unix:path={}", socket.display());
+    let builder = zbus::blocking::connection::Builder::address(address.as_str())?.p2p();
+    match open(builder) {
+        Ok(conn) => Ok(conn),
+        Err(SystemdError::Connect(e)) => Err(e),
+        Err(other) => Err(zbus::Error::Failure(other.to_string())),
+    }
 }
 
 /// Connect with `builder` and Subscribe() to job signals.
@@ -310,8 +349,20 @@ impl SystemdClient {
                 .build()
                 .await
                 .map_err(err)?;
-            // the match rule is in place when this returns: no JobRemoved can be missed
-            let signals = manager.receive_job_removed().await.map_err(err)?;
+            // the match rule is in place when this returns: no JobRemoved can be missed. A
+            // plain match rule, not the proxy's signal stream: that one asks the bus daemon
+            // for systemd's unique name, and systemd's private socket has no bus daemon
+            let rule = zbus::MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .path(MANAGER_PATH)
+                .and_then(|b| b.interface(MANAGER_INTERFACE))
+                .and_then(|b| b.member("JobRemoved"))
+                .map_err(err)?
+                .build();
+            let signals =
+                zbus::MessageStream::for_match_rule(rule, self.conn.inner(), Some(MAX_QUEUED))
+                    .await
+                    .map_err(err)?;
             trace!("D-Bus -> {method}('{unit}', '{JOB_MODE}')");
             let job = match verb {
                 Verb::Stop => manager.stop_unit(unit, JOB_MODE).await,
@@ -319,26 +370,41 @@ impl SystemdClient {
             }
             .map_err(err)?;
             trace!("D-Bus <- {method}: job {}", job.as_str());
-            let events = signals.filter_map(|signal| match signal.args() {
-                Ok(args) => {
-                    let event = JobEvent {
-                        id: args.id,
-                        job: args.job.to_string(),
-                        unit: args.unit.to_string(),
-                        result: args.result.to_string(),
-                    };
-                    trace!(
-                        "D-Bus <- JobRemoved(id={}, job={}, unit='{}', result='{}')",
-                        event.id,
-                        event.job,
-                        event.unit,
-                        event.result
-                    );
-                    Some(event)
-                }
-                Err(e) => {
-                    trace!("D-Bus <- JobRemoved with unexpected arguments: {e}");
-                    None
+            let events = signals.filter_map(|msg| {
+                match msg
+                    .ok()
+                    .and_then(JobRemoved::from_message)
+                    .ok_or_else(|| zbus::Error::Failure("not a JobRemoved signal".into()))
+                    .and_then(|signal| {
+                        signal.args().map(|a| {
+                            (
+                                a.id,
+                                a.job.to_string(),
+                                a.unit.to_string(),
+                                a.result.to_string(),
+                            )
+                        })
+                    }) {
+                    Ok((id, job, unit, result)) => {
+                        let event = JobEvent {
+                            id,
+                            job,
+                            unit,
+                            result,
+                        };
+                        trace!(
+                            "D-Bus <- JobRemoved(id={}, job={}, unit='{}', result='{}')",
+                            event.id,
+                            event.job,
+                            event.unit,
+                            event.result
+                        );
+                        Some(event)
+                    }
+                    Err(e) => {
+                        trace!("D-Bus <- JobRemoved with unexpected arguments: {e}");
+                        None
+                    }
                 }
             });
             match wait_for_job(Box::pin(events), job.as_str(), timeout).await {
@@ -600,5 +666,21 @@ mod tests {
         let err = open(builder).unwrap_err();
         assert!(matches!(err, SystemdError::Connect(_)), "{err:?}");
         assert_eq!(err.to_string(), "failed to connect to the system bus");
+    }
+
+    #[test]
+    fn an_unreachable_private_socket_names_both_ways() {
+        let err = open_private(Path::new("/nonexistent/k8s-nokmem-private")).unwrap_err();
+        let err = SystemdError::NoBus {
+            bus: "no bus here".into(),
+            private: err.to_string(),
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no system bus (no bus here)")
+                && msg.contains("/run/systemd/private failed too")
+                && msg.contains("systemctl start dbus.socket"),
+            "{msg}"
+        );
     }
 }

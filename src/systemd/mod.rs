@@ -84,6 +84,8 @@ pub struct UnitState {
 pub enum SystemdError {
     #[error("failed to connect to the system bus")]
     Connect(#[source] zbus::Error),
+    #[error("failed to reach systemd: no system bus ({bus}), and its private socket {} failed too ({private}); start dbus (`systemctl start dbus.socket`) or run as root", dbus::PRIVATE_SOCKET)]
+    NoBus { bus: String, private: String },
     #[error("D-Bus call {method}('{unit}') failed")]
     Call {
         method: &'static str,
