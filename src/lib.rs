@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod notes;
 pub mod paths;
 pub mod policy;
+pub mod signals;
 pub mod systemd;
 pub mod targets;
 pub mod verify;

@@ -404,6 +404,168 @@ fn without_a_system_bus_systemd_is_reached_over_its_private_socket() {
     assert_originals(&tb, &orig_runc, "after remove without a bus");
 }
 
+/// docker.service as in `write_stand_in_services`, with a stop that takes 4 s.
+fn slow_stopping_docker(tb: &nspawn::Testbed) {
+    tb.write(
+        "/etc/systemd/system/docker.service",
+        "[Unit]\nDescription=stand-in docker, slow to stop\nStartLimitIntervalSec=0\n\n\
+         [Service]\nType=notify\nNotifyAccess=all\nExecStart=/usr/local/bin/stand-in-dockerd\n\
+         ExecStop=/bin/sleep 4\n\n[Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    );
+}
+
+/// Wait until `unit` is `state` (polling `systemctl is-active`), at most `secs`.
+fn wait_for_state(tb: &nspawn::Testbed, unit: &str, state: &str, secs: u64) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let out = tb.run(&["systemctl", "is-active", unit]);
+        if String::from_utf8_lossy(&out.stdout).trim() == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unit} never became {state}:\n{}",
+            tb.journal(unit)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Issue 10 item 5: a dropped SSH session (SIGHUP) while `install` runs in its own session
+/// (`setsid`, as under `apt`) does not kill the transaction half-way: it finishes, the
+/// services run, and the log says a signal arrived.
+#[test]
+fn sighup_while_docker_stops_does_not_cut_the_install_short() {
+    let Some(root) =
+        nspawn::root_or_skip("sighup_while_docker_stops_does_not_cut_the_install_short")
+    else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    slow_stopping_docker(&tb);
+    write_payload(&tb, PAYLOAD_RUNC, PAYLOAD_KUBELET);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    tb.sh_ok(
+        "mkdir -p /run/t; setsid sh -c '/usr/sbin/k8s-nokmem install >/run/t/log 2>&1; echo $? >/run/t/rc' \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    wait_for_state(&tb, "docker.service", "deactivating", 60);
+    tb.sh_ok("kill -HUP $(pgrep -x k8s-nokmem)");
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while !tb.path("/run/t/rc").exists() {
+        assert!(Instant::now() < deadline, "install never ended");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = String::from_utf8_lossy(&tb.read("/run/t/log")).into_owned();
+    let rc = String::from_utf8_lossy(&tb.read("/run/t/rc"))
+        .trim()
+        .to_string();
+    eprint!("{log}");
+    assert_eq!(rc, "0", "install after SIGHUP:\n{log}");
+    assert!(
+        log.contains("SIGHUP arrived during `k8s-nokmem install`"),
+        "the signal is not logged:\n{log}"
+    );
+    assert!(
+        !tb.path("/var/lib/k8s-nokmem/journal.json").exists(),
+        "{log}"
+    );
+    assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
+    for unit in UNITS {
+        assert_eq!(
+            tb.unit_prop(unit, "ActiveState"),
+            "active",
+            "{unit}\n{log}\n{}",
+            tb.journal(unit)
+        );
+    }
+    assert_eq!(main_cmdline(&tb, "kubelet.service"), "sleep 2000001");
+}
+
+/// Issue 10 item 5: an install that dies between its diversions and its payload (abort, as
+/// SIGKILL or the OOM killer would) leaves no /usr/bin/kubelet; at the next boot
+/// k8s-nokmem-recover.service puts the originals back before docker and kubelet start,
+/// and `verify` had reported the pending journal as a problem.
+#[test]
+fn an_install_killed_mid_way_is_resolved_at_boot_before_the_services() {
+    let Some(mut tb) = testbed(
+        "an_install_killed_mid_way_is_resolved_at_boot_before_the_services",
+        PAYLOAD_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    let unit = "k8s-nokmem-recover.service";
+    tb.copy_in(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systemd")
+            .join(unit),
+        &format!("/lib/systemd/system/{unit}"),
+        0o644,
+    );
+    tb.symlink(
+        &format!("/etc/systemd/system/sysinit.target.wants/{unit}"),
+        &format!("/lib/systemd/system/{unit}"),
+    );
+    let out = tb.run_env(
+        &[HELPER, "install"],
+        &[("K8S_NOKMEM_FAILPOINT", "place:abort")],
+        std::time::Duration::from_secs(120),
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("failpoint: aborting"), "{log}");
+    assert!(
+        !tb.path("/usr/bin/kubelet").exists(),
+        "the kill was meant to leave no /usr/bin/kubelet:\n{log}"
+    );
+    let out = tb.run(&[HELPER, "verify", "--json"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("\"transaction\"") && report.contains("an interrupted install"),
+        "verify does not report the pending journal:\n{}",
+        nspawn::show(&out)
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", nspawn::show(&out));
+
+    tb.reboot();
+    let recover = tb.unit_props(
+        unit,
+        &["Result", "ExecMainStatus", "ExecMainExitTimestampMonotonic"],
+    );
+    let recover_log = tb.journal(unit);
+    assert_eq!(recover["Result"], "success", "{recover:?}\n{recover_log}");
+    assert!(
+        recover_log.contains("interrupted install transaction resolved"),
+        "{recover_log}"
+    );
+    let done: u64 = recover["ExecMainExitTimestampMonotonic"].parse().unwrap();
+    assert!(done > 0, "{recover:?}");
+    for svc in UNITS {
+        let p = tb.unit_props(svc, &["ExecMainStartTimestampMonotonic"]);
+        let started: u64 = p["ExecMainStartTimestampMonotonic"].parse().unwrap();
+        assert!(
+            started > done,
+            "{svc} started ({started}) before the recovery ended ({done})"
+        );
+    }
+    assert!(!tb.path("/var/lib/k8s-nokmem/journal.json").exists());
+    assert_originals(&tb, &orig_runc, "after the boot-time recovery");
+    assert!(!tb.path("/var/lib/k8s-nokmem/state.json").exists());
+    // the next install does what it was asked
+    helper_ok(&tb, &["install"]);
+    assert_content(
+        &tb,
+        "/usr/bin/kubelet",
+        PAYLOAD_KUBELET,
+        "after the next install",
+    );
+}
+
 #[test]
 fn masked_and_missing_units_are_left_alone() {
     let Some(root) = nspawn::root_or_skip("masked_and_missing_units_are_left_alone") else {

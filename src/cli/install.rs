@@ -26,6 +26,8 @@ pub struct Install {}
 
 impl Install {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<Outcome> {
+        // before any thread starts: SIGHUP/SIGINT/SIGTERM wait until the transaction is over
+        let _signals = crate::signals::Deferred::block("install")?;
         info!("install v{} root={}", env!("CARGO_PKG_VERSION"), ctx.root);
         let session = Session::open(ctx, "install")?;
         let config = ctx.config().map_err(|e| preflight_failed("install", e))?;

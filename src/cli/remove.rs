@@ -23,6 +23,8 @@ pub struct Remove {}
 
 impl Remove {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<Outcome> {
+        // before any thread starts: SIGHUP/SIGINT/SIGTERM wait until the transaction is over
+        let _signals = crate::signals::Deferred::block("remove")?;
         info!("remove v{} root={}", env!("CARGO_PKG_VERSION"), ctx.root);
         let session = Session::open(ctx, "remove")?;
         // removal must work even with a broken conffile: it needs only services from it
