@@ -566,6 +566,74 @@ fn an_install_killed_mid_way_is_resolved_at_boot_before_the_services() {
     );
 }
 
+/// Issue 10 item 11: an active docker.socket is stopped before docker and started after it,
+/// so a client knocking on the socket cannot start docker mid-swap.
+#[test]
+fn docker_socket_is_stopped_around_the_swap() {
+    let Some(root) = nspawn::root_or_skip("docker_socket_is_stopped_around_the_swap") else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    slow_stopping_docker(&tb);
+    // unmask docker.socket: a stand-in that socket-activates the stand-in docker
+    let _ = std::fs::remove_file(tb.path("/etc/systemd/system/docker.socket"));
+    tb.write(
+        "/etc/systemd/system/docker.socket",
+        "[Unit]\nDescription=stand-in docker socket\n\n[Socket]\nListenStream=/run/stand-in-docker.sock\n\n\
+         [Install]\nWantedBy=sockets.target\n",
+        0o644,
+    );
+    tb.symlink(
+        "/etc/systemd/system/sockets.target.wants/docker.socket",
+        "/etc/systemd/system/docker.socket",
+    );
+    write_payload(&tb, PAYLOAD_RUNC, PAYLOAD_KUBELET);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    assert_eq!(tb.unit_prop("docker.socket", "ActiveState"), "active");
+    tb.sh_ok(
+        "mkdir -p /run/t; setsid sh -c '/usr/sbin/k8s-nokmem install >/run/t/log 2>&1; echo $? >/run/t/rc' \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    wait_for_state(&tb, "docker.service", "deactivating", 60);
+    let socket_meanwhile = tb.unit_prop("docker.socket", "ActiveState");
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while !tb.path("/run/t/rc").exists() {
+        assert!(Instant::now() < deadline, "install never ended");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = String::from_utf8_lossy(&tb.read("/run/t/log")).into_owned();
+    eprint!("{log}");
+    assert_eq!(
+        String::from_utf8_lossy(&tb.read("/run/t/rc")).trim(),
+        "0",
+        "{log}"
+    );
+    assert_eq!(
+        socket_meanwhile, "inactive",
+        "docker.socket listened while docker stopped:\n{log}"
+    );
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("the log lacks \"{what}\":\n{log}"))
+    };
+    assert!(
+        at("stop 'kubelet.service': ok") < at("stop 'docker.socket': ok")
+            && at("stop 'docker.socket': ok") < at("stop 'docker.service': ok")
+            && at("start 'docker.service': ok") < at("start 'docker.socket': ok")
+            && at("start 'docker.socket': ok") < at("start 'kubelet.service': ok"),
+        "order:\n{log}"
+    );
+    assert_eq!(tb.unit_prop("docker.socket", "ActiveState"), "active");
+    for unit in UNITS {
+        assert_eq!(tb.unit_prop(unit, "ActiveState"), "active", "{unit}");
+    }
+    helper_ok(&tb, &["remove"]);
+    assert_eq!(tb.unit_prop("docker.socket", "ActiveState"), "active");
+}
+
 #[test]
 fn masked_and_missing_units_are_left_alone() {
     let Some(root) = nspawn::root_or_skip("masked_and_missing_units_are_left_alone") else {

@@ -275,13 +275,35 @@ pub(super) fn running(
         match (state.load_state.as_str(), state.active_state.as_str()) {
             ("not-found", _) => info!("'{unit}' does not exist on this node: nothing to restart"),
             ("masked", _) => info!("'{unit}' is masked: left alone"),
-            (_, "active" | "activating" | "reloading") => out.push(unit),
+            (_, "active" | "activating" | "reloading") => {
+                // its socket (docker.socket) stops before it and starts after it, so that
+                // socket activation cannot start it mid-swap
+                if let Some(socket) = active_socket(manager, &unit)? {
+                    info!(
+                        "'{socket}' is active: it is stopped before '{unit}' and started after it"
+                    );
+                    out.push(socket);
+                }
+                out.push(unit)
+            }
             (_, other) => {
                 info!("'{unit}' is {other}: not restarted; it runs the new binary when it starts")
             }
         }
     }
     Ok(out)
+}
+
+/// `X.socket` for `X.service` when that socket unit is active (listening).
+fn active_socket(manager: &dyn ServiceManager, unit: &str) -> anyhow::Result<Option<String>> {
+    let Some(name) = unit.strip_suffix(".service") else {
+        return Ok(None);
+    };
+    let socket = format!("{name}.socket");
+    let state = manager.state(&socket).with_context(|| {
+        format!("failed to read the state of '{socket}' over D-Bus; nothing was changed")
+    })?;
+    Ok((state.load_state == "loaded" && state.active_state == "active").then_some(socket))
 }
 
 /// The units to stop (in this order) and start (in reverse) for these targets: the
@@ -714,6 +736,35 @@ mod tests {
             .path()
             .join("var/lib/k8s-nokmem/state.json")
             .exists());
+    }
+
+    #[test]
+    fn an_active_docker_socket_stops_before_docker_and_starts_after_it() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&["kubelet.service", "docker.service", "docker.socket"]);
+        node.install(&sd).unwrap();
+        let want = vec![
+            "stop kubelet.service",
+            "stop docker.socket",
+            "stop docker.service",
+            "start docker.service",
+            "start docker.socket",
+            "start kubelet.service",
+        ];
+        assert_eq!(sd.call_lines(), want);
+        assert_eq!(sd.unit_state("docker.socket").active_state, "active");
+        sd.clear_calls();
+        node.remove(&sd).unwrap();
+        assert_eq!(sd.call_lines(), want, "remove");
+        // an inactive socket is left alone, and docker alone restarted
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS).with_inactive("docker.socket");
+        node.install(&sd).unwrap();
+        assert!(
+            !sd.call_lines().iter().any(|c| c.contains("socket")),
+            "{:?}",
+            sd.call_lines()
+        );
     }
 
     #[test]
