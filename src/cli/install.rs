@@ -218,7 +218,11 @@ pub(super) fn install(
             original: f.original.clone(),
         });
     }
-    steps.extend(units.iter().rev().map(|u| Step::Start { unit: u.clone() }));
+    steps.extend(
+        start_order(&units)
+            .into_iter()
+            .map(|unit| Step::Start { unit }),
+    );
     steps.push(Step::Record {
         state: Some(new_state),
     });
@@ -292,6 +296,21 @@ pub(super) fn running(
         }
     }
     Ok(out)
+}
+
+/// The units in start order: the stop order reversed, except that a socket starts right
+/// before its service (systemd refuses to start a socket whose service already runs).
+pub(super) fn start_order(units: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = units.iter().rev().cloned().collect();
+    for i in 1..out.len() {
+        let service = out[i]
+            .strip_suffix(".socket")
+            .map(|name| format!("{name}.service"));
+        if service.as_deref() == Some(out[i - 1].as_str()) {
+            out.swap(i - 1, i);
+        }
+    }
+    out
 }
 
 /// `X.socket` for `X.service` when that socket unit is active (listening).
@@ -739,7 +758,7 @@ mod tests {
     }
 
     #[test]
-    fn an_active_docker_socket_stops_before_docker_and_starts_after_it() {
+    fn an_active_docker_socket_stops_before_docker_and_starts_right_before_it() {
         let node = TestNode::new();
         let sd = FakeSystemd::with_active(&["kubelet.service", "docker.service", "docker.socket"]);
         node.install(&sd).unwrap();
@@ -747,8 +766,8 @@ mod tests {
             "stop kubelet.service",
             "stop docker.socket",
             "stop docker.service",
-            "start docker.service",
             "start docker.socket",
+            "start docker.service",
             "start kubelet.service",
         ];
         assert_eq!(sd.call_lines(), want);
@@ -875,6 +894,32 @@ mod tests {
         sd.clear_calls();
         node.remove(&sd).unwrap();
         assert!(sd.calls().is_empty(), "remove twice touches nothing");
+    }
+
+    #[test]
+    fn sockets_start_right_before_their_service() {
+        let units = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let table: [(&[&str], &[&str]); 3] = [
+            (
+                &["kubelet.service", "docker.socket", "docker.service"],
+                &["docker.socket", "docker.service", "kubelet.service"],
+            ),
+            (
+                &["kubelet.service", "docker.service"],
+                &["docker.service", "kubelet.service"],
+            ),
+            (
+                &["a.socket", "b.service", "kubelet.service"],
+                &["kubelet.service", "b.service", "a.socket"],
+            ),
+        ];
+        for (stop, start) in table {
+            assert_eq!(
+                start_order(&units(stop)),
+                units(start),
+                "stop order {stop:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use log::{info, warn};
 
-use super::install::{log_skipped_restarts, preflight_failed, running, units_for, Session};
+use super::install::{
+    log_skipped_restarts, preflight_failed, running, start_order, units_for, Session,
+};
 use super::{Ctx, Outcome};
 use crate::config::Config;
 use crate::divert::DpkgDivert;
@@ -136,7 +138,11 @@ pub(super) fn remove(
             original: original.clone(),
         });
     }
-    steps.extend(units.iter().rev().map(|u| Step::Start { unit: u.clone() }));
+    steps.extend(
+        start_order(&units)
+            .into_iter()
+            .map(|unit| Step::Start { unit }),
+    );
     steps.push(Step::Record { state: None });
     journal::run(
         &node,
