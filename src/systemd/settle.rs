@@ -308,9 +308,18 @@ mod tests {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
+                // read the whole request first: closing with unread bytes resets the
+                // connection, and the client may lose the reply
+                let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
-                let _ = conn.read(&mut buf);
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let _ = conn.write_all(reply.as_bytes());
+                let _ = conn.shutdown(std::net::Shutdown::Write);
             }
         });
         addr
@@ -332,15 +341,16 @@ mod tests {
                 body: "ok".into()
             }
         );
-        // nothing listens on a port we just closed
-        let closed = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().to_string()
-        };
+        // a listener that never answers (held, never accepted): no answer, after the timeout
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let t0 = Instant::now();
         assert!(matches!(
-            probe_healthz(&closed, Duration::from_secs(2)),
+            probe_healthz(&addr, Duration::from_millis(300)),
             Healthz::NoAnswer(_)
         ));
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        drop(silent);
     }
 
     #[test]
