@@ -15,12 +15,11 @@
 //! A job that times out is left queued: the next stop or start of that unit (mode
 //! `replace`, e.g. the rollback's) replaces it.
 
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures_lite::{Stream, StreamExt};
-use log::{debug, info, trace};
+use log::{debug, trace};
 use zbus::blocking::Connection;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
@@ -38,10 +37,6 @@ const MAX_QUEUED: usize = 4096;
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
-/// systemd's own D-Bus socket (peer to peer, root only; systemd >= 209, so 229 has it): the
-/// way to systemd when no dbus-daemon runs.
-pub const PRIVATE_SOCKET: &str = "/run/systemd/private";
-const BUS_ENV: &str = "DBUS_SYSTEM_BUS_ADDRESS";
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -181,43 +176,11 @@ fn connection() -> Result<Connection, SystemdError> {
     if let Some(conn) = CONN.get() {
         return Ok(conn.clone());
     }
-    let explicit = std::env::var(BUS_ENV).ok();
-    let shown = explicit
-        .clone()
-        .unwrap_or_else(|| "unix:path=/var/run/dbus/system_bus_socket (default)".to_string());
-    debug!("connecting to the system bus at {shown}");
-    let bus = zbus::blocking::connection::Builder::system()
-        .map_err(SystemdError::Connect)
-        .and_then(open);
-    let conn = match (bus, explicit) {
-        (Ok(conn), _) => conn,
-        // the bus that was asked for by name is the one to use
-        (Err(e), Some(_)) => return Err(e),
-        (Err(SystemdError::Connect(bus)), None) => {
-            debug!("no system bus ({bus}); trying systemd's private socket {PRIVATE_SOCKET}");
-            let conn =
-                open_private(Path::new(PRIVATE_SOCKET)).map_err(|private| SystemdError::NoBus {
-                    bus: bus.to_string(),
-                    private: private.to_string(),
-                })?;
-            info!("no system bus: talking to systemd over its private socket {PRIVATE_SOCKET}");
-            conn
-        }
-        (Err(e), None) => return Err(e),
-    };
+    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+        .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket (default)".to_string());
+    debug!("connecting to the system bus at {address}");
+    let conn = open(zbus::blocking::connection::Builder::system().map_err(SystemdError::Connect)?)?;
     Ok(CONN.get_or_init(|| conn).clone())
-}
-
-/// systemd's private socket: a peer-to-peer connection (no bus daemon, no Hello), then
-/// Subscribe() as on the bus (systemd sends JobRemoved to its subscribed direct clients).
-fn open_private(socket: &Path) -> Result<Connection, zbus::Error> {
-    let address = format!("unix:path={}", socket.display());
-    let builder = zbus::blocking::connection::Builder::address(address.as_str())?.p2p();
-    match open(builder) {
-        Ok(conn) => Ok(conn),
-        Err(SystemdError::Connect(e)) => Err(e),
-        Err(other) => Err(zbus::Error::Failure(other.to_string())),
-    }
 }
 
 /// Connect with `builder` and Subscribe() to job signals.
@@ -349,9 +312,7 @@ impl SystemdClient {
                 .build()
                 .await
                 .map_err(err)?;
-            // the match rule is in place when this returns: no JobRemoved can be missed. A
-            // plain match rule, not the proxy's signal stream: that one asks the bus daemon
-            // for systemd's unique name, and systemd's private socket has no bus daemon
+            // the match rule is in place when this returns: no JobRemoved can be missed
             let rule = zbus::MatchRule::builder()
                 .msg_type(zbus::message::Type::Signal)
                 .path(MANAGER_PATH)
@@ -666,21 +627,5 @@ mod tests {
         let err = open(builder).unwrap_err();
         assert!(matches!(err, SystemdError::Connect(_)), "{err:?}");
         assert_eq!(err.to_string(), "failed to connect to the system bus");
-    }
-
-    #[test]
-    fn an_unreachable_private_socket_names_both_ways() {
-        let err = open_private(Path::new("/nonexistent/k8s-nokmem-private")).unwrap_err();
-        let err = SystemdError::NoBus {
-            bus: "no bus here".into(),
-            private: err.to_string(),
-        };
-        let msg = err.to_string();
-        assert!(
-            msg.contains("no system bus (no bus here)")
-                && msg.contains("/run/systemd/private failed too")
-                && msg.contains("systemctl start dbus.socket"),
-            "{msg}"
-        );
     }
 }

@@ -27,9 +27,15 @@ use std::time::Duration;
 mod dbus;
 pub mod fake;
 pub mod settle;
+mod systemctl;
 
 pub use dbus::SystemdClient;
 pub use settle::Started;
+pub use systemctl::Systemctl;
+
+/// systemd's own D-Bus socket (peer to peer, root only; systemd >= 209, so 229 has it):
+/// `systemctl` run as root uses it, with or without a dbus-daemon.
+pub const PRIVATE_SOCKET: &str = "/run/systemd/private";
 
 /// What happened to a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,9 +64,27 @@ impl ServiceAction {
 }
 
 /// Connect to systemd on the system bus (`$DBUS_SYSTEM_BUS_ADDRESS` honoured) and subscribe
-/// to job signals; the process's one connection is reused by later calls.
+/// to job signals; the process's one connection is reused by later calls. Without a system
+/// bus (no dbus-daemon) and without `$DBUS_SYSTEM_BUS_ADDRESS` naming one, [`Systemctl`]:
+/// `systemctl` reaches systemd over its private socket.
 pub fn connect() -> Result<Box<dyn ServiceManager>, SystemdError> {
-    Ok(Box::new(SystemdClient::system()?))
+    match SystemdClient::system() {
+        Ok(client) => Ok(Box::new(client)),
+        Err(SystemdError::Connect(bus))
+            if std::env::var_os("DBUS_SYSTEM_BUS_ADDRESS").is_none() =>
+        {
+            log::debug!("no system bus ({bus}); trying systemctl");
+            let systemctl = Systemctl::probe().map_err(|private| SystemdError::NoBus {
+                bus: bus.to_string(),
+                private,
+            })?;
+            log::info!(
+                "no system bus: talking to systemd through systemctl (its private socket {PRIVATE_SOCKET})"
+            );
+            Ok(Box::new(systemctl))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A unit's state as systemd reports it.
@@ -84,8 +108,14 @@ pub struct UnitState {
 pub enum SystemdError {
     #[error("failed to connect to the system bus")]
     Connect(#[source] zbus::Error),
-    #[error("failed to reach systemd: no system bus ({bus}), and its private socket {} failed too ({private}); start dbus (`systemctl start dbus.socket`) or run as root", dbus::PRIVATE_SOCKET)]
+    #[error("failed to reach systemd: no system bus ({bus}), and `systemctl` (systemd's private socket {PRIVATE_SOCKET}) failed too ({private}); start dbus (`systemctl start dbus.socket`) or run as root")]
     NoBus { bus: String, private: String },
+    #[error("`systemctl {verb} {unit}` failed: {why}")]
+    Systemctl {
+        verb: &'static str,
+        unit: String,
+        why: String,
+    },
     #[error("D-Bus call {method}('{unit}') failed")]
     Call {
         method: &'static str,
