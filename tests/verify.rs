@@ -711,7 +711,7 @@ fn real_cgroup_v1_tree_reports_the_kernel_wide_rule_and_the_cgroup() {
 /// be ignored there with a warning, silently changing what the unit does).
 #[test]
 fn units_use_only_directives_systemd_229_knows() {
-    const KNOWN_229: [&str; 23] = [
+    const KNOWN_229: [&str; 27] = [
         "Description",
         "Documentation",
         "After",
@@ -735,6 +735,10 @@ fn units_use_only_directives_systemd_229_knows() {
         "DefaultDependencies",
         "RequiresMountsFor",
         "Conflicts",
+        "CapabilityBoundingSet",
+        "ReadOnlyDirectories",
+        "ReadWriteDirectories",
+        "PrivateNetwork",
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     for unit in [
