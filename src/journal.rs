@@ -424,9 +424,13 @@ impl<'a> Node<'a> {
         if *did != Did::Ok {
             return Ok(()); // skipped, missing, masked, or a no-op job: nothing started
         }
-        let state = manager
-            .state(unit)
-            .with_context(|| format!("failed to read the state of '{unit}' after its start"))?;
+        // the state the start read already, else one more read
+        let state = match manager.started_state(unit) {
+            Some(state) => state,
+            None => manager
+                .state(unit)
+                .with_context(|| format!("failed to read the state of '{unit}' after its start"))?,
+        };
         // a oneshot that ran is inactive with Result=success: nothing to watch; a unit
         // already down again (its process exited since the job ended) fails the watch
         if !(state.active_state == "inactive" && state.result == "success") {

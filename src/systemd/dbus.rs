@@ -15,7 +15,8 @@
 //! A job that times out is left queued: the next stop or start of that unit (mode
 //! `replace`, e.g. the rollback's) replaces it.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_lite::{Stream, StreamExt};
@@ -208,6 +209,9 @@ fn open(builder: zbus::blocking::connection::Builder<'_>) -> Result<Connection, 
 #[derive(Debug, Clone)]
 pub struct SystemdClient {
     conn: Connection,
+    /// Each unit's state as read right after its last start job (see
+    /// [`ServiceManager::started_state`]).
+    started: Arc<Mutex<HashMap<String, UnitState>>>,
 }
 
 impl SystemdClient {
@@ -215,6 +219,7 @@ impl SystemdClient {
     pub fn system() -> Result<Self, SystemdError> {
         Ok(SystemdClient {
             conn: connection()?,
+            started: Arc::default(),
         })
     }
 
@@ -419,6 +424,9 @@ impl SystemdClient {
             });
         }
         if verb == Verb::Start {
+            if let Ok(mut started) = self.started.lock() {
+                started.insert(unit.to_string(), after.clone());
+            }
             self.check_started(unit, &path, after)?;
         }
         debug!(
@@ -464,6 +472,10 @@ impl ServiceManager for SystemdClient {
 
     fn start(&self, unit: &str, timeout: Duration) -> Result<ServiceAction, SystemdError> {
         self.act(Verb::Start, unit, timeout)
+    }
+
+    fn started_state(&self, unit: &str) -> Option<UnitState> {
+        self.started.lock().ok()?.remove(unit)
     }
 
     fn state(&self, unit: &str) -> Result<UnitState, SystemdError> {

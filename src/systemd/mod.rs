@@ -167,6 +167,11 @@ pub trait ServiceManager {
     fn start(&self, unit: &str, timeout: Duration) -> Result<ServiceAction, SystemdError>;
     /// Read a unit's state (a missing unit gives `load_state: "not-found"`).
     fn state(&self, unit: &str) -> Result<UnitState, SystemdError>;
+    /// The unit's state as read right after its last start job, if this client kept it
+    /// (saves a round trip while the services are down); `None`: ask [`Self::state`].
+    fn started_state(&self, _unit: &str) -> Option<UnitState> {
+        None
+    }
     /// Watch the units started (each as read right after its start job) until every one
     /// has been up for `window`; the first that went down, restarted, or (kubelet) answers
     /// its healthz with an error is the error. See `settle.rs`.
