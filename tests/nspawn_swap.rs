@@ -739,6 +739,28 @@ fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
         !log.contains("Permission denied") && !log.contains("Read-only file system"),
         "{log}"
     );
+
+    // and CAP_SYS_PTRACE is what lets it see the kubelet: without it, no kubelet is visible
+    tb.write(
+        &format!("/etc/systemd/system/{unit}.d/no-ptrace.conf"),
+        "[Service]\nCapabilityBoundingSet=\nCapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_SYSLOG\n",
+        0o644,
+    );
+    tb.sh_ok("systemctl daemon-reload");
+    let _ = tb.run(&["systemctl", "start", unit]);
+    let state = tb.sh_ok("cat /run/k8s-nokmem/verify.json");
+    let report: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let kubelet = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "running-kubelet")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        kubelet["status"], "skipped",
+        "without CAP_SYS_PTRACE: {kubelet:#}"
+    );
 }
 
 #[test]
