@@ -11,6 +11,13 @@ use log::{debug, warn};
 
 use crate::paths::{self, Root};
 
+/// `[services] settle` by default: longer than one `RestartSec=10` of kubeadm's kubelet unit,
+/// so a kubelet that exits a few seconds after it started is seen restarting.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(20);
+
+/// The helper itself: never a target.
+const HELPER_PATH: &str = "/usr/sbin/k8s-nokmem";
+
 /// The two binaries we swap, in install order.
 pub const TARGET_NAMES: [&str; 2] = ["runc", "kubelet"];
 
@@ -123,6 +130,9 @@ pub struct Config {
     /// Services stop in this order and start in reverse.
     pub service_order: Vec<String>,
     pub service_timeout: Duration,
+    /// How long every (re)started service is watched after its start job (see
+    /// `crate::systemd::settle`).
+    pub service_settle: Duration,
     pub version_skew: SkewPolicy,
     pub verify: VerifyConfig,
     /// `[kernel] cmdline`.
@@ -149,6 +159,7 @@ impl Default for Config {
             ],
             service_order: vec!["kubelet.service".into(), "docker.service".into()],
             service_timeout: Duration::from_secs(90),
+            service_settle: DEFAULT_SETTLE,
             version_skew: SkewPolicy::Refuse,
             verify: VerifyConfig {
                 kernel_wide_kmem: Severity::Problem,
@@ -184,8 +195,39 @@ impl Config {
             Err(e) => return Err(ConfigError::Read(shown, e)),
         };
         let mut config = Config::parse(&text, &shown)?;
+        config.check_real_paths(root, &text, &shown)?;
         config.file = Some(path);
         Ok(config)
+    }
+
+    /// A fixed target path must be the file itself as seen inside `root`, not an alias
+    /// through a symlinked directory (`/sbin/runc` when `/sbin -> usr/sbin`) or a symlink:
+    /// dpkg knows, diverts and upgrades the real path only.
+    fn check_real_paths(&self, root: &Root, text: &str, file: &str) -> Result<(), ConfigError> {
+        for t in &self.targets {
+            let TargetPath::Fixed(path) = &t.path else {
+                continue;
+            };
+            let Some(real) = real_path_in(root, path) else {
+                continue;
+            };
+            if real != *path {
+                let value = path.display().to_string();
+                let at = Located {
+                    file,
+                    text,
+                    section: t.name,
+                    key: "path",
+                    value: &value,
+                };
+                return Err(at.bad(&format!(
+                    "the real path '{}' ('{value}' goes through a symlink on this node); set path = {}",
+                    real.display(),
+                    real.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Parse config text; `file` names it in messages.
@@ -219,11 +261,15 @@ impl Config {
             (name @ ("runc" | "kubelet"), "path") => {
                 let path = if v == "auto" {
                     TargetPath::Auto
-                } else if v.starts_with('/') {
-                    TargetPath::Fixed(v.into())
                 } else {
-                    return Err(at.bad("'auto' or an absolute path such as /usr/bin/kubelet"));
+                    TargetPath::Fixed(target_path(at)?)
                 };
+                let other = if name == "runc" { "kubelet" } else { "runc" };
+                if path != TargetPath::Auto && self.target(other).is_some_and(|t| t.path == path) {
+                    return Err(at.bad(&format!(
+                        "a path different from [{other}] path: runc and kubelet are two binaries; set each to its own file"
+                    )));
+                }
                 self.target_mut(name, |t| t.path = path);
             }
             (name @ ("runc" | "kubelet"), "restart") => {
@@ -238,7 +284,8 @@ impl Config {
                 };
             }
             ("services", "order") => self.service_order = units(at)?,
-            ("services", "timeout") => self.service_timeout = duration(at)?,
+            ("services", "timeout") => self.service_timeout = positive_duration(at)?,
+            ("services", "settle") => self.service_settle = positive_duration(at)?,
             ("verify", "kernel-wide-kmem") => {
                 self.verify.kernel_wide_kmem = match v {
                     "problem" => Severity::Problem,
@@ -371,6 +418,72 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
+/// A duration above zero (`0s` would wait for nothing).
+fn positive_duration(at: &Located<'_>) -> Result<Duration, ConfigError> {
+    match parse_duration(at.value) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(at.bad("a duration above zero such as 90s, 2m or 500ms")),
+    }
+}
+
+/// A binary to divert: an absolute path in canonical form (no `.`, `..`, `//` or trailing
+/// `/`), not one of ours.
+fn target_path(at: &Located<'_>) -> Result<PathBuf, ConfigError> {
+    let path = Path::new(at.value);
+    if !path.is_absolute() {
+        return Err(
+            at.bad("'auto' or an absolute path such as /usr/bin/kubelet; write the full path")
+        );
+    }
+    let lexical = lexical_form(path);
+    if lexical.as_os_str() != path.as_os_str() {
+        return Err(at.bad(&format!(
+            "a canonical path without '.', '..', '//' or a trailing '/', such as '{}'; write the binary's real path",
+            lexical.display()
+        )));
+    }
+    if path.starts_with(paths::PAYLOAD_DIR) {
+        return Err(at.bad(&format!(
+            "a path outside {}/ (that is k8s-nokmem's payload, not the node's binary); set the path of the node's {}",
+            paths::PAYLOAD_DIR,
+            at.section
+        )));
+    }
+    if path == Path::new(HELPER_PATH) {
+        return Err(at.bad(&format!(
+            "the path of the node's {}, not k8s-nokmem's own helper",
+            at.section
+        )));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Where `path` really is inside `root`: every symlink resolved, also the last component
+/// when it is a link to an existing file; `None` when its directory does not exist.
+fn real_path_in(root: &Root, path: &Path) -> Option<PathBuf> {
+    if let Some(real) = crate::targets::resolve_in_root(root, path) {
+        return Some(real);
+    }
+    let (dir, name) = (path.parent()?, path.file_name()?);
+    crate::targets::resolve_in_root(root, dir).map(|d| d.join(name))
+}
+
+/// `path` with `.` dropped and `..` applied, without touching the disk.
+fn lexical_form(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
 fn abs_path(at: &Located<'_>) -> Result<PathBuf, ConfigError> {
     if at.value.starts_with('/') {
         Ok(at.value.into())
@@ -465,6 +578,170 @@ mod tests {
                     && msg.contains("/etc/k8s-nokmem/k8s-nokmem.conf"),
                 "case {key}={value}: {msg}"
             );
+        }
+    }
+
+    #[test]
+    fn target_paths_and_durations_are_validated() {
+        // (case, text, line, key, value, words of the fix)
+        let cases = [
+            (
+                "dot-dot",
+                "[runc]\npath = /usr/bin/../sbin/runc\n",
+                2,
+                "path",
+                "/usr/bin/../sbin/runc",
+                "'/usr/sbin/runc'",
+            ),
+            (
+                "dot",
+                "[kubelet]\npath = /usr/bin/./kubelet\n",
+                2,
+                "path",
+                "/usr/bin/./kubelet",
+                "'/usr/bin/kubelet'",
+            ),
+            (
+                "double slash",
+                "[kubelet]\npath = /usr//bin/kubelet\n",
+                2,
+                "path",
+                "/usr//bin/kubelet",
+                "'/usr/bin/kubelet'",
+            ),
+            (
+                "trailing slash",
+                "[kubelet]\npath = /usr/bin/kubelet/\n",
+                2,
+                "path",
+                "/usr/bin/kubelet/",
+                "'/usr/bin/kubelet'",
+            ),
+            (
+                "relative",
+                "[runc]\npath = runc\n",
+                2,
+                "path",
+                "runc",
+                "absolute path",
+            ),
+            (
+                "the payload",
+                "[kubelet]\npath = /usr/lib/k8s-nokmem/kubelet\n",
+                2,
+                "path",
+                "/usr/lib/k8s-nokmem/kubelet",
+                "outside /usr/lib/k8s-nokmem/",
+            ),
+            (
+                "the helper",
+                "[runc]\n\npath = /usr/sbin/k8s-nokmem\n",
+                3,
+                "path",
+                "/usr/sbin/k8s-nokmem",
+                "not k8s-nokmem's own helper",
+            ),
+            (
+                "same file",
+                "[runc]\npath = /usr/bin/x\n[kubelet]\npath = /usr/bin/x\n",
+                4,
+                "path",
+                "/usr/bin/x",
+                "different from [runc] path",
+            ),
+            (
+                "zero timeout",
+                "[services]\ntimeout = 0s\n",
+                2,
+                "timeout",
+                "0s",
+                "above zero",
+            ),
+            (
+                "zero settle",
+                "[services]\nsettle = 0\n",
+                2,
+                "settle",
+                "0",
+                "above zero",
+            ),
+            (
+                "bad settle",
+                "[services]\nsettle = a while\n",
+                2,
+                "settle",
+                "a while",
+                "above zero",
+            ),
+        ];
+        for (case, text, line, key, value, fix) in cases {
+            let err = Config::parse(text, "'/etc/k8s-nokmem/k8s-nokmem.conf'").unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("config '/etc/k8s-nokmem/k8s-nokmem.conf'")
+                    && msg.contains(&format!("line {line}:"))
+                    && msg.contains(&format!("{key} = '{value}'"))
+                    && msg.contains(fix),
+                "case '{case}': {msg}"
+            );
+        }
+        // and what is fine
+        let ok = "[runc]\npath = /usr/sbin/runc\n[kubelet]\npath = /usr/local/bin/kubelet\n\
+                  [services]\nsettle = 5s\ntimeout = 500ms\n";
+        let c = Config::parse(ok, "f").unwrap();
+        assert_eq!(c.service_settle, Duration::from_secs(5));
+        assert_eq!(c.service_timeout, Duration::from_millis(500));
+        assert_eq!(Config::default().service_settle, DEFAULT_SETTLE);
+    }
+
+    #[test]
+    fn a_target_path_through_a_symlink_is_refused_with_the_real_path() {
+        // a usrmerged root: /sbin -> usr/sbin, and a /usr/bin/runc -> ../sbin/runc link
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        std::fs::create_dir_all(root.join("/usr/sbin")).unwrap();
+        std::fs::create_dir_all(root.join("/usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("/etc/k8s-nokmem")).unwrap();
+        std::fs::write(root.join("/usr/sbin/runc"), b"runc").unwrap();
+        std::os::unix::fs::symlink("usr/sbin", root.join("/sbin")).unwrap();
+        std::os::unix::fs::symlink("../sbin/runc", root.join("/usr/bin/runc")).unwrap();
+        let cases = [
+            ("directory alias", "/sbin/runc", Some("/usr/sbin/runc")),
+            (
+                "alias of a missing file",
+                "/sbin/kubelet-none",
+                Some("/usr/sbin/kubelet-none"),
+            ),
+            (
+                "symlink to the binary",
+                "/usr/bin/runc",
+                Some("/usr/sbin/runc"),
+            ),
+            ("the real file", "/usr/sbin/runc", None),
+            ("not there yet", "/usr/sbin/nothing", None),
+            ("no such directory", "/opt/none/runc", None),
+        ];
+        for (case, value, want) in cases {
+            let text = format!("# test\n[runc]\npath = {value}\n");
+            std::fs::write(root.join(paths::CONFIG_FILE), &text).unwrap();
+            let got = Config::load(&root, None);
+            match want {
+                None => assert!(
+                    got.is_ok(),
+                    "case '{case}': {:?}",
+                    got.err().map(|e| e.to_string())
+                ),
+                Some(real) => {
+                    let msg = got.unwrap_err().to_string();
+                    assert!(
+                        msg.contains("k8s-nokmem.conf")
+                            && msg.contains("line 3:")
+                            && msg.contains(&format!("[runc] path = '{value}'"))
+                            && msg.contains(&format!("set path = {real}")),
+                        "case '{case}': {msg}"
+                    );
+                }
+            }
         }
     }
 

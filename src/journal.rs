@@ -49,7 +49,7 @@ use crate::divert::{Added, Diversion, DpkgDivert, Removed};
 use crate::notes::with_note;
 use crate::paths::{self, Root};
 use crate::policy::SkipReason;
-use crate::systemd::{ServiceAction, ServiceManager};
+use crate::systemd::{ServiceAction, ServiceManager, Started};
 use crate::targets::{self, Original, State};
 
 /// The journal of the transaction in progress, in the state directory.
@@ -422,6 +422,10 @@ pub struct Node<'a> {
     pub divert: DpkgDivert,
     pub services: Services<'a>,
     pub timeout: Duration,
+    /// How long the services this run started must stay up (see [`Node::settle_started`]).
+    pub settle: Duration,
+    /// The units this run's start steps started, as they were right after their job.
+    started: RefCell<Vec<Started>>,
     /// Temp files this run staged (a leftover of another run is never renamed into place).
     staged: RefCell<Vec<PathBuf>>,
     /// See [`Node::diversions`].
@@ -435,9 +439,60 @@ impl<'a> Node<'a> {
             divert: DpkgDivert::new(root),
             services,
             timeout,
+            settle: crate::config::DEFAULT_SETTLE,
+            started: RefCell::new(Vec::new()),
             staged: RefCell::new(Vec::new()),
             diversions: RefCell::new(None),
         }
+    }
+
+    /// Watch the services started since the last call for `settle` (`[services] settle`).
+    pub fn with_settle(mut self, settle: Duration) -> Node<'a> {
+        self.settle = settle;
+        self
+    }
+
+    /// Remember a unit a start step started, as it is now, for [`Node::settle_started`].
+    fn watch(&self, unit: &str, did: &Did) -> anyhow::Result<()> {
+        let Services::Act { manager, .. } = &self.services else {
+            return Ok(());
+        };
+        if *did != Did::Ok {
+            return Ok(()); // skipped, missing, masked, or a no-op job: nothing started
+        }
+        // the state the start read already, else one more read
+        let state = match manager.started_state(unit) {
+            Some(state) => state,
+            None => manager
+                .state(unit)
+                .with_context(|| format!("failed to read the state of '{unit}' after its start"))?,
+        };
+        // a oneshot that ran is inactive with Result=success: nothing to watch; a unit
+        // already down again (its process exited since the job ended) fails the watch
+        if !(state.active_state == "inactive" && state.result == "success") {
+            self.started.borrow_mut().push(Started::now(state));
+        }
+        Ok(())
+    }
+
+    /// Wait until every unit started since the last call has stayed up for the settle
+    /// window, all watched together; `None` when none was started.
+    pub fn settle_started(&self) -> anyhow::Result<Option<Duration>> {
+        let started = std::mem::take(&mut *self.started.borrow_mut());
+        let Services::Act { manager, .. } = &self.services else {
+            return Ok(None);
+        };
+        if started.is_empty() {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        manager.settle(&started, self.settle).map_err(|e| {
+            with_note(
+                anyhow::Error::from(e),
+                "a service that exits or restarts right after it started runs a binary that does not work on this node (a flag, the cgroup driver, a library); its journal says why",
+            )
+        })?;
+        Ok(Some(t0.elapsed()))
     }
 
     /// The diversions, listed once and then kept up to date by our own changes (we hold
@@ -528,7 +583,11 @@ impl<'a> Node<'a> {
         match step {
             Step::Preflight => Ok(Did::Ok),
             Step::Stop { unit } => self.service(true, unit),
-            Step::Start { unit } => self.service(false, unit),
+            Step::Start { unit } => {
+                let did = self.service(false, unit)?;
+                self.watch(unit, &did)?;
+                Ok(did)
+            }
             Step::Divert {
                 path, divert_to, ..
             } => {
@@ -1084,6 +1143,26 @@ pub fn run(
             started.elapsed()
         }
         .as_millis();
+        // after the last start of a run of starts: the started services must stay up
+        let last_start = matches!(step, Step::Start { .. })
+            && !matches!(journal.steps.get(i + 1), Some(Step::Start { .. }));
+        let result = match result {
+            Ok(did) if last_start => match node.settle_started() {
+                Ok(Some(took)) => {
+                    info!(
+                        "{command} [{}/{n}] {}: {did} ({ms} ms); every started service stayed up for {} s ({} ms)",
+                        i + 1,
+                        step.label(),
+                        node.settle.as_secs_f32(),
+                        took.as_millis()
+                    );
+                    continue;
+                }
+                Ok(None) => Ok(did),
+                Err(e) => Err(e.context("a service did not stay up after it started")),
+            },
+            other => other,
+        };
         match result {
             Ok(did) => info!(
                 "{command} [{}/{n}] {}: {did} ({ms} ms)",

@@ -14,6 +14,7 @@ pub mod notes;
 pub mod paths;
 pub mod policy;
 pub mod reboot;
+pub mod signals;
 pub mod systemd;
 pub mod targets;
 pub mod verify;

@@ -21,6 +21,8 @@ pub enum SkipReason {
     ForeignRoot(PathBuf),
     /// `/run/systemd/system` does not exist.
     SystemdNotRunning,
+    /// `recover --boot`: ordered before the services, which start after it.
+    Boot,
 }
 
 impl std::fmt::Display for SkipReason {
@@ -30,6 +32,7 @@ impl std::fmt::Display for SkipReason {
             SkipReason::SystemdNotRunning => {
                 write!(f, "systemd is not running: no {}", paths::SYSTEMD_RUNNING)
             }
+            SkipReason::Boot => write!(f, "at boot: the services start after this"),
         }
     }
 }

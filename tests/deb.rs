@@ -78,6 +78,10 @@ fn contents_modes_owner_and_compression() {
                 "-rw-r--r--",
             ),
             ("/lib/systemd/system/k8s-nokmem-verify.timer", "-rw-r--r--"),
+            (
+                "/lib/systemd/system/k8s-nokmem-recover.service",
+                "-rw-r--r--",
+            ),
             ("/usr/share/man/man8/k8s-nokmem.8.gz", "-rw-r--r--"),
             ("/usr/share/doc/k8s-nokmem/copyright", "-rw-r--r--"),
             (
@@ -204,6 +208,7 @@ fn unit_files_pass_systemd_analyze_verify() {
         .arg(format!("--root={}", x.path().display()))
         .arg(units.join("k8s-nokmem-verify.service"))
         .arg(units.join("k8s-nokmem-verify.timer"))
+        .arg(units.join("k8s-nokmem-recover.service"))
         .env("SYSTEMD_LOG_LEVEL", "notice")
         // Documentation=man:k8s-nokmem(8) must resolve to the package's own man page
         .env("MANPATH", x.path().join("usr/share/man")));

@@ -22,6 +22,9 @@ const PAYLOAD_KUBELET: &[u8] =
 const PAYLOAD_RUNC: &[u8] =
     b"#!/bin/sh\n# nokmem stand-in runc (payload)\necho 'runc version 1.1.5+nokmem'\n";
 const BROKEN_KUBELET: &[u8] = b"#!/bin/sh\necho 'payload kubelet: cannot run here' >&2\nexit 1\n";
+/// A kubelet that starts, then exits 3 s later (a bad flag, the wrong cgroup driver).
+const LATE_DYING_KUBELET: &[u8] =
+    b"#!/bin/sh\necho 'payload kubelet: up, failing in 3 s' >&2\nsleep 3\nexit 1\n";
 const KUBELET_LINE: &str =
     "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem";
 const RUNC_LINE: &str = "diversion of /usr/sbin/runc to /usr/sbin/runc.distrib by k8s-nokmem";
@@ -63,7 +66,8 @@ fn write_payload(tb: &nspawn::Testbed, runc: &[u8], kubelet: &[u8]) {
 /// Debian's runc package ships `/usr/sbin/runc` and a `/usr/bin/runc -> ../sbin/runc`
 /// symlink and docker finds `/usr/sbin/runc` first in $PATH: `path = auto` must pick it
 /// (`auto_detected_runc_is_the_one_docker_runs`).
-const CONFIG: &str = "[runc]\npath = /usr/sbin/runc\n\n[services]\ntimeout = 30s\n";
+/// `settle = 6s`: long enough to see a kubelet that exits 3 s after it started.
+const CONFIG: &str = "[runc]\npath = /usr/sbin/runc\n\n[services]\ntimeout = 30s\nsettle = 6s\n";
 
 /// A booted testbed with the stand-in services, the helper, its config and a payload.
 fn testbed(test: &str, kubelet_payload: &[u8]) -> Option<nspawn::Testbed> {
@@ -307,6 +311,455 @@ fn a_payload_that_fails_to_start_is_rolled_back() {
     assert!(
         journal.contains("payload kubelet: cannot run here"),
         "{journal}"
+    );
+}
+
+/// Issue 10 item 4: a kubelet whose start job succeeds but that exits 3 s later (the
+/// stand-in unit has `Restart=always`) is a failed start: rolled back, and the error names
+/// the unit and what happened.
+#[test]
+fn a_kubelet_that_dies_after_starting_is_rolled_back() {
+    let Some(tb) = testbed(
+        "a_kubelet_that_dies_after_starting_is_rolled_back",
+        LATE_DYING_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    let t0 = Instant::now();
+    let (out, log) = helper(&tb, &["install"]);
+    let took = t0.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "install of a kubelet that dies after 3 s:\n{log}"
+    );
+    for want in [
+        "start 'kubelet.service'",
+        "'kubelet.service' did not stay up for 6s after it started",
+        "rolled back",
+        "the original binaries are back in place",
+        "journalctl -u kubelet.service",
+    ] {
+        assert!(log.contains(want), "the log lacks \"{want}\":\n{log}");
+    }
+    assert!(
+        log.contains("auto-restart") || log.contains("main process changed"),
+        "the log does not say why:\n{log}"
+    );
+    assert!(took.as_secs() < 60, "install took {took:?}");
+    assert_originals(&tb, &orig_runc, "after the rolled-back install");
+    assert!(
+        !tb.path("/var/lib/k8s-nokmem/state.json").exists(),
+        "state recorded after a rollback"
+    );
+    let journal = tb.journal("kubelet.service");
+    assert!(
+        journal.contains("payload kubelet: up, failing in 3 s"),
+        "{journal}"
+    );
+}
+
+/// Issue 10 item 10: a node where no dbus-daemon runs (dbus.service and dbus.socket masked):
+/// install and remove reach systemd over its private socket, /run/systemd/private.
+#[test]
+fn without_a_system_bus_systemd_is_reached_over_its_private_socket() {
+    let Some(root) =
+        nspawn::root_or_skip("without_a_system_bus_systemd_is_reached_over_its_private_socket")
+    else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    for unit in ["dbus.service", "dbus.socket"] {
+        tb.mask(unit);
+    }
+    write_payload(&tb, PAYLOAD_RUNC, PAYLOAD_KUBELET);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    assert_eq!(tb.unit_prop("dbus.socket", "LoadState"), "masked");
+    assert_ne!(tb.unit_prop("dbus.service", "ActiveState"), "active");
+    let out = tb.sh("test -S /run/dbus/system_bus_socket && echo there || echo none");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "none");
+    let orig_runc = tb.read("/usr/sbin/runc");
+    let booted = services(&tb);
+
+    let log = helper_ok(&tb, &["install"]);
+    assert!(
+        log.contains("private socket /run/systemd/private"),
+        "no word about the private socket:\n{log}"
+    );
+    for want in ["stop 'kubelet.service': ok", "start 'kubelet.service': ok"] {
+        assert!(log.contains(want), "install log lacks \"{want}\":\n{log}");
+    }
+    assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
+    let installed = services(&tb);
+    for (i, unit) in UNITS.iter().enumerate() {
+        assert_eq!(installed[i].0, "active", "{unit}\n{}", tb.journal(unit));
+        assert_ne!(installed[i].1, booted[i].1, "{unit} was not restarted");
+    }
+    assert_eq!(main_cmdline(&tb, "kubelet.service"), "sleep 2000001");
+    helper_ok(&tb, &["remove"]);
+    assert_originals(&tb, &orig_runc, "after remove without a bus");
+}
+
+/// docker.service as in `write_stand_in_services`, with a stop that takes 4 s.
+fn slow_stopping_docker(tb: &nspawn::Testbed) {
+    tb.write(
+        "/etc/systemd/system/docker.service",
+        "[Unit]\nDescription=stand-in docker, slow to stop\nStartLimitIntervalSec=0\n\n\
+         [Service]\nType=notify\nNotifyAccess=all\nExecStart=/usr/local/bin/stand-in-dockerd\n\
+         ExecStop=/bin/sleep 4\n\n[Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    );
+}
+
+/// Wait until `unit` is `state` (polling `systemctl is-active`), at most `secs`.
+fn wait_for_state(tb: &nspawn::Testbed, unit: &str, state: &str, secs: u64) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let out = tb.run(&["systemctl", "is-active", unit]);
+        if String::from_utf8_lossy(&out.stdout).trim() == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unit} never became {state}:\n{}",
+            tb.journal(unit)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Issue 10 item 5: a dropped SSH session (SIGHUP) while `install` runs in its own session
+/// (`setsid`, as under `apt`) does not kill the transaction half-way: it finishes, the
+/// services run, and the log says a signal arrived.
+#[test]
+fn sighup_while_docker_stops_does_not_cut_the_install_short() {
+    let Some(root) =
+        nspawn::root_or_skip("sighup_while_docker_stops_does_not_cut_the_install_short")
+    else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    slow_stopping_docker(&tb);
+    write_payload(&tb, PAYLOAD_RUNC, PAYLOAD_KUBELET);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    tb.sh_ok(
+        "mkdir -p /var/tmp/t; setsid sh -c '/usr/sbin/k8s-nokmem install >/var/tmp/t/log 2>&1; echo $? >/var/tmp/t/rc' \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    wait_for_state(&tb, "docker.service", "deactivating", 60);
+    tb.sh_ok("kill -HUP $(pgrep -x k8s-nokmem)");
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while !tb.path("/var/tmp/t/rc").exists() {
+        assert!(Instant::now() < deadline, "install never ended");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = String::from_utf8_lossy(&tb.read("/var/tmp/t/log")).into_owned();
+    let rc = String::from_utf8_lossy(&tb.read("/var/tmp/t/rc"))
+        .trim()
+        .to_string();
+    eprint!("{log}");
+    assert_eq!(rc, "0", "install after SIGHUP:\n{log}");
+    assert!(
+        log.contains("SIGHUP arrived during `k8s-nokmem install`"),
+        "the signal is not logged:\n{log}"
+    );
+    assert!(
+        !tb.path("/var/lib/k8s-nokmem/journal.json").exists(),
+        "{log}"
+    );
+    assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
+    for unit in UNITS {
+        assert_eq!(
+            tb.unit_prop(unit, "ActiveState"),
+            "active",
+            "{unit}\n{log}\n{}",
+            tb.journal(unit)
+        );
+    }
+    assert_eq!(main_cmdline(&tb, "kubelet.service"), "sleep 2000001");
+}
+
+/// Issue 10 item 5: an install that dies between its diversions and its payload (abort, as
+/// SIGKILL or the OOM killer would) leaves no /usr/bin/kubelet; at the next boot
+/// k8s-nokmem-recover.service puts the originals back before docker and kubelet start,
+/// and `verify` had reported the pending journal as a problem.
+#[test]
+fn an_install_killed_mid_way_is_resolved_at_boot_before_the_services() {
+    let Some(mut tb) = testbed(
+        "an_install_killed_mid_way_is_resolved_at_boot_before_the_services",
+        PAYLOAD_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    let unit = "k8s-nokmem-recover.service";
+    tb.copy_in(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systemd")
+            .join(unit),
+        &format!("/lib/systemd/system/{unit}"),
+        0o644,
+    );
+    tb.symlink(
+        &format!("/etc/systemd/system/sysinit.target.wants/{unit}"),
+        &format!("/lib/systemd/system/{unit}"),
+    );
+    let out = tb.run_env(
+        &[HELPER, "install"],
+        &[("K8S_NOKMEM_FAILPOINT", "place:abort")],
+        std::time::Duration::from_secs(120),
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("failpoint: aborting"), "{log}");
+    assert!(
+        !tb.path("/usr/bin/kubelet").exists(),
+        "the kill was meant to leave no /usr/bin/kubelet:\n{log}"
+    );
+    let out = tb.run(&[HELPER, "verify", "--json"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("\"transaction\"") && report.contains("an interrupted install"),
+        "verify does not report the pending journal:\n{}",
+        nspawn::show(&out)
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", nspawn::show(&out));
+
+    tb.reboot();
+    let recover = tb.unit_props(
+        unit,
+        &["Result", "ExecMainStatus", "ExecMainExitTimestampMonotonic"],
+    );
+    let recover_log = tb.journal(unit);
+    assert_eq!(recover["Result"], "success", "{recover:?}\n{recover_log}");
+    assert!(
+        recover_log.contains("interrupted install transaction resolved"),
+        "{recover_log}"
+    );
+    let done: u64 = recover["ExecMainExitTimestampMonotonic"].parse().unwrap();
+    assert!(done > 0, "{recover:?}");
+    for svc in UNITS {
+        let p = tb.unit_props(svc, &["ExecMainStartTimestampMonotonic"]);
+        let started: u64 = p["ExecMainStartTimestampMonotonic"].parse().unwrap();
+        assert!(
+            started > done,
+            "{svc} started ({started}) before the recovery ended ({done})"
+        );
+    }
+    assert!(!tb.path("/var/lib/k8s-nokmem/journal.json").exists());
+    assert_originals(&tb, &orig_runc, "after the boot-time recovery");
+    assert!(!tb.path("/var/lib/k8s-nokmem/state.json").exists());
+    // the next install does what it was asked
+    helper_ok(&tb, &["install"]);
+    assert_content(
+        &tb,
+        "/usr/bin/kubelet",
+        PAYLOAD_KUBELET,
+        "after the next install",
+    );
+}
+
+/// Issue 10 item 11: an active docker.socket is stopped before docker, so a client knocking
+/// on the socket cannot start docker mid-swap, and started again right before docker (systemd
+/// refuses to start a socket whose service already runs: "Socket service docker.service
+/// already active, refusing"). The stand-in docker.service does not `Requires=` its socket,
+/// the harder case (docker.io's does, and then starting docker starts the socket too).
+#[test]
+fn docker_socket_is_stopped_around_the_swap() {
+    let Some(root) = nspawn::root_or_skip("docker_socket_is_stopped_around_the_swap") else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    slow_stopping_docker(&tb);
+    // unmask docker.socket: a stand-in that socket-activates the stand-in docker
+    let _ = std::fs::remove_file(tb.path("/etc/systemd/system/docker.socket"));
+    tb.write(
+        "/etc/systemd/system/docker.socket",
+        "[Unit]\nDescription=stand-in docker socket\n\n[Socket]\nListenStream=/run/stand-in-docker.sock\n\n\
+         [Install]\nWantedBy=sockets.target\n",
+        0o644,
+    );
+    tb.symlink(
+        "/etc/systemd/system/sockets.target.wants/docker.socket",
+        "/etc/systemd/system/docker.socket",
+    );
+    write_payload(&tb, PAYLOAD_RUNC, PAYLOAD_KUBELET);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    assert_eq!(tb.unit_prop("docker.socket", "ActiveState"), "active");
+    tb.sh_ok(
+        "mkdir -p /var/tmp/t; setsid sh -c '/usr/sbin/k8s-nokmem install >/var/tmp/t/log 2>&1; echo $? >/var/tmp/t/rc' \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    wait_for_state(&tb, "docker.service", "deactivating", 60);
+    let socket_meanwhile = tb.unit_prop("docker.socket", "ActiveState");
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while !tb.path("/var/tmp/t/rc").exists() {
+        assert!(Instant::now() < deadline, "install never ended");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = String::from_utf8_lossy(&tb.read("/var/tmp/t/log")).into_owned();
+    eprint!("{log}");
+    assert_eq!(
+        String::from_utf8_lossy(&tb.read("/var/tmp/t/rc")).trim(),
+        "0",
+        "{log}"
+    );
+    assert_eq!(
+        socket_meanwhile, "inactive",
+        "docker.socket listened while docker stopped:\n{log}"
+    );
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("the log lacks \"{what}\":\n{log}"))
+    };
+    assert!(
+        at("stop 'kubelet.service': ok") < at("stop 'docker.socket': ok")
+            && at("stop 'docker.socket': ok") < at("stop 'docker.service': ok")
+            && at("start 'docker.socket': ok") < at("start 'docker.service': ok")
+            && at("start 'docker.service': ok") < at("start 'kubelet.service': ok"),
+        "order:\n{log}"
+    );
+    assert_eq!(tb.unit_prop("docker.socket", "ActiveState"), "active");
+    for unit in UNITS {
+        assert_eq!(tb.unit_prop(unit, "ActiveState"), "active", "{unit}");
+    }
+    helper_ok(&tb, &["remove"]);
+    assert_eq!(tb.unit_prop("docker.socket", "ActiveState"), "active");
+}
+
+/// Issue 10 item 11: k8s-nokmem-verify.service runs confined (bounded capabilities, no
+/// network, /var and /sys read-only except its outputs) and still does its job: it reads
+/// the running kubelet's /proc/PID/exe (root, with every capability) in init's mount
+/// namespace, writes /run/k8s-nokmem/verify.json and the Prometheus textfile.
+#[test]
+fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
+    let Some(root) =
+        nspawn::root_or_skip("the_verify_unit_runs_confined_and_still_sees_the_kubelet")
+    else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    // a payload kubelet that is a real binary named kubelet (comm "kubelet"): sleep
+    let sleep = tb.read("/usr/bin/sleep");
+    write_payload(&tb, PAYLOAD_RUNC, &sleep);
+    tb.write(
+        "/etc/systemd/system/kubelet.service",
+        "[Unit]\nDescription=stand-in kubelet\nAfter=docker.service\n\n\
+         [Service]\nExecStart=/usr/bin/kubelet 3000003\nRestart=always\nRestartSec=10\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    );
+    tb.write(
+        "/etc/k8s-nokmem/k8s-nokmem.conf",
+        format!("{CONFIG}\n[verify]\nboot-wait = 1s\n"),
+        0o644,
+    );
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    let unit = "k8s-nokmem-verify.service";
+    tb.copy_in(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systemd")
+            .join(unit),
+        &format!("/lib/systemd/system/{unit}"),
+        0o644,
+    );
+    tb.write("/var/lib/node_exporter/textfile_collector/.keep", "", 0o644);
+    tb.boot();
+    helper_ok(&tb, &["install"]);
+    let pid = tb.unit_prop("kubelet.service", "MainPID");
+    assert_eq!(
+        tb.sh_ok(&format!("cat /proc/{pid}/comm")).trim(),
+        "kubelet",
+        "the stand-in kubelet's process name"
+    );
+
+    let props = tb.unit_props(
+        unit,
+        &[
+            "CapabilityBoundingSet",
+            "PrivateNetwork",
+            "ReadOnlyPaths",
+            "ProtectSystem",
+        ],
+    );
+    assert_eq!(props["PrivateNetwork"], "yes", "{props:?}");
+    let caps = props["CapabilityBoundingSet"].to_lowercase();
+    assert!(
+        caps.contains("cap_sys_ptrace")
+            && !caps.contains("cap_sys_admin")
+            && !caps.contains("cap_net_admin"),
+        "{props:?}"
+    );
+    assert!(props["ReadOnlyPaths"].contains("/var"), "{props:?}");
+
+    // a oneshot: `systemctl start` returns when it ran (it fails on this host's kernel-wide
+    // kmem, a problem, exit 1: what counts here is what it could see and write)
+    let _ = tb.run(&["systemctl", "start", unit]);
+    let log = tb.journal(unit);
+    // /run is the container's own tmpfs: read it from inside
+    let state = tb.sh_ok("cat /run/k8s-nokmem/verify.json");
+    let report: serde_json::Value = serde_json::from_str(&state)
+        .unwrap_or_else(|e| panic!("verify.json is not JSON ({e}):\n{log}"));
+    let checks = report["checks"].as_array().expect("checks");
+    let check = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no '{name}' check in verify.json:\n{report:#}"))
+    };
+    let kubelet = check("running-kubelet");
+    assert_eq!(kubelet["status"], "ok", "{kubelet:#}\n{log}");
+    assert!(
+        kubelet["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("pid {pid}")),
+        "{kubelet:#}"
+    );
+    for name in ["payload", "diversions"] {
+        assert_eq!(check(name)["status"], "ok", "{:#}\n{log}", check(name));
+    }
+    let prom = String::from_utf8_lossy(
+        &tb.read("/var/lib/node_exporter/textfile_collector/k8s_nokmem.prom"),
+    )
+    .into_owned();
+    assert!(prom.contains("k8s_nokmem_"), "{prom}");
+    assert!(
+        !log.contains("Permission denied") && !log.contains("Read-only file system"),
+        "{log}"
+    );
+
+    // and CAP_SYS_PTRACE is what lets it see the kubelet: without it, no kubelet is visible
+    tb.write(
+        &format!("/etc/systemd/system/{unit}.d/no-ptrace.conf"),
+        "[Service]\nCapabilityBoundingSet=\nCapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_SYSLOG\n",
+        0o644,
+    );
+    tb.sh_ok("systemctl daemon-reload");
+    let _ = tb.run(&["systemctl", "start", unit]);
+    let state = tb.sh_ok("cat /run/k8s-nokmem/verify.json");
+    let report: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let kubelet = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "running-kubelet")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        kubelet["status"], "skipped",
+        "without CAP_SYS_PTRACE: {kubelet:#}"
     );
 }
 

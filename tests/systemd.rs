@@ -15,7 +15,7 @@ mod nspawn;
 
 use std::time::{Duration, Instant};
 
-use k8s_nokmem::systemd::{ServiceAction, ServiceManager, SystemdClient, SystemdError};
+use k8s_nokmem::systemd::{ServiceAction, ServiceManager, Started, SystemdClient, SystemdError};
 
 const INSIDE_ENV: &str = "K8S_NOKMEM_INSIDE_TESTBED";
 const T: Duration = Duration::from_secs(20);
@@ -29,6 +29,12 @@ fn write_misbehaving_units(tb: &nspawn::Testbed) {
     tb.write(
         "/etc/systemd/system/crashes.service",
         "[Service]\nExecStart=/usr/local/bin/crash\nRestart=always\nRestartSec=10\n",
+        0o644,
+    );
+    // item 4 of issue 10: up when its start job ends, gone 3 s later, restarted
+    tb.write(
+        "/etc/systemd/system/dies-later.service",
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh -c 'sleep 3; exit 1'\nRestart=always\n",
         0o644,
     );
     tb.write(
@@ -177,7 +183,6 @@ fn inside_client_scenarios() {
     }
     let _ = env_logger::builder().is_test(true).try_init();
     let sd = SystemdClient::system().expect("connect to the testbed's system bus");
-    assert_eq!(sd.settle(), k8s_nokmem::systemd::DEFAULT_SETTLE);
 
     // 1. stop kubelet then docker: when stop returns the job is over and the unit is down
     let before = [timestamp("kubelet.service"), timestamp("docker.service")];
@@ -206,7 +211,9 @@ fn inside_client_scenarios() {
         );
         eprintln!("scenario: stop {unit}: {} ms", t0.elapsed().as_millis());
     }
-    // 2. start docker (notify: ready when the job ends) then kubelet (simple: watched)
+    // 2. start docker (notify: ready when the job ends) then kubelet (simple), then both
+    //    stay up for the settle window, watched together
+    let mut started = Vec::new();
     for unit in ["docker.service", "kubelet.service"] {
         let t0 = Instant::now();
         let action = sd
@@ -231,8 +238,17 @@ fn inside_client_scenarios() {
             "{unit}"
         );
         assert!(s.active_enter_usec > 0, "{unit}: {s:?}");
+        started.push(Started::now(s));
         eprintln!("scenario: start {unit}: {} ms", t0.elapsed().as_millis());
     }
+    let t0 = Instant::now();
+    sd.settle(&started, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("settle of docker and kubelet: {e}"));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "the 2 s window is paid once for both units: {took:?}"
+    );
     let after = [timestamp("kubelet.service"), timestamp("docker.service")];
     assert_ne!(before[0], after[0], "kubelet restarted");
     assert_ne!(before[1], after[1], "docker restarted");
@@ -285,9 +301,23 @@ fn inside_client_scenarios() {
     );
 
     // 6. a simple unit whose binary exits at once: the job is done, but it is not running
-    let err = sd.start("crashes.service", T).unwrap_err();
+    //    (right after the job, or within the settle window)
+    let err = match sd.start("crashes.service", T) {
+        Err(e) => e,
+        Ok(_) => {
+            let s = sd.state("crashes.service").unwrap();
+            sd.settle(&[Started::now(s)], Duration::from_secs(2))
+                .unwrap_err()
+        }
+    };
     match &err {
         SystemdError::NotActive {
+            unit,
+            active_state,
+            sub_state,
+            ..
+        }
+        | SystemdError::Settle {
             unit,
             active_state,
             sub_state,
@@ -300,15 +330,41 @@ fn inside_client_scenarios() {
                 "{err}"
             );
         }
-        other => panic!("crashes.service: expected NotActive, got {other:?}"),
+        other => panic!("crashes.service: expected NotActive or Settle, got {other:?}"),
     }
     let msg = err.to_string();
     assert!(
         msg.contains("'crashes.service'") && msg.contains("journalctl -u crashes.service"),
         "{msg}"
     );
-    assert!(msg.contains("Result=exit-code"), "{msg}");
+    assert!(msg.contains("exit-code"), "{msg}");
     sd.stop("crashes.service", T).unwrap();
+
+    // 6b. a simple unit that runs 3 s, then exits (Restart=always): its start is fine, the
+    //     settle window sees it go
+    let t0 = Instant::now();
+    sd.start("dies-later.service", T).unwrap();
+    let s = sd.state("dies-later.service").unwrap();
+    assert_eq!(s.active_state, "active", "{s:?}");
+    let err = sd
+        .settle(&[Started::now(s)], Duration::from_secs(8))
+        .unwrap_err();
+    let took = t0.elapsed();
+    assert!(
+        matches!(&err, SystemdError::Settle { unit, .. } if unit == "dies-later.service"),
+        "{err:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "seen when it exited, not at the end of the window: {took:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("'dies-later.service' did not stay up for 8s after it started")
+            && msg.contains("journalctl -u dies-later.service"),
+        "{msg}"
+    );
+    sd.stop("dies-later.service", T).unwrap();
 
     // 7. a notify unit whose start job fails: job result and unit Result named
     let err = sd.start("fails.service", T).unwrap_err();

@@ -26,6 +26,8 @@ pub struct Install {}
 
 impl Install {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<Outcome> {
+        // before any thread starts: SIGHUP/SIGINT/SIGTERM wait until the transaction is over
+        let _signals = crate::signals::Deferred::block("install")?;
         info!("install v{} root={}", env!("CARGO_PKG_VERSION"), ctx.root);
         let session = Session::open(ctx, "install")?;
         let config = ctx.config().map_err(|e| preflight_failed("install", e))?;
@@ -198,7 +200,7 @@ pub(super) fn install(
     };
     let units = running(manager, units)?;
     let services = session.services(root, manager, &units)?;
-    let node = Node::new(root, services, config.service_timeout);
+    let node = Node::new(root, services, config.service_timeout).with_settle(config.service_settle);
     let mut steps = vec![Step::Preflight];
     for f in &changed {
         steps.push(Step::Stage {
@@ -229,7 +231,11 @@ pub(super) fn install(
             previous: previous_of(root, f)?,
         });
     }
-    steps.extend(units.iter().rev().map(|u| Step::Start { unit: u.clone() }));
+    steps.extend(
+        start_order(&units)
+            .into_iter()
+            .map(|unit| Step::Start { unit }),
+    );
     steps.push(Step::Record {
         state: Some(new_state),
         before: Some(state),
@@ -312,13 +318,50 @@ pub(super) fn running(
         match (state.load_state.as_str(), state.active_state.as_str()) {
             ("not-found", _) => info!("'{unit}' does not exist on this node: nothing to restart"),
             ("masked", _) => info!("'{unit}' is masked: left alone"),
-            (_, "active" | "activating" | "reloading") => out.push(unit),
+            (_, "active" | "activating" | "reloading") => {
+                // its socket (docker.socket) stops before it and starts after it, so that
+                // socket activation cannot start it mid-swap
+                if let Some(socket) = active_socket(manager, &unit)? {
+                    info!(
+                        "'{socket}' is active: it is stopped before '{unit}' and started after it"
+                    );
+                    out.push(socket);
+                }
+                out.push(unit)
+            }
             (_, other) => {
                 info!("'{unit}' is {other}: not restarted; it runs the new binary when it starts")
             }
         }
     }
     Ok(out)
+}
+
+/// The units in start order: the stop order reversed, except that a socket starts right
+/// before its service (systemd refuses to start a socket whose service already runs).
+pub(super) fn start_order(units: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = units.iter().rev().cloned().collect();
+    for i in 1..out.len() {
+        let service = out[i]
+            .strip_suffix(".socket")
+            .map(|name| format!("{name}.service"));
+        if service.as_deref() == Some(out[i - 1].as_str()) {
+            out.swap(i - 1, i);
+        }
+    }
+    out
+}
+
+/// `X.socket` for `X.service` when that socket unit is active (listening).
+fn active_socket(manager: &dyn ServiceManager, unit: &str) -> anyhow::Result<Option<String>> {
+    let Some(name) = unit.strip_suffix(".service") else {
+        return Ok(None);
+    };
+    let socket = format!("{name}.socket");
+    let state = manager.state(&socket).with_context(|| {
+        format!("failed to read the state of '{socket}' over D-Bus; nothing was changed")
+    })?;
+    Ok((state.load_state == "loaded" && state.active_state == "active").then_some(socket))
 }
 
 /// The units to stop (in this order) and start (in reverse) for these targets: the
@@ -826,6 +869,60 @@ mod tests {
     }
 
     #[test]
+    fn a_service_that_dies_after_starting_is_a_failed_start() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS).with_dies_after_start("docker.service");
+        let err = node.install(&sd).unwrap_err();
+        let chain = format!("{err:#}");
+        assert!(
+            chain.contains("install step 11/12 'start kubelet.service' failed; rolled back")
+                && chain.contains("the original binaries are back in place")
+                && chain.contains("'docker.service' did not stay up for 20s after it started")
+                && chain.contains("activating/auto-restart"),
+            "{chain}"
+        );
+        assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+        assert_eq!(node.read("usr/sbin/runc"), ORIG_RUNC);
+        for unit in UNITS {
+            assert_eq!(sd.unit_state(unit).active_state, "active", "{unit}");
+        }
+        assert!(!node
+            .dir
+            .path()
+            .join("var/lib/k8s-nokmem/state.json")
+            .exists());
+    }
+
+    #[test]
+    fn an_active_docker_socket_stops_before_docker_and_starts_right_before_it() {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&["kubelet.service", "docker.service", "docker.socket"]);
+        node.install(&sd).unwrap();
+        let want = vec![
+            "stop kubelet.service",
+            "stop docker.socket",
+            "stop docker.service",
+            "start docker.socket",
+            "start docker.service",
+            "start kubelet.service",
+        ];
+        assert_eq!(sd.call_lines(), want);
+        assert_eq!(sd.unit_state("docker.socket").active_state, "active");
+        sd.clear_calls();
+        node.remove(&sd).unwrap();
+        assert_eq!(sd.call_lines(), want, "remove");
+        // an inactive socket is left alone, and docker alone restarted
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS).with_inactive("docker.socket");
+        node.install(&sd).unwrap();
+        assert!(
+            !sd.call_lines().iter().any(|c| c.contains("socket")),
+            "{:?}",
+            sd.call_lines()
+        );
+    }
+
+    #[test]
     fn a_service_that_never_starts_still_gets_the_originals_back() {
         let node = TestNode::new();
         let sd = FakeSystemd::with_active(&UNITS).with_fault(
@@ -946,6 +1043,32 @@ mod tests {
             assert_eq!(upstream_tag(version), want, "case {version}");
         }
         assert_eq!(minor_of("1:1.19.16-00"), "1.19");
+    }
+
+    #[test]
+    fn sockets_start_right_before_their_service() {
+        let units = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let table: [(&[&str], &[&str]); 3] = [
+            (
+                &["kubelet.service", "docker.socket", "docker.service"],
+                &["docker.socket", "docker.service", "kubelet.service"],
+            ),
+            (
+                &["kubelet.service", "docker.service"],
+                &["docker.service", "kubelet.service"],
+            ),
+            (
+                &["a.socket", "b.service", "kubelet.service"],
+                &["kubelet.service", "b.service", "a.socket"],
+            ),
+        ];
+        for (stop, start) in table {
+            assert_eq!(
+                start_order(&units(stop)),
+                units(start),
+                "stop order {stop:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::paths::Root;
 mod effect;
 mod inspect;
 mod install;
+mod recover;
 mod remove;
 mod status;
 mod verify;
@@ -90,6 +91,8 @@ pub enum Command {
     Install(install::Install),
     /// Put the original runc and kubelet back and remove the diversions
     Remove(remove::Remove),
+    /// Only resolve an interrupted install or remove (run at boot by k8s-nokmem-recover.service)
+    Recover(recover::Recover),
     /// Show diversions, binaries in place and service states
     Status(status::Status),
     /// Check that kmem accounting is off for pod and container memory cgroups
@@ -103,6 +106,7 @@ impl Command {
         match self {
             Command::Install(_) => "install",
             Command::Remove(_) => "remove",
+            Command::Recover(_) => "recover",
             Command::Status(_) => "status",
             Command::Verify(_) => "verify",
             Command::Inspect(_) => "inspect",
@@ -112,7 +116,7 @@ impl Command {
     /// install and remove leave an audit trail in apt's term.log; queries stay quiet.
     fn default_level(&self) -> LevelFilter {
         match self {
-            Command::Install(_) | Command::Remove(_) => LevelFilter::Info,
+            Command::Install(_) | Command::Remove(_) | Command::Recover(_) => LevelFilter::Info,
             _ => LevelFilter::Warn,
         }
     }
@@ -183,6 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     match args.command {
         Command::Install(cmd) => cmd.run(&ctx),
         Command::Remove(cmd) => cmd.run(&ctx),
+        Command::Recover(cmd) => cmd.run(&ctx),
         Command::Status(cmd) => cmd.run(&ctx),
         Command::Verify(cmd) => cmd.run(&ctx),
         Command::Inspect(cmd) => cmd.run(&ctx),

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use log::{info, warn};
 
-use super::install::{log_skipped_restarts, preflight_failed, running, units_for, Session};
+use super::install::{
+    log_skipped_restarts, preflight_failed, running, start_order, units_for, Session,
+};
 use super::{Ctx, Outcome};
 use crate::config::Config;
 use crate::divert::DpkgDivert;
@@ -24,6 +26,8 @@ pub struct Remove {}
 
 impl Remove {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<Outcome> {
+        // before any thread starts: SIGHUP/SIGINT/SIGTERM wait until the transaction is over
+        let _signals = crate::signals::Deferred::block("remove")?;
         info!("remove v{} root={}", env!("CARGO_PKG_VERSION"), ctx.root);
         let session = Session::open(ctx, "remove")?;
         // removal must work even with a broken conffile: it needs only services from it
@@ -117,7 +121,7 @@ pub(super) fn remove(
         .collect();
     let units = running(manager, units_for(config, restart.iter()))?;
     let services = session.services(root, manager, &units)?;
-    let node = Node::new(root, services, config.service_timeout);
+    let node = Node::new(root, services, config.service_timeout).with_settle(config.service_settle);
 
     let now = journal::now();
     let mut steps = vec![Step::Preflight];
@@ -138,7 +142,11 @@ pub(super) fn remove(
             original: original.clone(),
         });
     }
-    steps.extend(units.iter().rev().map(|u| Step::Start { unit: u.clone() }));
+    steps.extend(
+        start_order(&units)
+            .into_iter()
+            .map(|unit| Step::Start { unit }),
+    );
     steps.push(Step::Record {
         state: None,
         before: None,

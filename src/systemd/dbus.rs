@@ -8,19 +8,15 @@
 //! ignored) up to the timeout, then read the unit's state. Only job results `done` and
 //! `skipped` succeed.
 //!
-//! After a start whose job is `done` the unit must be `active`. A `Type=simple` unit is
-//! `active` as soon as its process is forked, so a binary that cannot run (wrong
-//! architecture, missing library, bad flags) only shows a moment later as `failed` or
-//! `activating/auto-restart`: for such units, when the start really started them, the
-//! unit is watched for [`SystemdClient::settle`] (default 1 s, bounded by the timeout) and
-//! must stay active with the same ActiveEnterTimestamp. Units that report readiness
-//! (`notify`, `forking`, `oneshot`, `dbus`) are not watched: their job ends when they are up
-//! (a `oneshot` without `RemainAfterExit` may be `inactive` again, with `Result=success`).
+//! After a start whose job is `done` the unit must be `active` (a `oneshot` without
+//! `RemainAfterExit` may be `inactive` again, with `Result=success`). Whether it stays up is
+//! the settle watch's business (`settle.rs`), for all started units at once.
 //!
 //! A job that times out is left queued: the next stop or start of that unit (mode
 //! `replace`, e.g. the rollback's) replaces it.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_lite::{Stream, StreamExt};
@@ -31,9 +27,6 @@ use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
 use super::{ServiceAction, ServiceManager, SystemdError, UnitState};
 
-/// How long a freshly started `Type=simple` unit is watched by default.
-pub const DEFAULT_SETTLE: Duration = Duration::from_millis(1000);
-const SETTLE_POLL: Duration = Duration::from_millis(50);
 const JOB_MODE: &str = "replace";
 /// Every method call's reply, as libdbus's default: a hung systemd must not hang dpkg.
 /// (Job waits have their own timeout, from the config.)
@@ -43,6 +36,8 @@ const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
 /// would hold the reply back until the method timeout.
 const MAX_QUEUED: usize = 4096;
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -214,7 +209,9 @@ fn open(builder: zbus::blocking::connection::Builder<'_>) -> Result<Connection, 
 #[derive(Debug, Clone)]
 pub struct SystemdClient {
     conn: Connection,
-    settle: Duration,
+    /// Each unit's state as read right after its last start job (see
+    /// [`ServiceManager::started_state`]).
+    started: Arc<Mutex<HashMap<String, UnitState>>>,
 }
 
 impl SystemdClient {
@@ -222,19 +219,8 @@ impl SystemdClient {
     pub fn system() -> Result<Self, SystemdError> {
         Ok(SystemdClient {
             conn: connection()?,
-            settle: DEFAULT_SETTLE,
+            started: Arc::default(),
         })
-    }
-
-    /// How long a freshly started `Type=simple` unit must stay active (see the module doc).
-    pub fn with_settle(mut self, settle: Duration) -> Self {
-        self.settle = settle;
-        self
-    }
-
-    /// The current settle time.
-    pub fn settle(&self) -> Duration {
-        self.settle
     }
 
     fn manager(
@@ -332,7 +318,17 @@ impl SystemdClient {
                 .await
                 .map_err(err)?;
             // the match rule is in place when this returns: no JobRemoved can be missed
-            let signals = manager.receive_job_removed().await.map_err(err)?;
+            let rule = zbus::MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .path(MANAGER_PATH)
+                .and_then(|b| b.interface(MANAGER_INTERFACE))
+                .and_then(|b| b.member("JobRemoved"))
+                .map_err(err)?
+                .build();
+            let signals =
+                zbus::MessageStream::for_match_rule(rule, self.conn.inner(), Some(MAX_QUEUED))
+                    .await
+                    .map_err(err)?;
             trace!("D-Bus -> {method}('{unit}', '{JOB_MODE}')");
             let job = match verb {
                 Verb::Stop => manager.stop_unit(unit, JOB_MODE).await,
@@ -340,26 +336,41 @@ impl SystemdClient {
             }
             .map_err(err)?;
             trace!("D-Bus <- {method}: job {}", job.as_str());
-            let events = signals.filter_map(|signal| match signal.args() {
-                Ok(args) => {
-                    let event = JobEvent {
-                        id: args.id,
-                        job: args.job.to_string(),
-                        unit: args.unit.to_string(),
-                        result: args.result.to_string(),
-                    };
-                    trace!(
-                        "D-Bus <- JobRemoved(id={}, job={}, unit='{}', result='{}')",
-                        event.id,
-                        event.job,
-                        event.unit,
-                        event.result
-                    );
-                    Some(event)
-                }
-                Err(e) => {
-                    trace!("D-Bus <- JobRemoved with unexpected arguments: {e}");
-                    None
+            let events = signals.filter_map(|msg| {
+                match msg
+                    .ok()
+                    .and_then(JobRemoved::from_message)
+                    .ok_or_else(|| zbus::Error::Failure("not a JobRemoved signal".into()))
+                    .and_then(|signal| {
+                        signal.args().map(|a| {
+                            (
+                                a.id,
+                                a.job.to_string(),
+                                a.unit.to_string(),
+                                a.result.to_string(),
+                            )
+                        })
+                    }) {
+                    Ok((id, job, unit, result)) => {
+                        let event = JobEvent {
+                            id,
+                            job,
+                            unit,
+                            result,
+                        };
+                        trace!(
+                            "D-Bus <- JobRemoved(id={}, job={}, unit='{}', result='{}')",
+                            event.id,
+                            event.job,
+                            event.unit,
+                            event.result
+                        );
+                        Some(event)
+                    }
+                    Err(e) => {
+                        trace!("D-Bus <- JobRemoved with unexpected arguments: {e}");
+                        None
+                    }
                 }
             });
             match wait_for_job(Box::pin(events), job.as_str(), timeout).await {
@@ -413,15 +424,10 @@ impl SystemdClient {
             });
         }
         if verb == Verb::Start {
-            let restarted = before.active_state != "active"
-                || after.active_enter_usec != before.active_enter_usec;
-            self.check_started(
-                unit,
-                &path,
-                after,
-                restarted,
-                timeout.saturating_sub(started.elapsed()),
-            )?;
+            if let Ok(mut started) = self.started.lock() {
+                started.insert(unit.to_string(), after.clone());
+            }
+            self.check_started(unit, &path, after)?;
         }
         debug!(
             "{} '{unit}': job {} '{}' after {} ms",
@@ -435,48 +441,27 @@ impl SystemdClient {
         })
     }
 
-    /// After a `done` start job: active now, and for a `Type=simple` unit that really
-    /// started, still active (not restarted) after the settle time.
+    /// After a `done` start job: active now (or a oneshot that ran fine).
     fn check_started(
         &self,
         unit: &str,
         path: &ObjectPath<'_>,
         after: UnitState,
-        restarted: bool,
-        time_left: Duration,
     ) -> Result<(), SystemdError> {
-        let not_active = |s: UnitState| SystemdError::NotActive {
-            unit: unit.to_string(),
-            active_state: s.active_state,
-            sub_state: s.sub_state,
-            unit_result: s.result,
-        };
-        if after.active_state != "active" {
-            // a oneshot without RemainAfterExit is inactive again once it ran fine
-            let service_type = self.service_type(unit, path)?;
-            return if started_ok(&after, &service_type) {
-                Ok(())
-            } else {
-                Err(not_active(after))
-            };
-        }
-        if !restarted || self.settle.is_zero() || self.service_type(unit, path)? != "simple" {
+        if after.active_state == "active" {
             return Ok(());
         }
-        let settle = self.settle.min(time_left);
-        let until = Instant::now() + settle;
-        debug!(
-            "start '{unit}': Type=simple, watching it for {} ms",
-            settle.as_millis()
-        );
-        while Instant::now() < until {
-            std::thread::sleep(SETTLE_POLL.min(until.saturating_duration_since(Instant::now())));
-            let now = self.read_state(unit, path)?;
-            if now.active_state != "active" || now.active_enter_usec != after.active_enter_usec {
-                return Err(not_active(now));
-            }
+        // a oneshot without RemainAfterExit is inactive again once it ran fine
+        let service_type = self.service_type(unit, path)?;
+        if started_ok(&after, &service_type) {
+            return Ok(());
         }
-        Ok(())
+        Err(SystemdError::NotActive {
+            unit: unit.to_string(),
+            active_state: after.active_state,
+            sub_state: after.sub_state,
+            unit_result: after.result,
+        })
     }
 }
 
@@ -487,6 +472,10 @@ impl ServiceManager for SystemdClient {
 
     fn start(&self, unit: &str, timeout: Duration) -> Result<ServiceAction, SystemdError> {
         self.act(Verb::Start, unit, timeout)
+    }
+
+    fn started_state(&self, unit: &str) -> Option<UnitState> {
+        self.started.lock().ok()?.remove(unit)
     }
 
     fn state(&self, unit: &str) -> Result<UnitState, SystemdError> {

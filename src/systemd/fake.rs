@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::settle::{went_down, Started};
 use super::{ServiceAction, ServiceManager, SystemdError, UnitState};
 
 /// The two operations the fake records.
@@ -96,6 +97,8 @@ struct Inner {
     rules: Vec<Rule>,
     hook: Option<Hook>,
     no_bus: bool,
+    /// Units whose process exits during the settle window after every start.
+    dies: Vec<String>,
     /// Fake clock for `ActiveEnterTimestamp`, advanced by every start that activates a unit.
     clock_usec: u64,
     next_pid: u32,
@@ -178,6 +181,14 @@ impl FakeSystemd {
     /// start of a unit while a file holds the new binary). `None` lets the call go on.
     pub fn with_hook(self, hook: impl Fn(Op, &str) -> Option<Fault> + Send + 'static) -> Self {
         self.lock().hook = Some(Box::new(hook));
+        self
+    }
+
+    /// `unit` starts fine, then its process exits during the settle window (as a kubelet
+    /// with a bad flag, under `Restart=always`): [`ServiceManager::settle`] finds it
+    /// `activating/auto-restart`. The settle watch takes no time in the fake.
+    pub fn with_dies_after_start(self, unit: &str) -> Self {
+        self.lock().dies.push(unit.to_string());
         self
     }
 
@@ -368,6 +379,40 @@ impl ServiceManager for FakeSystemd {
             return Err(SystemdError::Connect(no_bus_error()));
         }
         Ok(self.unit_state(unit))
+    }
+
+    fn settle(&self, started: &[Started], window: Duration) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        if inner.no_bus {
+            return Err(SystemdError::Connect(no_bus_error()));
+        }
+        for s in started {
+            let unit = &s.state.unit;
+            if inner.dies.contains(unit) {
+                if let Some(state) = inner.units.get_mut(unit) {
+                    state.active_state = "activating".to_string();
+                    state.sub_state = "auto-restart".to_string();
+                    state.result = "exit-code".to_string();
+                    state.main_pid = 0;
+                }
+            }
+            let now = inner
+                .units
+                .get(unit)
+                .cloned()
+                .unwrap_or_else(|| not_found(unit));
+            if let Some(why) = went_down(&s.state, &now) {
+                return Err(SystemdError::Settle {
+                    unit: unit.clone(),
+                    after_ms: 0,
+                    window,
+                    why,
+                    active_state: now.active_state,
+                    sub_state: now.sub_state,
+                });
+            }
+        }
+        Ok(())
     }
 }
 

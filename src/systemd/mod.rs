@@ -9,10 +9,11 @@
 //! [`ServiceAction::Missing`]; a masked one [`ServiceAction::Masked`] (left alone). Only
 //! Manager methods that systemd 229 (Ubuntu 16.04) has are used.
 //!
-//! After a `done` start job the unit must be `active`; a `Type=simple` unit that was really
-//! (re)started must also stay active for [`SystemdClient::settle`] (default
-//! [`DEFAULT_SETTLE`]), since systemd reports it started as soon as it forked: a binary that
-//! cannot run fails a moment later ([`SystemdError::NotActive`]). See `dbus.rs`.
+//! After a `done` start job the unit must be `active` ([`SystemdError::NotActive`]). Then
+//! [`ServiceManager::settle`] watches every unit the transaction started, together, for the
+//! settle window (`[services] settle`): systemd reports a `Type=simple` unit started as soon
+//! as it forked, so a binary that cannot run, or exits seconds later, only shows then
+//! ([`SystemdError::Settle`]; see `settle.rs`).
 //!
 //! Get the real client with [`connect`] (or [`SystemdClient::system`]); the process keeps one
 //! bus connection, made on first use.
@@ -25,8 +26,16 @@ use std::time::Duration;
 
 mod dbus;
 pub mod fake;
+pub mod settle;
+mod systemctl;
 
-pub use dbus::{SystemdClient, DEFAULT_SETTLE};
+pub use dbus::SystemdClient;
+pub use settle::Started;
+pub use systemctl::Systemctl;
+
+/// systemd's own D-Bus socket (peer to peer, root only; systemd >= 209, so 229 has it):
+/// `systemctl` run as root uses it, with or without a dbus-daemon.
+pub const PRIVATE_SOCKET: &str = "/run/systemd/private";
 
 /// What happened to a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,9 +64,27 @@ impl ServiceAction {
 }
 
 /// Connect to systemd on the system bus (`$DBUS_SYSTEM_BUS_ADDRESS` honoured) and subscribe
-/// to job signals; the process's one connection is reused by later calls.
+/// to job signals; the process's one connection is reused by later calls. Without a system
+/// bus (no dbus-daemon) and without `$DBUS_SYSTEM_BUS_ADDRESS` naming one, [`Systemctl`]:
+/// `systemctl` reaches systemd over its private socket.
 pub fn connect() -> Result<Box<dyn ServiceManager>, SystemdError> {
-    Ok(Box::new(SystemdClient::system()?))
+    match SystemdClient::system() {
+        Ok(client) => Ok(Box::new(client)),
+        Err(SystemdError::Connect(bus))
+            if std::env::var_os("DBUS_SYSTEM_BUS_ADDRESS").is_none() =>
+        {
+            log::debug!("no system bus ({bus}); trying systemctl");
+            let systemctl = Systemctl::probe().map_err(|private| SystemdError::NoBus {
+                bus: bus.to_string(),
+                private,
+            })?;
+            log::info!(
+                "no system bus: talking to systemd through systemctl (its private socket {PRIVATE_SOCKET})"
+            );
+            Ok(Box::new(systemctl))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A unit's state as systemd reports it.
@@ -81,6 +108,14 @@ pub struct UnitState {
 pub enum SystemdError {
     #[error("failed to connect to the system bus")]
     Connect(#[source] zbus::Error),
+    #[error("failed to reach systemd: no system bus ({bus}), and `systemctl` (systemd's private socket {PRIVATE_SOCKET}) failed too ({private}); start dbus (`systemctl start dbus.socket`) or run as root")]
+    NoBus { bus: String, private: String },
+    #[error("`systemctl {verb} {unit}` failed: {why}")]
+    Systemctl {
+        verb: &'static str,
+        unit: String,
+        why: String,
+    },
     #[error("D-Bus call {method}('{unit}') failed")]
     Call {
         method: &'static str,
@@ -104,6 +139,16 @@ pub enum SystemdError {
         sub_state: String,
         unit_result: String,
     },
+    #[error("'{unit}' did not stay up for {}s after it started: {why} (after {after_ms} ms; now {active_state}/{sub_state}); see `journalctl -u {unit}`", window.as_secs_f32())]
+    Settle {
+        unit: String,
+        /// How long after its start job it was seen down.
+        after_ms: u64,
+        window: Duration,
+        why: String,
+        active_state: String,
+        sub_state: String,
+    },
     #[error("lost the D-Bus signal stream while waiting for the {verb} job of '{unit}' (systemd or the bus went away); see `systemctl status {unit}`")]
     Lost { verb: &'static str, unit: String },
     #[error("{verb} job for '{unit}' did not finish within {}s; see `journalctl -u {unit}` or raise [services] timeout", timeout.as_secs())]
@@ -122,4 +167,15 @@ pub trait ServiceManager {
     fn start(&self, unit: &str, timeout: Duration) -> Result<ServiceAction, SystemdError>;
     /// Read a unit's state (a missing unit gives `load_state: "not-found"`).
     fn state(&self, unit: &str) -> Result<UnitState, SystemdError>;
+    /// The unit's state as read right after its last start job, if this client kept it
+    /// (saves a round trip while the services are down); `None`: ask [`Self::state`].
+    fn started_state(&self, _unit: &str) -> Option<UnitState> {
+        None
+    }
+    /// Watch the units started (each as read right after its start job) until every one
+    /// has been up for `window`; the first that went down, restarted, or (kubelet) answers
+    /// its healthz with an error is the error. See `settle.rs`.
+    fn settle(&self, started: &[Started], window: Duration) -> Result<(), SystemdError> {
+        settle::watch(self, started, window)
+    }
 }

@@ -34,6 +34,45 @@ fn installed(root: &Root) -> bool {
 }
 
 pub fn checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
+    let mut checks = installed_checks(settings, metrics);
+    if let Some(check) = journal_check(&settings.root) {
+        checks.insert(0, check);
+    }
+    checks
+}
+
+/// An install or remove that was interrupted (SIGKILL, OOM, power loss) and not resolved yet:
+/// its services may be stopped, its binaries half swapped.
+fn journal_check(root: &Root) -> Option<Check> {
+    let shown = root.describe(Path::new(paths::STATE_DIR).join(crate::journal::JOURNAL_FILE));
+    let fix = "run `k8s-nokmem recover` as root (or `dpkg --configure -a`): it undoes an interrupted install, finishes an interrupted remove";
+    match crate::journal::Journal::load(root) {
+        Ok(None) => None,
+        Ok(Some(j)) => Some(
+            Check::new(
+                "transaction",
+                Status::Problem,
+                format!(
+                    "an interrupted {} (pid {}, {} of {} steps begun, {}) is pending at {shown}: services may be stopped and binaries half swapped",
+                    j.command,
+                    j.pid,
+                    j.begun,
+                    j.steps.len(),
+                    j.phase
+                ),
+            )
+            .fix(fix)
+            .evidence(json!({"journal": shown, "command": j.command, "pid": j.pid, "begun": j.begun, "steps": j.steps.len(), "started": j.started})),
+        ),
+        Err(e) => Some(
+            Check::new("transaction", Status::Unknown, format!("{e:#}"))
+                .fix(fix)
+                .evidence(json!({"journal": shown})),
+        ),
+    }
+}
+
+fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
     let root = &settings.root;
     let shown = root.describe(paths::MANIFEST_FILE);
     let manifest = match Manifest::load(&root.join(paths::MANIFEST_FILE), &shown) {
@@ -476,4 +515,41 @@ fn skew_check(settings: &Settings, dpkg: &Dpkg, target: &Target) -> Check {
         target.payload_version
     ))
     .evidence(evidence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Journal, Step};
+
+    #[test]
+    fn a_pending_journal_is_a_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
+        assert!(journal_check(&root).is_none(), "no journal: no check");
+        let mut j = Journal::new(
+            "install",
+            vec![
+                Step::Preflight,
+                Step::Stop {
+                    unit: "kubelet.service".into(),
+                },
+            ],
+        );
+        j.begun = 2;
+        j.save(&root).unwrap();
+        let check = journal_check(&root).unwrap();
+        assert_eq!(check.status, Status::Problem);
+        assert!(
+            check.summary.contains("an interrupted install")
+                && check.summary.contains("2 of 2 steps begun")
+                && check.summary.contains("/var/lib/k8s-nokmem/journal.json"),
+            "{}",
+            check.summary
+        );
+        assert!(check.fix.unwrap().contains("k8s-nokmem recover"));
+        fs::write(root.join("/var/lib/k8s-nokmem/journal.json"), "{").unwrap();
+        assert_eq!(journal_check(&root).unwrap().status, Status::Unknown);
+    }
 }
