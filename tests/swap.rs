@@ -140,7 +140,10 @@ fn a_missing_target_is_diverted_anyway_and_reported() {
 }
 
 #[test]
-fn a_configured_symlink_target_is_diverted_as_a_link_and_restored_exactly() {
+fn a_configured_symlink_target_is_refused_with_its_real_path_then_the_real_path_works() {
+    // /usr/sbin/runc -> runc-1.0: diverting the link would leave the real file (which dpkg
+    // tracks and upgrades, and which docker may run by that name) kmem-enabled. The config
+    // must name the real path; the error says which.
     let n = NodeRoot::bare();
     n.write("usr/bin/kubelet", node::ORIG_KUBELET, 0o755);
     n.write("usr/sbin/runc-1.0", node::ORIG_RUNC, 0o755);
@@ -151,24 +154,31 @@ fn a_configured_symlink_target_is_diverted_as_a_link_and_restored_exactly() {
         0o644,
     );
     let before = n.snapshot();
+    let out = n.run(&["install"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("k8s-nokmem.conf") && err.contains("set path = /usr/sbin/runc-1.0"),
+        "{err}"
+    );
+    assert_same(&before, &n.snapshot(), "refused symlink target");
+
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[runc]\npath = /usr/sbin/runc-1.0\n",
+        0o644,
+    );
+    let before = n.snapshot();
     n.ok(&["install"]);
+    assert_eq!(n.read("usr/sbin/runc-1.0"), node::PAYLOAD_RUNC);
     assert_eq!(
-        std::fs::read_link(n.abs("usr/sbin/runc.distrib")).unwrap(),
-        std::path::PathBuf::from("runc-1.0"),
-        "the link moved aside as a link"
+        n.read("usr/sbin/runc"),
+        node::PAYLOAD_RUNC,
+        "the link now leads to the payload"
     );
-    assert_eq!(
-        n.read("usr/sbin/runc-1.0"),
-        node::ORIG_RUNC,
-        "link target untouched"
-    );
-    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
-    assert!(!std::fs::symlink_metadata(n.abs("usr/sbin/runc"))
-        .unwrap()
-        .file_type()
-        .is_symlink());
+    assert_eq!(n.read("usr/sbin/runc-1.0.distrib"), node::ORIG_RUNC);
     n.ok(&["remove"]);
-    assert_same(&before, &n.snapshot(), "symlink target");
+    assert_same(&before, &n.snapshot(), "real path of a symlink target");
 }
 
 #[test]
