@@ -1138,7 +1138,7 @@ fn apply_reboot(c: &mut Ctx) {
         "the running kubelet keeps the old binary until the node reboots"
     );
     // docker runs runc anew for every container: a new one gets the payload
-    c.sh("docker run --rm busybox:e2e /bin/sh -c 'echo ok' | grep -qx ok");
+    c.sh("docker run --rm --network none busybox:e2e /bin/sh -c 'echo ok' | grep -qx ok");
     assert_eq!(
         c.reboot_flag(),
         (true, vec!["k8s-nokmem".to_string()]),
