@@ -1369,12 +1369,7 @@ fn upgrade_kills() {
     c.publish("k8s-nokmem-v3.deb");
     c.apt("update -qq");
     let (v1, v3) = (c.v1.clone(), c.v3.clone());
-    let runc_v3 = c.sh(&format!(
-        "apt-get download -qq k8s-nokmem={v3} >/dev/null 2>&1 && \
-         dpkg-deb --fsys-tarfile k8s-nokmem_*.deb | tar -xO ./usr/lib/k8s-nokmem/runc | sha256sum | cut -d' ' -f1; \
-         rm -f k8s-nokmem_*.deb"
-    ));
-    let runc_v3 = runc_v3.trim().to_string();
+    let runc_v3 = payload_sha(&c.art.path("k8s-nokmem-v3.deb"), "runc");
     assert_ne!(runc_v3, c.payload_runc, "v3 must ship a different runc");
     let mut rows = Vec::new();
     for apply in ["restart", "reboot"] {
