@@ -8,7 +8,8 @@
 //! kmem-enabled "original". Packages come from a local apt repository signed with a
 //! throwaway key (`signed-by`). The scenarios run in order on that one node, each printing
 //! `e2e: PASS|FAIL <name> (<s> s)`; a failure does not stop the later ones, and the test
-//! fails at the end when any failed.
+//! fails at the end when any failed. `E2E_SCENARIOS=node-ready,apt-install,...` runs only the
+//! named ones (in the order below; each builds on the node the earlier ones left).
 //!
 //! Testbed adaptations (this machine kind, see TESTBED.md), all inside the container:
 //! - no CAP_SYS_RESOURCE anywhere here, so no process may set a negative `oom_score_adj`,
