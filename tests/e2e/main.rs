@@ -1053,11 +1053,12 @@ fn flag_once(c: &mut Ctx) {
     for _ in 0..2 {
         c.sh("k8s-nokmem verify --state >/dev/null || true");
     }
-    let props = c.tb.unit_props("k8s-nokmem-verify.service", &["Result"]);
-    assert_eq!(
-        props.get("Result").map(String::as_str),
-        Some("success"),
-        "k8s-nokmem-verify.service result; journal:\n{}",
+    // exit 1: the kernel-wide kmem of this host is a problem; 2 would be "could not run"
+    let status =
+        c.tb.unit_prop("k8s-nokmem-verify.service", "ExecMainStatus");
+    assert!(
+        status == "0" || status == "1",
+        "k8s-nokmem-verify.service exit status {status}; journal:\n{}",
         c.tb.journal("k8s-nokmem-verify.service")
     );
     assert_eq!(

@@ -183,18 +183,22 @@ rm -f "$m/tmp/k8s-nokmem.deb"
 
 # real grub-mkconfig over the image's /etc/default and /boot
 step "grub-mkconfig (real, unshare -m) over the image's /etc/default and /boot"
-mkdir -p "$work/grub.d" "$m/boot/grub"
+# (grub-probe cannot resolve /boot on the overlay: a copy of the image's /boot instead)
+mkdir -p "$work/grub.d" "$work/boot/grub" "$m/boot/grub"
 cp /etc/grub.d/00_header /etc/grub.d/10_linux "$work/grub.d/"
+cp -a "$m"/boot/vmlinuz-* "$m"/boot/initrd.img-* "$work/boot/"
 # shellcheck disable=SC2016 # expanded by the inner sh
 unshare -m sh -c 'set -e
     mount --bind "$1/etc/default" /etc/default
-    mount --bind "$2" /etc/grub.d
-    mount --bind "$1/boot" /boot
-    grub-mkconfig -o /boot/grub/grub.cfg' sh "$m" "$work/grub.d" >"$work/grub-mkconfig.log" 2>&1 || {
+    mount --bind "$2/grub.d" /etc/grub.d
+    mount --bind "$2/boot" /boot
+    grub-mkconfig -o /boot/grub/grub.cfg' sh "$m" "$work" >"$work/grub-mkconfig.log" 2>&1 || {
     cat "$work/grub-mkconfig.log" >&2
     die "grub-mkconfig in a mount namespace failed (output above)"
 }
-cp "$m/boot/grub/grub.cfg" "$work/grub.cfg"
+cp "$work/boot/grub/grub.cfg" "$work/grub.cfg"
+cp "$work/grub.cfg" "$m/boot/grub/grub.cfg"
+rm -rf "${work:?}/boot"
 # the first normal linux line: its arguments after the kernel, without root= and ro
 grub_args=$(awk '$1 == "linux" && !/ single/ && !/recovery/ {
         s = ""; for (i = 3; i <= NF; i++) if ($i !~ /^root=/ && $i != "ro") s = s (s == "" ? "" : " ") $i
