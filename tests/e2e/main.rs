@@ -8,7 +8,8 @@
 //! kmem-enabled "original". Packages come from a local apt repository signed with a
 //! throwaway key (`signed-by`). The scenarios run in order on that one node, each printing
 //! `e2e: PASS|FAIL <name> (<s> s)`; a failure does not stop the later ones, and the test
-//! fails at the end when any failed.
+//! fails at the end when any failed. `E2E_SCENARIOS=node-ready,apt-install,...` runs only the
+//! named ones (in the order below; each builds on the node the earlier ones left).
 //!
 //! Testbed adaptations (this machine kind, see TESTBED.md), all inside the container:
 //! - no CAP_SYS_RESOURCE anywhere here, so no process may set a negative `oom_score_adj`,
@@ -917,12 +918,256 @@ fn kill9_at_start(c: &mut Ctx) {
     kill9_during_install(c, &KILL_AT_START);
 }
 
+// ---------------------------------------------------------------------------------------
+// Issue 11 on the node: the grub drop-in, Debian's reboot-required files, apply = reboot.
+
+/// Debian's /etc/default/grub (grub2-common's template, trimmed).
+const GRUB_DEFAULT: &str = "GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\n\
+GRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`\n\
+GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"\"\n";
+
+/// The testbed root has no grub (and scripts/testbed-root.sh's package list stays as it is:
+/// changing it rebuilds the cache), so the node gets a stand-in `update-grub` that does what
+/// grub-mkconfig's `00_header` and `10_linux` do for the kernel command line. Real
+/// grub-mkconfig runs in tests/grub.rs and tests/e2e/qemu.sh.
+const UPDATE_GRUB: &str = r#"#!/bin/sh
+# k8s-nokmem e2e testbed: a stand-in for Debian's update-grub (grub-common is not in the
+# testbed root). Like grub-mkconfig: source /etc/default/grub, then /etc/default/grub.d/*.cfg
+# in order, and write the linux line with GRUB_CMDLINE_LINUX and GRUB_CMDLINE_LINUX_DEFAULT.
+set -e
+. /etc/default/grub
+for f in /etc/default/grub.d/*.cfg; do
+    if [ -e "$f" ]; then . "$f"; fi
+done
+mkdir -p /boot/grub /run/e2e
+printf 'menuentry "Debian GNU/Linux" {\n\tlinux\t/boot/vmlinuz-e2e root=/dev/e2e ro %s %s\n}\n' \
+    "$GRUB_CMDLINE_LINUX" "$GRUB_CMDLINE_LINUX_DEFAULT" >/boot/grub/grub.cfg.new
+mv /boot/grub/grub.cfg.new /boot/grub/grub.cfg
+echo "update-grub $*" >>/run/e2e/update-grub.log
+echo "Generating grub configuration file ... done" >&2
+"#;
+
+const DROPIN: &str = "/etc/default/grub.d/99-k8s-nokmem.cfg";
+const PARAM: &str = "cgroup.memory=nokmem";
+
+impl Ctx {
+    /// How many times update-grub ran.
+    fn update_grub_runs(&self) -> usize {
+        self.sh("cat /run/e2e/update-grub.log 2>/dev/null || true")
+            .lines()
+            .count()
+    }
+
+    /// How often the parameter appears on each `linux` line of /boot/grub/grub.cfg.
+    fn grub_cfg_params(&self) -> Vec<usize> {
+        self.sh("grep -E '^[[:space:]]*linux' /boot/grub/grub.cfg")
+            .lines()
+            .map(|l| l.split_whitespace().filter(|a| *a == PARAM).count())
+            .collect()
+    }
+
+    /// The lines of /run/reboot-required.pkgs, and whether /run/reboot-required exists.
+    fn reboot_flag(&self) -> (bool, Vec<String>) {
+        let out = self.sh(
+            "if [ -e /run/reboot-required ]; then echo flag; else echo none; fi; \
+             cat /run/reboot-required.pkgs 2>/dev/null || true",
+        );
+        let mut lines = out.lines().map(str::to_string);
+        let flag = lines.next().as_deref() == Some("flag");
+        (flag, lines.collect())
+    }
+
+    /// Container IDs docker runs now, sorted.
+    fn running_containers(&self) -> Vec<String> {
+        self.sh("docker ps -q --no-trunc --filter status=running | sort")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Set `[services] apply` in the conffile (the shipped line is `#apply = restart`).
+    fn set_apply(&self, apply: &str) {
+        self.sh(&format!(
+            "sed -i -E 's/^#?apply = .*/apply = {apply}/' /etc/k8s-nokmem/k8s-nokmem.conf && \
+             grep -qx 'apply = {apply}' /etc/k8s-nokmem/k8s-nokmem.conf"
+        ));
+    }
+}
+
+/// The node boots with grub (stand-in update-grub, see UPDATE_GRUB): grub.cfg without the
+/// parameter before k8s-nokmem.
+fn grub_stand_in(c: &mut Ctx) {
+    c.tb.write("/etc/default/grub", GRUB_DEFAULT, 0o644);
+    c.tb.write("/usr/sbin/update-grub", UPDATE_GRUB, 0o755);
+    c.sh("rm -f /run/e2e/update-grub.log /run/reboot-required /run/reboot-required.pkgs && update-grub");
+    assert_eq!(c.grub_cfg_params(), vec![0], "grub.cfg before k8s-nokmem");
+}
+
+/// After `apt-get install k8s-nokmem` on a Linux >= 4.6 node booted without the parameter:
+/// the drop-in, grub.cfg regenerated with the parameter once, both reboot-required files,
+/// and verify's rule says reboot.
+fn install_flags_reboot(c: &mut Ctx) {
+    let dropin = c.sh(&format!("cat {DROPIN}"));
+    assert_eq!(
+        dropin,
+        k8s_nokmem::cmdline::DROPIN_TEXT,
+        "{DROPIN} after apt-get install"
+    );
+    assert_eq!(
+        c.update_grub_runs(),
+        2,
+        "update-grub runs: ours in grub_stand_in, then the install's"
+    );
+    assert_eq!(
+        c.grub_cfg_params(),
+        vec![1],
+        "cgroup.memory=nokmem on grub.cfg's linux line, exactly once:\n{}",
+        c.sh("cat /boot/grub/grub.cfg")
+    );
+    assert_eq!(
+        c.reboot_flag(),
+        (true, vec!["k8s-nokmem".to_string()]),
+        "/run/reboot-required and /run/reboot-required.pkgs after apt-get install"
+    );
+    let report = c.verify_json();
+    assert_eq!(
+        (&report["action"], &report["reboot_required"]["required"]),
+        (&Value::from("reboot"), &Value::from(true)),
+        "verify's action on Linux >= 4.6 without the parameter, grub.cfg carrying it:\n{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    println!(
+        "e2e:   {DROPIN} written, update-grub ran, reboot required: {}",
+        report["reboot_required"]["reason"].as_str().unwrap_or("?")
+    );
+}
+
+/// A reinstall and repeated verify runs (the hourly unit, by hand) leave one line in .pkgs,
+/// and do not regenerate grub.cfg that already carries the parameter.
+fn flag_once(c: &mut Ctx) {
+    let grub_runs = c.update_grub_runs();
+    c.apt("install --reinstall k8s-nokmem");
+    for _ in 0..3 {
+        c.sh("systemctl start k8s-nokmem-verify.service || true");
+    }
+    for _ in 0..2 {
+        c.sh("k8s-nokmem verify --state >/dev/null || true");
+    }
+    // exit 1: the kernel-wide kmem of this host is a problem; 2 would be "could not run"
+    let status =
+        c.tb.unit_prop("k8s-nokmem-verify.service", "ExecMainStatus");
+    assert!(
+        status == "0" || status == "1",
+        "k8s-nokmem-verify.service exit status {status}; journal:\n{}",
+        c.tb.journal("k8s-nokmem-verify.service")
+    );
+    assert_eq!(
+        c.reboot_flag(),
+        (true, vec!["k8s-nokmem".to_string()]),
+        "/run/reboot-required.pkgs after a reinstall, 3 verify unit runs and 2 `verify --state`"
+    );
+    assert_eq!(
+        c.update_grub_runs(),
+        grub_runs,
+        "update-grub must not run again when grub.cfg already carries the parameter"
+    );
+}
+
+/// `apt-get remove` takes the drop-in away and regenerates grub.cfg without the parameter.
+fn remove_takes_dropin_away(c: &mut Ctx) {
+    c.sh(&format!("test ! -e {DROPIN}"));
+    c.sh("test ! -e /etc/default/grub.d");
+    assert_eq!(
+        c.sh("cat /etc/default/grub"),
+        GRUB_DEFAULT,
+        "/etc/default/grub is not ours: untouched"
+    );
+    assert_eq!(
+        c.grub_cfg_params(),
+        vec![0],
+        "grub.cfg after apt-get remove:\n{}",
+        c.sh("cat /boot/grub/grub.cfg; cat /run/e2e/update-grub.log")
+    );
+}
+
+/// `[services] apply = reboot`: the install swaps with no service stopped or started (start
+/// timestamps and main PIDs unchanged), every container keeps running, the running kubelet
+/// keeps the old binary, new containers run the payload runc, and reboot-required is flagged.
+fn apply_reboot(c: &mut Ctx) {
+    if c.pkg_version("k8s-nokmem")
+        .starts_with("install ok installed")
+    {
+        c.apt("remove k8s-nokmem");
+    }
+    c.set_apply("reboot");
+    c.pod_container("e2e-sleeper", 180);
+    c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
+    let before: Vec<_> = UNITS.iter().map(|u| c.unit_state(u)).collect();
+    let containers = c.running_containers();
+    assert!(
+        !containers.is_empty(),
+        "no running container before install"
+    );
+    let log = c.apt("install k8s-nokmem");
+    for l in log.lines().filter(|l| l.contains("k8s-nokmem:")) {
+        println!("e2e:     {l}");
+    }
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.payload_kubelet,
+        "payload kubelet"
+    );
+    assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "payload runc");
+    for (unit, b) in UNITS.iter().zip(&before) {
+        let a = c.unit_state(unit);
+        assert_eq!(
+            (&a.0, &a.1, a.2.as_str()),
+            (&b.0, &b.1, "active"),
+            "{unit}: apply = reboot must not stop or start it (ActiveEnterTimestampMonotonic, MainPID, state)"
+        );
+    }
+    assert_eq!(
+        c.running_containers(),
+        containers,
+        "docker ps: the same containers must still run"
+    );
+    let running = c.sh(
+        "sha256sum /proc/$(systemctl show -p MainPID --value kubelet.service)/exe | cut -d' ' -f1",
+    );
+    assert_eq!(
+        running.trim(),
+        c.orig_kubelet,
+        "the running kubelet keeps the old binary until the node reboots"
+    );
+    // docker runs runc anew for every container: a new one gets the payload
+    c.sh("docker run --rm --network none busybox:e2e /bin/sh -c 'echo ok' | grep -qx ok");
+    assert_eq!(
+        c.reboot_flag(),
+        (true, vec!["k8s-nokmem".to_string()]),
+        "reboot-required after an install with apply = reboot"
+    );
+    let report = c.verify_json();
+    println!(
+        "e2e:   apply = reboot: {} containers kept, docker and kubelet not restarted; verify action '{}', running-kubelet '{}'",
+        containers.len(),
+        report["action"].as_str().unwrap_or("?"),
+        check_status(&report, "running-kubelet")
+    );
+    c.set_apply("restart");
+}
+
 type Scenario = (&'static str, fn(&mut Ctx));
 
 const SCENARIOS: &[Scenario] = &[
     ("node-ready", node_ready),
     ("original-kubelet-writes-kmem", original_kubelet_writes_kmem),
+    ("grub-stand-in", grub_stand_in),
     ("apt-install", apt_install),
+    (
+        "apt-install-grub-dropin-and-reboot-flag",
+        install_flags_reboot,
+    ),
+    ("reinstall-and-verify-runs-flag-once", flag_once),
     (
         "nokmem-kubelet-never-writes-kmem",
         nokmem_kubelet_never_writes_kmem,
@@ -934,10 +1179,15 @@ const SCENARIOS: &[Scenario] = &[
         kubelet_upgraded_underneath,
     ),
     ("apt-remove", apt_remove),
+    (
+        "apt-remove-takes-grub-dropin-away",
+        remove_takes_dropin_away,
+    ),
     ("apt-purge", apt_purge),
     ("reinstall-and-reboot", reinstall_and_reboot),
     ("kill9-dpkg-while-stopping-then-configure-a", kill9_at_stop),
     ("kill9-dpkg-while-starting-then-configure-a", kill9_at_start),
+    ("apply-reboot-swaps-without-restart", apply_reboot),
 ];
 
 fn artifacts() -> Option<Artifacts> {
@@ -975,15 +1225,10 @@ fn payload_sha(deb: &Path, name: &str) -> String {
     panic!("no [{name}] sha256 in the MANIFEST of {}", deb.display())
 }
 
-#[test]
-#[ignore = "end to end on a booted node: run tests/e2e/run.sh"]
-fn e2e() {
-    let Some(art) = artifacts() else { return };
-    let Some(root) = nspawn::root_or_skip("e2e") else {
-        return;
-    };
-    let started = Instant::now();
-    let tb = Testbed::new(&root);
+/// The booted node: a testbed over `root`, the local repository with the original kubelet
+/// .deb, the pause binary in the share.
+fn boot_node(art: Artifacts, root: &Path) -> Ctx {
+    let tb = Testbed::new(root);
     // run.sh tears the testbed down if this process dies before Drop runs
     fs::write(
         art.path("testbed.env"),
@@ -1018,9 +1263,33 @@ fn e2e() {
         orig_kubelet: String::new(),
     };
     c.tb.boot();
+    c
+}
+
+#[test]
+#[ignore = "end to end on a booted node: run tests/e2e/run.sh"]
+fn e2e() {
+    let Some(art) = artifacts() else { return };
+    let Some(root) = nspawn::root_or_skip("e2e") else {
+        return;
+    };
+    let started = Instant::now();
+    let mut c = boot_node(art, &root);
+    // E2E_SCENARIOS=name,name runs only those (node-ready is what the others build on)
+    let only = std::env::var("E2E_SCENARIOS").ok();
+    let wanted = |name: &str| match only.as_deref() {
+        Some(o) => o.split(',').any(|n| n.trim() == name),
+        None => true,
+    };
 
     let mut failed = Vec::new();
+    let mut skipped = 0;
     for (name, scenario) in SCENARIOS {
+        if !wanted(name) {
+            println!("e2e: SKIP {name} (not in E2E_SCENARIOS)");
+            skipped += 1;
+            continue;
+        }
         let t = Instant::now();
         println!("e2e: --- {name}");
         let result = catch_unwind(AssertUnwindSafe(|| scenario(&mut c)));
@@ -1043,8 +1312,8 @@ fn e2e() {
     }
     println!(
         "e2e: {} of {} scenarios passed in {:.0} s{}",
-        SCENARIOS.len() - failed.len(),
-        SCENARIOS.len(),
+        SCENARIOS.len() - skipped - failed.len(),
+        SCENARIOS.len() - skipped,
         started.elapsed().as_secs_f64(),
         if failed.is_empty() {
             String::new()
@@ -1054,4 +1323,99 @@ fn e2e() {
     );
     drop(c);
     assert!(failed.is_empty(), "e2e scenarios failed: {failed:?}");
+}
+
+/// Containers that stopped running between two `docker ps` snapshots.
+fn killed(before: &[String], after: &[String]) -> usize {
+    before.iter().filter(|id| !after.contains(id)).count()
+}
+
+/// benches/upgrade-kills.sh: containers killed by an upgrade of the runc payload (v1 -> v3 of
+/// make-variants.sh) with `[services] apply = restart` and with `apply = reboot`, on the e2e
+/// node with `E2E_BENCH_PODS` static pods (default 5). Runs only with `E2E_BENCH=upgrade-kills`.
+#[test]
+#[ignore = "benchmark on a booted node: run benches/upgrade-kills.sh"]
+fn upgrade_kills() {
+    if std::env::var("E2E_BENCH").as_deref() != Ok("upgrade-kills") {
+        eprintln!("skipped: upgrade_kills: E2E_BENCH is not 'upgrade-kills'; run `sudo benches/upgrade-kills.sh`");
+        return;
+    }
+    let Some(art) = artifacts() else { return };
+    let Some(root) = nspawn::root_or_skip("upgrade-kills") else {
+        return;
+    };
+    let pods: usize = std::env::var("E2E_BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut c = boot_node(art, &root);
+    node_ready(&mut c);
+    for i in 1..pods {
+        let name = format!("bench-{i}");
+        c.tb.write(
+            &format!("/etc/kubernetes/manifests/{name}.yaml"),
+            pod_manifest(&name),
+            0o644,
+        );
+    }
+    let names: Vec<String> = std::iter::once("e2e-sleeper".to_string())
+        .chain((1..pods).map(|i| format!("bench-{i}")))
+        .collect();
+    let all_running = |c: &Ctx| {
+        for n in &names {
+            c.pod_container(n, 300);
+        }
+    };
+    all_running(&c);
+    c.publish("k8s-nokmem-v1.deb");
+    c.publish("k8s-nokmem-v3.deb");
+    c.apt("update -qq");
+    let (v1, v3) = (c.v1.clone(), c.v3.clone());
+    let runc_v3 = payload_sha(&c.art.path("k8s-nokmem-v3.deb"), "runc");
+    assert_ne!(runc_v3, c.payload_runc, "v3 must ship a different runc");
+    let mut rows = Vec::new();
+    for apply in ["restart", "reboot"] {
+        // from v1 (installed with apply = restart), then the measured upgrade to v3
+        if c.pkg_version("k8s-nokmem")
+            .starts_with("install ok installed")
+        {
+            c.set_apply("restart");
+        }
+        c.apt(&format!("install --allow-downgrades k8s-nokmem={v1}"));
+        assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "v1's runc");
+        all_running(&c);
+        c.set_apply(apply);
+        let before = c.running_containers();
+        let docker = c.unit_state("docker.service");
+        let t = Instant::now();
+        c.apt(&format!("install k8s-nokmem={v3}"));
+        let upgrade = t.elapsed().as_secs_f64();
+        assert_eq!(c.sha("/usr/sbin/runc"), runc_v3, "v3's runc in place");
+        // kills show within seconds (docker stops its containers before it exits)
+        std::thread::sleep(Duration::from_secs(10));
+        let after = c.running_containers();
+        let k = killed(&before, &after);
+        all_running(&c);
+        let back = t.elapsed().as_secs_f64();
+        let restarted = c.unit_state("docker.service").0 != docker.0;
+        println!(
+            "bench: upgrade-kills: apply = {apply}: {k} of {} containers killed ({pods} pods), docker {}; apt-get install {upgrade:.1} s, all pods running {back:.1} s after it began",
+            before.len(),
+            if restarted { "restarted" } else { "not restarted" }
+        );
+        rows.push((apply, k, before.len()));
+    }
+    c.set_apply("restart");
+    println!(
+        "bench: upgrade-kills: {}",
+        rows.iter()
+            .map(|(a, k, n)| format!("{a} {k}/{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert_eq!(
+        rows.iter().find(|r| r.0 == "reboot").map(|r| r.1),
+        Some(0),
+        "apply = reboot must kill no container"
+    );
 }

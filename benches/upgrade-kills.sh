@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Containers killed by an upgrade of the runc payload, with [services] apply = restart and
+# with apply = reboot (issue 11: goal 0), on the e2e node of tests/e2e/main.rs: the testbed
+# root booted with systemd-nspawn, dockerd, a real kubelet 1.20 running N static pods, the
+# .deb installed from a local signed apt repository.
+#
+#   benches/upgrade-kills.sh [--pods N] [--keep]
+#
+# For each mode: install k8s-nokmem v1 (apply = restart), wait for every pod, set the mode,
+# snapshot `docker ps`, `apt-get install k8s-nokmem=v3` (v3: the same .deb with a changed
+# runc, tests/e2e/make-variants.sh), wait 10 s, count the containers of the snapshot that no
+# longer run, then wait until every pod runs again. Prints one `bench:` line per mode and
+# the counts. The test fails when apply = reboot kills any container.
+#
+# Artifacts as tests/e2e/run.sh builds them: the original kubelet .debs
+# (tests/e2e/build-kubelet-debs.sh, cached), the testbed root (scripts/testbed-root.sh,
+# cached), the newest k8s-nokmem_*_amd64.deb in $K8S_NOKMEM_DEB_DIR or target/debian/
+# (scripts/build-deb.sh --arch amd64), a static pause binary. Needs root. Every process,
+# mount and cgroup it creates is removed at the end, also on failure.
+set -euo pipefail
+
+pods=5
+keep=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --pods) pods=${2:?--pods N}; shift ;;
+    --keep) keep=1 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "upgrade-kills: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$pods" in '' | *[!0-9]* | 0) echo "upgrade-kills: --pods '$pods' is not a positive number" >&2; exit 2 ;; esac
+
+top=$(cd "$(dirname "$0")/.." && pwd -P)
+cd "$top"
+log() { printf 'upgrade-kills: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+[ "$(id -u)" -eq 0 ] || die "must run as root (systemd-nspawn, mounts, cgroups)"
+for t in gcc gpg apt-ftparchive dpkg-deb systemd-nspawn nsenter cargo; do
+    command -v "$t" >/dev/null || die "'$t' not found (run scripts/install-deps.sh)"
+done
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/k8s-nokmem-upgrade-kills.XXXXXX")
+# the Rust runner writes the testbed it boots into $work/testbed.env (dir=, pid=): tear it
+# down from here when the runner is killed before its Drop guards run
+cleanup() {
+    local rc=$? dir='' pid='' p cg
+    if [ -f "$work/testbed.env" ]; then
+        dir=$(sed -n 's/^dir=//p' "$work/testbed.env")
+        pid=$(sed -n 's/^pid=//p' "$work/testbed.env")
+    fi
+    if [ -n "$dir" ] && [ -d "$dir" ] && [ "$keep" -eq 0 ]; then
+        for p in $(pgrep -f -- "-D $dir/merged" || true); do
+            kill -KILL "$p" 2>/dev/null || true
+        done
+        sleep 1
+        if mountpoint -q "$dir/merged"; then umount -l "$dir/merged" || true; fi
+        if [ -n "$pid" ]; then
+            find /sys/fs/cgroup -mindepth 2 -depth -type d -name "k8s-nokmem-tb-$pid-*" 2>/dev/null |
+                while read -r cg; do
+                    find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+                done
+        fi
+        rm -rf --one-file-system "$dir"
+    fi
+    if [ "$keep" -eq 1 ]; then log "kept $work"; else rm -rf "$work"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+debs=$(tests/e2e/build-kubelet-debs.sh) || die "tests/e2e/build-kubelet-debs.sh failed"
+cp "$debs"/kubelet_*_amd64.deb "$work/"
+scripts/testbed-root.sh >/dev/null || die "scripts/testbed-root.sh failed"
+dir=${K8S_NOKMEM_DEB_DIR:-target/debian}
+deb=$(find "$dir" -maxdepth 1 -name 'k8s-nokmem_*_amd64.deb' -printf '%T@ %p\n' 2>/dev/null |
+    sort -rn | head -n1 | cut -d' ' -f2-) || true
+[ -n "$deb" ] || die "no k8s-nokmem_*_amd64.deb in $dir (scripts/build-deb.sh --arch amd64)"
+log "using $deb ($(dpkg-deb -f "$deb" Version)), $pods pods"
+tests/e2e/make-variants.sh "$deb" "$work" || die "tests/e2e/make-variants.sh failed"
+gcc -static -Os -Wall -Wextra -Werror -o "$work/pause" tests/e2e/images/pause.c ||
+    die "gcc -static failed on tests/e2e/images/pause.c (apt-get install gcc libc6-dev)"
+
+E2E_ARTIFACTS=$work E2E_BENCH=upgrade-kills E2E_BENCH_PODS=$pods K8S_NOKMEM_KEEP_TMP=$keep \
+    cargo test --locked --test e2e -- --ignored --exact upgrade_kills --nocapture
