@@ -13,7 +13,7 @@ use super::{cgroup, effect, Kind, Rule};
 /// fix first: the smallest cause of all active cgroups gives the one thing to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub(super) enum Cause {
+pub enum Cause {
     /// Linux >= 4.6: every cgroup.
     KernelWide,
     /// kubepods or a QoS cgroup is active: every pod under it inherits kmem until reboot.

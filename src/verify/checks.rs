@@ -7,9 +7,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
-
 use super::causes::{cause_fix, cause_of, cause_text, Cause};
+use super::evidence::{self, Evidence};
 use super::{
     cgroup, error_chain, kernel, step, Check, Kind, Metrics, Rule, Settings, Status,
     MEMCG_ID_LIMIT, ZOMBIE_PROBLEM_PERCENT,
@@ -27,10 +26,10 @@ pub(super) fn kernel_check(
     severity: Severity,
 ) -> Check {
     let rel = release.as_ref().map(|(t, _)| t.as_str()).unwrap_or("?");
-    let evidence = json!({
-        "release": release.as_ref().ok().map(|(t, _)| t),
-        "cmdline": cmdline.as_ref().ok(),
-        "cmdline_nokmem": cmdline.as_ref().ok().map(|c| kernel::cmdline_has_nokmem(c)),
+    let evidence = Evidence::KernelKmem(evidence::KernelKmem {
+        cmdline: cmdline.as_ref().ok().cloned(),
+        cmdline_nokmem: cmdline.as_ref().ok().map(|c| kernel::cmdline_has_nokmem(c)),
+        release: release.as_ref().ok().map(|(t, _)| t.clone()),
     });
     let check = match rule {
         Rule::NoV1Memory => Check::new(
@@ -136,32 +135,38 @@ pub(super) fn cgroup_check(
         .iter()
         .filter_map(|(c, _)| c.kind.pod_uid())
         .collect();
-    let evidence = json!({
-        "checked": checked,
-        "kmem_active": active.len(),
-        "pods_with_kmem": pods.len(),
-        "swap_time": swap,
-        "unreadable": walk.unreadable,
-        "errors": walk.errors,
-        "cgroups": active.iter().map(|(c, cause)| {
-            let (usage, slab) = match c.kmem {
-                cgroup::Kmem::Active { usage, slab_entries } => (usage, slab_entries),
-                _ => (0, 0),
-            };
-            json!({
-                "path": c.path,
-                "kind": c.kind,
-                "pod_uid": c.kind.pod_uid(),
-                "container_id": c.kind.container_id(),
-                "kmem_usage_bytes": usage,
-                "slabinfo_entries": slab,
-                "created_before": c.created_before,
-                "before_swap": swap.map(|t| c.created_before < t),
-                "inherited_from": c.inherited_from,
-                "cause": cause,
-                "why": cause_text(*cause),
+    let evidence = Evidence::CgroupKmem(evidence::CgroupKmem {
+        cgroups: active
+            .iter()
+            .map(|(c, cause)| {
+                let (usage, slab) = match c.kmem {
+                    cgroup::Kmem::Active {
+                        usage,
+                        slab_entries,
+                    } => (usage, slab_entries),
+                    _ => (0, 0),
+                };
+                evidence::ActiveCgroup {
+                    before_swap: swap.map(|t| c.created_before < t),
+                    cause: *cause,
+                    container_id: c.kind.container_id().map(str::to_string),
+                    created_before: c.created_before,
+                    inherited_from: c.inherited_from.clone(),
+                    kind: c.kind.clone(),
+                    kmem_usage_bytes: usage,
+                    path: c.path.clone(),
+                    pod_uid: c.kind.pod_uid().map(str::to_string),
+                    slabinfo_entries: slab,
+                    why: cause_text(*cause),
+                }
             })
-        }).collect::<Vec<_>>(),
+            .collect(),
+        checked,
+        errors: walk.errors.clone(),
+        kmem_active: active.len(),
+        pods_with_kmem: pods.len(),
+        swap_time: swap,
+        unreadable: walk.unreadable,
     });
     if active.is_empty() {
         if walk.unreadable > 0 {
@@ -260,13 +265,13 @@ pub(super) fn zombie_check(
     metrics.zombie_cgroups = Some(zombies);
     let warn_at = MEMCG_ID_LIMIT * u64::from(settings.config.verify.zombie_warn_percent) / 100;
     let problem_at = MEMCG_ID_LIMIT * ZOMBIE_PROBLEM_PERCENT / 100;
-    let evidence = json!({
-        "num_cgroups": total,
-        "directories": walk.dirs,
-        "zombies": zombies,
-        "limit": MEMCG_ID_LIMIT,
-        "warn_at": warn_at,
-        "problem_at": problem_at,
+    let evidence = Evidence::ZombieCgroups(evidence::ZombieCgroups {
+        directories: walk.dirs,
+        limit: MEMCG_ID_LIMIT,
+        num_cgroups: total,
+        problem_at,
+        warn_at,
+        zombies,
     });
     let pct = zombies * 100 / MEMCG_ID_LIMIT;
     let summary = format!(
@@ -310,7 +315,13 @@ pub(super) fn kernel_log_check(settings: &Settings) -> Check {
             Status::Ok,
             format!("no leak messages in {} kernel log records since boot", f.scanned),
         )
-        .evidence(json!({"source": source, "scanned": f.scanned})),
+        .evidence(Evidence::KernelLog(evidence::KernelLog {
+            cgroup_enospc: None,
+            lines: None,
+            scanned: f.scanned,
+            slub: None,
+            source,
+        })),
         Ok(f) => Check::new(
             NAME,
             Status::Problem,
@@ -320,6 +331,12 @@ pub(super) fn kernel_log_check(settings: &Settings) -> Check {
             ),
         )
         .fix("reboot the node (drain it first): the leak has exhausted memory cgroup IDs or slab memory")
-        .evidence(json!({"source": source, "scanned": f.scanned, "slub": f.slub, "cgroup_enospc": f.cgroup_enospc, "lines": f.lines})),
+        .evidence(Evidence::KernelLog(evidence::KernelLog {
+            cgroup_enospc: Some(f.cgroup_enospc),
+            lines: Some(f.lines),
+            scanned: f.scanned,
+            slub: Some(f.slub),
+            source,
+        })),
     }
 }

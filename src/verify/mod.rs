@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cli::Outcome;
 use crate::config::{Config, Severity};
@@ -18,12 +18,15 @@ mod causes;
 mod cgroup;
 mod checks;
 pub mod effect;
+pub mod evidence;
 mod kernel;
 mod node;
 pub mod render;
 
+pub use causes::Cause;
 pub use cgroup::{Kind, Qos, Setup, MEMCG_ID_LIMIT};
 pub use effect::{Action, Effect, RebootRequired};
+pub use evidence::Evidence;
 
 use causes::active_by_cause;
 use checks::{cgroup_check, kernel_check, kernel_log_check, zombie_check};
@@ -99,7 +102,8 @@ pub struct Check {
     /// The one thing to do, when the status is not ok.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
-    pub evidence: Value,
+    #[serde(serialize_with = "evidence::sorted")]
+    pub evidence: Evidence,
 }
 
 impl Check {
@@ -109,7 +113,7 @@ impl Check {
             status,
             summary: summary.into(),
             fix: None,
-            evidence: Value::Null,
+            evidence: Evidence::None,
         }
     }
 
@@ -127,7 +131,7 @@ impl Check {
         self
     }
 
-    fn evidence(mut self, evidence: Value) -> Check {
+    fn evidence(mut self, evidence: Evidence) -> Check {
         self.evidence = evidence;
         self
     }
@@ -258,13 +262,13 @@ pub fn run(settings: &Settings) -> Report {
                     l.setup
                 ),
             };
-            checks.push(
-                Check::new("cgroup-mode", Status::Ok, summary).evidence(json!({
-                    "setup": l.setup,
-                    "memory": l.memory.as_ref().map(|m| &m.path),
-                    "unified": l.unified.as_ref().map(|m| &m.path),
-                })),
-            );
+            checks.push(Check::new("cgroup-mode", Status::Ok, summary).evidence(
+                Evidence::CgroupMode(evidence::CgroupMode {
+                    memory: l.memory.as_ref().map(|m| m.path.clone()),
+                    setup: l.setup,
+                    unified: l.unified.as_ref().map(|m| m.path.clone()),
+                }),
+            ));
         }
         Err(e) => checks.push(
             Check::new("cgroup-mode", Status::Unknown, error_chain(e)).fix(format!(
@@ -528,6 +532,7 @@ pub fn wait_for_pods(settings: &Settings) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn times() {

@@ -8,9 +8,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use log::debug;
-use serde_json::{json, Value};
-
+use super::evidence::{self, Evidence};
 use super::{error_chain, step, Check, Metrics, Settings, Status};
 use crate::config::SkewPolicy;
 use crate::divert::{Diversion, DpkgDivert};
@@ -18,6 +16,7 @@ use crate::dpkg::{self, Dpkg};
 use crate::manifest::{Manifest, ManifestError};
 use crate::paths::{self, Root};
 use crate::targets::{self, InPlace, Target, Underneath};
+use log::debug;
 
 pub const NOT_INSTALLED: &str = "k8s-nokmem not installed: payload checks skipped";
 /// What the kernel appends to `/proc/PID/exe` when the file was deleted or replaced.
@@ -62,12 +61,21 @@ fn journal_check(root: &Root) -> Option<Check> {
                 ),
             )
             .fix(fix)
-            .evidence(json!({"journal": shown, "command": j.command, "pid": j.pid, "begun": j.begun, "steps": j.steps.len(), "started": j.started})),
+            .evidence(Evidence::Transaction(evidence::Transaction::Pending {
+                begun: j.begun,
+                command: j.command.to_string(),
+                journal: shown,
+                pid: j.pid,
+                started: j.started,
+                steps: j.steps.len(),
+            })),
         ),
         Err(e) => Some(
             Check::new("transaction", Status::Unknown, format!("{e:#}"))
                 .fix(fix)
-                .evidence(json!({"journal": shown})),
+                .evidence(Evidence::Transaction(evidence::Transaction::Unreadable {
+                    journal: shown,
+                })),
         ),
     }
 }
@@ -83,7 +91,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
                 Status::Skipped,
                 format!("{NOT_INSTALLED} (no {shown})"),
             )
-            .evidence(json!({"manifest": shown}))]
+            .evidence(Evidence::Manifest(evidence::Manifest { manifest: shown }))]
         }
         Err(ManifestError::Read(e)) if e.is_not_found() => {
             return vec![Check::new(
@@ -92,7 +100,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
                 format!("the payload manifest {shown} is missing, yet k8s-nokmem is installed"),
             )
             .fix("reinstall the package: apt-get install --reinstall k8s-nokmem")
-            .evidence(json!({"manifest": shown}))]
+            .evidence(Evidence::Manifest(evidence::Manifest { manifest: shown }))]
         }
         Err(e) => {
             return vec![Check::new("payload", Status::Unknown, error_chain(&e))
@@ -179,12 +187,16 @@ fn underneath_check(
                     }
                     _ => {}
                 }
-                evidence.push(json!({"name": t.name, "path": t.path, "underneath": u}));
+                evidence.push(evidence::OriginalPackage {
+                    name: t.name.clone(),
+                    path: t.path.clone(),
+                    underneath: u,
+                });
             }
             Err(e) => unknown.push(format!("{}: {}", t.name, error_chain(&e))),
         }
     }
-    let evidence = Value::Array(evidence);
+    let evidence = Evidence::UpdatesUnderneath(evidence);
     if !warnings.is_empty() {
         Check::new(NAME, Status::Warning, warnings.join("; "))
             .fix("build the payload from the new packages' sources (scripts/build-payload.sh --runc-src/--kubernetes-src, see README 'Building for another kubelet version') and install that k8s-nokmem; until then the node runs the payload built from the old ones")
@@ -230,14 +242,18 @@ fn payload_check(root: &Root, targets: &[Target], metrics: &mut Metrics) -> Chec
             Ok(InPlace::Other(sha)) => (Some(false), format!("sha256 {sha}")),
             Err(e) => (None, error_chain(e)),
         };
-        evidence.push(json!({
-            "name": t.name, "path": t.path, "found": t.found, "in_place": what,
-            "payload_sha256": t.payload_sha256, "payload_version": t.payload_version,
-        }));
         match is_payload {
             Some(ok) => metrics.binary_match.push((t.name.clone(), ok)),
             None => unknown.push(format!("{shown}: {what}")),
         }
+        evidence.push(evidence::PayloadTarget {
+            found: t.found.clone(),
+            in_place: what,
+            name: t.name.clone(),
+            path: t.path.clone(),
+            payload_sha256: t.payload_sha256.clone(),
+            payload_version: t.payload_version.clone(),
+        });
         match &now {
             Ok(InPlace::Payload) | Err(_) => {}
             Ok(InPlace::Missing) => bad.push(format!("nothing is at {shown}")),
@@ -254,7 +270,7 @@ fn payload_check(root: &Root, targets: &[Target], metrics: &mut Metrics) -> Chec
             )),
         }
     }
-    let evidence = Value::Array(evidence);
+    let evidence = Evidence::Payload(evidence);
     if !bad.is_empty() {
         Check::new("payload", Status::Problem, bad.join("; "))
             .fix(REINSTALL)
@@ -303,7 +319,7 @@ fn diversion_check(root: &Root, targets: &[Target], diversions: &[Diversion]) ->
             Err(e) => bad.push(e.to_string()),
         }
     }
-    let evidence = json!({ "diversions": lines });
+    let evidence = Evidence::Diversions(evidence::Diversions { diversions: lines });
     if bad.is_empty() {
         Check::new(
             "diversions",
@@ -420,9 +436,13 @@ fn running_kubelet_check(settings: &Settings, target: &Target) -> Check {
                 }
             }
         };
-        evidence.push(json!({"pid": p.pid, "exe": p.exe, "verdict": verdict}));
+        evidence.push(evidence::KubeletProcess {
+            exe: p.exe.clone(),
+            pid: p.pid,
+            verdict,
+        });
     }
-    let evidence = Value::Array(evidence);
+    let evidence = Evidence::RunningKubelet(evidence);
     if !bad.is_empty() {
         Check::new(NAME, Status::Problem, bad.join("; "))
             .fix(format!(
@@ -482,7 +502,11 @@ fn skew_check(settings: &Settings, dpkg: &Dpkg, target: &Target) -> Check {
         }
         Err(e) => return Check::new(NAME, Status::Unknown, error_chain(&e)),
     };
-    let evidence = json!({"package": pkg, "package_version": installed, "payload_version": target.payload_version});
+    let evidence = Evidence::VersionSkew(evidence::VersionSkew {
+        package: pkg.clone(),
+        package_version: installed.clone(),
+        payload_version: target.payload_version.clone(),
+    });
     let (want, have) = (
         dpkg::major_minor(&target.payload_version),
         dpkg::major_minor(&installed),

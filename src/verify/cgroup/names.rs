@@ -44,6 +44,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind's name, as its `kind` field in JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Kubepods => "kubepods",
+            Kind::Qos { .. } => "qos",
+            Kind::Pod { .. } => "pod",
+            Kind::Container { .. } => "container",
+            Kind::Docker { .. } => "docker",
+        }
+    }
+
     pub fn pod_uid(&self) -> Option<&str> {
         match self {
             Kind::Pod { pod_uid, .. } | Kind::Container { pod_uid, .. } => Some(pod_uid),
