@@ -31,12 +31,7 @@ pub enum Cause {
     InheritedFromPod,
 }
 
-pub(super) fn cause_of(
-    rule: Rule,
-    cg: &cgroup::Cgroup,
-    top: Option<&Kind>,
-    swap: Option<i64>,
-) -> Cause {
+fn cause_of(rule: Rule, cg: &cgroup::Cgroup, top: Option<&Kind>, swap: Option<i64>) -> Cause {
     if rule == Rule::KernelWide {
         return Cause::KernelWide;
     }
@@ -89,6 +84,28 @@ pub(super) fn cause_fix(cause: Cause) -> &'static str {
     }
 }
 
+/// Every kmem-active cgroup of the walk with its cause, in the walk's order (by path).
+pub(super) fn active_with_causes(
+    walk: &cgroup::Walk,
+    rule: Rule,
+    swap: Option<i64>,
+) -> Vec<(&cgroup::Cgroup, Cause)> {
+    let kinds: HashMap<&str, &Kind> = walk
+        .cgroups
+        .iter()
+        .map(|c| (c.path.as_str(), &c.kind))
+        .collect();
+    walk.active()
+        .map(|cg| {
+            let top = cg
+                .inherited_from
+                .as_deref()
+                .and_then(|p| kinds.get(p).copied());
+            (cg, cause_of(rule, cg, top, swap))
+        })
+        .collect()
+}
+
 /// Count the kmem-active cgroups by cause, as the rule needs them: pods once each (a
 /// container follows its pod), other cgroups one each.
 pub(super) fn active_by_cause(
@@ -96,19 +113,9 @@ pub(super) fn active_by_cause(
     rule: Rule,
     swap: Option<i64>,
 ) -> effect::Active {
-    let kinds: HashMap<&str, &Kind> = walk
-        .cgroups
-        .iter()
-        .map(|c| (c.path.as_str(), &c.kind))
-        .collect();
     let mut seen = HashSet::new();
     let mut active = effect::Active::default();
-    for cg in walk.active() {
-        let top = cg
-            .inherited_from
-            .as_deref()
-            .and_then(|p| kinds.get(p).copied());
-        let cause = cause_of(rule, cg, top, swap);
+    for (cg, cause) in active_with_causes(walk, rule, swap) {
         let who = cg.kind.pod_uid().unwrap_or(cg.path.as_str());
         if !seen.insert((cause, who)) {
             continue;

@@ -4,14 +4,14 @@
 //! and `kernel-log` (the leak's messages since boot). The payload checks live in
 //! [`super::node`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::causes::{cause_fix, cause_of, cause_text, Cause};
+use super::causes::{active_with_causes, cause_fix, cause_text, Cause};
 use super::evidence::{self, Evidence};
 use super::{
-    cgroup, error_chain, kernel, step, Check, Kind, Metrics, Rule, Settings, Status,
-    MEMCG_ID_LIMIT, ZOMBIE_PROBLEM_PERCENT,
+    cgroup, error_chain, kernel, step, Check, Metrics, Rule, Settings, Status, MEMCG_ID_LIMIT,
+    ZOMBIE_PROBLEM_PERCENT,
 };
 use crate::config::Severity;
 
@@ -116,20 +116,7 @@ pub(super) fn cgroup_check(
     };
     let checked = walk.cgroups.len() as u64;
     metrics.checked_cgroups = Some(checked);
-    let kinds: HashMap<&str, &Kind> = walk
-        .cgroups
-        .iter()
-        .map(|c| (c.path.as_str(), &c.kind))
-        .collect();
-    let mut active = Vec::new();
-    for cg in walk.active() {
-        let top = cg
-            .inherited_from
-            .as_deref()
-            .and_then(|p| kinds.get(p).copied());
-        let cause = cause_of(rule, cg, top, swap);
-        active.push((cg, cause));
-    }
+    let active = active_with_causes(walk, rule, swap);
     metrics.kmem_active_cgroups = Some(active.len() as u64);
     let pods: BTreeSet<&str> = active
         .iter()

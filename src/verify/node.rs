@@ -83,7 +83,7 @@ fn journal_check(root: &Root) -> Option<Check> {
 fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
     let root = &settings.root;
     let shown = root.describe(paths::MANIFEST_FILE);
-    let manifest = match Manifest::load(&root.join(paths::MANIFEST_FILE), &shown) {
+    let manifest = match Manifest::installed(root) {
         Ok(m) => m,
         Err(ManifestError::Read(e)) if e.is_not_found() && !installed(root) => {
             return vec![Check::new(
