@@ -1,7 +1,14 @@
 //! `k8s-nokmem verify`: kernel-aware checks that kmem accounting is off for pod and
 //! container memory cgroups, plus the node-level checks (zombie cgroups, kernel log, the
-//! payload in place). Each check yields a [`Check`]; [`run`] never fails: what cannot be
-//! read becomes an `unknown` check that says why.
+//! payload in place). Each check yields a [`Check`] with its typed [`Evidence`]; [`run`]
+//! never fails: what cannot be read becomes an `unknown` check that says why.
+//!
+//! Here: the report types, [`run`] (the order of the checks and the kernel `Rule`) and
+//! when the swap happened. The probes: `cgroup` (mounts, the walk, kmem files) and
+//! `kernel` (release, command line, kernel log). The checks: `checks` (kernel, cgroups,
+//! zombies, kernel log), `causes` (why a cgroup accounts kmem) and `node` (what is
+//! installed). Then [`effect`] (what puts the fix in effect) and [`render`] (human, JSON,
+//! textfile, node-problem-detector).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -203,6 +203,12 @@ pub fn prometheus(report: &Report) -> String {
         v.map(|v| vec![(String::new(), v as f64)])
             .unwrap_or_default()
     };
+    let per_binary = |values: &[(String, bool)]| {
+        values
+            .iter()
+            .map(|(name, v)| (format!("{{binary=\"{name}\"}}"), f64::from(u8::from(*v))))
+            .collect::<Vec<_>>()
+    };
     gauge(
         "status",
         "Result of the last k8s-nokmem verify run (1 for the current status).",
@@ -256,18 +262,12 @@ pub fn prometheus(report: &Report) -> String {
     gauge(
         "binary_match",
         "1 when the binary at the target path is the nokmem payload (sha256 as in the MANIFEST).",
-        &m.binary_match
-            .iter()
-            .map(|(name, ok)| (format!("{{binary=\"{name}\"}}"), f64::from(u8::from(*ok))))
-            .collect::<Vec<_>>(),
+        &per_binary(&m.binary_match),
     );
     gauge(
         "original_upgraded",
         "1 when the package of the diverted original changed since the swap (its update does not run).",
-        &m.original_upgraded
-            .iter()
-            .map(|(name, up)| (format!("{{binary=\"{name}\"}}"), f64::from(u8::from(*up))))
-            .collect::<Vec<_>>(),
+        &per_binary(&m.original_upgraded),
     );
     gauge(
         "last_run_timestamp_seconds",
