@@ -21,6 +21,12 @@ use log::debug;
 pub const NOT_INSTALLED: &str = "k8s-nokmem not installed: payload checks skipped";
 /// What the kernel appends to `/proc/PID/exe` when the file was deleted or replaced.
 const DELETED: &str = " (deleted)";
+/// init's mount namespace, under the proc root: the node's.
+const INIT_MNT_NS: &str = "1/ns/mnt";
+/// A process's command name, mount namespace and executable, under `/proc/PID`.
+const PID_COMM: &str = "comm";
+const PID_MNT_NS: &str = "ns/mnt";
+const PID_EXE: &str = "exe";
 const REINSTALL: &str =
     "run `k8s-nokmem install` (or apt-get install --reinstall k8s-nokmem) to put the payload back";
 
@@ -348,7 +354,7 @@ struct Proc {
 fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
     // The node's mount namespace is init's: verify itself may run in a private one (the
     // unit's PrivateTmp/ProtectSystem), while kubelets inside containers (kind) have theirs.
-    let node_ns = fs::read_link(proc_root.join("1/ns/mnt")).ok();
+    let node_ns = fs::read_link(proc_root.join(INIT_MNT_NS)).ok();
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
     };
@@ -362,15 +368,15 @@ fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
             continue;
         };
         let dir = entry.path();
-        match fs::read_to_string(dir.join("comm")) {
+        match fs::read_to_string(dir.join(PID_COMM)) {
             Ok(comm) if comm.trim_end() == "kubelet" => {}
             _ => continue,
         }
-        if node_ns.is_some() && fs::read_link(dir.join("ns/mnt")).ok() != node_ns {
+        if node_ns.is_some() && fs::read_link(dir.join(PID_MNT_NS)).ok() != node_ns {
             debug!("kubelet pid {pid}: another mount namespace, not checked");
             continue;
         }
-        let exe_link = dir.join("exe");
+        let exe_link = dir.join(PID_EXE);
         let Ok(exe) = fs::read_link(&exe_link) else {
             continue;
         };
