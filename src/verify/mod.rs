@@ -413,7 +413,7 @@ fn effect_of(
             .map(|(_, ok)| *ok),
         running_old_kubelet: checks
             .iter()
-            .any(|c| c.name == "running-kubelet" && c.status == Status::Problem),
+            .any(|c| c.name == node::RUNNING_KUBELET && c.status == Status::Problem),
         rebooted_since_swap: swap.zip(boot_time).map(|(s, b)| b > s),
         boot_time,
         cmdline_managed: crate::cmdline::managed(settings.config.kernel_cmdline, v1_memory),

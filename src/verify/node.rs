@@ -19,6 +19,8 @@ use crate::targets::{self, InPlace, Target, Underneath};
 use log::debug;
 
 pub const NOT_INSTALLED: &str = "k8s-nokmem not installed: payload checks skipped";
+/// The check that a running kubelet executes the payload (the fleet rule reads it).
+pub(super) const RUNNING_KUBELET: &str = "running-kubelet";
 /// What the kernel appends to `/proc/PID/exe` when the file was deleted or replaced.
 const DELETED: &str = " (deleted)";
 /// init's mount namespace, under the proc root: the node's.
@@ -392,7 +394,7 @@ fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
 
 /// The running kubelet executes the payload: not a deleted file, not the diverted original.
 fn running_kubelet_check(settings: &Settings, target: &Target) -> Check {
-    const NAME: &str = "running-kubelet";
+    const NAME: &str = RUNNING_KUBELET;
     let root = &settings.root;
     let procs = kubelet_processes(&settings.proc_root, root);
     if procs.is_empty() {
