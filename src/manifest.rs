@@ -73,6 +73,15 @@ impl Manifest {
         Manifest::parse(&text, shown)
     }
 
+    /// Load the payload's MANIFEST under `root` (`R/usr/lib/k8s-nokmem/MANIFEST`); errors
+    /// name it as the user knows it (`'/usr/…' under root R`).
+    pub fn installed(root: &paths::Root) -> Result<Manifest, ManifestError> {
+        Manifest::load(
+            &root.join(paths::MANIFEST_FILE),
+            &root.describe(paths::MANIFEST_FILE),
+        )
+    }
+
     /// Parse MANIFEST text (pure).
     pub fn parse(text: &str, file: &str) -> Result<Manifest, ManifestError> {
         let ini = Ini::load_from_str(text).map_err(|e| ManifestError::Syntax {
@@ -204,5 +213,27 @@ mod tests {
             let err = Manifest::parse(&text, "'/usr/lib/k8s-nokmem/MANIFEST'").unwrap_err();
             assert!(err.to_string().contains(want), "want '{want}', got: {err}");
         }
+    }
+
+    #[test]
+    fn the_installed_manifest_is_read_under_the_root_and_named_as_the_user_knows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = paths::Root::new(dir.path());
+        let err = Manifest::installed(&root).unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::Read(e) if e.is_not_found()),
+            "{err}"
+        );
+        let file = dir.path().join("usr/lib/k8s-nokmem/MANIFEST");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "[payload\n").unwrap();
+        let err = Manifest::installed(&root).unwrap_err().to_string();
+        let shown = format!(
+            "'/usr/lib/k8s-nokmem/MANIFEST' under root '{}'",
+            dir.path().display()
+        );
+        assert!(err.contains(&shown), "{err}");
+        std::fs::write(&file, GOOD).unwrap();
+        assert_eq!(Manifest::installed(&root).unwrap().arch, "arm64");
     }
 }

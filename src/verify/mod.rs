@@ -1,27 +1,42 @@
 //! `k8s-nokmem verify`: kernel-aware checks that kmem accounting is off for pod and
 //! container memory cgroups, plus the node-level checks (zombie cgroups, kernel log, the
-//! payload in place). Each check yields a [`Check`]; [`run`] never fails: what cannot be
-//! read becomes an `unknown` check that says why.
+//! payload in place). Each check yields a [`Check`] with its typed [`Evidence`]; [`run`]
+//! never fails: what cannot be read becomes an `unknown` check that says why.
+//!
+//! Here: the report types, [`run`] (the order of the checks and the kernel `Rule`) and
+//! when the swap happened. The probes: `cgroup` (mounts, the walk, kmem files) and
+//! `kernel` (release, command line, kernel log). The checks: `checks` (kernel, cgroups,
+//! zombies, kernel log), `causes` (why a cgroup accounts kmem) and `node` (what is
+//! installed). Then [`effect`] (what puts the fix in effect) and [`render`] (human, JSON,
+//! textfile, node-problem-detector).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cli::Outcome;
 use crate::config::{Config, Severity};
 use crate::paths::{self, Root};
 
+mod causes;
 mod cgroup;
+mod checks;
 pub mod effect;
+pub mod evidence;
 mod kernel;
 mod node;
 pub mod render;
 
+pub use causes::Cause;
 pub use cgroup::{Kind, Qos, Setup, MEMCG_ID_LIMIT};
 pub use effect::{Action, Effect, RebootRequired};
+pub use evidence::Evidence;
+
+use causes::active_by_cause;
+use checks::{cgroup_check, kernel_check, kernel_log_check, zombie_check};
 
 /// Zombie memory cgroups use this share of the IDs (percent): mkdir is about to fail.
 pub const ZOMBIE_PROBLEM_PERCENT: u64 = 90;
@@ -94,7 +109,8 @@ pub struct Check {
     /// The one thing to do, when the status is not ok.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
-    pub evidence: Value,
+    #[serde(serialize_with = "evidence::sorted")]
+    pub evidence: Evidence,
 }
 
 impl Check {
@@ -104,7 +120,7 @@ impl Check {
             status,
             summary: summary.into(),
             fix: None,
-            evidence: Value::Null,
+            evidence: Evidence::None,
         }
     }
 
@@ -122,7 +138,7 @@ impl Check {
         self
     }
 
-    fn evidence(mut self, evidence: Value) -> Check {
+    fn evidence(mut self, evidence: Evidence) -> Check {
         self.evidence = evidence;
         self
     }
@@ -253,13 +269,13 @@ pub fn run(settings: &Settings) -> Report {
                     l.setup
                 ),
             };
-            checks.push(
-                Check::new("cgroup-mode", Status::Ok, summary).evidence(json!({
-                    "setup": l.setup,
-                    "memory": l.memory.as_ref().map(|m| &m.path),
-                    "unified": l.unified.as_ref().map(|m| &m.path),
-                })),
-            );
+            checks.push(Check::new("cgroup-mode", Status::Ok, summary).evidence(
+                Evidence::CgroupMode(evidence::CgroupMode {
+                    memory: l.memory.as_ref().map(|m| m.path.clone()),
+                    setup: l.setup,
+                    unified: l.unified.as_ref().map(|m| m.path.clone()),
+                }),
+            ));
         }
         Err(e) => checks.push(
             Check::new("cgroup-mode", Status::Unknown, error_chain(e)).fix(format!(
@@ -397,7 +413,7 @@ fn effect_of(
             .map(|(_, ok)| *ok),
         running_old_kubelet: checks
             .iter()
-            .any(|c| c.name == "running-kubelet" && c.status == Status::Problem),
+            .any(|c| c.name == node::RUNNING_KUBELET && c.status == Status::Problem),
         rebooted_since_swap: swap.zip(boot_time).map(|(s, b)| b > s),
         boot_time,
         cmdline_managed: crate::cmdline::managed(settings.config.kernel_cmdline, v1_memory),
@@ -406,38 +422,6 @@ fn effect_of(
     };
     debug!("verify effect inputs: {inputs:?}");
     effect::decide(&inputs)
-}
-
-/// Count the kmem-active cgroups by cause, as the rule needs them: pods once each (a
-/// container follows its pod), other cgroups one each.
-fn active_by_cause(walk: &cgroup::Walk, rule: Rule, swap: Option<i64>) -> effect::Active {
-    let kinds: std::collections::HashMap<&str, &Kind> = walk
-        .cgroups
-        .iter()
-        .map(|c| (c.path.as_str(), &c.kind))
-        .collect();
-    let mut seen = std::collections::HashSet::new();
-    let mut active = effect::Active::default();
-    for cg in walk.active() {
-        let top = cg
-            .inherited_from
-            .as_deref()
-            .and_then(|p| kinds.get(p).copied());
-        let cause = cause_of(rule, cg, top, swap);
-        let who = cg.kind.pod_uid().unwrap_or(cg.path.as_str());
-        if !seen.insert((cause, who)) {
-            continue;
-        }
-        match cause {
-            Cause::KernelWide | Cause::DespiteNokmem => active.kernel += 1,
-            Cause::KubepodsActive => active.kubepods += 1,
-            Cause::BeforeSwap => active.before_swap += 1,
-            Cause::AfterSwap => active.after_swap += 1,
-            Cause::NotSwapped => active.not_swapped += 1,
-            Cause::InheritedFromPod => {}
-        }
-    }
-    active
 }
 
 /// Run one step, logging one line with its duration.
@@ -463,73 +447,6 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     s
-}
-
-const BOOT_FIX: &str = "add cgroup.memory=nokmem to the kernel command line \
-    (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub) and reboot";
-
-fn kernel_check(
-    rule: Rule,
-    release: &Result<(String, (u32, u32)), kernel::KernelError>,
-    cmdline: &Result<String, kernel::KernelError>,
-    severity: Severity,
-) -> Check {
-    let rel = release.as_ref().map(|(t, _)| t.as_str()).unwrap_or("?");
-    let evidence = json!({
-        "release": release.as_ref().ok().map(|(t, _)| t),
-        "cmdline": cmdline.as_ref().ok(),
-        "cmdline_nokmem": cmdline.as_ref().ok().map(|c| kernel::cmdline_has_nokmem(c)),
-    });
-    let check = match rule {
-        Rule::NoV1Memory => Check::new(
-            "kernel-kmem",
-            Status::Ok,
-            "no cgroup v1 memory controller: kmem accounting of v1 cgroups does not apply",
-        ),
-        Rule::Nokmem => Check::new(
-            "kernel-kmem",
-            Status::Ok,
-            format!(
-                "Linux {rel} booted with {}: kmem accounting is off kernel-wide",
-                kernel::NOKMEM_PARAM
-            ),
-        ),
-        Rule::KernelWide => {
-            let status = Status::from_severity(severity);
-            let mut summary = format!(
-                "Linux {rel} accounts kmem in every cgroup v1 memory cgroup unless booted with {}, \
-                 whatever runc and kubelet do",
-                kernel::NOKMEM_PARAM
-            );
-            if severity == Severity::Ignore {
-                summary.push_str(" (ignored: [verify] kernel-wide-kmem = ignore)");
-            }
-            let check = Check::new("kernel-kmem", status, summary);
-            if status == Status::Ok {
-                check
-            } else {
-                check.fix(BOOT_FIX)
-            }
-        }
-        Rule::PerCgroup => Check::new(
-            "kernel-kmem",
-            Status::Ok,
-            format!(
-                "Linux {rel} accounts kmem only in cgroups where runc or kubelet switch it on \
-                 (and their children): checked per cgroup"
-            ),
-        ),
-        Rule::Unknown => {
-            let why = match (release, cmdline) {
-                (Err(e), _) => error_chain(e),
-                (_, Err(e)) => error_chain(e),
-                _ => "unknown".into(),
-            };
-            Check::new("kernel-kmem", Status::Unknown, why)
-                .fix("pass --kernel-release, or point --proc-root at the node's procfs")
-        }
-    };
-    check.evidence(evidence)
 }
 
 /// When the payload was swapped in: `swapped_at` (seconds since the epoch or RFC 3339)
@@ -584,321 +501,6 @@ fn parse_time(v: &Value) -> Option<i64> {
     Some(days * 86400 + h * 3600 + mi * 60 + se)
 }
 
-/// Why a kmem-active cgroup is active, for the report and the fix. In the order of what to
-/// fix first: the smallest cause of all active cgroups gives the one thing to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-enum Cause {
-    /// Linux >= 4.6: every cgroup.
-    KernelWide,
-    /// kubepods or a QoS cgroup is active: every pod under it inherits kmem until reboot.
-    KubepodsActive,
-    /// Created after the swap: the binary that created it enables kmem (fix that before
-    /// recreating pods, or they get kmem again).
-    AfterSwap,
-    /// Created before the payload was swapped in.
-    BeforeSwap,
-    /// The package is not installed (or no swap recorded).
-    NotSwapped,
-    /// Booted with nokmem, yet accounted.
-    DespiteNokmem,
-    /// Inherited from a pod cgroup that is active (that pod's cause is the one to fix).
-    InheritedFromPod,
-}
-
-fn cause_of(rule: Rule, cg: &cgroup::Cgroup, top: Option<&Kind>, swap: Option<i64>) -> Cause {
-    if rule == Rule::KernelWide {
-        return Cause::KernelWide;
-    }
-    if rule == Rule::Nokmem {
-        return Cause::DespiteNokmem;
-    }
-    match (&cg.kind, top) {
-        (Kind::Kubepods | Kind::Qos { .. }, _) | (_, Some(Kind::Kubepods | Kind::Qos { .. })) => {
-            Cause::KubepodsActive
-        }
-        _ => match swap {
-            None => Cause::NotSwapped,
-            Some(t) if cg.created_before < t => Cause::BeforeSwap,
-            Some(_) if top.is_some() => Cause::InheritedFromPod,
-            Some(_) => Cause::AfterSwap,
-        },
-    }
-}
-
-fn cause_text(cause: Cause) -> &'static str {
-    match cause {
-        Cause::KernelWide => "accounted because of the kernel (see kernel-kmem)",
-        Cause::KubepodsActive => {
-            "kubepods or its QoS cgroup accounts kmem: every pod created under it inherits kmem until the node reboots"
-        }
-        Cause::InheritedFromPod => "inherits kmem from its pod's cgroup",
-        Cause::BeforeSwap => "pods from before the swap: recreate them or reboot",
-        Cause::AfterSwap => {
-            "created after the swap, so the binary that created it enables kmem (runc for containers, kubelet for pods)"
-        }
-        Cause::NotSwapped => "kmem switched on by runc or kubelet (k8s-nokmem has not swapped them)",
-        Cause::DespiteNokmem => "accounts kmem although the kernel was booted with cgroup.memory=nokmem",
-    }
-}
-
-fn cause_fix(cause: Cause) -> &'static str {
-    match cause {
-        Cause::KernelWide => BOOT_FIX,
-        Cause::KubepodsActive => "reboot the node (drain it first): kubepods cgroups are never recreated while it runs",
-        Cause::BeforeSwap | Cause::InheritedFromPod => {
-            "recreate the listed pods (kubectl delete pod, or drain the node) or reboot it"
-        }
-        Cause::AfterSwap => {
-            "run `k8s-nokmem status` and `k8s-nokmem install` so that the nokmem runc and kubelet run, then recreate the listed pods"
-        }
-        Cause::NotSwapped => "install k8s-nokmem, then reboot the node (or drain it and recreate its pods)",
-        Cause::DespiteNokmem => {
-            "check that this kernel supports cgroup.memory=nokmem (Linux >= 4.6 or a backport); otherwise install k8s-nokmem"
-        }
-    }
-}
-
-fn cgroup_check(
-    rule: Rule,
-    severity: Severity,
-    walked: &Option<Result<cgroup::Walk, cgroup::CgroupError>>,
-    swap: Option<i64>,
-    metrics: &mut Metrics,
-) -> Check {
-    const NAME: &str = "cgroup-kmem";
-    if rule == Rule::NoV1Memory {
-        metrics.checked_cgroups = Some(0);
-        metrics.kmem_active_cgroups = Some(0);
-        return Check::new(
-            NAME,
-            Status::Skipped,
-            "no cgroup v1 memory hierarchy: nothing to check",
-        );
-    }
-    let walk = match walked {
-        Some(Ok(w)) => w,
-        Some(Err(e)) => {
-            return Check::new(NAME, Status::Unknown, error_chain(e))
-                .fix("point --cgroup-root at the node's cgroup file system ([verify] cgroup-root)")
-        }
-        None => {
-            return Check::new(
-                NAME,
-                Status::Unknown,
-                "the cgroup layout is unknown (see cgroup-mode)",
-            )
-        }
-    };
-    let checked = walk.cgroups.len() as u64;
-    metrics.checked_cgroups = Some(checked);
-    let kinds: std::collections::HashMap<&str, &Kind> = walk
-        .cgroups
-        .iter()
-        .map(|c| (c.path.as_str(), &c.kind))
-        .collect();
-    let mut active = Vec::new();
-    for cg in walk.active() {
-        let top = cg
-            .inherited_from
-            .as_deref()
-            .and_then(|p| kinds.get(p).copied());
-        let cause = cause_of(rule, cg, top, swap);
-        active.push((cg, cause));
-    }
-    metrics.kmem_active_cgroups = Some(active.len() as u64);
-    let pods: std::collections::BTreeSet<&str> = active
-        .iter()
-        .filter_map(|(c, _)| c.kind.pod_uid())
-        .collect();
-    let evidence = json!({
-        "checked": checked,
-        "kmem_active": active.len(),
-        "pods_with_kmem": pods.len(),
-        "swap_time": swap,
-        "unreadable": walk.unreadable,
-        "errors": walk.errors,
-        "cgroups": active.iter().map(|(c, cause)| {
-            let (usage, slab) = match c.kmem {
-                cgroup::Kmem::Active { usage, slab_entries } => (usage, slab_entries),
-                _ => (0, 0),
-            };
-            json!({
-                "path": c.path,
-                "kind": c.kind,
-                "pod_uid": c.kind.pod_uid(),
-                "container_id": c.kind.container_id(),
-                "kmem_usage_bytes": usage,
-                "slabinfo_entries": slab,
-                "created_before": c.created_before,
-                "before_swap": swap.map(|t| c.created_before < t),
-                "inherited_from": c.inherited_from,
-                "cause": cause,
-                "why": cause_text(*cause),
-            })
-        }).collect::<Vec<_>>(),
-    });
-    if active.is_empty() {
-        if walk.unreadable > 0 {
-            return Check::new(
-                NAME,
-                Status::Unknown,
-                format!(
-                    "could not read the kmem files of {} of {checked} cgroups: {}",
-                    walk.unreadable,
-                    walk.errors.first().map(String::as_str).unwrap_or("")
-                ),
-            )
-            .fix("run as root; check that --cgroup-root points at a cgroup file system")
-            .evidence(evidence);
-        }
-        let summary = if checked == 0 {
-            "no pod or container memory cgroups found (no pods yet?)".to_string()
-        } else {
-            format!("kmem accounting is off in all {checked} pod and container memory cgroups")
-        };
-        return Check::new(NAME, Status::Ok, summary).evidence(evidence);
-    }
-    let status = match rule {
-        Rule::KernelWide => Status::from_severity(severity),
-        _ => Status::Problem,
-    };
-    // the fix of the most fundamental cause: kernel, then kubepods, ...
-    let main = active
-        .iter()
-        .map(|(_, c)| *c)
-        .min()
-        .unwrap_or(Cause::NotSwapped);
-    let mut summary = format!(
-        "{} of {checked} pod and container memory cgroups account kmem ({} pod{}); {}",
-        active.len(),
-        pods.len(),
-        if pods.len() == 1 { "" } else { "s" },
-        cause_text(main)
-    );
-    if walk.unreadable > 0 {
-        summary.push_str(&format!("; {} more could not be read", walk.unreadable));
-    }
-    let check = Check::new(NAME, status, summary).evidence(evidence);
-    if status == Status::Ok {
-        check
-    } else {
-        check.fix(cause_fix(main))
-    }
-}
-
-fn zombie_check(
-    settings: &Settings,
-    hierarchy: Option<&cgroup::Hierarchy>,
-    walked: &Option<Result<cgroup::Walk, cgroup::CgroupError>>,
-    metrics: &mut Metrics,
-) -> Check {
-    const NAME: &str = "zombie-cgroups";
-    let total = match step("proc-cgroups", || {
-        cgroup::read_memory_cgroup_count(&settings.proc_root)
-    }) {
-        Ok(n) => n,
-        Err(e) => {
-            return Check::new(NAME, Status::Unknown, error_chain(&e))
-                .fix("point --proc-root at the node's procfs ([verify] proc-root)")
-        }
-    };
-    metrics.memory_cgroups = Some(total);
-    let (hierarchy, walk) = match (hierarchy, walked) {
-        (Some(h), Some(Ok(w))) => (h, w),
-        (None, _) => {
-            return Check::new(
-                NAME,
-                Status::Unknown,
-                "no cgroup hierarchy mounted to count directories in",
-            )
-        }
-        (_, _) => {
-            return Check::new(
-                NAME,
-                Status::Unknown,
-                "the memory hierarchy could not be walked (see cgroup-kmem)",
-            )
-        }
-    };
-    if !hierarchy.whole {
-        return Check::new(
-            NAME,
-            Status::Unknown,
-            format!(
-                "'{}' shows only part of the memory hierarchy, so zombies cannot be counted",
-                hierarchy.mount_point.display()
-            ),
-        );
-    }
-    let zombies = total.saturating_sub(walk.dirs);
-    metrics.zombie_cgroups = Some(zombies);
-    let warn_at = MEMCG_ID_LIMIT * u64::from(settings.config.verify.zombie_warn_percent) / 100;
-    let problem_at = MEMCG_ID_LIMIT * ZOMBIE_PROBLEM_PERCENT / 100;
-    let evidence = json!({
-        "num_cgroups": total,
-        "directories": walk.dirs,
-        "zombies": zombies,
-        "limit": MEMCG_ID_LIMIT,
-        "warn_at": warn_at,
-        "problem_at": problem_at,
-    });
-    let pct = zombies * 100 / MEMCG_ID_LIMIT;
-    let summary = format!(
-        "{zombies} zombie memory cgroups ({total} in the kernel, {} directories): {pct}% of the {MEMCG_ID_LIMIT} IDs",
-        walk.dirs
-    );
-    let status = if total >= problem_at {
-        Status::Problem
-    } else if zombies >= warn_at {
-        Status::Warning
-    } else {
-        Status::Ok
-    };
-    let check = Check::new(NAME, status, summary).evidence(evidence);
-    if status == Status::Ok {
-        check
-    } else {
-        check.fix("reboot the node (drain it first) before memory cgroup IDs run out and pods fail to start")
-    }
-}
-
-fn kernel_log_check(settings: &Settings) -> Check {
-    const NAME: &str = "kernel-log";
-    let source = match &settings.kernel_log {
-        Some(p) => p.clone(),
-        None if settings.proc_root == Path::new("/proc") => PathBuf::from(kernel::KMSG),
-        None => return Check::new(
-            NAME,
-            Status::Skipped,
-            "--proc-root points at a recorded tree: pass --kernel-log FILE to scan its kernel log",
-        ),
-    };
-    match step("kernel-log", || kernel::read_log(&source)) {
-        Err(e @ kernel::KernelError::NotKmsg { .. }) => {
-            Check::new(NAME, Status::Skipped, format!("{e}: pass --kernel-log FILE"))
-        }
-        Err(e) => Check::new(NAME, Status::Unknown, error_chain(&e))
-            .fix("run as root, or pass --kernel-log FILE (a saved `dmesg`)"),
-        Ok(f) if f.total() == 0 => Check::new(
-            NAME,
-            Status::Ok,
-            format!("no leak messages in {} kernel log records since boot", f.scanned),
-        )
-        .evidence(json!({"source": source, "scanned": f.scanned})),
-        Ok(f) => Check::new(
-            NAME,
-            Status::Problem,
-            format!(
-                "the kernel log since boot has {} 'SLUB: Unable to allocate memory on node -1' and {} cgroup 'no space left on device' messages",
-                f.slub, f.cgroup_enospc
-            ),
-        )
-        .fix("reboot the node (drain it first): the leak has exhausted memory cgroup IDs or slab memory")
-        .evidence(json!({"source": source, "scanned": f.scanned, "slub": f.slub, "cgroup_enospc": f.cgroup_enospc, "lines": f.lines})),
-    }
-}
-
 /// Wait until a pod cgroup exists, at most until `boot_wait` after boot (so a periodic run
 /// long after boot does not wait). Returns how long it waited.
 pub fn wait_for_pods(settings: &Settings) -> Duration {
@@ -937,6 +539,7 @@ pub fn wait_for_pods(settings: &Settings) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn times() {

@@ -8,9 +8,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use log::debug;
-use serde_json::{json, Value};
-
+use super::evidence::{self, Evidence};
 use super::{error_chain, step, Check, Metrics, Settings, Status};
 use crate::config::SkewPolicy;
 use crate::divert::{Diversion, DpkgDivert};
@@ -18,10 +16,19 @@ use crate::dpkg::{self, Dpkg};
 use crate::manifest::{Manifest, ManifestError};
 use crate::paths::{self, Root};
 use crate::targets::{self, InPlace, Target, Underneath};
+use log::debug;
 
 pub const NOT_INSTALLED: &str = "k8s-nokmem not installed: payload checks skipped";
+/// The check that a running kubelet executes the payload (the fleet rule reads it).
+pub(super) const RUNNING_KUBELET: &str = "running-kubelet";
 /// What the kernel appends to `/proc/PID/exe` when the file was deleted or replaced.
 const DELETED: &str = " (deleted)";
+/// init's mount namespace, under the proc root: the node's.
+const INIT_MNT_NS: &str = "1/ns/mnt";
+/// A process's command name, mount namespace and executable, under `/proc/PID`.
+const PID_COMM: &str = "comm";
+const PID_MNT_NS: &str = "ns/mnt";
+const PID_EXE: &str = "exe";
 const REINSTALL: &str =
     "run `k8s-nokmem install` (or apt-get install --reinstall k8s-nokmem) to put the payload back";
 
@@ -62,12 +69,21 @@ fn journal_check(root: &Root) -> Option<Check> {
                 ),
             )
             .fix(fix)
-            .evidence(json!({"journal": shown, "command": j.command, "pid": j.pid, "begun": j.begun, "steps": j.steps.len(), "started": j.started})),
+            .evidence(Evidence::Transaction(evidence::Transaction::Pending {
+                begun: j.begun,
+                command: j.command.to_string(),
+                journal: shown,
+                pid: j.pid,
+                started: j.started,
+                steps: j.steps.len(),
+            })),
         ),
         Err(e) => Some(
             Check::new("transaction", Status::Unknown, format!("{e:#}"))
                 .fix(fix)
-                .evidence(json!({"journal": shown})),
+                .evidence(Evidence::Transaction(evidence::Transaction::Unreadable {
+                    journal: shown,
+                })),
         ),
     }
 }
@@ -75,7 +91,7 @@ fn journal_check(root: &Root) -> Option<Check> {
 fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
     let root = &settings.root;
     let shown = root.describe(paths::MANIFEST_FILE);
-    let manifest = match Manifest::load(&root.join(paths::MANIFEST_FILE), &shown) {
+    let manifest = match Manifest::installed(root) {
         Ok(m) => m,
         Err(ManifestError::Read(e)) if e.is_not_found() && !installed(root) => {
             return vec![Check::new(
@@ -83,7 +99,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
                 Status::Skipped,
                 format!("{NOT_INSTALLED} (no {shown})"),
             )
-            .evidence(json!({"manifest": shown}))]
+            .evidence(Evidence::Manifest(evidence::Manifest { manifest: shown }))]
         }
         Err(ManifestError::Read(e)) if e.is_not_found() => {
             return vec![Check::new(
@@ -92,7 +108,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
                 format!("the payload manifest {shown} is missing, yet k8s-nokmem is installed"),
             )
             .fix("reinstall the package: apt-get install --reinstall k8s-nokmem")
-            .evidence(json!({"manifest": shown}))]
+            .evidence(Evidence::Manifest(evidence::Manifest { manifest: shown }))]
         }
         Err(e) => {
             return vec![Check::new("payload", Status::Unknown, error_chain(&e))
@@ -179,12 +195,16 @@ fn underneath_check(
                     }
                     _ => {}
                 }
-                evidence.push(json!({"name": t.name, "path": t.path, "underneath": u}));
+                evidence.push(evidence::OriginalPackage {
+                    name: t.name.clone(),
+                    path: t.path.clone(),
+                    underneath: u,
+                });
             }
             Err(e) => unknown.push(format!("{}: {}", t.name, error_chain(&e))),
         }
     }
-    let evidence = Value::Array(evidence);
+    let evidence = Evidence::UpdatesUnderneath(evidence);
     if !warnings.is_empty() {
         Check::new(NAME, Status::Warning, warnings.join("; "))
             .fix("build the payload from the new packages' sources (scripts/build-payload.sh --runc-src/--kubernetes-src, see README 'Building for another kubelet version') and install that k8s-nokmem; until then the node runs the payload built from the old ones")
@@ -230,14 +250,18 @@ fn payload_check(root: &Root, targets: &[Target], metrics: &mut Metrics) -> Chec
             Ok(InPlace::Other(sha)) => (Some(false), format!("sha256 {sha}")),
             Err(e) => (None, error_chain(e)),
         };
-        evidence.push(json!({
-            "name": t.name, "path": t.path, "found": t.found, "in_place": what,
-            "payload_sha256": t.payload_sha256, "payload_version": t.payload_version,
-        }));
         match is_payload {
             Some(ok) => metrics.binary_match.push((t.name.clone(), ok)),
             None => unknown.push(format!("{shown}: {what}")),
         }
+        evidence.push(evidence::PayloadTarget {
+            found: t.found.clone(),
+            in_place: what,
+            name: t.name.clone(),
+            path: t.path.clone(),
+            payload_sha256: t.payload_sha256.clone(),
+            payload_version: t.payload_version.clone(),
+        });
         match &now {
             Ok(InPlace::Payload) | Err(_) => {}
             Ok(InPlace::Missing) => bad.push(format!("nothing is at {shown}")),
@@ -254,7 +278,7 @@ fn payload_check(root: &Root, targets: &[Target], metrics: &mut Metrics) -> Chec
             )),
         }
     }
-    let evidence = Value::Array(evidence);
+    let evidence = Evidence::Payload(evidence);
     if !bad.is_empty() {
         Check::new("payload", Status::Problem, bad.join("; "))
             .fix(REINSTALL)
@@ -303,7 +327,7 @@ fn diversion_check(root: &Root, targets: &[Target], diversions: &[Diversion]) ->
             Err(e) => bad.push(e.to_string()),
         }
     }
-    let evidence = json!({ "diversions": lines });
+    let evidence = Evidence::Diversions(evidence::Diversions { diversions: lines });
     if bad.is_empty() {
         Check::new(
             "diversions",
@@ -332,7 +356,7 @@ struct Proc {
 fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
     // The node's mount namespace is init's: verify itself may run in a private one (the
     // unit's PrivateTmp/ProtectSystem), while kubelets inside containers (kind) have theirs.
-    let node_ns = fs::read_link(proc_root.join("1/ns/mnt")).ok();
+    let node_ns = fs::read_link(proc_root.join(INIT_MNT_NS)).ok();
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
     };
@@ -346,15 +370,15 @@ fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
             continue;
         };
         let dir = entry.path();
-        match fs::read_to_string(dir.join("comm")) {
+        match fs::read_to_string(dir.join(PID_COMM)) {
             Ok(comm) if comm.trim_end() == "kubelet" => {}
             _ => continue,
         }
-        if node_ns.is_some() && fs::read_link(dir.join("ns/mnt")).ok() != node_ns {
+        if node_ns.is_some() && fs::read_link(dir.join(PID_MNT_NS)).ok() != node_ns {
             debug!("kubelet pid {pid}: another mount namespace, not checked");
             continue;
         }
-        let exe_link = dir.join("exe");
+        let exe_link = dir.join(PID_EXE);
         let Ok(exe) = fs::read_link(&exe_link) else {
             continue;
         };
@@ -370,7 +394,7 @@ fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
 
 /// The running kubelet executes the payload: not a deleted file, not the diverted original.
 fn running_kubelet_check(settings: &Settings, target: &Target) -> Check {
-    const NAME: &str = "running-kubelet";
+    const NAME: &str = RUNNING_KUBELET;
     let root = &settings.root;
     let procs = kubelet_processes(&settings.proc_root, root);
     if procs.is_empty() {
@@ -420,9 +444,13 @@ fn running_kubelet_check(settings: &Settings, target: &Target) -> Check {
                 }
             }
         };
-        evidence.push(json!({"pid": p.pid, "exe": p.exe, "verdict": verdict}));
+        evidence.push(evidence::KubeletProcess {
+            exe: p.exe.clone(),
+            pid: p.pid,
+            verdict,
+        });
     }
-    let evidence = Value::Array(evidence);
+    let evidence = Evidence::RunningKubelet(evidence);
     if !bad.is_empty() {
         Check::new(NAME, Status::Problem, bad.join("; "))
             .fix(format!(
@@ -482,7 +510,11 @@ fn skew_check(settings: &Settings, dpkg: &Dpkg, target: &Target) -> Check {
         }
         Err(e) => return Check::new(NAME, Status::Unknown, error_chain(&e)),
     };
-    let evidence = json!({"package": pkg, "package_version": installed, "payload_version": target.payload_version});
+    let evidence = Evidence::VersionSkew(evidence::VersionSkew {
+        package: pkg.clone(),
+        package_version: installed.clone(),
+        payload_version: target.payload_version.clone(),
+    });
     let (want, have) = (
         dpkg::major_minor(&target.payload_version),
         dpkg::major_minor(&installed),

@@ -5,8 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
+use super::evidence::{ActiveCgroup, Evidence};
 use super::{Action, Report, Status};
 use crate::cli::Outcome;
 use crate::paths::{self, FileError};
@@ -61,7 +60,8 @@ pub fn human(report: &Report) -> String {
             check.summary
         );
         if check.status > Status::Skipped {
-            if let Some(cgroups) = check.evidence.get("cgroups").and_then(Value::as_array) {
+            if let Evidence::CgroupKmem(kmem) = &check.evidence {
+                let cgroups = &kmem.cgroups;
                 for cg in cgroups.iter().take(SHOW_CGROUPS) {
                     let _ = writeln!(out, "  {:<8} {:<width$}    - {}", "", "", cgroup_line(cg));
                 }
@@ -75,8 +75,8 @@ pub fn human(report: &Report) -> String {
                     );
                 }
             }
-            if let Some(lines) = check.evidence.get("lines").and_then(Value::as_array) {
-                for line in lines.iter().filter_map(Value::as_str) {
+            if let Evidence::KernelLog(log) = &check.evidence {
+                for line in log.lines.iter().flatten() {
                     let _ = writeln!(out, "  {:<8} {:<width$}    > {line}", "", "");
                 }
             }
@@ -105,43 +105,23 @@ fn effect_line(report: &Report) -> String {
     format!("{what}: {}", report.reboot_required.reason)
 }
 
-fn cgroup_line(cg: &Value) -> String {
-    let s = |k: &str| cg.get(k).and_then(Value::as_str);
+fn cgroup_line(cg: &ActiveCgroup) -> String {
     let mut who = Vec::new();
-    if let Some(uid) = s("pod_uid") {
+    if let Some(uid) = &cg.pod_uid {
         who.push(format!("pod {uid}"));
     }
-    if let Some(id) = s("container_id") {
+    if let Some(id) = &cg.container_id {
         who.push(format!("container {}", short_id(id)));
     }
     if who.is_empty() {
-        who.push(
-            cg.get("kind")
-                .and_then(|k| k.get("kind"))
-                .and_then(Value::as_str)
-                .unwrap_or("cgroup")
-                .to_string(),
-        );
+        who.push(cg.kind.name().to_string());
     }
-    let usage = cg
-        .get("kmem_usage_bytes")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let slab = cg
-        .get("slabinfo_entries")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let amount = if usage > 0 {
-        format!("{} kmem", bytes(usage))
+    let amount = if cg.kmem_usage_bytes > 0 {
+        format!("{} kmem", bytes(cg.kmem_usage_bytes))
     } else {
-        format!("{slab} slab caches")
+        format!("{} slab caches", cg.slabinfo_entries)
     };
-    format!(
-        "{} '{}': {amount}; {}",
-        who.join(" "),
-        s("path").unwrap_or("?"),
-        s("why").unwrap_or("")
-    )
+    format!("{} '{}': {amount}; {}", who.join(" "), cg.path, cg.why)
 }
 
 fn short_id(id: &str) -> &str {
@@ -223,6 +203,12 @@ pub fn prometheus(report: &Report) -> String {
         v.map(|v| vec![(String::new(), v as f64)])
             .unwrap_or_default()
     };
+    let per_binary = |values: &[(String, bool)]| {
+        values
+            .iter()
+            .map(|(name, v)| (format!("{{binary=\"{name}\"}}"), f64::from(u8::from(*v))))
+            .collect::<Vec<_>>()
+    };
     gauge(
         "status",
         "Result of the last k8s-nokmem verify run (1 for the current status).",
@@ -276,18 +262,12 @@ pub fn prometheus(report: &Report) -> String {
     gauge(
         "binary_match",
         "1 when the binary at the target path is the nokmem payload (sha256 as in the MANIFEST).",
-        &m.binary_match
-            .iter()
-            .map(|(name, ok)| (format!("{{binary=\"{name}\"}}"), f64::from(u8::from(*ok))))
-            .collect::<Vec<_>>(),
+        &per_binary(&m.binary_match),
     );
     gauge(
         "original_upgraded",
         "1 when the package of the diverted original changed since the swap (its update does not run).",
-        &m.original_upgraded
-            .iter()
-            .map(|(name, up)| (format!("{{binary=\"{name}\"}}"), f64::from(u8::from(*up))))
-            .collect::<Vec<_>>(),
+        &per_binary(&m.original_upgraded),
     );
     gauge(
         "last_run_timestamp_seconds",
