@@ -242,7 +242,7 @@ pub(super) fn install(
     });
     journal::run(
         &node,
-        "install",
+        journal::Transaction::Install,
         steps,
         started.elapsed(),
         session.failpoint.as_ref(),

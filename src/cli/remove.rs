@@ -153,7 +153,7 @@ pub(super) fn remove(
     });
     journal::run(
         &node,
-        "remove",
+        journal::Transaction::Remove,
         steps,
         started.elapsed(),
         session.failpoint.as_ref(),
