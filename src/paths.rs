@@ -22,6 +22,8 @@ pub const MANIFEST_FILE: &str = "/usr/lib/k8s-nokmem/MANIFEST";
 pub const STATE_DIR: &str = "/var/lib/k8s-nokmem";
 /// Volatile state: the last verification result.
 pub const RUN_DIR: &str = "/run/k8s-nokmem";
+/// The last verification result (`verify --state`), in [`RUN_DIR`].
+pub const VERIFY_FILE: &str = "verify.json";
 /// dpkg's policy layer for service actions (exit 101: do not touch services).
 pub const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// Exists only while systemd is PID 1.

@@ -10,8 +10,8 @@ use log::{debug, info};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::cli::Outcome;
 use crate::config::{Config, Severity};
+use crate::outcome::Outcome;
 use crate::paths::{self, Root};
 
 mod cgroup;
