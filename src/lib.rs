@@ -18,6 +18,7 @@ pub mod policy;
 pub mod reboot;
 pub mod signals;
 pub mod status;
+pub mod swap;
 pub mod systemd;
 pub mod targets;
 pub mod verify;

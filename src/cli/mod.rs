@@ -11,7 +11,6 @@ use log::LevelFilter;
 use crate::config::Config;
 use crate::paths::Root;
 
-mod effect;
 mod inspect;
 mod install;
 mod recover;

@@ -128,7 +128,7 @@ impl Verify {
         let mut failed = false;
         if self.state {
             failed |= !write_state(ctx, &report);
-            super::effect::after_verify(&ctx.root, &report);
+            crate::swap::effect::after_verify(&ctx.root, &report);
         }
         if let Some(dir) = &self.textfile {
             failed |= !write_textfile(dir.as_deref(), &settings, &report);
