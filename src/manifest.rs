@@ -73,6 +73,14 @@ impl Manifest {
         Manifest::parse(&text, shown)
     }
 
+    /// The installed package's MANIFEST under `root` ([`paths::MANIFEST_FILE`]).
+    pub fn installed(root: &paths::Root) -> Result<Manifest, ManifestError> {
+        Manifest::load(
+            &root.join(paths::MANIFEST_FILE),
+            &root.describe(paths::MANIFEST_FILE),
+        )
+    }
+
     /// Parse MANIFEST text (pure).
     pub fn parse(text: &str, file: &str) -> Result<Manifest, ManifestError> {
         let ini = Ini::load_from_str(text).map_err(|e| ManifestError::Syntax {

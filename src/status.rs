@@ -111,12 +111,7 @@ pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) 
             problems.push(format!("{e:#}"));
             Config::default()
         });
-    let manifest = Manifest::load(
-        &root.join(paths::MANIFEST_FILE),
-        &root.describe(paths::MANIFEST_FILE),
-    )
-    .map_err(|e| debug!("{e:#}"))
-    .ok();
+    let manifest = Manifest::installed(root).map_err(|e| debug!("{e:#}")).ok();
     let diversions: Vec<Diversion> = match DpkgDivert::new(root).list() {
         Ok(d) => d,
         Err(e) => {

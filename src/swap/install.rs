@@ -24,10 +24,7 @@ pub fn install(
     config: &Config,
     manager: Option<&dyn ServiceManager>,
 ) -> anyhow::Result<()> {
-    Session::check_reachable(manager, config)?;
-    // an interrupted transaction is resolved first, with every service in the config
-    let services = session.services(root, manager, &config.service_order)?;
-    journal::recover(&Node::new(root, services, config.service_timeout))?;
+    session.resolve_interrupted(root, manager, config)?;
 
     let started = Instant::now();
     let found = preflight(root, config).map_err(|e| preflight_failed("install", e))?;

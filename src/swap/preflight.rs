@@ -53,7 +53,7 @@ pub fn previous_of(root: &Root, f: &Found) -> anyhow::Result<Option<Original>> {
 /// targets and their diversions, version skew, free space.
 pub fn preflight(root: &Root, config: &Config) -> anyhow::Result<Vec<Found>> {
     let manifest_shown = root.describe(paths::MANIFEST_FILE);
-    let manifest = Manifest::load(&root.join(paths::MANIFEST_FILE), &manifest_shown)
+    let manifest = Manifest::installed(root)
         .map_err(anyhow::Error::from)
         .note("the package is incomplete or damaged: `apt install --reinstall k8s-nokmem`")?;
     for bin in &manifest.binaries {

@@ -26,10 +26,7 @@ pub fn remove(
     config: &Config,
     manager: Option<&dyn ServiceManager>,
 ) -> anyhow::Result<()> {
-    Session::check_reachable(manager, config)?;
-    let services = session.services(root, manager, &config.service_order)?;
-    let node = Node::new(root, services, config.service_timeout);
-    journal::recover(&node)?;
+    session.resolve_interrupted(root, manager, config)?;
 
     let started = Instant::now();
     let diversions = DpkgDivert::new(root)
@@ -41,12 +38,9 @@ pub fn remove(
         State::default()
     });
     // the payload may be gone already (a forced removal): then only recorded sha256s count
-    let manifest = Manifest::load(
-        &root.join(paths::MANIFEST_FILE),
-        &root.describe(paths::MANIFEST_FILE),
-    )
-    .map_err(|e| warn!("{e}: k8s-nokmem's files are recognised from the state file only"))
-    .ok();
+    let manifest = Manifest::installed(root)
+        .map_err(|e| warn!("{e}: k8s-nokmem's files are recognised from the state file only"))
+        .ok();
 
     let mut swapped = Vec::new();
     for d in diversions.iter().filter(|d| d.is_ours()) {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use log::{debug, info, warn};
 
 use crate::config::Config;
-use crate::journal::{Failpoint, Services};
+use crate::journal::{self, Failpoint, Node, Services};
 use crate::lock::{Lock, LOCK_FILE};
 use crate::notes::WithNote;
 use crate::paths::{self, Root};
@@ -66,6 +66,19 @@ impl Session {
                 .note("check `systemctl is-system-running` and `busctl status`")?;
         }
         Ok(())
+    }
+
+    /// What a transaction does first: check that systemd answers, then resolve an
+    /// interrupted transaction's journal, with every service in the config.
+    pub fn resolve_interrupted(
+        &self,
+        root: &Root,
+        manager: Option<&dyn ServiceManager>,
+        config: &Config,
+    ) -> anyhow::Result<()> {
+        Self::check_reachable(manager, config)?;
+        let services = self.services(root, manager, &config.service_order)?;
+        journal::recover(&Node::new(root, services, config.service_timeout))
     }
 
     /// Services for the node: the given manager (tests may pass one whatever the root), else
