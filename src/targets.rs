@@ -348,6 +348,12 @@ pub struct TargetState {
     /// before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_package: Option<PackageVersion>,
+    /// When this payload was put in place (seconds since the epoch), stamped by the
+    /// install's record step: verify's fleet rule counts a pod cgroup created before it as
+    /// made by the old binaries. Absent in state files written before it was recorded
+    /// (verify then goes by the file's mtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapped_at: Option<u64>,
 }
 
 /// An installed package and its version.
@@ -652,6 +658,7 @@ mod tests {
                     package: "runc".into(),
                     version: "1.1.5+ds1-1".into(),
                 }),
+                swapped_at: Some(1_764_540_900),
             },
         );
         state.save(&root).unwrap();

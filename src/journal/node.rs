@@ -213,11 +213,17 @@ impl<'a> Node<'a> {
                 original,
                 ..
             } => self.undivert(path, divert_to, original.as_ref()),
-            Step::Record { state, .. } => {
-                let state = match state {
+            Step::Record { state, stamp, .. } => {
+                let mut state = match state {
                     Some(s) => s.clone(),
                     None => self.state_without_undiverted()?,
                 };
+                let now = super::now();
+                for name in stamp {
+                    if let Some(target) = state.targets.get_mut(name) {
+                        target.swapped_at = Some(now);
+                    }
+                }
                 state.save(&self.root)?;
                 Ok(Did::Ok)
             }

@@ -68,12 +68,16 @@ pub enum Step {
         divert_to: PathBuf,
         original: Option<Original>,
     },
-    /// Write `state.json`: this state, or (None) the current one minus the targets that are
-    /// no longer diverted. Undo writes `before` (the state when the transaction was planned).
+    /// Write `state.json`: this state (with `stamp`'s targets swapped now), or (None) the
+    /// current one minus the targets that are no longer diverted. Undo writes `before` (the state when the transaction was planned).
     Record {
         state: Option<State>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         before: Option<State>,
+        /// The targets this transaction placed a payload at: their `swapped_at` is set to
+        /// the time the record is written.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stamp: Vec<String>,
     },
 }
 

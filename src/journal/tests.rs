@@ -40,6 +40,7 @@ fn failpoint_finds_its_step() {
         Step::Record {
             state: None,
             before: None,
+            stamp: Vec::new(),
         },
     ];
     let at = |s: &str| Failpoint::parse(s).unwrap().index_in(&steps);

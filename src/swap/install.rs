@@ -47,6 +47,8 @@ pub fn install(
                 payload_sha256: f.target.payload_sha256.clone(),
                 payload_version: f.target.payload_version.clone(),
                 original_package: PackageVersion::to_record(&dpkg, &f.target, recorded, stays),
+                // a placed payload is stamped by the record step
+                swapped_at: recorded.and_then(|r| r.swapped_at).filter(|_| stays),
             },
         );
     }

@@ -146,6 +146,7 @@ pub fn install_steps(
     steps.push(Step::Record {
         state: Some(new_state),
         before: Some(state),
+        stamp: changed.iter().map(|f| f.target.name.clone()).collect(),
     });
     Ok(steps)
 }
@@ -190,6 +191,7 @@ pub fn remove_steps(units: &[String], swapped: &[Swapped], now: u64) -> Vec<Step
     steps.push(Step::Record {
         state: None,
         before: None,
+        stamp: Vec::new(),
     });
     steps
 }

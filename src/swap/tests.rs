@@ -8,8 +8,10 @@ use super::plan::{start_order, units_for};
 use super::preflight::{minor_of, upstream_tag};
 use super::*;
 use crate::config::Config;
+use crate::journal;
 use crate::paths::{self, Root};
 use crate::systemd::fake::{FakeSystemd, Fault, Op};
+use crate::targets::State;
 
 const ORIG_KUBELET: &[u8] = b"original kubelet";
 const ORIG_RUNC: &[u8] = b"original runc";
@@ -438,4 +440,31 @@ fn units_follow_the_configured_order() {
         units_for(&config, restart.iter()),
         vec!["a.service", "b.service", "c.service"]
     );
+}
+
+#[test]
+fn the_record_step_stamps_when_each_payload_was_placed() {
+    let node = TestNode::new();
+    let sd = FakeSystemd::with_active(&UNITS);
+    let swapped_at = |name: &str| State::load(&node.root).unwrap().targets[name].swapped_at;
+    let t0 = journal::now();
+    node.install(&sd).unwrap();
+    let t1 = journal::now();
+    for name in ["runc", "kubelet"] {
+        let at = swapped_at(name).unwrap();
+        assert!((t0..=t1).contains(&at), "{name}: {at} not in {t0}..={t1}");
+    }
+    // an older swap time (as a swap an hour ago left it) stays while its payload stays
+    let mut state = State::load(&node.root).unwrap();
+    for t in state.targets.values_mut() {
+        t.swapped_at = Some(t0 - 3600);
+    }
+    state.save(&node.root).unwrap();
+    node.install(&sd).unwrap();
+    assert_eq!(swapped_at("kubelet"), Some(t0 - 3600));
+    // an upgrade of kubelet stamps kubelet only
+    node.payload(b"nokmem runc", b"nokmem kubelet 2");
+    node.install(&sd).unwrap();
+    assert!(swapped_at("kubelet").unwrap() >= t1);
+    assert_eq!(swapped_at("runc"), Some(t0 - 3600));
 }
