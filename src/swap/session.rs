@@ -13,14 +13,17 @@ use crate::paths::{self, Root};
 use crate::policy::{self, ServicePolicy, Verdict};
 use crate::systemd::ServiceManager;
 
-/// What both install and remove set up first: the lock and the failpoint.
+/// What install, remove and recover set up first: the lock (held while the session
+/// lives), the failpoint and the service policy.
 pub struct Session {
-    pub _lock: Lock,
+    _lock: Lock,
     pub failpoint: Option<Failpoint>,
     pub policy: ServicePolicy,
 }
 
 impl Session {
+    /// Take the lock under `root`'s state directory (created if missing); an error names
+    /// `command` and says to wait when another run holds it.
     pub fn open(root: &Root, command: &str) -> anyhow::Result<Session> {
         let failpoint = Failpoint::from_env()?;
         let dir = root.join(paths::STATE_DIR);
