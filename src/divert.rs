@@ -6,6 +6,7 @@
 //! never passed). Adding is idempotent the config-package-dev way: look for the exact
 //! "diversion of X to Y by P" line first, add only when it is missing.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -291,6 +292,75 @@ impl DpkgDivert {
             path.as_os_str(),
         ])?;
         Ok(())
+    }
+}
+
+/// The diversions, listed once and then kept up to date by our own changes (we hold the
+/// lock; dpkg runs maintainer scripts one at a time), so that the steps of a transaction
+/// between the stops and the starts spawn no `dpkg-divert --list`.
+pub struct DivertCache {
+    divert: DpkgDivert,
+    listed: RefCell<Option<Vec<Diversion>>>,
+}
+
+impl DivertCache {
+    pub fn new(root: &Root) -> DivertCache {
+        DivertCache {
+            divert: DpkgDivert::new(root),
+            listed: RefCell::new(None),
+        }
+    }
+
+    /// Every diversion on the root: listed on the first call, then the cached list.
+    pub fn list(&self) -> Result<Vec<Diversion>, DivertError> {
+        if let Some(d) = self.listed.borrow().as_ref() {
+            return Ok(d.clone());
+        }
+        let listed = self.divert.list()?;
+        *self.listed.borrow_mut() = Some(listed.clone());
+        Ok(listed)
+    }
+
+    /// Whether `path` is diverted by us to `divert_to`; an error when someone else holds it
+    /// ([`DpkgDivert::check_ours`]).
+    pub fn held(&self, path: &Path, divert_to: &Path) -> Result<bool, DivertError> {
+        let all = self.list()?;
+        let current = all.iter().find(|d| d.path == path);
+        DpkgDivert::check_ours(current, path, divert_to)
+    }
+
+    /// Divert `path` to `divert_to` unless we already do.
+    pub fn add(&self, path: &Path, divert_to: &Path) -> Result<Added, DivertError> {
+        if self.held(path, divert_to)? {
+            return Ok(Added::AlreadyThere);
+        }
+        let result = self.divert.add(path, divert_to);
+        let mut cache = self.listed.borrow_mut();
+        match (&result, cache.as_mut()) {
+            (Ok(()), Some(list)) => list.push(Diversion {
+                path: path.to_path_buf(),
+                divert_to: divert_to.to_path_buf(),
+                package: Some(PACKAGE.to_string()),
+            }),
+            _ => *cache = None,
+        }
+        result?;
+        Ok(Added::Added)
+    }
+
+    /// Remove our diversion of `path` if there is one.
+    pub fn remove(&self, path: &Path, divert_to: &Path) -> Result<Removed, DivertError> {
+        if !self.held(path, divert_to)? {
+            return Ok(Removed::NotThere);
+        }
+        let result = self.divert.remove(path, divert_to);
+        let mut cache = self.listed.borrow_mut();
+        match (&result, cache.as_mut()) {
+            (Ok(()), Some(list)) => list.retain(|d| d.path != path),
+            _ => *cache = None,
+        }
+        result?;
+        Ok(Removed::Removed)
     }
 }
 

@@ -22,6 +22,8 @@ pub const MANIFEST_FILE: &str = "/usr/lib/k8s-nokmem/MANIFEST";
 pub const STATE_DIR: &str = "/var/lib/k8s-nokmem";
 /// Volatile state: the last verification result.
 pub const RUN_DIR: &str = "/run/k8s-nokmem";
+/// The last verification result (`verify --state`), in [`RUN_DIR`].
+pub const VERIFY_FILE: &str = "verify.json";
 /// dpkg's policy layer for service actions (exit 101: do not touch services).
 pub const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// Exists only while systemd is PID 1.
@@ -40,6 +42,15 @@ pub struct FileError {
 }
 
 impl FileError {
+    /// `action` on `path` failed with `source`.
+    pub fn new(action: &'static str, path: &Path, source: io::Error) -> FileError {
+        FileError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
     /// True when the file (or a parent directory) does not exist.
     pub fn is_not_found(&self) -> bool {
         self.source.kind() == io::ErrorKind::NotFound
@@ -53,11 +64,7 @@ pub trait WrapIo<T> {
 
 impl<T> WrapIo<T> for io::Result<T> {
     fn with_path(self, action: &'static str, path: &Path) -> Result<T, FileError> {
-        self.map_err(|source| FileError {
-            action,
-            path: path.to_path_buf(),
-            source,
-        })
+        self.map_err(|source| FileError::new(action, path, source))
     }
 }
 
@@ -132,15 +139,26 @@ pub fn read_to_string(path: &Path) -> Result<String, FileError> {
 
 /// sha256 of a file as lowercase hex, streamed (payload binaries are ~100 MB).
 pub fn sha256_file(path: &Path) -> Result<String, FileError> {
-    let mut file = File::open(path).with_path("open", path)?;
+    let file = File::open(path).with_path("open", path)?;
+    sha256_reading(file, path, |_| Ok(()))
+}
+
+/// Read `input` (the file at `path`, for errors) to its end, hashing it, and hand each
+/// chunk to `each` (a copy writes it out): the hex sha256 of everything read.
+pub fn sha256_reading(
+    mut input: impl Read,
+    path: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<(), FileError>,
+) -> Result<String, FileError> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).with_path("read", path)?;
+        let n = input.read(&mut buf).with_path("read", path)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        each(&buf[..n])?;
     }
     Ok(hex::encode(hasher.finalize()))
 }
@@ -188,21 +206,16 @@ impl Dir {
                 } else {
                     e.into()
                 };
-                Err(FileError {
-                    action: "open directory",
-                    path: path.to_path_buf(),
-                    source,
-                })
+                Err(FileError::new("open directory", path, source))
             }
         }
     }
 
     /// The directory of `path` (`.` for a bare name) and `path`'s file name.
     fn of(path: &Path) -> Result<(Dir, &OsStr), FileError> {
-        let name = path.file_name().ok_or_else(|| FileError {
-            action: "write",
-            path: path.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        let name = path.file_name().ok_or_else(|| {
+            let e = io::Error::new(io::ErrorKind::InvalidInput, "not a file name");
+            FileError::new("write", path, e)
         })?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
@@ -247,10 +260,9 @@ impl Dir {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| FileError {
-            action: "create",
-            path: self.shown(name),
-            source: io::Error::from(io::ErrorKind::AlreadyExists),
+        Err(last.unwrap_or_else(|| {
+            let e = io::Error::from(io::ErrorKind::AlreadyExists);
+            FileError::new("create", &self.shown(name), e)
         }))
     }
 

@@ -9,7 +9,6 @@ use std::process::Command;
 use log::debug;
 
 use crate::paths::{self, Root};
-use crate::systemd::ServiceManager;
 
 /// policy-rc.d's "action forbidden" exit code.
 pub const POLICY_FORBIDDEN: i32 = 101;
@@ -106,11 +105,6 @@ pub fn ask_policy_rc_d(helper: &Path, unit: &str, action: &str) -> Result<Verdic
     } else {
         Verdict::Allowed
     })
-}
-
-/// Connect to systemd over the system bus (`$DBUS_SYSTEM_BUS_ADDRESS` honoured).
-pub fn connect() -> anyhow::Result<Box<dyn ServiceManager>> {
-    Ok(crate::systemd::connect()?)
 }
 
 #[cfg(test)]

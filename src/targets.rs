@@ -75,7 +75,7 @@ impl Original {
         let meta = match fs::symlink_metadata(on_disk) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Original::Missing),
-            Err(e) => return Err(io_error("inspect", on_disk, e).into()),
+            Err(e) => return Err(FileError::new("inspect", on_disk, e).into()),
         };
         let ft = meta.file_type();
         if ft.is_symlink() {
@@ -123,14 +123,6 @@ impl Original {
 /// The first 12 hex digits of a sha256, for messages.
 pub fn short(sha256: &str) -> &str {
     sha256.get(..12).unwrap_or(sha256)
-}
-
-fn io_error(action: &'static str, path: &Path, source: io::Error) -> FileError {
-    FileError {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// How a target path was chosen.
@@ -356,6 +348,12 @@ pub struct TargetState {
     /// before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_package: Option<PackageVersion>,
+    /// When this payload was put in place (seconds since the epoch), stamped by the
+    /// install's record step: verify's fleet rule counts a pod cgroup created before it as
+    /// made by the old binaries. Absent in state files written before it was recorded
+    /// (verify then goes by the file's mtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapped_at: Option<u64>,
 }
 
 /// An installed package and its version.
@@ -480,7 +478,7 @@ impl State {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => return Err(io_error("read", &path, e).into()),
+            Err(e) => return Err(FileError::new("read", &path, e).into()),
         };
         serde_json::from_str(&text).map_err(|e| TargetError::BadState {
             path: path.clone(),
@@ -536,22 +534,14 @@ pub fn in_place(root: &Root, target: &Target) -> Result<InPlace, TargetError> {
 /// link, is unlinked first, never followed: [`paths::create_replacing`]), fsync it, and
 /// return the sha256 of the bytes written. One pass over the data.
 pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileError> {
-    use sha2::{Digest, Sha256};
-    use std::io::{Read, Write};
-    let mut input = fs::File::open(src).with_path("open", src)?;
+    use std::io::Write;
+    let input = fs::File::open(src).with_path("open", src)?;
     let mut out = paths::create_replacing(dst, mode)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = input.read(&mut buf).with_path("read", src)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).with_path("write", dst)?;
-    }
+    let sha256 = paths::sha256_reading(input, src, |chunk| {
+        out.write_all(chunk).with_path("write", dst)
+    })?;
     out.sync_all().with_path("fsync", dst)?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(sha256)
 }
 
 #[cfg(test)]
@@ -668,6 +658,7 @@ mod tests {
                     package: "runc".into(),
                     version: "1.1.5+ds1-1".into(),
                 }),
+                swapped_at: Some(1_764_540_900),
             },
         );
         state.save(&root).unwrap();

@@ -29,11 +29,20 @@ fn installed() -> NodeRoot {
     n
 }
 
-/// Record the swap at `at` (seconds since the epoch) in the state file install wrote.
+/// Move the swap to `at` (seconds since the epoch): the time install's record step stamped
+/// on each target in the state file, as an install at `at` would have left it.
 fn swapped_at(n: &NodeRoot, at: i64) {
     let rel = "var/lib/k8s-nokmem/state.json";
     let mut state: Value = serde_json::from_slice(&n.read(rel)).unwrap();
-    state["swapped_at"] = at.into();
+    let targets = state["targets"].as_object_mut().unwrap();
+    assert!(!targets.is_empty(), "install recorded no target: {rel}");
+    for target in targets.values_mut() {
+        assert!(
+            target["swapped_at"].is_u64(),
+            "install stamped no swap time: {target}"
+        );
+        target["swapped_at"] = at.into();
+    }
     n.write(rel, state.to_string().as_bytes(), 0o644);
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::{Ctx, Outcome};
 use crate::gobin::{self, Evidence, GobinError, Reason, Report, Verdict};
+use crate::output;
 
 const AFTER_HELP: &str = "\
 Evidence of kmem-enabling code: the string memory.kmem.limit_in_bytes and the source
@@ -73,27 +74,23 @@ impl Inspect {
             outcome = outcome.max(this);
         }
 
-        let mut out = io::stdout().lock();
-        let written = if self.json {
-            write_json(&mut out, &results)
-        } else {
-            results
-                .iter()
-                .filter_map(|(_, r)| r.as_ref().ok())
-                .try_for_each(|r| writeln!(out, "{}", human_line(r)))
-        };
-        match written.and_then(|()| out.flush()) {
-            // A closed pipe (`| head`) ends the output quietly; the verdict still counts.
-            Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
-                Err(anyhow::Error::new(err).context("failed to write the result to stdout"))
+        // a closed pipe (`| head`) ends the output quietly; the verdict still counts
+        output::write_with(|out| {
+            if self.json {
+                write_json(out, &results)
+            } else {
+                results
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .try_for_each(|r| writeln!(out, "{}", human_line(r)))
             }
-            _ => Ok(outcome),
-        }
+        })?;
+        Ok(outcome)
     }
 }
 
 fn write_json(
-    out: &mut impl Write,
+    out: &mut dyn Write,
     results: &[(PathBuf, Result<Report, GobinError>)],
 ) -> io::Result<()> {
     let entries: Vec<JsonEntry> = results

@@ -1,7 +1,6 @@
 //! `k8s-nokmem verify`: run the checks, print the result in the format asked for, write the
 //! optional textfile and state file, and return the outcome (0 ok, 1 problem, 2 unknown).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -9,11 +8,9 @@ use log::{debug, error, info, warn};
 
 use super::{Ctx, Outcome};
 use crate::config::Config;
+use crate::output;
 use crate::paths;
 use crate::verify::{self, render, Check, Settings, Status};
-
-/// Where `--state` writes the JSON result (under --root).
-pub const STATE_FILE: &str = "verify.json";
 
 const AFTER_HELP: &str = "\
 What is checked depends on the node:
@@ -131,7 +128,7 @@ impl Verify {
         let mut failed = false;
         if self.state {
             failed |= !write_state(ctx, &report);
-            super::effect::after_verify(&ctx.root, &report);
+            crate::swap::effect::after_verify(&ctx.root, &report);
         }
         if let Some(dir) = &self.textfile {
             failed |= !write_textfile(dir.as_deref(), &settings, &report);
@@ -147,7 +144,7 @@ impl Verify {
         } else {
             render::human(&report)
         };
-        print(&text)?;
+        output::print(&text)?;
         let findings: Vec<String> = report
             .checks
             .iter()
@@ -170,7 +167,7 @@ impl Verify {
 /// Write `R/run/k8s-nokmem/verify.json` atomically; false (logged) on failure.
 fn write_state(ctx: &Ctx, report: &verify::Report) -> bool {
     let dir = ctx.root.join(paths::RUN_DIR);
-    let path = dir.join(STATE_FILE);
+    let path = dir.join(paths::VERIFY_FILE);
     let result = paths::create_dir_all(&dir, 0o755)
         .and_then(|()| paths::atomic_write_bytes(&path, 0o644, render::json(report).as_bytes()));
     match result {
@@ -178,7 +175,7 @@ fn write_state(ctx: &Ctx, report: &verify::Report) -> bool {
             info!(
                 "verify state {}: ok",
                 ctx.root
-                    .describe(Path::new(paths::RUN_DIR).join(STATE_FILE))
+                    .describe(Path::new(paths::RUN_DIR).join(paths::VERIFY_FILE))
             );
             true
         }
@@ -216,14 +213,5 @@ fn write_textfile(dir: Option<&Path>, settings: &Settings, report: &verify::Repo
             );
             false
         }
-    }
-}
-
-/// Print to stdout; a closed pipe ends quietly.
-fn print(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
     }
 }

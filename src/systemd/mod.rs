@@ -1,6 +1,6 @@
 //! Services, through systemd's D-Bus API (org.freedesktop.systemd1.Manager on the system
 //! bus). [`ServiceManager`] is what the transaction uses; the zbus client implements it for
-//! real, [`fake::FakeSystemd`] records calls for unit tests.
+//! real, `fake::FakeSystemd` (unit-test builds only) records calls.
 //!
 //! Contract of `stop`/`start`: Subscribe() and open the JobRemoved stream BEFORE calling
 //! StopUnit/StartUnit (mode "replace"), wait for that job's JobRemoved up to `timeout`, then
@@ -25,6 +25,8 @@
 use std::time::Duration;
 
 mod dbus;
+/// A recording test double; compiled only for the unit tests, never shipped.
+#[cfg(test)]
 pub mod fake;
 pub mod settle;
 mod systemctl;

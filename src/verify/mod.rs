@@ -17,8 +17,8 @@ use log::{debug, info};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::Outcome;
 use crate::config::{Config, Severity};
+use crate::outcome::Outcome;
 use crate::paths::{self, Root};
 
 mod causes;

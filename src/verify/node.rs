@@ -561,7 +561,7 @@ mod tests {
         fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
         assert!(journal_check(&root).is_none(), "no journal: no check");
         let mut j = Journal::new(
-            "install",
+            crate::journal::Transaction::Install,
             vec![
                 Step::Preflight,
                 Step::Stop {

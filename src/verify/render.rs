@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::evidence::{ActiveCgroup, Evidence};
 use super::{Action, Report, Status};
-use crate::cli::Outcome;
+use crate::outcome::Outcome;
 use crate::paths::{self, FileError};
 
 /// The textfile's name in the collector directory (node_exporter reads `*.prom`).

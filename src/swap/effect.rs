@@ -7,7 +7,6 @@ use std::os::unix::fs::MetadataExt;
 
 use log::{info, warn};
 
-use super::Ctx;
 use crate::cmdline;
 use crate::config::{Apply, Config};
 use crate::paths::Root;
@@ -16,15 +15,14 @@ use crate::targets::State;
 use crate::verify::{self, Action, Report};
 
 /// Identifies the state file as last written (the swap's last step rewrites it).
-pub(super) fn state_stamp(root: &Root) -> Option<(u64, i64, i64)> {
+pub fn state_stamp(root: &Root) -> Option<(u64, i64, i64)> {
     let m = std::fs::metadata(State::path(root)).ok()?;
     Some((m.ino(), m.mtime(), m.mtime_nsec()))
 }
 
 /// After a successful install: the kernel command line, then the rule, then the flag.
 /// `swapped` says whether this run changed a binary.
-pub(super) fn after_install(ctx: &Ctx, config: &Config, swapped: bool) {
-    let root = &ctx.root;
+pub fn after_install(root: &Root, config: &Config, swapped: bool) {
     let v1 = verify::v1_memory(&config.verify.proc_root, &config.verify.cgroup_root);
     if let Err(e) = cmdline::apply(root, cmdline::managed(config.kernel_cmdline, v1)) {
         warn!(
@@ -62,19 +60,19 @@ pub(super) fn after_install(ctx: &Ctx, config: &Config, swapped: bool) {
 }
 
 /// `verify --state` (the verify unit): flag when the rule says reboot.
-pub(super) fn after_verify(root: &Root, report: &Report) {
+pub fn after_verify(root: &Root, report: &Report) {
     if report.action == Action::Reboot {
         flag(root, &report.reboot_required.reason);
     }
 }
 
 /// After remove: our drop-in goes, grub.cfg is regenerated.
-pub(super) fn after_remove(ctx: &Ctx) {
-    if let Err(e) = cmdline::remove(&ctx.root) {
+pub fn after_remove(root: &Root) {
+    if let Err(e) = cmdline::remove(root) {
         warn!(
             "kernel cmdline: {}\nnote: delete {} by hand and run update-grub",
             verify::error_chain(&e),
-            ctx.root.describe(cmdline::DROPIN)
+            root.describe(cmdline::DROPIN)
         );
     }
 }

@@ -1,0 +1,314 @@
+//! The node a transaction acts on ([`Node`]): what each step's apply and undo do to its
+//! services (stop, start, and the settle window after the starts); the file and diversion
+//! operations are in [`files`].
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use log::info;
+
+use super::Step;
+use crate::divert::{Added, Diversion, DivertCache};
+use crate::notes::with_note;
+use crate::paths::{self, Root};
+use crate::policy::SkipReason;
+use crate::systemd::{ServiceAction, ServiceManager, Started};
+
+mod files;
+
+/// Whether services are acted on, and through what.
+pub enum Services<'a> {
+    Act {
+        manager: &'a dyn ServiceManager,
+        /// Units `policy-rc.d` forbids (exit 101): left alone.
+        forbidden: Vec<String>,
+    },
+    Skip(SkipReason),
+}
+
+/// What a step's apply or undo did, for the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Did {
+    Ok,
+    /// Done, with a detail (`already diverted`).
+    OkBecause(String),
+    Skipped(String),
+}
+
+impl std::fmt::Display for Did {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Did::Ok => write!(f, "ok"),
+            Did::OkBecause(why) => write!(f, "ok ({why})"),
+            Did::Skipped(why) => write!(f, "skipped ({why})"),
+        }
+    }
+}
+
+/// The node a transaction acts on: files and diversions under a root, and services.
+pub struct Node<'a> {
+    pub root: Root,
+    pub services: Services<'a>,
+    pub timeout: Duration,
+    /// How long the services this run started must stay up (see [`Node::settle_started`]).
+    pub settle: Duration,
+    /// The units this run's start steps started, as they were right after their job.
+    started: RefCell<Vec<Started>>,
+    /// Temp files this run staged (a leftover of another run is never renamed into place).
+    staged: RefCell<Vec<PathBuf>>,
+    /// Our diversions, listed once (see [`DivertCache`]).
+    diversions: DivertCache,
+}
+
+impl<'a> Node<'a> {
+    pub fn new(root: &Root, services: Services<'a>, timeout: Duration) -> Node<'a> {
+        Node {
+            root: root.clone(),
+            services,
+            timeout,
+            settle: crate::config::DEFAULT_SETTLE,
+            started: RefCell::new(Vec::new()),
+            staged: RefCell::new(Vec::new()),
+            diversions: DivertCache::new(root),
+        }
+    }
+
+    /// Watch the services started since the last call for `settle` (`[services] settle`).
+    pub fn with_settle(mut self, settle: Duration) -> Node<'a> {
+        self.settle = settle;
+        self
+    }
+
+    /// Remember a unit a start step started, as it is now, for [`Node::settle_started`].
+    fn watch(&self, unit: &str, did: &Did) -> anyhow::Result<()> {
+        let Services::Act { manager, .. } = &self.services else {
+            return Ok(());
+        };
+        if *did != Did::Ok {
+            return Ok(()); // skipped, missing, masked, or a no-op job: nothing started
+        }
+        // the state the start read already, else one more read
+        let state = match manager.started_state(unit) {
+            Some(state) => state,
+            None => manager
+                .state(unit)
+                .with_context(|| format!("failed to read the state of '{unit}' after its start"))?,
+        };
+        // a oneshot that ran is inactive with Result=success: nothing to watch; a unit
+        // already down again (its process exited since the job ended) fails the watch
+        if !(state.active_state == "inactive" && state.result == "success") {
+            self.started.borrow_mut().push(Started::now(state));
+        }
+        Ok(())
+    }
+
+    /// Wait until every unit started since the last call has stayed up for the settle
+    /// window, all watched together; `None` when none was started.
+    pub fn settle_started(&self) -> anyhow::Result<Option<Duration>> {
+        let started = std::mem::take(&mut *self.started.borrow_mut());
+        let Services::Act { manager, .. } = &self.services else {
+            return Ok(None);
+        };
+        if started.is_empty() {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        manager.settle(&started, self.settle).map_err(|e| {
+            with_note(
+                anyhow::Error::from(e),
+                "a service that exits or restarts right after it started runs a binary that does not work on this node (a flag, the cgroup driver, a library); its journal says why",
+            )
+        })?;
+        Ok(Some(t0.elapsed()))
+    }
+
+    /// The diversions on the root ([`DivertCache`]: listed once, then kept up to date).
+    pub fn diversions(&self) -> anyhow::Result<Vec<Diversion>> {
+        Ok(self.diversions.list()?)
+    }
+
+    fn service(&self, stop: bool, unit: &str) -> anyhow::Result<Did> {
+        let verb = if stop { "stop" } else { "start" };
+        let (manager, forbidden) = match &self.services {
+            Services::Skip(reason) => return Ok(Did::Skipped(reason.to_string())),
+            Services::Act { manager, forbidden } => (manager, forbidden),
+        };
+        if forbidden.iter().any(|u| u == unit) {
+            return Ok(Did::Skipped(format!(
+                "{} forbids it (exit 101)",
+                paths::POLICY_RC_D
+            )));
+        }
+        let result = if stop {
+            manager.stop(unit, self.timeout)
+        } else {
+            manager.start(unit, self.timeout)
+        };
+        let action = result.with_context(|| format!("failed to {verb} '{unit}'"))?;
+        if let Some(note) = action.note(unit) {
+            info!("note: {note}");
+        }
+        match action {
+            ServiceAction::Done { job_result } if job_result == "done" => Ok(Did::Ok),
+            ServiceAction::Done { job_result } => Ok(Did::OkBecause(format!("job {job_result}"))),
+            ServiceAction::Missing => Ok(Did::Skipped("no such unit".to_string())),
+            ServiceAction::Masked => Ok(Did::Skipped("masked".to_string())),
+        }
+    }
+
+    /// Take a step.
+    pub fn apply(&self, step: &Step) -> anyhow::Result<Did> {
+        match step {
+            Step::Preflight => Ok(Did::Ok),
+            Step::Stop { unit } => self.service(true, unit),
+            Step::Start { unit } => {
+                let did = self.service(false, unit)?;
+                self.watch(unit, &did)?;
+                Ok(did)
+            }
+            Step::Divert {
+                path, divert_to, ..
+            } => {
+                let added = self
+                    .diversions
+                    .add(path, divert_to)
+                    .with_context(|| format!("failed to divert {}", self.root.describe(path)))?;
+                Ok(match added {
+                    Added::Added => Did::Ok,
+                    Added::AlreadyThere => Did::OkBecause("already diverted".into()),
+                })
+            }
+            Step::Stage {
+                path,
+                payload,
+                sha256,
+                ..
+            } => {
+                // a previous payload kept aside by an earlier run whose cleanup was cut
+                // short: never to be put back by this transaction
+                self.remove_synced(&self.aside_of(path))?;
+                self.stage(path, payload, sha256)?;
+                Ok(Did::Ok)
+            }
+            Step::Place {
+                path,
+                divert_to,
+                payload,
+                sha256,
+                previous,
+                ..
+            } => self.place(path, divert_to, payload, sha256, previous.is_some()),
+            Step::Unplace {
+                path,
+                divert_to,
+                ours,
+                foreign_to,
+                ..
+            } => self.unplace(path, divert_to, ours, foreign_to.as_deref()),
+            Step::Undivert {
+                path,
+                divert_to,
+                original,
+                ..
+            } => self.undivert(path, divert_to, original.as_ref()),
+            Step::Record { state, stamp, .. } => {
+                let mut state = match state {
+                    Some(s) => s.clone(),
+                    None => self.state_without_undiverted()?,
+                };
+                let now = super::now();
+                for name in stamp {
+                    if let Some(target) = state.targets.get_mut(name) {
+                        target.swapped_at = Some(now);
+                    }
+                }
+                state.save(&self.root)?;
+                Ok(Did::Ok)
+            }
+        }
+    }
+
+    /// Undo a step (also one that was only begun).
+    pub fn undo(&self, step: &Step) -> anyhow::Result<Did> {
+        match step {
+            Step::Preflight | Step::Record { before: None, .. } => Ok(Did::Ok),
+            Step::Record {
+                before: Some(before),
+                ..
+            } => {
+                before.save(&self.root)?;
+                Ok(Did::OkBecause("the state before is back".into()))
+            }
+            Step::Stage { path, .. } => {
+                let removed = paths::remove_file_if_exists(&self.temp_of(path))?;
+                Ok(Did::OkBecause(
+                    if removed {
+                        "removed the staged copy"
+                    } else {
+                        "nothing staged"
+                    }
+                    .into(),
+                ))
+            }
+            Step::Stop { unit } => self.service(false, unit),
+            Step::Start { unit } => self.service(true, unit),
+            Step::Divert {
+                path,
+                divert_to,
+                original,
+                ..
+            } => self.undo_divert(path, divert_to, original),
+            Step::Place {
+                path,
+                divert_to,
+                sha256,
+                original,
+                previous,
+                ..
+            } => self.undo_place(path, divert_to, sha256, original, previous.as_ref()),
+            Step::Unplace {
+                path,
+                divert_to,
+                foreign_to: Some(foreign_to),
+                ..
+            } if self.diversions.held(path, divert_to)?
+                && !self.exists(path)
+                && self.exists(foreign_to) =>
+            {
+                self.move_no_clobber(foreign_to, path)?;
+                Ok(Did::OkBecause(format!(
+                    "put back the file moved to '{}'",
+                    foreign_to.display()
+                )))
+            }
+            Step::Unplace {
+                path,
+                divert_to,
+                payload,
+                ..
+            } => match payload {
+                Some((payload, sha256)) if self.diversions.held(path, divert_to)? => {
+                    if self.exists(path) {
+                        Ok(Did::OkBecause("already in place".into()))
+                    } else {
+                        self.place(path, divert_to, payload, sha256, false)
+                    }
+                }
+                _ => Ok(Did::Skipped("nothing to put back".into())),
+            },
+            Step::Undivert {
+                path, divert_to, ..
+            } => {
+                let added = self.diversions.add(path, divert_to).with_context(|| {
+                    format!("failed to divert {} again", self.root.describe(path))
+                })?;
+                Ok(match added {
+                    Added::Added => Did::Ok,
+                    Added::AlreadyThere => Did::OkBecause("still diverted".into()),
+                })
+            }
+        }
+    }
+}

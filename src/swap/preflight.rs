@@ -1,0 +1,313 @@
+//! Preflight: the checks that change nothing before a swap. The MANIFEST and the payload's
+//! checksums, each target and its diversion, version skew between the payload kubelet and
+//! the installed package, free space next to each target.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use log::{debug, info, warn};
+
+use crate::config::{Config, SkewPolicy};
+use crate::divert::{Diversion, DpkgDivert};
+use crate::dpkg::{self, Dpkg};
+use crate::manifest::Manifest;
+use crate::notes::{with_note, WithNote};
+use crate::paths::{self, Root};
+use crate::targets::{self, InPlace, Original, State, Target};
+
+/// What preflight found about one target.
+pub struct Found {
+    pub target: Target,
+    /// The path is already diverted by us (an upgrade or a re-run).
+    pub ours: bool,
+    pub now: InPlace,
+    pub original: Original,
+}
+
+/// What an upgrade replaces at a path we already divert (the previous payload, kept so
+/// that a rollback puts it back); None for a first install or an empty path.
+pub fn previous_of(root: &Root, f: &Found) -> anyhow::Result<Option<Original>> {
+    use std::os::unix::fs::PermissionsExt;
+    if !f.ours {
+        return Ok(None);
+    }
+    let on_disk = root.join(&f.target.path);
+    Ok(match &f.now {
+        InPlace::Missing | InPlace::Payload => None,
+        InPlace::Symlink(target) => Some(Original::Symlink {
+            target: target.clone(),
+        }),
+        InPlace::Other(sha256) => {
+            let meta = std::fs::symlink_metadata(&on_disk)
+                .with_context(|| format!("failed to inspect '{}'", on_disk.display()))?;
+            Some(Original::File {
+                sha256: sha256.clone(),
+                size: meta.len(),
+                mode: meta.permissions().mode() & 0o7777,
+            })
+        }
+    })
+}
+
+/// Checks that change nothing: config (already parsed), MANIFEST and payload checksums,
+/// targets and their diversions, version skew, free space.
+pub fn preflight(root: &Root, config: &Config) -> anyhow::Result<Vec<Found>> {
+    let manifest_shown = root.describe(paths::MANIFEST_FILE);
+    let manifest = Manifest::installed(root)
+        .map_err(anyhow::Error::from)
+        .note("the package is incomplete or damaged: `apt install --reinstall k8s-nokmem`")?;
+    for bin in &manifest.binaries {
+        let abs = Path::new(paths::PAYLOAD_DIR).join(&bin.file);
+        let got = paths::sha256_file(&root.join(&abs))?;
+        if got != bin.sha256 {
+            return Err(with_note(
+                anyhow!(
+                    "payload {} has sha256 {}, but {manifest_shown} says {}",
+                    root.describe(&abs),
+                    got,
+                    bin.sha256
+                ),
+                "the package is damaged: `apt install --reinstall k8s-nokmem`; `dpkg --verify k8s-nokmem` lists what changed",
+            ));
+        }
+    }
+    let divert = DpkgDivert::new(root);
+    let diversions = divert.list()?;
+    let dpkg = Dpkg::new(root);
+    let state = State::load(root)?;
+    let targets = targets::resolve(root, config, &manifest, &diversions, &state, &dpkg)?;
+    let mut found = Vec::new();
+    for target in targets {
+        found.push(check_target(root, &target, &diversions, &state)?.with(target));
+    }
+    // a target that moved (config changed) while the old path is still diverted by us
+    for (name, ts) in &state.targets {
+        if let Some(f) = found.iter().find(|f| &f.target.name == name) {
+            if f.target.path != ts.path
+                && diversions.iter().any(|d| d.is_ours() && d.path == ts.path)
+            {
+                return Err(with_note(
+                    anyhow!(
+                        "{name} moved from '{}' to '{}', but '{}' is still diverted by k8s-nokmem",
+                        ts.path.display(),
+                        f.target.path.display(),
+                        ts.path.display()
+                    ),
+                    "run `k8s-nokmem remove` with the old config first, then install again",
+                ));
+            }
+        }
+    }
+    check_skew(config, &dpkg, &found)?;
+    check_space(root, &found)?;
+    Ok(found)
+}
+
+struct Checked {
+    ours: bool,
+    now: InPlace,
+    original: Original,
+}
+
+impl Checked {
+    fn with(self, target: Target) -> Found {
+        Found {
+            target,
+            ours: self.ours,
+            now: self.now,
+            original: self.original,
+        }
+    }
+}
+
+fn check_target(
+    root: &Root,
+    target: &Target,
+    diversions: &[Diversion],
+    state: &State,
+) -> anyhow::Result<Checked> {
+    let current = diversions.iter().find(|d| d.path == target.path);
+    let ours = DpkgDivert::check_ours(current, &target.path, &target.divert_to)
+        .map_err(anyhow::Error::from)
+        .note(format!(
+            "k8s-nokmem cannot replace a file another package diverts; see `dpkg-divert --listpackage {}`, or set [{}] path in the config",
+            target.path.display(),
+            target.name
+        ))?;
+    let parent = target.path.parent().unwrap_or(Path::new("/"));
+    if !root.join(parent).is_dir() {
+        bail!(
+            "directory {} of the {} target does not exist",
+            root.describe(parent),
+            target.name
+        );
+    }
+    let now = targets::in_place(root, target)?;
+    if let (true, InPlace::Other(sha)) = (ours, &now) {
+        let recorded = state.targets.get(&target.name).map(|t| &t.payload_sha256);
+        if recorded != Some(sha) {
+            warn!(
+                "{} holds a file k8s-nokmem did not place (sha256 {}): the payload replaces it",
+                root.describe(&target.path),
+                targets::short(sha)
+            );
+        }
+    }
+    let original = if ours {
+        match state.targets.get(&target.name) {
+            Some(ts) if ts.path == target.path => ts.original.clone(),
+            _ => Original::probe(&target.name, &root.join(&target.divert_to))?,
+        }
+    } else {
+        if root.join(&target.divert_to).symlink_metadata().is_ok() {
+            return Err(with_note(
+                anyhow!(
+                    "{} exists but is not a k8s-nokmem diversion: diverting {} would overwrite it",
+                    root.describe(&target.divert_to),
+                    root.describe(&target.path)
+                ),
+                "move it away (it may be left from an earlier manual swap) and run `k8s-nokmem install` again",
+            ));
+        }
+        Original::probe(&target.name, &root.join(&target.path))?
+    };
+    debug!(
+        "{}: '{}' ({}), ours={ours}, now={now:?}, original: {}",
+        target.name,
+        target.path.display(),
+        target.found,
+        original.describe()
+    );
+    Ok(Checked {
+        ours,
+        now,
+        original,
+    })
+}
+
+/// Warn or refuse when the payload kubelet's minor version differs from the installed
+/// kubelet package's. No package (a hand-copied kubelet): skipped with a note.
+fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<()> {
+    let Some(f) = found.iter().find(|f| f.target.name == "kubelet") else {
+        return Ok(());
+    };
+    let path = &f.target.path;
+    let owners = dpkg.owners(path)?;
+    let Some(pkg) = owners.first() else {
+        info!(
+            "version check skipped: no package ships '{}' (payload kubelet {})",
+            path.display(),
+            f.target.payload_version
+        );
+        return Ok(());
+    };
+    let Some(installed) = dpkg.version(pkg)? else {
+        info!("version check skipped: package '{pkg}' is not installed");
+        return Ok(());
+    };
+    let (want, have) = (
+        dpkg::major_minor(&f.target.payload_version),
+        dpkg::major_minor(&installed),
+    );
+    if want.is_none() || have.is_none() || want == have {
+        debug!(
+            "kubelet versions: payload {}, package '{pkg}' {installed}",
+            f.target.payload_version
+        );
+        return Ok(());
+    }
+    let msg = format!(
+        "version skew: the payload kubelet is {}, package '{pkg}' has {installed}",
+        f.target.payload_version
+    );
+    let file = config
+        .file
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| paths::CONFIG_FILE.to_string());
+    match config.version_skew {
+        SkewPolicy::Warn => {
+            warn!("{msg}; installing anyway ([kubelet] version-skew = warn in {file})");
+            Ok(())
+        }
+        SkewPolicy::Refuse => {
+            let err = anyhow!(
+                "{msg}: refusing to replace a {} kubelet with a {} one ([kubelet] version-skew = refuse, the default)",
+                minor_of(&installed),
+                minor_of(&f.target.payload_version)
+            );
+            let err = with_note(
+                err,
+                format!(
+                    "build k8s-nokmem for this node's kubelet: check out kubernetes {} in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`, then install that package",
+                    upstream_tag(&installed)
+                ),
+            );
+            Err(with_note(
+                err,
+                format!("or accept the skew: set `version-skew = warn` under [kubelet] in {file}"),
+            ))
+        }
+    }
+}
+
+/// `1.19` for `1:1.19.16-00`.
+pub(super) fn minor_of(version: &str) -> String {
+    dpkg::major_minor(version)
+        .map(|(major, minor)| format!("{major}.{minor}"))
+        .unwrap_or_else(|| version.to_string())
+}
+
+/// The upstream tag of a Debian package version: `v1.19.16` for `1:1.19.16-00` or
+/// `1.20.5+really1.19.16-1`.
+pub(super) fn upstream_tag(version: &str) -> String {
+    let v = version.trim();
+    let v = v.rsplit_once("+really").map(|(_, r)| r).unwrap_or(v);
+    let v = v.split_once(':').map(|(_, r)| r).unwrap_or(v);
+    let v = v.rsplit_once('-').map(|(u, _)| u).unwrap_or(v);
+    format!("v{}", v.trim_start_matches('v'))
+}
+
+/// Enough free space next to each target for a copy of the payload (plus 1 MiB).
+fn check_space(root: &Root, found: &[Found]) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // payload copies that land on the same file system add up
+    let mut per_fs: Vec<(u64, &Path, Vec<&str>, u64)> = Vec::new();
+    for f in found.iter().filter(|f| f.now != InPlace::Payload) {
+        let parent = f.target.path.parent().unwrap_or(Path::new("/"));
+        let dir = root.join(parent);
+        let dev = std::fs::metadata(&dir)
+            .with_context(|| format!("failed to inspect '{}'", dir.display()))?
+            .dev();
+        let size = std::fs::metadata(root.join(&f.target.payload))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        match per_fs.iter_mut().find(|(d, ..)| *d == dev) {
+            Some((_, _, names, need)) => {
+                names.push(&f.target.name);
+                *need += size;
+            }
+            None => per_fs.push((dev, parent, vec![&f.target.name], size + (1 << 20))),
+        }
+    }
+    for (_, parent, names, need) in per_fs {
+        let dir = root.join(parent);
+        let st = nix::sys::statvfs::statvfs(&dir)
+            .with_context(|| format!("failed to read free space of '{}'", dir.display()))?;
+        #[allow(clippy::unnecessary_cast)]
+        let avail = st.blocks_available() as u64 * st.fragment_size() as u64;
+        if avail < need {
+            return Err(with_note(
+                anyhow!(
+                    "not enough free space in {} for the {} payload: need {} MiB, {} MiB available",
+                    root.describe(parent),
+                    names.join(" and "),
+                    need >> 20,
+                    avail >> 20
+                ),
+                "free some space (`apt clean`, old logs) and run `k8s-nokmem install` again",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The remove transaction: the install in reverse. Stop the services of swapped binaries,
+//! delete our file, remove the diversion (dpkg renames the original back), check the
+//! original is the one recorded at install, start the services. Idempotent; a file at the
+//! path that k8s-nokmem did not place is moved next to it
+//! (`<path>.k8s-nokmem-foreign-<UTC time>`, logged), never kept under a diversion.
+
+use std::path::Path;
+use std::time::Instant;
+
+use log::{info, warn};
+
+use super::plan::{remove_steps, running, units_for, Swapped};
+use super::session::{log_skipped_restarts, preflight_failed, Session};
+use crate::config::Config;
+use crate::divert::DpkgDivert;
+use crate::journal::{self, Node};
+use crate::manifest::Manifest;
+use crate::paths::{self, Root};
+use crate::systemd::ServiceManager;
+use crate::targets::State;
+
+/// The remove transaction on `root`.
+pub fn remove(
+    root: &Root,
+    session: &Session,
+    config: &Config,
+    manager: Option<&dyn ServiceManager>,
+) -> anyhow::Result<()> {
+    session.resolve_interrupted(root, manager, config)?;
+
+    let started = Instant::now();
+    let diversions = DpkgDivert::new(root)
+        .list()
+        .map_err(|e| preflight_failed("remove", e))?;
+    // removal must not be blocked by a damaged state file: the diversions are the truth
+    let state = State::load(root).unwrap_or_else(|e| {
+        warn!("{e}; going by the diversions alone");
+        State::default()
+    });
+    // the payload may be gone already (a forced removal): then only recorded sha256s count
+    let manifest = Manifest::installed(root)
+        .map_err(|e| warn!("{e}: k8s-nokmem's files are recognised from the state file only"))
+        .ok();
+
+    let mut swapped = Vec::new();
+    for d in diversions.iter().filter(|d| d.is_ours()) {
+        let recorded = state.targets.iter().find(|(_, t)| t.path == d.path);
+        let name = match recorded {
+            Some((name, _)) => name.clone(),
+            None => config
+                .targets
+                .iter()
+                .find(|t| Some(t.name) == d.path.file_name().and_then(|n| n.to_str()))
+                .map(|t| t.name.to_string())
+                .unwrap_or_else(|| d.path.display().to_string()),
+        };
+        let bin = manifest.as_ref().and_then(|m| m.binary(&name));
+        let mut ours: Vec<String> = recorded
+            .map(|(_, t)| t.payload_sha256.clone())
+            .into_iter()
+            .collect();
+        ours.extend(bin.map(|b| b.sha256.clone()));
+        swapped.push(Swapped {
+            name,
+            diversion: d.clone(),
+            ours,
+            original: recorded.map(|(_, t)| t.original.clone()),
+            payload: bin.map(|b| {
+                (
+                    Path::new(paths::PAYLOAD_DIR).join(&b.file),
+                    b.sha256.clone(),
+                )
+            }),
+        });
+    }
+    if swapped.is_empty() && state.targets.is_empty() {
+        info!(
+            "remove [1/1] preflight: ok, nothing to do: nothing is swapped ({} ms)",
+            started.elapsed().as_millis()
+        );
+        return Ok(());
+    }
+    let restart: Vec<Vec<String>> = swapped
+        .iter()
+        .map(|s| {
+            config
+                .target(&s.name)
+                .map(|t| t.restart.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let units = running(manager, units_for(config, restart.iter()))?;
+    let services = session.services(root, manager, &units)?;
+    let node = Node::new(root, services, config.service_timeout).with_settle(config.service_settle);
+
+    let steps = remove_steps(&units, &swapped, journal::now());
+    journal::run(
+        &node,
+        journal::Transaction::Remove,
+        steps,
+        started.elapsed(),
+        session.failpoint.as_ref(),
+    )?;
+    log_skipped_restarts(&node.services, &units, "running k8s-nokmem's binaries");
+    Ok(())
+}
