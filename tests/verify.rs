@@ -207,11 +207,7 @@ fn a_4_4_node_with_a_kmem_pod_names_the_pod_and_container() {
         .unwrap()
         .as_secs()
         + 3600;
-    fs::write(
-        state.join("state.json"),
-        format!("{{\"version\":1,\"swapped_at\":{later},\"targets\":{{}}}}"),
-    )
-    .unwrap();
+    fs::write(state.join("state.json"), state_swapped_at(later)).unwrap();
     let human = verify_node(&node, root.path(), &[]);
     assert_eq!(human.code, 1);
     assert!(
@@ -230,11 +226,7 @@ fn a_4_4_node_with_a_kmem_pod_names_the_pod_and_container() {
     );
 
     // swapped long before these cgroups were made: the binaries that made them enable kmem
-    fs::write(
-        state.join("state.json"),
-        "{\"version\":1,\"swapped_at\":\"2001-09-09T01:46:40Z\",\"targets\":{}}",
-    )
-    .unwrap();
+    fs::write(state.join("state.json"), state_swapped_at(1_000_000_000)).unwrap();
     let r = verify_node(&node, root.path(), &["--json"]);
     let kmem = check(&r.json(), "cgroup-kmem").clone();
     assert_eq!(kmem["evidence"]["swap_time"], 1000000000);
@@ -1226,4 +1218,23 @@ fn an_update_of_an_original_package_underneath_is_a_warning_and_a_metric() {
         r.stdout,
         prom()
     );
+}
+
+/// A state.json as the install's record step writes it, with kubelet swapped in at `at`
+/// (seconds since the epoch).
+fn state_swapped_at(at: u64) -> String {
+    serde_json::json!({
+        "version": 1,
+        "targets": {
+            "kubelet": {
+                "path": "/usr/bin/kubelet",
+                "divert_to": "/usr/bin/kubelet.distrib",
+                "original": {"kind": "missing"},
+                "payload_sha256": "0".repeat(64),
+                "payload_version": "v1.20.2",
+                "swapped_at": at,
+            }
+        }
+    })
+    .to_string()
 }

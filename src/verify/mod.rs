@@ -15,11 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::config::{Config, Severity};
 use crate::outcome::Outcome;
-use crate::paths::{self, Root};
+use crate::paths::Root;
 
 mod causes;
 mod cgroup;
@@ -449,56 +448,31 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     s
 }
 
-/// When the payload was swapped in: `swapped_at` (seconds since the epoch or RFC 3339)
-/// from `R/var/lib/k8s-nokmem/state.json`, top level or the latest of its targets, else the
-/// file's mtime (the install writes it as its last step). None when not installed.
+/// When the payload was swapped in: the latest `swapped_at` of the targets in
+/// `R/var/lib/k8s-nokmem/state.json` (stamped by the install's record step), else the
+/// file's mtime (state files from before that stamp; the record step is the install's last
+/// write). None when not installed.
 fn swap_time(root: &Root) -> Option<i64> {
-    let path = root.join(Path::new(paths::STATE_DIR).join(crate::targets::STATE_FILE));
-    let text = std::fs::read_to_string(&path).ok()?;
+    let path = crate::targets::State::path(root);
     let from_file = std::fs::metadata(&path)
+        .ok()?
+        .modified()
         .ok()
-        .and_then(|m| m.modified().ok())
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs() as i64);
-    let value: Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
+    match crate::targets::State::load(root) {
+        Ok(state) => state
+            .targets
+            .values()
+            .filter_map(|t| t.swapped_at)
+            .max()
+            .map(|t| t as i64)
+            .or(from_file),
         Err(e) => {
-            debug!(
-                "state '{}' is not JSON ({e}): using its mtime",
-                path.display()
-            );
-            return from_file;
+            debug!("{e}: using the state file's mtime");
+            from_file
         }
-    };
-    let mut times: Vec<i64> = Vec::new();
-    times.extend(value.get("swapped_at").and_then(parse_time));
-    if let Some(targets) = value.get("targets").and_then(Value::as_object) {
-        times.extend(
-            targets
-                .values()
-                .filter_map(|t| t.get("swapped_at").and_then(parse_time)),
-        );
     }
-    times.into_iter().max().or(from_file)
-}
-
-/// Seconds since the epoch from a number or `YYYY-MM-DDTHH:MM:SSZ`.
-fn parse_time(v: &Value) -> Option<i64> {
-    if let Some(n) = v.as_i64() {
-        return Some(n);
-    }
-    let s = v.as_str()?;
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // days from civil (Howard Hinnant)
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(days * 86400 + h * 3600 + mi * 60 + se)
 }
 
 /// Wait until a pod cgroup exists, at most until `boot_wait` after boot (so a periodic run
@@ -539,22 +513,6 @@ pub fn wait_for_pods(settings: &Settings) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn times() {
-        let cases = [
-            (json!(1700000000), Some(1700000000)),
-            (json!("1970-01-01T00:00:00Z"), Some(0)),
-            (json!("2026-11-27T23:59:00Z"), Some(1795823940)),
-            (json!("2000-03-01T12:00:00+00:00"), Some(951912000)),
-            (json!("yesterday"), None),
-            (json!(null), None),
-        ];
-        for (v, want) in cases {
-            assert_eq!(parse_time(&v), want, "case {v}");
-        }
-    }
 
     #[test]
     fn worst_fix_first() {
