@@ -6,8 +6,7 @@
 //! arguments, so a recorded node tree reads like a live one; only the types and probes
 //! `verify` needs are re-exported.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::paths::FileError;
 
@@ -48,14 +47,6 @@ pub enum CgroupError {
     NoMemoryController { path: PathBuf },
     #[error("failed to walk the memory cgroup hierarchy")]
     Walk(#[source] FileError),
-}
-
-fn file_error(action: &'static str, path: &Path, source: io::Error) -> FileError {
-    FileError {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 #[cfg(test)]

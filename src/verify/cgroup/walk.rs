@@ -13,7 +13,8 @@ use rustix::io::Errno;
 
 use super::kmem::{read_kmem, Kmem};
 use super::names::{classify, pod_uid, qos_of, Kind, Place, KUBEPODS, KUBEPODS_SLICE};
-use super::{file_error, CgroupError};
+use super::CgroupError;
+use crate::paths::FileError;
 
 /// How many unreadable files are kept as evidence.
 const KEEP_ERRORS: usize = 5;
@@ -95,12 +96,12 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| CgroupError::Walk(file_error("open directory", root, e.into())))?;
+    .map_err(|e| CgroupError::Walk(FileError::new("open directory", root, e.into())))?;
     let mut walk = Walk::default();
     // the topmost kmem-active ancestor of each cgroup (same order as walk.cgroups)
     let mut tops: Vec<Option<usize>> = Vec::new();
     let root_dir = Dir::new(root_fd)
-        .map_err(|e| CgroupError::Walk(file_error("open directory", root, e.into())))?;
+        .map_err(|e| CgroupError::Walk(FileError::new("open directory", root, e.into())))?;
     let mut stack = vec![Pending {
         parent: Rc::new(root_dir),
         name: ".".into(),
@@ -112,8 +113,9 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
     let mut buf = Vec::with_capacity(4096);
     while let Some(dir) = stack.pop() {
         let is_root = dir.rel.is_empty();
-        let walk_err =
-            |action, e: Errno| CgroupError::Walk(file_error(action, &shown(&dir.rel), e.into()));
+        let walk_err = |action, e: Errno| {
+            CgroupError::Walk(FileError::new(action, &shown(&dir.rel), e.into()))
+        };
         let parent = dir.parent.fd().map_err(|e| walk_err("open directory", e))?;
         let st = match rustix::fs::statat(parent, dir.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
