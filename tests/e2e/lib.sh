@@ -9,8 +9,10 @@
 #   qe_base_finish CACHE KEY            move qe_building to CACHE/KEY, stamp it, drop
 #                                       older keys (older recipes)
 #   qe_overlay LOWER DIR                mount an overlay of LOWER on DIR/merged (upper in DIR)
-#   qe_runner_unit ROOT SCRIPT TIMEOUT  a oneshot unit running SCRIPT at multi-user, then
-#                                       powering off whatever it returns
+#   qe_runner_unit ROOT SCRIPT TIMEOUT [AFTER]
+#                                       a oneshot unit running SCRIPT at multi-user (after
+#                                       the units AFTER too), then powering off whatever it
+#                                       returns
 #   qe_boot NAME TIMEOUT LOGDIR QEMU-ARGS...
 #                                       run qemu (-serial file:LOGDIR/serial.log) until it
 #                                       powers off; 0 when it did, 124 when killed after
@@ -61,12 +63,12 @@ qe_overlay() {
 }
 
 qe_runner_unit() {
-    local r=$1 script=$2 timeout=$3 name
+    local r=$1 script=$2 timeout=$3 after=${4:-} name
     name=$(basename "$script")
     cat >"$r/etc/systemd/system/$name.service" <<UNIT
 [Unit]
 Description=k8s-nokmem e2e: run $script, write the results, power off
-After=basic.target systemd-journald.service
+After=basic.target systemd-journald.service${after:+ $after}
 SuccessAction=poweroff
 FailureAction=poweroff
 
