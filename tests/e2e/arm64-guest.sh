@@ -104,6 +104,8 @@ EOF
     # every exec of a runc from here on, by the kernel's own account
     t=/sys/kernel/tracing
     [ -d $t/events ] || t=/sys/kernel/debug/tracing
+    # timestamps in CLOCK_MONOTONIC, as systemd's ActiveEnterTimestampMonotonic
+    echo mono >$t/trace_clock
     echo 'filename ~ "*runc*"' >$t/events/sched/sched_process_exec/filter
     echo 1 >$t/events/sched/sched_process_exec/enable
     echo >$t/trace
