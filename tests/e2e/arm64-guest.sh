@@ -22,6 +22,8 @@ finish() {
     tar -C "$out" -cf /dev/vdb . && sync
 }
 trap finish EXIT
+# the unit's TimeoutStartSec ends it with SIGTERM: still write what was seen
+trap 'exit 143' TERM
 fail() {
     say "FAILED: $*"
     exit 1
