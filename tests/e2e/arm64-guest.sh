@@ -172,6 +172,9 @@ else
         while read -r f; do
             if [ -f "$f" ] && [ ! -d "$f" ]; then echo "$f"; fi
         done <"$out/k8s-nokmem.list"
+        # any name of ours anywhere (the test's own files are k8s-nokmem-e2e / -arm64-e2e)
+        find / /run -xdev -path "$out" -prune -o \( -name '*k8s-nokmem*' -o -name '*.distrib' \) -print 2>/dev/null |
+            grep -v -e 'k8s-nokmem-e2e' -e 'k8s-nokmem-arm64-e2e'
     } | sort -u >"$out/purge-left"
     [ -s "$out/k8s-nokmem.list" ] || echo "(k8s-nokmem.list was empty before purge)" >>"$out/purge-left"
     say "left after purge: $(wc -l <"$out/purge-left") paths"
