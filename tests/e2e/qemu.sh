@@ -12,6 +12,8 @@ base_pkgs=linux-image-amd64,systemd-sysv,udev,kmod,initramfs-tools
 suite=bookworm
 # shellcheck source=scripts/lib/mirror.sh
 . "$(dirname "$0")/../../scripts/lib/mirror.sh"
+# shellcheck source=tests/e2e/lib.sh
+. "$(dirname "$0")/lib.sh"
 mirror=$(mirror)  # the mirror apt uses here; K8S_NOKMEM_MIRROR overrides
 
 usage() {
@@ -93,63 +95,25 @@ cache=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/qemu
 key=$(printf 'v%s %s %s %s\n' "$script_version" "$suite" "$base_pkgs" "$mirror" | sha256sum | cut -c1-16)
 base=$cache/$key
 work=$(mktemp -d "${TMPDIR:-/tmp}/k8s-nokmem-qemu.XXXXXX")
-building=
-qpid=
-
-cleanup() {
-    local rc=$?
-    if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then
-        log "killing qemu (pid $qpid)"
-        kill -KILL "$qpid" 2>/dev/null || true
-        wait "$qpid" 2>/dev/null || true
-    fi
-    if mountpoint -q "$work/merged" 2>/dev/null; then umount "$work/merged" || umount -l "$work/merged" || true; fi
-    if [ -n "$building" ] && [ -d "$building" ]; then
-        for m in "$building/proc" "$building/sys" "$building/dev"; do
-            if mountpoint -q "$m" 2>/dev/null; then umount -l "$m" || true; fi
-        done
-        rm -rf --one-file-system "$building"
-    fi
-    if [ "$keep" -eq 1 ]; then
-        log "kept $work"
-    else
-        rm -rf --one-file-system "$work"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
+trap 'rc=$?; qe_cleanup "$keep" "$work"; exit "$rc"' EXIT
 trap 'exit 130' INT TERM
 
 step() { log "[$(($(date +%s) - t0)) s] $*"; }
 
 # --- the cached base root ------------------------------------------------------------------
-if [ ! -f "$base/complete" ]; then
+if ! qe_base_ready "$base"; then
     step "building the base root $base (debootstrap $suite: $base_pkgs; cold, some minutes)"
-    mkdir -p "$cache"
-    building=$(mktemp -d "$cache/.build.XXXXXX")
-    debootstrap --variant=minbase --include="$base_pkgs" "$suite" "$building/root" "$mirror" \
-        >"$building/debootstrap.log" 2>&1 || {
-        tail -n 30 "$building/debootstrap.log" >&2
-        die "debootstrap $suite into $building/root failed (log above)"
+    qe_base_begin "$cache"
+    debootstrap --variant=minbase --include="$base_pkgs" "$suite" "$qe_building/root" "$mirror" \
+        >"$qe_building/debootstrap.log" 2>&1 || {
+        tail -n 30 "$qe_building/debootstrap.log" >&2
+        die "debootstrap $suite into $qe_building/root failed (log above)"
     }
-    r=$building/root
-    echo qemu-e2e >"$r/etc/hostname"
-    : >"$r/etc/machine-id"
-    printf '/dev/vda / ext4 rw 0 1\n' >"$r/etc/fstab"
-    # nothing reads the console: no gettys
-    for u in serial-getty@ttyS0.service getty@tty1.service getty.target; do
-        ln -sf /dev/null "$r/etc/systemd/system/$u"
-    done
-    rm -rf "$r/var/cache/apt/archives"/*.deb "$r/var/lib/apt/lists"/*_Packages
+    r=$qe_building/root
+    qe_prepare_root "$r" qemu-e2e ttyS0
     ls "$r"/boot/vmlinuz-* "$r"/boot/initrd.img-* >/dev/null 2>&1 ||
         die "no kernel or initrd in $r/boot after debootstrap"
-    rm -rf "$base"
-    mv "$building" "$base"
-    building=
-    date -u +%FT%TZ >"$base/complete"
-    # older keys are older recipes
-    find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.build.*' \
-        -exec rm -rf --one-file-system {} +
+    qe_base_finish "$cache" "$key"
     step "base root built"
 else
     step "base root cached: $base (built $(cat "$base/complete"))"
@@ -157,10 +121,8 @@ fi
 
 # --- this run's image: the .deb in an overlay over the base root ---------------------------
 step "installing $(basename "$deb") into an overlay of the base root"
-mkdir -p "$work/upper" "$work/ovlwork" "$work/merged"
-mount -t overlay overlay -o "lowerdir=$base/root,upperdir=$work/upper,workdir=$work/ovlwork" \
-    "$work/merged" || die "mount -t overlay on $work/merged failed"
-m=$work/merged
+qe_overlay "$base/root" "$work"
+m=$qe_merged
 cp "$deb" "$m/tmp/k8s-nokmem.deb"
 # a grub node (Debian's /etc/default/grub; cgroup v1 is the operator's choice): the
 # package's install writes its drop-in next to it (update-grub is not in the image)
@@ -229,24 +191,7 @@ tar -C "$out" -cf /dev/vdb . && sync
 echo "k8s-nokmem-qemu-e2e: results written (verify unit exit $rc)"
 GUEST
 chmod 755 "$m/usr/local/sbin/k8s-nokmem-qemu-e2e"
-cat >"$m/etc/systemd/system/k8s-nokmem-qemu-e2e.service" <<'UNIT'
-[Unit]
-Description=k8s-nokmem qemu e2e: run k8s-nokmem-verify.service, write the results, power off
-After=basic.target systemd-journald.service k8s-nokmem-verify.service
-SuccessAction=poweroff
-FailureAction=poweroff
-
-[Service]
-Type=oneshot
-ExecStart=/usr/local/sbin/k8s-nokmem-qemu-e2e
-StandardOutput=journal+console
-TimeoutStartSec=20min
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-ln -sf /etc/systemd/system/k8s-nokmem-qemu-e2e.service \
-    "$m/etc/systemd/system/multi-user.target.wants/k8s-nokmem-qemu-e2e.service"
+qe_runner_unit "$m" /usr/local/sbin/k8s-nokmem-qemu-e2e 20min k8s-nokmem-verify.service
 
 kernel=$(find "$m/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
 initrd=$(find "$m/boot" -maxdepth 1 -name 'initrd.img-*' | sort -V | tail -n1)
@@ -260,36 +205,23 @@ umount "$m"
 fails=0
 
 boot() {
-    local name=$1 params=$2 want=$3 want_rc=$4 want_action=$5 b="$work/$1" tb i rc=0 ok=1 got cmdline
+    local name=$1 params=$2 want=$3 want_rc=$4 want_action=$5 b="$work/$1" tb rc=0 ok=1 got cmdline
     tb=$(date +%s)
     mkdir -p "$b/out"
     qemu-img create -q -f qcow2 -b "$work/root.img" -F raw "$b/root.qcow2"
     truncate -s 16M "$b/out.img"
     local append="console=ttyS0 root=/dev/vda rw $params"
     step "$name: booting (-append \"$append\", timeout $boot_timeout s)"
-    qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 1024 -nodefaults -no-reboot \
-        -display none -monitor none -serial "file:$b/serial.log" \
+    qe_boot "$name" "$boot_timeout" "$b" \
+        qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 1024 \
         -kernel "$work/vmlinuz" -initrd "$work/initrd.img" -append "$append" \
         -drive "file=$b/root.qcow2,format=qcow2,if=virtio" \
-        -drive "file=$b/out.img,format=raw,if=virtio" \
-        >"$b/qemu.log" 2>&1 &
-    qpid=$!
-    for ((i = 0; i < boot_timeout; i++)); do
-        kill -0 "$qpid" 2>/dev/null || break
-        sleep 1
-    done
-    if kill -0 "$qpid" 2>/dev/null; then
-        kill -KILL "$qpid" 2>/dev/null || true
-        wait "$qpid" 2>/dev/null || true
-        qpid=
-        log "$name: no poweroff after $boot_timeout s: qemu killed; serial log tail:"
-        tail -n 40 "$b/serial.log" >&2 || true
+        -drive "file=$b/out.img,format=raw,if=virtio" || rc=$?
+    if [ "$rc" -eq 124 ]; then
         echo "e2e: FAIL $name ($(($(date +%s) - tb)) s)"
         return 1
     fi
-    wait "$qpid" || rc=$?
-    qpid=
-    [ "$rc" -eq 0 ] || { log "$name: qemu exited $rc:"; cat "$b/qemu.log" >&2; ok=0; }
+    [ "$rc" -eq 0 ] || ok=0
     if ! tar -C "$b/out" -xf "$b/out.img" 2>"$b/tar.err" || [ ! -f "$b/out/cmdline" ]; then
         log "$name: the guest wrote no results on its second disk; serial log tail:"
         tail -n 40 "$b/serial.log" >&2 || true

@@ -17,7 +17,9 @@ Builds what the scenarios need (cached under ${K8S_NOKMEM_CACHE:-/var/cache/k8s-
     missing) and two repacked later versions of it: the same payload, and a changed runc;
   - a static pause binary from tests/e2e/images/pause.c;
 then runs the scenarios (tests/e2e/main.rs, `cargo test --test e2e -- --ignored`) and
-the real-kernel boots under qemu (tests/e2e/qemu.sh), which print one PASS/FAIL line each. Exit status: 0 when every scenario passed, 1 otherwise,
+the real-kernel boots under qemu (tests/e2e/qemu.sh) and the booted arm64 node
+(tests/e2e/arm64.sh: the arm64 .deb from $K8S_NOKMEM_DEB_DIR or target/debian,
+scripts/build-deb.sh --arch arm64), which print one PASS/FAIL line each. Exit status: 0 when every scenario passed, 1 otherwise,
 2 when something could not be built.
 
   --keep   keep the testbed directory (upper layer, logs) and the artifacts
@@ -116,6 +118,11 @@ step "a real kernel under qemu TCG (tests/e2e/qemu.sh)"
 qrc=0
 tests/e2e/qemu.sh "$deb" || qrc=$?
 [ "$qrc" -eq 0 ] || rc=1
+
+step "a booted arm64 node under qemu TCG (tests/e2e/arm64.sh)"
+arc=0
+tests/e2e/arm64.sh || arc=$?
+[ "$arc" -eq 0 ] || rc=1
 if [ "$rc" -ne 0 ]; then
     log "FAILED: at least one scenario failed (see the FAIL lines above)"
     exit 1
