@@ -39,8 +39,9 @@ pkgs=(
     # tests: the kernel command line drop-in (grub-mkconfig) and the fleet rollout (ansible)
     grub-common ansible
 )
-# qemu-system-x86 from bookworm-backports (tests/e2e/qemu.sh boots Debian's kernel under TCG).
-bpo_pkgs=(qemu-system-x86 qemu-utils)
+# From bookworm-backports: qemu-system-x86 and qemu-system-arm (tests/e2e/qemu.sh, arm64.sh boot
+# Debian's kernels under TCG; one qemu-system-common with the preinstalled qemu-utils), mmdebstrap.
+bpo_pkgs=(qemu-system-x86 qemu-system-arm qemu-utils mmdebstrap)
 cargo_deb_version=3.8.0
 rust_targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 

@@ -21,6 +21,7 @@ top=$(cd "$here/../.." && pwd -P)
 usage() {
     cat <<'EOF'
 usage: tests/e2e/arm64.sh [--keep] [--timeout SECONDS] [DEB]
+       tests/e2e/arm64.sh --base-only
 
 Boots Debian bookworm arm64 (linux-image-arm64, an initrd made in the arm64 root with
 MODULES=list) under qemu-system-aarch64 -M virt -cpu max (TCG) twice, on one disk:
@@ -44,6 +45,8 @@ ${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/qemu-arm64/<key>/ (key: script versio
 list, mirror); each run installs the original kubelet with `chroot dpkg -i` (qemu-user) into
 an overlay over it, makes root.img from that (mkfs.ext4 -d) and boots a qcow2 overlay.
 
+  --base-only        only build (or find) the cached base root, then exit: scripts/test.sh
+                     runs this in the background while the payload compiles
   --keep             keep the work directory (serial logs, results, images)
   --timeout SECONDS  per boot; qemu is killed and the boot fails after it (default 900)
 
@@ -54,11 +57,13 @@ EOF
 }
 
 keep=0
+base_only=0
 boot_timeout=900
 deb=
 while [ $# -gt 0 ]; do
     case "$1" in
     --keep) keep=1 ;;
+    --base-only) base_only=1 ;;
     --timeout)
         [ $# -ge 2 ] || { echo "e2e: arm64: --timeout needs a value (try --help)" >&2; exit 2; }
         boot_timeout=$2
@@ -86,7 +91,9 @@ for t in mmdebstrap:mmdebstrap qemu-system-aarch64:qemu-system-arm qemu-img:qemu
 done
 mirror=$(mirror) || die "no Debian mirror (set K8S_NOKMEM_MIRROR)"
 
-if [ -z "$deb" ]; then
+if [ "$base_only" -eq 1 ]; then
+    :
+elif [ -z "$deb" ]; then
     for d in "${K8S_NOKMEM_DEB_DIR:-}" "$top/target/debian"; do
         [ -n "$d" ] || continue
         deb=$(find "$d" -maxdepth 1 -name 'k8s-nokmem_*_arm64.deb' -printf '%T@ %p\n' 2>/dev/null |
@@ -95,9 +102,11 @@ if [ -z "$deb" ]; then
     done
     [ -n "$deb" ] || die "no k8s-nokmem_*_arm64.deb in ${K8S_NOKMEM_DEB_DIR:+$K8S_NOKMEM_DEB_DIR or }$top/target/debian: run scripts/build-deb.sh --arch arm64"
 fi
-[ -f "$deb" ] || die "'$deb' does not exist (scripts/build-deb.sh --arch arm64 builds it)"
-[ "$(dpkg-deb -f "$deb" Architecture)" = arm64 ] || die "'$deb' is not an arm64 package"
-deb=$(realpath "$deb")
+if [ "$base_only" -eq 0 ]; then
+    [ -f "$deb" ] || die "'$deb' does not exist (scripts/build-deb.sh --arch arm64 builds it)"
+    [ "$(dpkg-deb -f "$deb" Architecture)" = arm64 ] || die "'$deb' is not an arm64 package"
+    deb=$(realpath "$deb")
+fi
 
 t0=$(date +%s)
 cache=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/qemu-arm64
@@ -153,6 +162,7 @@ EOF
 else
     step "base root cached: $base (built $(cat "$base/complete"))"
 fi
+[ "$base_only" -eq 0 ] || exit 0
 
 # --- what the guest installs ---------------------------------------------------------------
 step "original kubelet arm64 .deb (tests/e2e/build-kubelet-debs.sh --arch arm64, cached)"

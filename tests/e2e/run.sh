@@ -51,27 +51,11 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/k8s-nokmem-e2e.XXXXXX")
 
 # The Rust runner writes the testbed it boots into $work/testbed.env (dir=, pid=). When
 # the runner is killed before its Drop guards run, tear that testbed down from here.
+# shellcheck source=tests/e2e/testbed.sh
+. "$top/tests/e2e/testbed.sh"
 cleanup() {
-    local rc=$? dir='' pid='' p cg
-    if [ -f "$work/testbed.env" ]; then
-        dir=$(sed -n 's/^dir=//p' "$work/testbed.env")
-        pid=$(sed -n 's/^pid=//p' "$work/testbed.env")
-    fi
-    if [ -n "$dir" ] && [ -d "$dir" ] && [ "$keep" -eq 0 ]; then
-        log "removing what the runner left behind: $dir"
-        for p in $(pgrep -f -- "-D $dir/merged" || true); do
-            kill -KILL "$p" 2>/dev/null || true
-        done
-        sleep 1
-        if mountpoint -q "$dir/merged"; then umount -l "$dir/merged" || true; fi
-        if [ -n "$pid" ]; then
-            find /sys/fs/cgroup -mindepth 2 -depth -type d -name "k8s-nokmem-tb-$pid-*" 2>/dev/null |
-                while read -r cg; do
-                    find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
-                done
-        fi
-        rm -rf --one-file-system "$dir"
-    fi
+    local rc=$?
+    tb_reap "$work" "$keep"
     if [ "$keep" -eq 1 ]; then
         log "kept the artifacts in $work"
     else
