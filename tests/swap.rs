@@ -261,9 +261,7 @@ fn an_error_at_any_install_step_rolls_back_to_the_identical_tree() {
     for step in 1..=INSTALL_STEPS {
         let n = NodeRoot::new();
         let before = n.snapshot();
-        let mut cmd = n.helper(&["install"]);
-        cmd.env("K8S_NOKMEM_FAILPOINT", format!("{step}:error"));
-        let out = common::run(&mut cmd);
+        let out = n.run_with_failpoint(&["install"], &format!("{step}:error"));
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "step {step}: {err}");
         assert!(
@@ -293,9 +291,7 @@ fn an_error_at_any_remove_step_rolls_back_to_installed() {
         let n = NodeRoot::new();
         n.ok(&["install"]);
         let before = n.snapshot();
-        let mut cmd = n.helper(&["remove"]);
-        cmd.env("K8S_NOKMEM_FAILPOINT", format!("{step}:error"));
-        let out = common::run(&mut cmd);
+        let out = n.run_with_failpoint(&["remove"], &format!("{step}:error"));
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "step {step}: {err}");
         assert!(
@@ -314,9 +310,7 @@ fn an_error_at_any_remove_step_rolls_back_to_installed() {
 
 /// Abort (as kill -9 or a power loss) right after step `step` is journalled.
 fn abort_at(n: &NodeRoot, command: &str, step: usize) {
-    let mut cmd = n.helper(&[command]);
-    cmd.env("K8S_NOKMEM_FAILPOINT", format!("{step}:abort"));
-    let out = common::run(&mut cmd);
+    let out = n.run_with_failpoint(&[command], &format!("{step}:abort"));
     assert_eq!(
         out.status.signal(),
         Some(6),
@@ -472,9 +466,7 @@ fn node_before_upgrade() -> (NodeRoot, BTreeMap<String, Entry>, serde_json::Valu
 fn a_failed_upgrade_keeps_the_previous_payload() {
     for step in 1..=UPGRADE_STEPS {
         let (n, before, state) = node_before_upgrade();
-        let mut cmd = n.helper(&["install"]);
-        cmd.env("K8S_NOKMEM_FAILPOINT", format!("{step}:error"));
-        let out = common::run(&mut cmd);
+        let out = n.run_with_failpoint(&["install"], &format!("{step}:error"));
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "step {step}: {err}");
         assert!(
@@ -658,9 +650,7 @@ fn remove_moves_a_file_someone_else_put_there_aside_and_undiverts() {
     n.write("usr/bin/kubelet", b"hand-copied hotfix", 0o755);
     // a failure after the move puts everything back as it was
     let before = n.snapshot();
-    let mut cmd = n.helper(&["remove"]);
-    cmd.env("K8S_NOKMEM_FAILPOINT", "undivert:error");
-    let out = common::run(&mut cmd);
+    let out = n.run_with_failpoint(&["remove"], "undivert:error");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("put back the file moved to '/usr/bin/kubelet.k8s-nokmem-foreign-"),

@@ -136,6 +136,14 @@ impl NodeRoot {
         cmd
     }
 
+    /// Run the helper with `K8S_NOKMEM_FAILPOINT=<failpoint>` armed (`3:error`,
+    /// `undivert:abort`).
+    pub fn run_with_failpoint(&self, args: &[&str], failpoint: &str) -> Output {
+        let mut cmd = self.helper(args);
+        cmd.env("K8S_NOKMEM_FAILPOINT", failpoint);
+        super::run(&mut cmd)
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         let mut cmd = self.helper(args);
         super::run(&mut cmd)
