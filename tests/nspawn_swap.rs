@@ -142,6 +142,18 @@ fn helper_ok(tb: &nspawn::Testbed, args: &[&str]) -> String {
     log
 }
 
+/// After a rolled-back install: the originals in place, no state recorded, and kubelet's
+/// journal shows the payload's attempt (`payload_said`).
+fn assert_rolled_back(tb: &nspawn::Testbed, runc: &[u8], payload_said: &str) {
+    assert_originals(tb, runc, "after the rolled-back install");
+    assert!(
+        !tb.path("/var/lib/k8s-nokmem/state.json").exists(),
+        "state recorded after a rollback"
+    );
+    let journal = tb.journal("kubelet.service");
+    assert!(journal.contains(payload_said), "{journal}");
+}
+
 fn assert_originals(tb: &nspawn::Testbed, runc: &[u8], what: &str) {
     assert_content(tb, "/usr/bin/kubelet", nspawn::ORIG_KUBELET, what);
     assert_content(tb, "/usr/sbin/runc", runc, what);
@@ -301,17 +313,8 @@ fn a_payload_that_fails_to_start_is_rolled_back() {
         "no journalctl pointer:\n{log}"
     );
     assert!(log.contains("rollback"), "no rollback in the log:\n{log}");
-    assert_originals(&tb, &orig_runc, "after the rolled-back install");
-    assert!(
-        !tb.path("/var/lib/k8s-nokmem/state.json").exists(),
-        "state recorded after a rollback"
-    );
     // the journal shows the payload's attempt
-    let journal = tb.journal("kubelet.service");
-    assert!(
-        journal.contains("payload kubelet: cannot run here"),
-        "{journal}"
-    );
+    assert_rolled_back(&tb, &orig_runc, "payload kubelet: cannot run here");
 }
 
 /// Issue 10 item 4: a kubelet whose start job succeeds but that exits 3 s later (the
@@ -348,16 +351,7 @@ fn a_kubelet_that_dies_after_starting_is_rolled_back() {
         "the log does not say why:\n{log}"
     );
     assert!(took.as_secs() < 60, "install took {took:?}");
-    assert_originals(&tb, &orig_runc, "after the rolled-back install");
-    assert!(
-        !tb.path("/var/lib/k8s-nokmem/state.json").exists(),
-        "state recorded after a rollback"
-    );
-    let journal = tb.journal("kubelet.service");
-    assert!(
-        journal.contains("payload kubelet: up, failing in 3 s"),
-        "{journal}"
-    );
+    assert_rolled_back(&tb, &orig_runc, "payload kubelet: up, failing in 3 s");
 }
 
 /// Issue 10 item 10: a node where no dbus-daemon runs (dbus.service and dbus.socket masked):
