@@ -38,6 +38,8 @@ pkgs=(
     prometheus jq
     # tests: the kernel command line drop-in (grub-mkconfig) and the fleet rollout (ansible)
     grub-common ansible
+    # mmdebstrap's Recommends that its foreign-architecture (arm64 guest) build needs at run time
+    arch-test
 )
 # From bookworm-backports: qemu-system-x86 and qemu-system-arm (tests/e2e/qemu.sh, arm64.sh boot
 # Debian's kernels under TCG; one qemu-system-common with the preinstalled qemu-utils), mmdebstrap.
