@@ -28,8 +28,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 mirror_uri=$(mirror)
 
 pkgs=(
-    # payload build (gcc: cgo and the static C test programs; git: source commits)
-    gcc git python3 golang-go pkg-config libseccomp-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+    # payload build (gcc with libc6-dev, its Recommends: cgo and the static C test programs;
+    # git: source commits)
+    gcc libc6-dev git python3 golang-go pkg-config libseccomp-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     libseccomp-dev:arm64 dpkg-dev
     # packaging and Debian's judges
     lintian shellcheck file xz-utils binutils systemd piuparts

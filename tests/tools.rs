@@ -6,6 +6,12 @@
 //!
 //! When it fails: add the package to `pkgs` in `scripts/install-deps.sh` (or, for a tool of
 //! a new kind, a row to `TOOLS` below).
+//!
+//! A tool's own run-time needs count too: install-deps installs with
+//! `--no-install-recommends`, so every Recommends of a package it installs is either installed
+//! by it as well or named in `RECOMMENDS_LEFT_OUT` with the reason the build and the tests do
+//! without it (mmdebstrap recommends arch-test, without which a foreign-architecture build
+//! stops with "E: install arch-test for foreign architecture support").
 
 mod common;
 
@@ -78,6 +84,48 @@ const TOOLS: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("ip", "iproute2"),
     ("/lib/systemd/systemd-binfmt", "systemd"),
+];
+
+/// (package, what it recommends, why the build and the tests do without it). install-deps
+/// installs with `--no-install-recommends`; every other Recommends is installed by it.
+const RECOMMENDS_LEFT_OUT: &[(&str, &str, &str)] = &[
+    ("git", "ca-certificates", "git only reads local trees (no remote)"),
+    ("git", "patch", "git apply/am are not used"),
+    ("git", "less", "no pager: git runs non-interactively"),
+    ("git", "ssh-client", "no remote"),
+    ("dpkg-dev", "build-essential", "no Debian package is built from source (dpkg-source -x only)"),
+    ("dpkg-dev", "fakeroot", "dpkg-source -x unpacks as root"),
+    ("dpkg-dev", "libalgorithm-merge-perl", "dpkg-source merges nothing on -x"),
+    ("systemd", "default-dbus-system-bus", "the host's systemd is not PID 1; the tests' systems run in nspawn/qemu roots with their own dbus"),
+    ("systemd", "systemd-timesyncd", "the host's systemd is not PID 1"),
+    ("piuparts", "adequate", "tests/piuparts.rs runs piuparts without --adequate"),
+    ("systemd-container", "libnss-mymachines", "containers are reached by path and nsenter, not by host name"),
+    ("prometheus", "prometheus-node-exporter", "only promtool is used (rules and textfile checks)"),
+    ("grub-common", "os-prober", "tests/grub.rs runs grub-mkconfig with only 00_header and 10_linux"),
+    ("ansible", "python3-argcomplete", "shell completion only"),
+    ("ansible", "python3-cryptography", "no vault, no SSH key handling: local connection"),
+    ("ansible", "python3-jmespath", "the rollout play uses no json_query"),
+    ("ansible", "python3-kerberos", "no WinRM/Kerberos"),
+    ("ansible", "python3-libcloud", "no cloud inventory"),
+    ("ansible", "python3-selinux", "no SELinux on the test hosts"),
+    ("ansible", "python3-winrm", "no Windows hosts"),
+    ("ansible", "python3-xmltodict", "no XML filters"),
+    ("qemu-system-x86", "ovmf", "direct -kernel boots with SeaBIOS (a Depends), no UEFI"),
+    ("qemu-system-x86", "qemu-system-gui", "headless (-nographic)"),
+    ("qemu-system-x86", "qemu-system-modules-spice", "headless (-nographic)"),
+    ("qemu-system-x86", "qemu-system-modules-opengl", "headless (-nographic)"),
+    ("qemu-system-x86", "qemu-block-extra", "local qcow2 and raw images only"),
+    ("qemu-system-arm", "ipxe-qemu", "no network boot: direct -kernel"),
+    ("qemu-system-arm", "seabios", "x86 firmware; the arm64 guest boots with -kernel on -M virt"),
+    ("qemu-system-arm", "qemu-efi-aarch64", "no UEFI: direct -kernel on -M virt"),
+    ("qemu-system-arm", "qemu-efi-arm", "no 32-bit arm guest"),
+    ("qemu-system-arm", "qemu-system-gui", "headless (-nographic)"),
+    ("qemu-system-arm", "qemu-system-modules-spice", "headless (-nographic)"),
+    ("qemu-system-arm", "qemu-system-modules-opengl", "headless (-nographic)"),
+    ("qemu-system-arm", "qemu-block-extra", "local qcow2 and raw images only"),
+    ("qemu-utils", "qemu-block-extra", "local qcow2 and raw images only"),
+    ("mmdebstrap", "libdistro-info-perl", "the suite is named by its codename (bookworm)"),
+    ("mmdebstrap", "uidmap", "mmdebstrap runs as root (root mode), not unshare mode"),
 ];
 
 /// Tools that come with the Rust toolchain or are built by the project: not Debian's.
@@ -262,4 +310,111 @@ fn the_scanner_sees_calls_and_ignores_prose() {
     for (line, tool, want) in cases {
         assert_eq!(shell_calls(line, tool), want, "case {line:?} / {tool}");
     }
+}
+
+/// A dpkg field of an installed package (`Recommends`, `Depends`, ...), or None when dpkg does
+/// not know the package.
+fn installed_field(pkg: &str, field: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", &format!("-f=${{{field}}}"), pkg])
+        .output()
+        .expect("failed to start dpkg-query");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A dependency field split into its groups of alternatives, each a bare package name
+/// (version constraints and `:any` qualifiers dropped).
+fn relation_groups(field: &str) -> Vec<Vec<String>> {
+    field
+        .split(',')
+        .map(|group| {
+            group
+                .split('|')
+                .map(|alt| {
+                    let name = alt.split('(').next().unwrap_or("").trim();
+                    name.split(':').next().unwrap_or("").to_string()
+                })
+                .filter(|n| !n.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .filter(|g| !g.is_empty())
+        .collect()
+}
+
+#[test]
+fn every_recommends_of_what_install_deps_installs_is_installed_or_left_out_for_a_reason() {
+    let deps = installed_by_deps();
+    let mut problems = Vec::new();
+    // What install-deps brings in besides its list: the Depends of what it installs.
+    let mut depended: BTreeSet<String> = BTreeSet::new();
+    let mut recommends = Vec::new();
+    for pkg in &deps {
+        let Some(rec) = installed_field(pkg, "Recommends") else {
+            problems.push(format!(
+                "{pkg} (scripts/install-deps.sh) is not installed on this machine: run \
+                 scripts/install-deps.sh"
+            ));
+            continue;
+        };
+        for field in ["Depends", "Pre-Depends"] {
+            for group in relation_groups(&installed_field(pkg, field).unwrap_or_default()) {
+                depended.extend(group);
+            }
+        }
+        recommends.push((pkg.clone(), relation_groups(&rec)));
+    }
+    let left_out = |pkg: &str, alt: &str| {
+        RECOMMENDS_LEFT_OUT
+            .iter()
+            .any(|(p, r, _)| *p == pkg && *r == alt)
+    };
+    for (pkg, groups) in &recommends {
+        for group in groups {
+            let met = group.iter().any(|alt| {
+                deps.contains(alt)
+                    || depended.contains(alt)
+                    || base_package(alt)
+                    || left_out(pkg, alt)
+            });
+            if !met {
+                problems.push(format!(
+                    "{pkg} recommends {}, which scripts/install-deps.sh leaves out (it installs \
+                     with --no-install-recommends): add it to `pkgs` in scripts/install-deps.sh \
+                     when a tool needs it at run time (as mmdebstrap needs arch-test for a \
+                     foreign architecture), else add a row (package, recommends, why) to \
+                     RECOMMENDS_LEFT_OUT in tests/tools.rs",
+                    group.join(" | ")
+                ));
+            }
+        }
+    }
+    // The table stays true: each row names a package install-deps installs and a package it
+    // still recommends.
+    for (pkg, alt, _) in RECOMMENDS_LEFT_OUT {
+        let still = recommends
+            .iter()
+            .any(|(p, groups)| p == pkg && groups.iter().any(|g| g.iter().any(|a| a == alt)));
+        if !still {
+            problems.push(format!(
+                "RECOMMENDS_LEFT_OUT in tests/tools.rs names ({pkg}, {alt}), but {pkg} is not \
+                 installed by scripts/install-deps.sh or no longer recommends {alt}: drop the row"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn relation_fields_split_into_groups_of_bare_names() {
+    assert_eq!(
+        relation_groups("arch-test (>= 0.11~), gnupg | sq, perl:any"),
+        vec![
+            vec!["arch-test".to_string()],
+            vec!["gnupg".to_string(), "sq".to_string()],
+            vec!["perl".to_string()],
+        ]
+    );
+    assert!(relation_groups("").is_empty());
 }
