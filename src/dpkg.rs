@@ -3,7 +3,7 @@
 //! On a live node (root `/`) no root option is passed (dpkg 1.18.4 compatibility); under
 //! another root `--admindir R/var/lib/dpkg`, which every dpkg version knows.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::command::{self, Cmd, CommandError};
 use crate::paths::Root;
@@ -11,6 +11,19 @@ use crate::paths::Root;
 pub const DPKG_QUERY: &str = "dpkg-query";
 /// dpkg's database, relative to the root.
 pub const ADMINDIR: &str = "/var/lib/dpkg";
+
+/// The admin dir dpkg's tools use on `root`: `R/var/lib/dpkg` under a root other than `/`
+/// (what `dpkg-divert --root R` and our `dpkg-query --admindir` select); on the live node
+/// `$DPKG_ADMINDIR` when set (dpkg exports it to maintainer scripts, and every dpkg tool
+/// run without `--admindir` reads it, 1.18.4 included), else /var/lib/dpkg.
+pub fn admindir(root: &Root) -> PathBuf {
+    if !root.is_host() {
+        return root.join(ADMINDIR);
+    }
+    std::env::var_os("DPKG_ADMINDIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(ADMINDIR), PathBuf::from)
+}
 
 /// dpkg-query could not be run or failed.
 pub type DpkgError = CommandError;
@@ -30,7 +43,7 @@ impl Dpkg {
     fn query(&self, args: &[&str]) -> Result<Option<String>, DpkgError> {
         let mut cmd = Cmd::new(DPKG_QUERY);
         if !self.root.is_host() {
-            cmd = cmd.arg("--admindir").arg(self.root.join(ADMINDIR));
+            cmd = cmd.arg("--admindir").arg(admindir(&self.root));
         }
         let (out, shown) = cmd.args(args).output()?;
         match out.status.code() {

@@ -1,7 +1,9 @@
 //! The built .debs (scripts/build-deb.sh -> target/debian/) checked as Debian and a user
 //! would: lintian, contents and modes, the helper static and running on both arches,
 //! systemd-analyze on the units, shellcheck on the maintainer scripts, and the arm64 .deb
-//! installed and removed with dpkg in an arm64 Debian root under qemu-user.
+//! installed and removed with dpkg in an arm64 Debian root under qemu-user; and, on a fake
+//! node root with the real dpkg-divert, odd paths in dpkg's diversions and the maintainer
+//! scripts' own paths (spaces, a prerm without the helper).
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::node::{self, NodeRoot};
 use common::{artifact, deb, ok, run};
 
 const ARCHES: [&str; 2] = ["amd64", "arm64"];
@@ -380,4 +383,59 @@ fn arm64_deb_installs_and_purges_in_an_arm64_root() {
         );
     }
     common::keep_tmp(tmp);
+}
+
+/// A local diversion whose path holds " to " and a target whose path holds a space, the way
+/// an administrator may have them: install, status and remove work and leave the
+/// administrator's diversion alone; remove gives back the identical tree.
+#[test]
+fn odd_paths_in_the_diversion_list_and_a_target_with_a_space_work() {
+    let n = NodeRoot::new();
+    n.write("srv/back to school/notes", b"term plan\n", 0o644);
+    ok(Command::new("dpkg-divert")
+        .arg("--root")
+        .arg(&n.path)
+        .args(["--local", "--rename", "/srv/back to school/notes"]));
+    n.write("opt/my bin/kubelet", node::ORIG_KUBELET, 0o755);
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[kubelet]\npath = /opt/my bin/kubelet\n",
+        0o644,
+    );
+    let before = n.snapshot();
+    let local = "local diversion of /srv/back to school/notes to /srv/back to school/notes.distrib";
+    let ours = "diversion of /opt/my bin/kubelet to /opt/my bin/kubelet.distrib by k8s-nokmem";
+
+    n.ok(&["install"]);
+    assert_eq!(n.read("opt/my bin/kubelet"), node::PAYLOAD_KUBELET);
+    assert_eq!(n.read("opt/my bin/kubelet.distrib"), node::ORIG_KUBELET);
+    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
+    let diversions = n.diversions();
+    assert!(
+        diversions.iter().any(|d| d == local) && diversions.iter().any(|d| d == ours),
+        "{diversions:?}"
+    );
+    n.ok(&["install"]);
+
+    let status = n.run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        text.contains("kubelet  /opt/my bin/kubelet: swapped") && text.contains(ours),
+        "{text}"
+    );
+
+    n.ok(&["remove"]);
+    assert_eq!(n.diversions(), vec![local.to_string()]);
+    let after = n.snapshot();
+    assert!(
+        before == after,
+        "tree changed:\n{}",
+        node::diff(&before, &after)
+    );
 }
