@@ -458,8 +458,9 @@ fn node_with_odd_paths() -> NodeRoot {
 
 /// `prerm remove` with the helper gone (deleted by hand), after an install or an upgrade
 /// was killed half-way: the diversion of a path with spaces is undone, the staged copies
-/// (`.NAME.k8s-nokmem-new`) and the previous payload kept aside (`.NAME.k8s-nokmem-prev`)
-/// are deleted, the administrator's diversion stays, and the tree is as before install.
+/// (`.NAME.k8s-nokmem-new`, also next to a path not diverted yet) and the previous payload
+/// kept aside (`.NAME.k8s-nokmem-prev`) are deleted, the administrator's diversion stays,
+/// and the tree is as before install.
 #[test]
 fn prerm_without_the_helper_handles_spaces_and_removes_staged_leftovers() {
     const NEW_KUBELET: &[u8] = b"#!/bin/sh\necho nokmem kubelet v1.20.3\n";
@@ -467,6 +468,8 @@ fn prerm_without_the_helper_handles_spaces_and_removes_staged_leftovers() {
     let cases = [
         (false, "place:abort", "opt/my bin/.kubelet.k8s-nokmem-new"),
         (true, "start:abort", "opt/my bin/.kubelet.k8s-nokmem-prev"),
+        // staged, not diverted yet (the journal names the paths)
+        (false, "stop:abort", "opt/my bin/.kubelet.k8s-nokmem-new"),
     ];
     for (upgrade, failpoint, leftover) in cases {
         let n = node_with_odd_paths();
