@@ -428,6 +428,20 @@ fn odd_paths_in_the_diversion_list_and_a_target_with_a_space_work() {
         "{text}"
     );
 
+    // the verify unit's diversion check reads the same list
+    let out = n.run(&["verify", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify --json ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let check = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "diversions"))
+        .unwrap_or_else(|| panic!("no diversions check: {report:#}"));
+    assert_eq!(check["status"], "ok", "{check:#}");
+
     n.ok(&["remove"]);
     assert_eq!(n.diversions(), vec![local.to_string()]);
     let after = n.snapshot();
