@@ -55,9 +55,9 @@ impl Dpkg {
 
     /// The packages that ship `path` (`dpkg-query -S`), diversion lines left out.
     pub fn owners(&self, path: &Path) -> Result<Vec<String>, DpkgError> {
-        let shown = path.to_string_lossy();
+        let pattern = literal_pattern(&path.to_string_lossy());
         Ok(self
-            .query(&["-S", &shown])?
+            .query(&["-S", &pattern])?
             .map(|out| parse_search(&out, path))
             .unwrap_or_default())
     }
@@ -68,6 +68,19 @@ impl Dpkg {
             .query(&["-W", "-f", "${db:Status-Abbrev} ${Version}", package])?
             .and_then(|out| parse_status_version(&out)))
     }
+}
+
+/// `dpkg-query -S` takes a glob pattern: `*`, `?`, `[` and `\` in a path are escaped with
+/// a backslash, so that the path matches only itself (pure).
+pub fn literal_pattern(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Packages from `dpkg-query -S PATH` output for exactly `path` (pure). Lines look like
@@ -83,7 +96,7 @@ pub fn parse_search(text: &str, path: &Path) -> Vec<String> {
         let Some((pkgs, p)) = line.split_once(": ") else {
             continue;
         };
-        if p.trim() != want {
+        if p != want {
             continue;
         }
         for pkg in pkgs.split(", ") {
@@ -182,7 +195,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             admin.join("info/kubelet.list"),
-            "/.\n/usr\n/usr/bin\n/usr/bin/kubelet\n",
+            "/.\n/usr\n/usr/bin\n/usr/bin/kubelet\n/opt/k[1]\n/opt/k[1]/kube let\n",
         )
         .unwrap();
         let dpkg = Dpkg::new(&Root::new(dir.path()));
@@ -191,6 +204,12 @@ mod tests {
             vec!["kubelet"]
         );
         assert!(dpkg.owners(Path::new("/usr/bin/runc")).unwrap().is_empty());
+        // odd paths are matched literally, not as a glob
+        assert_eq!(
+            dpkg.owners(Path::new("/opt/k[1]/kube let")).unwrap(),
+            vec!["kubelet"]
+        );
+        assert!(dpkg.owners(Path::new("/opt/k*")).unwrap().is_empty());
         assert_eq!(
             dpkg.version("kubelet").unwrap(),
             Some("1.19.16-00".to_string())
