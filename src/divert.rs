@@ -1,29 +1,46 @@
 //! `dpkg-divert` wrapper: list, add, remove diversions of our targets.
 //!
-//! Always `--package k8s-nokmem --rename --divert <path>.distrib` (dpkg 1.18.4 on Ubuntu 16.04
-//! has no `--no-rename`), `LC_ALL=C` so the output can be parsed, and `--root R` only when
-//! the root is not `/` (`--root` first appeared in dpkg 1.19.2; on a live node the flag is
-//! never passed). Adding is idempotent the config-package-dev way: look for the exact
-//! "diversion of X to Y by P" line first, add only when it is missing.
+//! Changes go through `dpkg-divert --package k8s-nokmem --rename --divert <path>.distrib`
+//! (dpkg 1.18.4 on Ubuntu 16.04 has no `--no-rename`), with `--root R` only when the root is
+//! not `/` (`--root` first appeared in dpkg 1.19.2; on a live node the flag is never
+//! passed). The list is read from dpkg's diversions database itself (three lines a
+//! diversion), not from `dpkg-divert --list`, whose "diversion of X to Y by P" lines cannot
+//! be split when a path holds " to " or " by ". Adding is idempotent the config-package-dev
+//! way: look for the exact diversion first, add only when it is missing.
 
 use std::cell::RefCell;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::command::{self, Cmd, CommandError};
-use crate::paths::{Root, PACKAGE};
+use crate::dpkg;
+use crate::paths::{FileError, Root, PACKAGE};
 
 /// The program, found on `$PATH` (it lives in /usr/bin on every dpkg system).
 pub const DPKG_DIVERT: &str = "dpkg-divert";
 /// The first dpkg whose dpkg-divert knows `--root`.
 pub const ROOT_SINCE: &str = "1.19.2";
+/// dpkg's diversions database, in its admin dir.
+pub const DB_FILE: &str = "diversions";
+/// The package field of a local diversion in [`DB_FILE`].
+const DB_LOCAL: &[u8] = b":";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DivertError {
     #[error(transparent)]
     Command(#[from] CommandError),
-    #[error("cannot parse line {line_no} of `dpkg-divert --list` output: '{line}'")]
-    Parse { line_no: usize, line: String },
+    #[error(transparent)]
+    Read(#[from] FileError),
+    #[error("dpkg's diversions database '{}' ends inside a diversion: line {line_no} ('{}') has no {missing} after it; `dpkg-divert --list` fails on it too: restore it from '{}-old'", path.display(), line.display(), path.display())]
+    Truncated {
+        path: PathBuf,
+        line_no: usize,
+        line: PathBuf,
+        missing: &'static str,
+    },
+    #[error("dpkg's admin dir '{}' does not exist: is '{}' a Debian system root?", admindir.display(), root.display())]
+    NoAdminDir { admindir: PathBuf, root: PathBuf },
     #[error("'{}' is already diverted to '{}' by {}", path.display(), divert_to.display(), owner_name(.package))]
     DivertedByOther {
         path: PathBuf,
@@ -48,7 +65,7 @@ fn owner_name(package: &Option<String>) -> String {
     }
 }
 
-/// One line of `dpkg-divert --list`.
+/// One diversion in dpkg's database.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Diversion {
     /// The in-system path that is diverted.
@@ -67,7 +84,8 @@ impl Diversion {
 }
 
 impl std::fmt::Display for Diversion {
-    /// The exact `LC_ALL=C dpkg-divert --list` line.
+    /// The line `LC_ALL=C dpkg-divert --list` prints for it (dpkg >= 1.19 always names the
+    /// diverted-to path).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.package {
             Some(p) => write!(
@@ -86,44 +104,31 @@ impl std::fmt::Display for Diversion {
     }
 }
 
-/// Parse `LC_ALL=C dpkg-divert --list` output (pure). dpkg prints one of
-/// `diversion of X to Y by P`, `diversion of X by P`, `local diversion of X to Y`,
-/// `local diversion of X` (the short forms when Y is X.distrib).
-pub fn parse_list(text: &str) -> Result<Vec<Diversion>, DivertError> {
+/// Parse dpkg's diversions database (pure; `shown` names the file in errors). Each
+/// diversion is three lines: the diverted path, where it is diverted to, and the package
+/// (`:` for a local diversion). A line is one field whole, whatever it holds (spaces,
+/// " to ", " by ", bytes that are not UTF-8): dpkg-divert refuses newlines in all three.
+/// This format is the same from dpkg 1.15 (Ubuntu 16.04 has 1.18.4) to today.
+pub fn parse_db(bytes: &[u8], shown: &Path) -> Result<Vec<Diversion>, DivertError> {
+    let mut lines = bytes
+        .split_inclusive(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\n").unwrap_or(l))
+        .enumerate();
+    let path_of = |l: &[u8]| PathBuf::from(OsStr::from_bytes(l));
     let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let parse_err = || DivertError::Parse {
+    while let Some((i, from)) = lines.next() {
+        let truncated = |missing| DivertError::Truncated {
+            path: shown.to_path_buf(),
             line_no: i + 1,
-            line: line.to_string(),
+            line: path_of(from),
+            missing,
         };
-        let (local, rest) = match line.strip_prefix("local diversion of ") {
-            Some(rest) => (true, rest),
-            None => (
-                false,
-                line.strip_prefix("diversion of ").ok_or_else(parse_err)?,
-            ),
-        };
-        let (rest, package) = if local {
-            (rest, None)
-        } else {
-            let (rest, pkg) = rest.rsplit_once(" by ").ok_or_else(parse_err)?;
-            (rest, Some(pkg.to_string()))
-        };
-        let (path, divert_to) = match rest.split_once(" to ") {
-            Some((p, t)) => (PathBuf::from(p), PathBuf::from(t)),
-            None => (PathBuf::from(rest), default_divert_to(Path::new(rest))),
-        };
-        if !path.is_absolute() || !divert_to.is_absolute() {
-            return Err(parse_err());
-        }
+        let (_, to) = lines.next().ok_or_else(|| truncated("diverted-to path"))?;
+        let (_, package) = lines.next().ok_or_else(|| truncated("package line"))?;
         out.push(Diversion {
-            path,
-            divert_to,
-            package,
+            path: path_of(from),
+            divert_to: path_of(to),
+            package: (package != DB_LOCAL).then(|| String::from_utf8_lossy(package).into_owned()),
         });
     }
     Ok(out)
@@ -240,9 +245,32 @@ impl DpkgDivert {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Every diversion on the root.
+    /// Every diversion on the root, read from the database dpkg-divert keeps
+    /// ([`dpkg::admindir`]/[`DB_FILE`]). No file there means no diversions (as for dpkg);
+    /// no admin dir is an error (dpkg-divert fails on it too).
     pub fn list(&self) -> Result<Vec<Diversion>, DivertError> {
-        parse_list(&self.run(&["--list".as_ref()])?)
+        // a dpkg-divert that cannot change this root is refused before anything is done
+        self.check_root_option()?;
+        let admindir = dpkg::admindir(&self.root);
+        let path = admindir.join(DB_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let all = parse_db(&bytes, &path)?;
+                log::debug!("{} diversions in '{}'", all.len(), path.display());
+                Ok(all)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !admindir.is_dir() {
+                    return Err(DivertError::NoAdminDir {
+                        admindir,
+                        root: self.root.path().to_path_buf(),
+                    });
+                }
+                log::debug!("no '{}': no diversions", path.display());
+                Ok(Vec::new())
+            }
+            Err(e) => Err(FileError::new("read", &path, e).into()),
+        }
     }
 
     /// Check that `path` is free for us or already ours to `divert_to` (pure).
@@ -297,7 +325,7 @@ impl DpkgDivert {
 
 /// The diversions, listed once and then kept up to date by our own changes (we hold the
 /// lock; dpkg runs maintainer scripts one at a time), so that the steps of a transaction
-/// between the stops and the starts spawn no `dpkg-divert --list`.
+/// between the stops and the starts read dpkg's database once.
 pub struct DivertCache {
     divert: DpkgDivert,
     listed: RefCell<Option<Vec<Diversion>>>,
@@ -368,59 +396,134 @@ impl DivertCache {
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> String {
+    fn fixture(name: &str) -> Vec<u8> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/divert-list")
             .join(name);
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn db(text: &str) -> Result<Vec<Diversion>, DivertError> {
+        parse_db(text.as_bytes(), Path::new("/var/lib/dpkg/diversions"))
+    }
+
+    fn diversion(path: &str, to: &str, package: Option<&str>) -> Diversion {
+        Diversion {
+            path: path.into(),
+            divert_to: to.into(),
+            package: package.map(str::to_string),
+        }
     }
 
     #[test]
-    fn parses_every_form_dpkg_prints() {
-        let cases: [(&str, &str, &str, Option<&str>); 5] = [
+    fn parses_database_records_whatever_the_paths_hold() {
+        let cases: [(&str, Vec<Diversion>); 6] = [
+            ("", vec![]),
             (
-                "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem",
-                "/usr/bin/kubelet",
-                "/usr/bin/kubelet.distrib",
-                Some("k8s-nokmem"),
+                "/usr/bin/kubelet\n/usr/bin/kubelet.distrib\nk8s-nokmem\n",
+                vec![diversion(
+                    "/usr/bin/kubelet",
+                    "/usr/bin/kubelet.distrib",
+                    Some("k8s-nokmem"),
+                )],
             ),
             (
-                "diversion of /usr/bin/runc by other",
-                "/usr/bin/runc",
-                "/usr/bin/runc.distrib",
-                Some("other"),
+                "/srv/back to school/notes\n/srv/back to school/notes.distrib\n:\n",
+                vec![diversion(
+                    "/srv/back to school/notes",
+                    "/srv/back to school/notes.distrib",
+                    None,
+                )],
             ),
             (
-                "local diversion of /usr/sbin/runc to /usr/sbin/runc.real",
-                "/usr/sbin/runc",
-                "/usr/sbin/runc.real",
-                None,
+                "/opt/run by hand\n/opt/run by hand to here\np-q\n",
+                vec![diversion(
+                    "/opt/run by hand",
+                    "/opt/run by hand to here",
+                    Some("p-q"),
+                )],
             ),
             (
-                "local diversion of /etc/x",
-                "/etc/x",
-                "/etc/x.distrib",
-                None,
+                // no newline after the last record: dpkg reads it too
+                "/a\n/b\n:\n/c d\n/c d.x\np",
+                vec![
+                    diversion("/a", "/b", None),
+                    diversion("/c d", "/c d.x", Some("p")),
+                ],
             ),
             (
-                "diversion of /usr/bin/a b to /usr/bin/a b.x by p-q",
-                "/usr/bin/a b",
-                "/usr/bin/a b.x",
-                Some("p-q"),
+                // a package line of ": " is a package named so, not a local diversion
+                "/x\n/y\n: \n",
+                vec![diversion("/x", "/y", Some(": "))],
             ),
         ];
-        for (line, path, to, pkg) in cases {
-            let got = parse_list(line).unwrap_or_else(|e| panic!("case '{line}': {e}"));
-            assert_eq!(
-                got,
-                vec![Diversion {
-                    path: path.into(),
-                    divert_to: to.into(),
-                    package: pkg.map(str::to_string)
-                }],
-                "case '{line}'"
-            );
+        for (text, want) in cases {
+            let got = db(text).unwrap_or_else(|e| panic!("case {text:?}: {e}"));
+            assert_eq!(got, want, "case {text:?}");
         }
+        let odd = parse_db(b"/usr/bin/a\xffb\n/x\n:\n", Path::new("d")).unwrap();
+        assert_eq!(odd[0].path.as_os_str().as_bytes(), b"/usr/bin/a\xffb");
+    }
+
+    #[test]
+    fn a_truncated_database_is_an_error_naming_file_line_and_fix() {
+        let err = db("/a\n/b\n:\n/usr/bin/kubelet\n/usr/bin/kubelet.distrib\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dpkg's diversions database '/var/lib/dpkg/diversions' ends inside a diversion: \
+             line 4 ('/usr/bin/kubelet') has no package line after it; `dpkg-divert --list` \
+             fails on it too: restore it from '/var/lib/dpkg/diversions-old'"
+        );
+        let err = db("/a\n").unwrap_err();
+        assert!(err.to_string().contains("no diverted-to path"), "{err}");
+    }
+
+    #[test]
+    fn a_recorded_database_reads_as_dpkg_divert_lists_it() {
+        let all = parse_db(&fixture("odd-paths.diversions"), Path::new("d")).unwrap();
+        let shown: Vec<String> = all.iter().map(Diversion::to_string).collect();
+        let listed = String::from_utf8(fixture("odd-paths.list")).unwrap();
+        assert_eq!(shown, listed.lines().collect::<Vec<_>>());
+        let ours: Vec<&Path> = all
+            .iter()
+            .filter(|d| d.is_ours())
+            .map(|d| d.path.as_path())
+            .collect();
+        assert_eq!(
+            ours,
+            [
+                Path::new("/opt/my bin/kubelet"),
+                Path::new("/usr/bin/kubelet"),
+                Path::new("/usr/sbin/runc")
+            ]
+        );
+    }
+
+    #[test]
+    fn lists_a_root_with_the_real_dpkg_divert() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let divert = DpkgDivert::new(&root);
+        let err = divert.list().unwrap_err();
+        assert!(
+            matches!(err, DivertError::NoAdminDir { .. }),
+            "no admin dir: {err}"
+        );
+        std::fs::create_dir_all(dir.path().join("var/lib/dpkg")).unwrap();
+        assert_eq!(divert.list().unwrap(), vec![], "no diversions file yet");
+        let path = Path::new("/opt/back to school/kubelet by hand");
+        let to = default_divert_to(path);
+        divert.add(path, &to).unwrap();
+        assert_eq!(
+            divert.list().unwrap(),
+            vec![diversion(
+                "/opt/back to school/kubelet by hand",
+                "/opt/back to school/kubelet by hand.distrib",
+                Some(PACKAGE)
+            )]
+        );
+        divert.remove(path, &to).unwrap();
+        assert_eq!(divert.list().unwrap(), vec![]);
     }
 
     #[test]
@@ -472,35 +575,6 @@ mod tests {
         }
         assert!(!knows_root("1.19"));
         assert!(knows_root("1:1.19.2"));
-    }
-
-    #[test]
-    fn display_is_the_exact_list_line() {
-        for line in [
-            "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem",
-            "local diversion of /usr/sbin/runc to /usr/sbin/runc.real",
-        ] {
-            assert_eq!(parse_list(line).unwrap()[0].to_string(), line);
-        }
-    }
-
-    #[test]
-    fn parses_recorded_listings() {
-        let bookworm = parse_list(&fixture("bookworm-mixed.txt")).unwrap();
-        assert_eq!(bookworm.len(), 5, "{bookworm:?}");
-        assert_eq!(bookworm.iter().filter(|d| d.is_ours()).count(), 2);
-        assert!(bookworm.iter().any(|d| d.package.is_none()));
-        assert!(parse_list(&fixture("empty.txt")).unwrap().is_empty());
-    }
-
-    #[test]
-    fn garbage_is_an_error_naming_the_line() {
-        let err = parse_list("diversion of /a to /b by p\nno such thing\n").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "cannot parse line 2 of `dpkg-divert --list` output: 'no such thing'"
-        );
-        assert!(parse_list("diversion of a to b by p").is_err(), "relative");
     }
 
     #[test]

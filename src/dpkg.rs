@@ -3,7 +3,7 @@
 //! On a live node (root `/`) no root option is passed (dpkg 1.18.4 compatibility); under
 //! another root `--admindir R/var/lib/dpkg`, which every dpkg version knows.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::command::{self, Cmd, CommandError};
 use crate::paths::Root;
@@ -11,6 +11,19 @@ use crate::paths::Root;
 pub const DPKG_QUERY: &str = "dpkg-query";
 /// dpkg's database, relative to the root.
 pub const ADMINDIR: &str = "/var/lib/dpkg";
+
+/// The admin dir dpkg's tools use on `root`: `R/var/lib/dpkg` under a root other than `/`
+/// (what `dpkg-divert --root R` and our `dpkg-query --admindir` select); on the live node
+/// `$DPKG_ADMINDIR` when set (dpkg exports it to maintainer scripts, and every dpkg tool
+/// run without `--admindir` reads it, 1.18.4 included), else /var/lib/dpkg.
+pub fn admindir(root: &Root) -> PathBuf {
+    if !root.is_host() {
+        return root.join(ADMINDIR);
+    }
+    std::env::var_os("DPKG_ADMINDIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(ADMINDIR), PathBuf::from)
+}
 
 /// dpkg-query could not be run or failed.
 pub type DpkgError = CommandError;
@@ -30,7 +43,7 @@ impl Dpkg {
     fn query(&self, args: &[&str]) -> Result<Option<String>, DpkgError> {
         let mut cmd = Cmd::new(DPKG_QUERY);
         if !self.root.is_host() {
-            cmd = cmd.arg("--admindir").arg(self.root.join(ADMINDIR));
+            cmd = cmd.arg("--admindir").arg(admindir(&self.root));
         }
         let (out, shown) = cmd.args(args).output()?;
         match out.status.code() {
@@ -42,9 +55,9 @@ impl Dpkg {
 
     /// The packages that ship `path` (`dpkg-query -S`), diversion lines left out.
     pub fn owners(&self, path: &Path) -> Result<Vec<String>, DpkgError> {
-        let shown = path.to_string_lossy();
+        let pattern = literal_pattern(&path.to_string_lossy());
         Ok(self
-            .query(&["-S", &shown])?
+            .query(&["-S", &pattern])?
             .map(|out| parse_search(&out, path))
             .unwrap_or_default())
     }
@@ -55,6 +68,19 @@ impl Dpkg {
             .query(&["-W", "-f", "${db:Status-Abbrev} ${Version}", package])?
             .and_then(|out| parse_status_version(&out)))
     }
+}
+
+/// `dpkg-query -S` takes a glob pattern: `*`, `?`, `[` and `\` in a path are escaped with
+/// a backslash, so that the path matches only itself (pure).
+pub fn literal_pattern(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Packages from `dpkg-query -S PATH` output for exactly `path` (pure). Lines look like
@@ -70,7 +96,7 @@ pub fn parse_search(text: &str, path: &Path) -> Vec<String> {
         let Some((pkgs, p)) = line.split_once(": ") else {
             continue;
         };
-        if p.trim() != want {
+        if p != want {
             continue;
         }
         for pkg in pkgs.split(", ") {
@@ -169,7 +195,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             admin.join("info/kubelet.list"),
-            "/.\n/usr\n/usr/bin\n/usr/bin/kubelet\n",
+            "/.\n/usr\n/usr/bin\n/usr/bin/kubelet\n/opt/k[1]\n/opt/k[1]/kube let\n",
         )
         .unwrap();
         let dpkg = Dpkg::new(&Root::new(dir.path()));
@@ -178,6 +204,12 @@ mod tests {
             vec!["kubelet"]
         );
         assert!(dpkg.owners(Path::new("/usr/bin/runc")).unwrap().is_empty());
+        // odd paths are matched literally, not as a glob
+        assert_eq!(
+            dpkg.owners(Path::new("/opt/k[1]/kube let")).unwrap(),
+            vec!["kubelet"]
+        );
+        assert!(dpkg.owners(Path::new("/opt/k*")).unwrap().is_empty());
         assert_eq!(
             dpkg.version("kubelet").unwrap(),
             Some("1.19.16-00".to_string())

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,8 @@ pub enum TargetError {
     },
     #[error("state file '{}' is not valid ({msg}); move it away and run the command again: it is rebuilt from the diversions", path.display())]
     BadState { path: PathBuf, msg: String },
+    #[error("the {name} path {path:?} holds a newline, which dpkg-divert refuses (its database keeps one path a line); set [{name}] path in the config to the binary's real path")]
+    Newline { name: String, path: PathBuf },
 }
 
 /// What was at a target path before we diverted it.
@@ -220,6 +223,13 @@ pub fn resolve(
                 auto_path(root, tc.name, recorded, diversions, dpkg)?
             }
         };
+        // refused here, before anything changes, rather than by dpkg-divert mid-transaction
+        if path.as_os_str().as_bytes().contains(&b'\n') {
+            return Err(TargetError::Newline {
+                name: tc.name.to_string(),
+                path,
+            });
+        }
         debug!("target {}: '{}' ({found})", tc.name, path.display());
         out.push(Target::new(tc.name, path, bin, tc.restart.clone(), found));
     }
@@ -547,6 +557,47 @@ pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A configured path with a newline (an escape in the config, a generated drop-in) is
+    /// refused when targets are resolved, naming the target and the fix: dpkg-divert would
+    /// refuse it only after the services were stopped. Spaces and " to " are fine.
+    #[test]
+    fn a_target_path_with_a_newline_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let z = "0".repeat(64);
+        let manifest = Manifest::parse(
+            &format!(
+                "[payload]\narch = amd64\nbuilt = 2026-11-28T00:00:00Z\n\
+             [runc]\nfile = runc\nversion = 1.1.5\nsource = t\ngo = go1.19\ntags = nokmem\n\
+             arch = amd64\nsize = 1\nsha256 = {z}\n\
+             [kubelet]\nfile = kubelet\nversion = 1.20.2\nsource = t\ngo = go1.19\ntags = nokmem\n\
+             arch = amd64\nsize = 1\nsha256 = {z}\n"
+            ),
+            "MANIFEST",
+        )
+        .unwrap();
+        let resolve_with = |kubelet: &str| {
+            let mut config = Config::default();
+            for t in &mut config.targets {
+                t.path = TargetPath::Fixed(match t.name {
+                    "kubelet" => kubelet.into(),
+                    _ => "/usr/sbin/runc".into(),
+                });
+            }
+            let dpkg = Dpkg::new(&root);
+            resolve(&root, &config, &manifest, &[], &State::default(), &dpkg)
+        };
+        let err = resolve_with("/opt/my\nbin/kubelet").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the kubelet path \"/opt/my\\nbin/kubelet\" holds a newline, which dpkg-divert refuses \
+             (its database keeps one path a line); set [kubelet] path in the config to the \
+             binary's real path"
+        );
+        let ok = resolve_with("/opt/back to school/kubelet").unwrap();
+        assert_eq!(ok[1].path, Path::new("/opt/back to school/kubelet"));
+    }
 
     /// The staged copy has a name others can predict (`.kubelet.k8s-nokmem-new` next to
     /// the target): a link planted there is replaced, its target never written.

@@ -1,7 +1,9 @@
 //! The built .debs (scripts/build-deb.sh -> target/debian/) checked as Debian and a user
 //! would: lintian, contents and modes, the helper static and running on both arches,
 //! systemd-analyze on the units, shellcheck on the maintainer scripts, and the arm64 .deb
-//! installed and removed with dpkg in an arm64 Debian root under qemu-user.
+//! installed and removed with dpkg in an arm64 Debian root under qemu-user; and, on a fake
+//! node root with the real dpkg-divert, odd paths in dpkg's diversions and the maintainer
+//! scripts' own paths (spaces, a prerm without the helper).
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::node::{self, NodeRoot};
 use common::{artifact, deb, ok, run};
 
 const ARCHES: [&str; 2] = ["amd64", "arm64"];
@@ -327,6 +330,10 @@ fn arm64_deb_installs_and_purges_in_an_arm64_root() {
         c.arg(&root).args(args).env("LC_ALL", "C");
         c
     };
+    // An administrator's diversion whose path `dpkg-divert --list` cannot split.
+    let odd = "/srv/back to school/notes";
+    fs::create_dir_all(root.join("srv/back to school")).unwrap();
+    ok(&mut chroot(&["dpkg-divert", "--local", "--rename", odd]));
     let install = run(&mut chroot(&["dpkg", "-i", "/tmp/k8s-nokmem.deb"]));
     let log = String::from_utf8_lossy(&install.stderr).into_owned()
         + &String::from_utf8_lossy(&install.stdout);
@@ -367,6 +374,11 @@ fn arm64_deb_installs_and_purges_in_an_arm64_root() {
         original,
         "original restored"
     );
+    assert_eq!(
+        ok(&mut chroot(&["dpkg-divert", "--listpackage", odd])).trim(),
+        "LOCAL",
+        "the administrator's diversion stays"
+    );
     for gone in [
         "usr/bin/kubelet.distrib",
         "etc/k8s-nokmem",
@@ -380,4 +392,126 @@ fn arm64_deb_installs_and_purges_in_an_arm64_root() {
         );
     }
     common::keep_tmp(tmp);
+}
+
+/// A local diversion whose path holds " to " and a target whose path holds a space, the way
+/// an administrator may have them: install, status and remove work and leave the
+/// administrator's diversion alone; remove gives back the identical tree.
+#[test]
+fn odd_paths_in_the_diversion_list_and_a_target_with_a_space_work() {
+    let n = node_with_odd_paths();
+    let before = n.snapshot();
+    let local = "local diversion of /srv/back to school/notes to /srv/back to school/notes.distrib";
+    let ours = "diversion of /opt/my bin/kubelet to /opt/my bin/kubelet.distrib by k8s-nokmem";
+
+    n.ok(&["install"]);
+    assert_eq!(n.read("opt/my bin/kubelet"), node::PAYLOAD_KUBELET);
+    assert_eq!(n.read("opt/my bin/kubelet.distrib"), node::ORIG_KUBELET);
+    assert_eq!(n.read("usr/sbin/runc"), node::PAYLOAD_RUNC);
+    let diversions = n.diversions();
+    assert!(
+        diversions.iter().any(|d| d == local) && diversions.iter().any(|d| d == ours),
+        "{diversions:?}"
+    );
+    n.ok(&["install"]);
+
+    let status = n.run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        text.contains("kubelet  /opt/my bin/kubelet: swapped") && text.contains(ours),
+        "{text}"
+    );
+
+    // the verify unit's diversion check reads the same list
+    let out = n.run(&["verify", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify --json ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let check = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "diversions"))
+        .unwrap_or_else(|| panic!("no diversions check: {report:#}"));
+    assert_eq!(check["status"], "ok", "{check:#}");
+
+    n.ok(&["remove"]);
+    assert_eq!(n.diversions(), vec![local.to_string()]);
+    let after = n.snapshot();
+    assert!(
+        before == after,
+        "tree changed:\n{}",
+        node::diff(&before, &after)
+    );
+}
+
+/// A node with an administrator's diversion of `/srv/back to school/notes` and kubelet at
+/// `/opt/my bin/kubelet`, not yet swapped.
+fn node_with_odd_paths() -> NodeRoot {
+    let n = NodeRoot::new();
+    n.write("srv/back to school/notes", b"term plan\n", 0o644);
+    ok(Command::new("dpkg-divert")
+        .arg("--root")
+        .arg(&n.path)
+        .args(["--local", "--rename", "/srv/back to school/notes"]));
+    n.write("opt/my bin/kubelet", node::ORIG_KUBELET, 0o755);
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[kubelet]\npath = /opt/my bin/kubelet\n",
+        0o644,
+    );
+    n
+}
+
+/// `prerm remove` with the helper gone (deleted by hand), after an install or an upgrade
+/// was killed half-way: the diversion of a path with spaces is undone, the staged copies
+/// (`.NAME.k8s-nokmem-new`, also next to a path not diverted yet) and the previous payload
+/// kept aside (`.NAME.k8s-nokmem-prev`) are deleted, the administrator's diversion stays,
+/// and the tree is as before install.
+#[test]
+fn prerm_without_the_helper_handles_spaces_and_removes_staged_leftovers() {
+    const NEW_KUBELET: &[u8] = b"#!/bin/sh\necho nokmem kubelet v1.20.3\n";
+    // (what runs before the kill, the failpoint, a leftover it must leave)
+    let cases = [
+        (false, "place:abort", "opt/my bin/.kubelet.k8s-nokmem-new"),
+        (true, "start:abort", "opt/my bin/.kubelet.k8s-nokmem-prev"),
+        // staged, not diverted yet (the journal names the paths)
+        (false, "stop:abort", "opt/my bin/.kubelet.k8s-nokmem-new"),
+    ];
+    for (upgrade, failpoint, leftover) in cases {
+        let n = node_with_odd_paths();
+        let pristine = n.snapshot();
+        if upgrade {
+            n.ok(&["install"]);
+            n.set_payload(node::PAYLOAD_RUNC, NEW_KUBELET, "1.20.3");
+        }
+        let out = n.run_with_failpoint(&["install"], failpoint);
+        assert!(!out.status.success(), "{failpoint}");
+        assert!(n.exists(leftover), "{failpoint}: no {leftover} to clean up");
+
+        let out = n.prerm_remove(false);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{failpoint}: prerm failed: {err}");
+        assert_eq!(
+            n.diversions(),
+            vec![
+                "local diversion of /srv/back to school/notes to /srv/back to school/notes.distrib"
+            ],
+            "{failpoint}: {err}"
+        );
+        n.set_payload(node::PAYLOAD_RUNC, node::PAYLOAD_KUBELET, "1.20.2");
+        let after = n.snapshot();
+        assert!(
+            pristine == after,
+            "{failpoint}: tree changed:\n{}\nprerm said: {err}",
+            node::diff(&pristine, &after)
+        );
+    }
 }

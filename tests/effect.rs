@@ -2,7 +2,8 @@
 //! recorded node trees (tests/fixtures/cgroup) with a node root where `k8s-nokmem install`
 //! swapped the payload in (real `dpkg-divert --root`), as `verify --json`, the summary, the
 //! textfile and the node-problem-detector line show it; and Debian's reboot-required
-//! convention written by `verify --state` and `install` under `--root`.
+//! convention written by `verify --state`; `install --root` (an image build) judges nothing
+//! from the build host.
 
 mod common;
 
@@ -270,8 +271,11 @@ fn pkgs(n: &NodeRoot) -> String {
     String::from_utf8(n.read("run/reboot-required.pkgs")).unwrap()
 }
 
+/// The verify unit's runs (`verify --state`) flag a reboot that will help, once. (install
+/// under `--root` is an image build and judges nothing: src/swap/tests.rs tests install's
+/// flag on the node itself, tests/nspawn_swap.rs on a booted one.)
 #[test]
-fn install_and_hourly_verify_runs_flag_reboot_required_once() {
+fn verify_runs_flag_reboot_required_once() {
     let n = NodeRoot::new();
     // another package asked first; ours is added after it, once
     n.write(
@@ -282,28 +286,26 @@ fn install_and_hourly_verify_runs_flag_reboot_required_once() {
     config_for(&n, "4.4-kubepods", "");
     let log = n.ok(&["install"]);
     assert!(
-        log.contains(
-            "install: a reboot is still needed: kubepods and its QoS cgroups account kmem"
-        ),
+        log.contains("so this is an image build: nothing is judged from this machine's kernel"),
         "{log}"
+    );
+    assert!(!n.exists("run/reboot-required"), "{log}");
+    let out = n.run(&["verify", "--state"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "kubepods accounts kmem: a problem"
     );
     assert_eq!(
         String::from_utf8(n.read("run/reboot-required")).unwrap(),
         "*** System restart required ***\n"
     );
-    assert!(
-        log.contains("reboot-required: wrote /run/reboot-required, /run/reboot-required.pkgs (the fix takes effect at the next boot)"),
-        "{log}"
-    );
     let want = "linux-image-4.4.0-210-generic\nk8s-nokmem\n";
     assert_eq!(pkgs(&n), want);
 
     // a reinstall (nothing to swap) and hourly verify runs: still one line
-    let log = n.ok(&["install"]);
-    assert!(
-        log.contains("reboot-required: already flagged by k8s-nokmem"),
-        "{log}"
-    );
+    n.ok(&["install"]);
+    assert_eq!(pkgs(&n), want);
     for _ in 0..3 {
         let out = n.run(&["verify", "--state"]);
         assert_eq!(
@@ -344,12 +346,13 @@ fn nothing_is_flagged_when_a_reboot_cannot_help() {
     let n = NodeRoot::new();
     config_for(&n, "5.4-kmem", "[kernel]\ncmdline = leave\n");
     let log = n.ok(&["install"]);
-    assert!(
-        log.contains("install: the fix is not in effect yet (operator): Linux 5.4 accounts kmem"),
-        "{log}"
-    );
     assert!(!n.exists("run/reboot-required"), "{log}");
-    n.run(&["verify", "--state"]);
+    let out = n.run(&["verify", "--state"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Linux 5.4 accounts kmem"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!n.exists("run/reboot-required"));
     let out = n.run(&["status"]);
     assert!(
@@ -360,38 +363,75 @@ fn nothing_is_flagged_when_a_reboot_cannot_help() {
     );
 }
 
+/// `apply = reboot` in an image build: the payload is in place, and nothing is flagged (the
+/// image's first boot starts the new binaries; its /run starts empty). On the node itself
+/// it flags the reboot: src/swap/tests.rs, tests/nspawn_swap.rs.
 #[test]
-fn apply_reboot_swaps_then_flags_reboot_required_and_restart_does_not_on_a_clean_node() {
-    // cgroup v2: the rule needs nothing; only apply = reboot asks for the reboot that
-    // starts the new binaries
+fn apply_reboot_in_an_image_swaps_and_flags_nothing() {
     let n = NodeRoot::new();
     config_for(&n, "v2-only", "[services]\napply = reboot\n");
     let log = n.ok(&["install"]);
-    assert!(
-        log.contains("reboot-required: wrote /run/reboot-required, /run/reboot-required.pkgs ([services] apply = reboot: the services run the old binaries until the node reboots)"),
-        "{log}"
-    );
     assert_eq!(n.read("usr/bin/kubelet"), common::node::PAYLOAD_KUBELET);
-    assert_eq!(pkgs(&n), "k8s-nokmem\n");
-    // an upgrade of the payload flags again, still one line
-    n.set_payload(
-        b"#!/bin/sh\necho nokmem runc 1.1.6\n",
-        b"#!/bin/sh\necho nokmem kubelet 2\n",
-        "1.20.2",
-    );
-    let log = n.ok(&["install"]);
-    assert!(
-        log.contains("reboot-required: already flagged by k8s-nokmem ([services] apply = reboot"),
-        "{log}"
-    );
-    assert_eq!(pkgs(&n), "k8s-nokmem\n");
-
-    let n = NodeRoot::new();
-    config_for(&n, "v2-only", "");
-    let log = n.ok(&["install"]);
-    assert!(
-        log.contains("install: the fix is in effect: no cgroup v1 memory controller"),
-        "{log}"
-    );
     assert!(!n.exists("run/reboot-required"), "{log}");
+    assert!(
+        !log.contains("reboot-required") && !log.contains("install: the fix is"),
+        "{log}"
+    );
+}
+
+/// `install --root IMG` (an image build) on build hosts with and without a cgroup v1 memory
+/// controller, each faked through `[verify] proc-root`/`cgroup-root` in a config outside
+/// the image: the image comes out the same, its kernel command line managed from its own
+/// grub files and no reboot flagged; the log says what the image's kernel needs and leaves
+/// the verdict to its first boot.
+#[test]
+fn an_image_built_with_root_is_the_same_whatever_the_build_host_runs() {
+    let mut built = Vec::new();
+    for host in ["4.4-kubepods", "5.4-kmem", "v2-only"] {
+        let image = NodeRoot::new();
+        image.write("etc/default/grub", b"GRUB_CMDLINE_LINUX=\"\"\n", 0o644);
+        fs::create_dir_all(image.abs("lib/modules/5.4.0-150-generic/kernel")).unwrap();
+        let host_dir = tempfile::tempdir().unwrap();
+        let host_config = host_dir.path().join("k8s-nokmem.conf");
+        let node = fixture(host);
+        fs::write(
+            &host_config,
+            format!(
+                "[verify]\nproc-root = {}\ncgroup-root = {}\n",
+                node.join("proc").display(),
+                node.join("sys/fs/cgroup").display()
+            ),
+        )
+        .unwrap();
+        let out = image.run(&["install", "--config", host_config.to_str().unwrap()]);
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{host}: {log}");
+        assert!(
+            log.contains(&format!(
+                "install: root is '{}', not /, so this is an image build: nothing is judged from this machine's kernel or cgroups; \
+                 its kernel 5.4.0-150-generic accounts kmem in every memory cgroup unless booted with cgroup.memory=nokmem: \
+                 /etc/default/grub.d/99-k8s-nokmem.cfg adds it",
+                image.path.display()
+            )) && log.contains("judged at the image's first boot by k8s-nokmem-verify.service"),
+            "{host}: {log}"
+        );
+        assert!(
+            !log.contains("reboot-required") && !log.contains("install: the fix is"),
+            "{host}: {log}"
+        );
+        assert!(
+            image.exists("etc/default/grub.d/99-k8s-nokmem.cfg"),
+            "{host}"
+        );
+        assert!(!image.exists("run/reboot-required"), "{host}");
+        built.push((host, image.snapshot(), image));
+    }
+    let (first, want, _) = &built[0];
+    for (host, got, _) in &built[1..] {
+        assert!(
+            want == got,
+            "the image built on a {first} host differs from the one built on a {host} host:\n{}",
+            common::node::diff(want, got)
+        );
+    }
 }

@@ -687,44 +687,13 @@ fn remove_moves_a_file_someone_else_put_there_aside_and_undiverts() {
     assert_installed(&n);
 }
 
-/// `sh debian/prerm remove` on the node (DPKG_ROOT), with `PATH` holding only the tools it
-/// uses, and the helper when `with_helper`.
-fn prerm_remove(n: &NodeRoot, with_helper: bool) -> std::process::Output {
-    let bin = tempfile::tempdir().unwrap();
-    for tool in ["dpkg-divert", "cmp", "ln", "rm", "date"] {
-        let real = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-            .iter()
-            .map(|d| std::path::Path::new(d).join(tool))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| {
-                panic!("{tool} not found: apt-get install dpkg diffutils coreutils")
-            });
-        std::os::unix::fs::symlink(real, bin.path().join(tool)).unwrap();
-    }
-    if with_helper {
-        std::os::unix::fs::symlink(
-            env!("CARGO_BIN_EXE_k8s-nokmem"),
-            bin.path().join("k8s-nokmem"),
-        )
-        .unwrap();
-    }
-    let prerm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/prerm");
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.arg(prerm)
-        .arg("remove")
-        .env_clear()
-        .env("PATH", bin.path())
-        .env("DPKG_ROOT", &n.path);
-    common::run(&mut cmd)
-}
-
 #[test]
 fn prerm_remove_works_with_and_without_the_helper() {
     for with_helper in [true, false] {
         let n = NodeRoot::new();
         let before = n.snapshot();
         n.ok(&["install"]);
-        let out = prerm_remove(&n, with_helper);
+        let out = n.prerm_remove(with_helper);
         let err = stderr(&out);
         assert!(out.status.success(), "helper {with_helper}: {err}");
         assert_eq!(
@@ -743,7 +712,7 @@ fn prerm_remove_works_with_and_without_the_helper() {
     let n = NodeRoot::new();
     n.ok(&["install"]);
     n.write("usr/bin/kubelet", b"hand-copied hotfix", 0o755);
-    let out = prerm_remove(&n, false);
+    let out = n.prerm_remove(false);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     let moved = named_like(&n, "kubelet.k8s-nokmem-foreign-");

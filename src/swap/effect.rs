@@ -2,17 +2,50 @@
 //! ([`crate::verify::effect`]): manage the kernel command line, and flag Debian's
 //! reboot-required when a reboot is what puts the fix in effect. None of it fails the
 //! command: the swap is consistent either way, and `verify` reports what is left to do.
+//!
+//! The rule reads the running kernel and its cgroups, which are the node's only when the
+//! helper runs on the node. An image build (`--root IMG`, or a chroot where systemd is not
+//! running) runs on a build host: there nothing is judged from this machine's kernel; the
+//! command line is managed from the image's own files, what its kernels need is said from
+//! its `/lib/modules` and `/boot`, and the verdict is left to the verify unit at its first
+//! boot.
 
 use std::os::unix::fs::MetadataExt;
 
 use log::{info, warn};
 
-use crate::cmdline;
+use crate::cmdline::{self, Loader};
 use crate::config::{Apply, Config};
 use crate::paths::Root;
+use crate::policy::{ServicePolicy, SkipReason};
 use crate::reboot;
 use crate::targets::State;
 use crate::verify::{self, Action, Report};
+use crate::verify::{parse_release, KERNEL_WIDE_KMEM_SINCE};
+
+/// Whose kernel the install's effect is judged on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judged {
+    /// This machine is the node: its kernel and cgroups (`[verify] proc-root`,
+    /// `cgroup-root`) are the node's.
+    Here,
+    /// An image or a chroot on a build host (the reason says which): this machine's kernel
+    /// and cgroups are not the node's and are never read.
+    Image(SkipReason),
+}
+
+impl Judged {
+    /// From the session's service policy: a root other than `/`, or no running systemd
+    /// (a chroot, a container image build), is not the machine the node boots on.
+    pub fn of(policy: &ServicePolicy) -> Judged {
+        match policy {
+            ServicePolicy::Skip(
+                why @ (SkipReason::ForeignRoot(_) | SkipReason::SystemdNotRunning),
+            ) => Judged::Image(why.clone()),
+            ServicePolicy::Skip(SkipReason::Boot) | ServicePolicy::Act => Judged::Here,
+        }
+    }
+}
 
 /// Identifies the state file as last written (the swap's last step rewrites it).
 pub fn state_stamp(root: &Root) -> Option<(u64, i64, i64)> {
@@ -20,16 +53,107 @@ pub fn state_stamp(root: &Root) -> Option<(u64, i64, i64)> {
     Some((m.ino(), m.mtime(), m.mtime_nsec()))
 }
 
-/// After a successful install: the kernel command line, then the rule, then the flag.
-/// `swapped` says whether this run changed a binary.
-pub fn after_install(root: &Root, config: &Config, swapped: bool) {
-    let v1 = verify::v1_memory(&config.verify.proc_root, &config.verify.cgroup_root);
-    if let Err(e) = cmdline::apply(root, cmdline::managed(config.kernel_cmdline, v1)) {
+/// After a successful install: the kernel command line, then the rule, then the flag
+/// ([`Judged::Here`]); or, for an image, the command line from its own files and what its
+/// kernels need, the verdict deferred to its first boot. `swapped` says whether this run
+/// changed a binary.
+pub fn after_install(root: &Root, config: &Config, swapped: bool, judged: &Judged) {
+    let why = match judged {
+        Judged::Here => return after_install_here(root, config, swapped),
+        Judged::Image(why) => why,
+    };
+    // the image's cgroup layout is known only when it boots: unknown, and the parameter is
+    // harmless where it does not apply
+    let manage = cmdline::managed(config.kernel_cmdline, None);
+    apply_cmdline(root, manage);
+    info!(
+        "install: {}",
+        image_effect(&image_kernels(root), manage, &cmdline::loader(root), why)
+    );
+}
+
+fn apply_cmdline(root: &Root, manage: bool) {
+    if let Err(e) = cmdline::apply(root, manage) {
         warn!(
             "kernel cmdline: {}\nnote: run update-grub, then `k8s-nokmem verify`",
             verify::error_chain(&e)
         );
     }
+}
+
+/// The kernel releases an image holds: the directories of `/lib/modules` and the
+/// `/boot/vmlinuz-RELEASE` files, sorted, each once.
+pub fn image_kernels(root: &Root) -> Vec<String> {
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(root.join(dir))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out: Vec<String> = names("/lib/modules")
+        .into_iter()
+        .chain(
+            names("/boot")
+                .iter()
+                .filter_map(|f| f.strip_prefix("vmlinuz-").map(str::to_string)),
+        )
+        .filter(|r| parse_release(r).is_some())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What install says about an image (pure): from its kernels, whether k8s-nokmem manages
+/// the command line and its boot loader; the verdict itself is the first boot's.
+pub fn image_effect(
+    kernels: &[String],
+    managed: bool,
+    loader: &Loader,
+    why: &SkipReason,
+) -> String {
+    let param = cmdline::PARAM;
+    let wide: Vec<&str> = kernels
+        .iter()
+        .filter(|k| parse_release(k).is_some_and(|r| r >= KERNEL_WIDE_KMEM_SINCE))
+        .map(String::as_str)
+        .collect();
+    let kernel = if kernels.is_empty() {
+        "no kernel in this image (/lib/modules, /boot/vmlinuz-*) says what its boot needs"
+            .to_string()
+    } else if wide.is_empty() {
+        format!(
+            "its kernel {} accounts kmem only where runc and kubelet switch it on, and the payload runs from the first boot",
+            kernels.join(", ")
+        )
+    } else {
+        let need = format!(
+            "its kernel {} accounts kmem in every memory cgroup unless booted with {param}",
+            wide.join(", ")
+        );
+        match (managed, loader) {
+            (false, _) => format!("{need}; [kernel] cmdline leaves the command line to you: add {param} to it"),
+            (true, Loader::Grub) => format!(
+                "{need}: {} adds it; generate the image's {} after this (update-grub inside the image)",
+                cmdline::DROPIN,
+                cmdline::GRUB_CFG
+            ),
+            (true, Loader::Other { file, line }) => format!("{need}; it does not boot with grub: in {file}, {line}"),
+        }
+    };
+    format!(
+        "{why}, so this is an image build: nothing is judged from this machine's kernel or cgroups; {kernel}; whether the fix is in effect is judged at the image's first boot by k8s-nokmem-verify.service, which flags a reboot only if one will help"
+    )
+}
+
+/// [`after_install`] on the node itself.
+fn after_install_here(root: &Root, config: &Config, swapped: bool) {
+    let v1 = verify::v1_memory(&config.verify.proc_root, &config.verify.cgroup_root);
+    apply_cmdline(root, cmdline::managed(config.kernel_cmdline, v1));
     let report = verify::run(&verify::settings_for(root, config));
     if config.apply == Apply::Reboot && swapped {
         flag(
@@ -83,5 +207,91 @@ fn flag(root: &Root, why: &str) {
             "{}\nnote: reboot the node (drain it first) when convenient",
             verify::error_chain(&e)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_is_described_from_its_own_kernels_and_loader() {
+        let why = SkipReason::SystemdNotRunning;
+        let other = Loader::Other {
+            file: "/boot/firmware/cmdline.txt".into(),
+            line: "append ' cgroup.memory=nokmem' to its single line".into(),
+        };
+        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases: [(Vec<String>, bool, &Loader, &str); 5] = [
+            (k(&[]), true, &Loader::Grub, "no kernel in this image"),
+            (
+                k(&["4.4.0-210-generic"]),
+                true,
+                &Loader::Grub,
+                "its kernel 4.4.0-210-generic accounts kmem only where runc and kubelet switch it on",
+            ),
+            (
+                k(&["4.4.0-210-generic", "5.4.0-150-generic"]),
+                true,
+                &Loader::Grub,
+                "its kernel 5.4.0-150-generic accounts kmem in every memory cgroup unless booted with cgroup.memory=nokmem: /etc/default/grub.d/99-k8s-nokmem.cfg adds it; generate the image's /boot/grub/grub.cfg after this",
+            ),
+            (
+                k(&["5.4.0-150-generic"]),
+                false,
+                &Loader::Grub,
+                "[kernel] cmdline leaves the command line to you: add cgroup.memory=nokmem to it",
+            ),
+            (
+                k(&["5.15.0-1034-raspi"]),
+                true,
+                &other,
+                "it does not boot with grub: in /boot/firmware/cmdline.txt, append ' cgroup.memory=nokmem' to its single line",
+            ),
+        ];
+        for (kernels, managed, loader, want) in cases {
+            let got = image_effect(&kernels, managed, loader, &why);
+            assert!(got.contains(want), "case {kernels:?} {managed}: {got}");
+            assert!(
+                got.starts_with("systemd is not running: no /run/systemd/system, so this is an image build")
+                    && got.ends_with("judged at the image's first boot by k8s-nokmem-verify.service, which flags a reboot only if one will help"),
+                "{got}"
+            );
+        }
+    }
+
+    #[test]
+    fn image_kernels_come_from_its_modules_and_boot_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        assert!(image_kernels(&root).is_empty());
+        std::fs::create_dir_all(root.join("/lib/modules/5.4.0-150-generic")).unwrap();
+        std::fs::create_dir_all(root.join("/boot")).unwrap();
+        for f in [
+            "vmlinuz-5.4.0-150-generic",
+            "vmlinuz-4.4.0-210-generic",
+            "vmlinuz",
+            "config-5.4.0-150-generic",
+        ] {
+            std::fs::write(root.join("/boot").join(f), b"").unwrap();
+        }
+        assert_eq!(
+            image_kernels(&root),
+            vec!["4.4.0-210-generic", "5.4.0-150-generic"]
+        );
+    }
+
+    #[test]
+    fn only_the_node_itself_is_judged_here() {
+        assert_eq!(Judged::of(&ServicePolicy::Act), Judged::Here);
+        for why in [
+            SkipReason::ForeignRoot("/img".into()),
+            SkipReason::SystemdNotRunning,
+        ] {
+            assert_eq!(
+                Judged::of(&ServicePolicy::Skip(why.clone())),
+                Judged::Image(why)
+            );
+        }
     }
 }

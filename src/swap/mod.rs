@@ -60,7 +60,7 @@ pub fn run_install(root: &Root, config_path: Option<&Path>) -> anyhow::Result<()
     let before = effect::state_stamp(root);
     install(root, &session, &config, connected.as_deref())?;
     let swapped = effect::state_stamp(root) != before;
-    effect::after_install(root, &config, swapped);
+    effect::after_install(root, &config, swapped, &effect::Judged::of(&session.policy));
     Ok(())
 }
 

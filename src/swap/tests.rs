@@ -468,3 +468,48 @@ fn the_record_step_stamps_when_each_payload_was_placed() {
     assert!(swapped_at("kubelet").unwrap() >= t1);
     assert_eq!(swapped_at("runc"), Some(t0 - 3600));
 }
+
+/// On the node itself ([`effect::Judged::Here`]) install's effect is judged from the
+/// node's kernel and cgroups (`[verify] proc-root`/`cgroup-root`, recorded trees here): a
+/// reboot that will help is flagged (once), one that cannot is not, and `apply = reboot`
+/// flags the reboot that starts the new binaries. In an image build
+/// ([`effect::Judged::Image`]) the same config flags nothing.
+#[test]
+fn install_flags_reboot_required_on_the_node_only_when_a_reboot_helps() {
+    let cases = [
+        ("4.4-kubepods", "", true),
+        ("5.4-kmem", "[kernel]\ncmdline = leave\n", false),
+        ("v2-only", "", false),
+        ("v2-only", "[services]\napply = reboot\n", true),
+    ];
+    for (tree, extra, flagged) in cases {
+        let case = format!("{tree} {extra:?}");
+        let recorded = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/cgroup")
+            .join(tree);
+        let config_text = format!(
+            "[verify]\nproc-root = {}\ncgroup-root = {}\n{extra}",
+            recorded.join("proc").display(),
+            recorded.join("sys/fs/cgroup").display()
+        );
+        for judged in [
+            effect::Judged::Here,
+            effect::Judged::Image(crate::policy::SkipReason::SystemdNotRunning),
+        ] {
+            let node = TestNode::new();
+            node.write("etc/k8s-nokmem/k8s-nokmem.conf", config_text.as_bytes());
+            let sd = FakeSystemd::with_active(&UNITS);
+            node.install(&sd).unwrap();
+            let config = Config::load(&node.root, None).unwrap();
+            for _ in 0..2 {
+                effect::after_install(&node.root, &config, true, &judged);
+            }
+            let flag = crate::reboot::read(&node.root);
+            let want = flagged && judged == effect::Judged::Here;
+            assert_eq!(flag.required, want, "{case} {judged:?}");
+            if want {
+                assert_eq!(flag.packages, vec!["k8s-nokmem"], "{case}: listed once");
+            }
+        }
+    }
+}

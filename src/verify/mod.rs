@@ -33,6 +33,7 @@ pub use causes::Cause;
 pub use cgroup::{Kind, Qos, Setup, MEMCG_ID_LIMIT};
 pub use effect::{Action, Effect, RebootRequired};
 pub use evidence::Evidence;
+pub use kernel::{parse_release, KERNEL_WIDE_KMEM_SINCE};
 
 use causes::active_by_cause;
 use checks::{cgroup_check, kernel_check, kernel_log_check, zombie_check};

@@ -193,6 +193,37 @@ impl NodeRoot {
         );
     }
 
+    /// `sh debian/prerm remove` on the node (DPKG_ROOT), with `PATH` holding only the tools
+    /// it uses, and the helper when `with_helper`.
+    pub fn prerm_remove(&self, with_helper: bool) -> Output {
+        let bin = tempfile::tempdir().unwrap();
+        for tool in ["dpkg-divert", "cmp", "ln", "rm", "date"] {
+            let real = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| {
+                    panic!("{tool} not found: apt-get install dpkg diffutils coreutils")
+                });
+            std::os::unix::fs::symlink(real, bin.path().join(tool)).unwrap();
+        }
+        if with_helper {
+            std::os::unix::fs::symlink(
+                env!("CARGO_BIN_EXE_k8s-nokmem"),
+                bin.path().join("k8s-nokmem"),
+            )
+            .unwrap();
+        }
+        let prerm = super::repo().join("debian/prerm");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg(prerm)
+            .arg("remove")
+            .env_clear()
+            .env("PATH", bin.path())
+            .env("DPKG_ROOT", &self.path);
+        super::run(&mut cmd)
+    }
+
     /// Every path under the root (minus [`NOT_SNAPSHOTTED`]) with its kind, mode and sha256.
     pub fn snapshot(&self) -> BTreeMap<String, Entry> {
         let mut out = BTreeMap::new();
