@@ -1,0 +1,675 @@
+//! contrib/ against the tools it configures, as their own sources define them: the kured
+//! args against the flags each kured release defines (a table derived from kured's source at
+//! the release tags), the kured alert filter against the alerts contrib/prometheus defines,
+//! and the alert rules under the real `promtool` over the series `verify --textfile` writes.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::node::NodeRoot;
+
+/// Where a kured release looks for the reboot sentinel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sentinel {
+    /// On the host: `nsenter -m/proc/1/ns/mnt -- test -f SENTINEL` (cmd/kured/main.go:
+    /// `sentinelExists` at 1.2.0; `buildHostCommand(1, sentinelCommand)` at 1.7.0).
+    Host,
+    /// Inside kured's container, through a hostPath mount (cmd/kured/main.go at 1.15.0: "Only
+    /// wrap sentinel-command with nsenter, if a custom-command was configured, otherwise use
+    /// the host-path mount"; pkg/checkers/checker.go `FileRebootChecker` at 1.23.0).
+    Container,
+}
+
+/// One kured release, read from kubereboot/kured (formerly weaveworks/kured) at its tag.
+struct Kured {
+    tag: &'static str,
+    sentinel: Sentinel,
+    /// "expected kubernetes compatibility" in README.md at the tag (Kubernetes minors, 1.x);
+    /// None where the README no longer carries the table.
+    kubernetes: Option<(u32, u32)>,
+    /// Every flag cmd/kured/main.go registers at the tag: `rootCmd.PersistentFlags().*Var*(…,
+    /// "NAME", …)` through 1.14.x, pflag's `flag.*Var*(…, "NAME", …)` from 1.15.0.
+    flags: &'static [&'static str],
+}
+
+const KURED: &[Kured] = &[
+    Kured {
+        tag: "1.2.0",
+        sentinel: Sentinel::Host,
+        kubernetes: Some((12, 14)),
+        flags: &[
+            "alert-filter-regexp",
+            "blocking-pod-selector",
+            "ds-name",
+            "ds-namespace",
+            "lock-annotation",
+            "period",
+            "prometheus-url",
+            "reboot-sentinel",
+            "slack-hook-url",
+            "slack-username",
+        ],
+    },
+    Kured {
+        tag: "1.3.0",
+        sentinel: Sentinel::Host,
+        kubernetes: Some((15, 17)),
+        flags: &[
+            "alert-filter-regexp",
+            "blocking-pod-selector",
+            "ds-name",
+            "ds-namespace",
+            "end-time",
+            "lock-annotation",
+            "period",
+            "prometheus-url",
+            "reboot-days",
+            "reboot-sentinel",
+            "slack-channel",
+            "slack-hook-url",
+            "slack-username",
+            "start-time",
+            "time-zone",
+        ],
+    },
+    Kured {
+        tag: "1.4.4",
+        sentinel: Sentinel::Host,
+        kubernetes: Some((16, 18)),
+        flags: &[
+            "alert-filter-regexp",
+            "annotation-ttl",
+            "blocking-pod-selector",
+            "ds-name",
+            "ds-namespace",
+            "end-time",
+            "lock-annotation",
+            "period",
+            "prometheus-url",
+            "reboot-days",
+            "reboot-sentinel",
+            "slack-channel",
+            "slack-hook-url",
+            "slack-username",
+            "start-time",
+            "time-zone",
+        ],
+    },
+    Kured {
+        tag: "1.5.1",
+        sentinel: Sentinel::Host,
+        kubernetes: Some((17, 19)),
+        flags: &[
+            "alert-filter-regexp",
+            "blocking-pod-selector",
+            "ds-name",
+            "ds-namespace",
+            "end-time",
+            "lock-annotation",
+            "lock-ttl",
+            "period",
+            "prometheus-url",
+            "reboot-days",
+            "reboot-sentinel",
+            "slack-channel",
+            "slack-hook-url",
+            "slack-username",
+            "start-time",
+            "time-zone",
+        ],
+    },
+    Kured {
+        tag: "1.6.1",
+        sentinel: Sentinel::Host,
+        kubernetes: Some((18, 20)),
+        flags: &[
+            "alert-filter-regexp",
+            "blocking-pod-selector",
+            "ds-name",
+            "ds-namespace",
+            "end-time",
+            "lock-annotation",
+            "lock-ttl",
+            "message-template-drain",
+            "message-template-reboot",
+            "period",
+            "prometheus-url",
+            "reboot-days",
+            "reboot-sentinel",
+            "slack-channel",
+            "slack-hook-url",
+            "slack-username",
+            "start-time",
+            "time-zone",
+        ],
+    },
+    Kured {
+        tag: "1.7.0",
+        sentinel: Sentinel::Host,
+        kubernetes: Some((19, 21)),
+        flags: &[
+            "alert-filter-regexp",
+            "annotate-nodes",
+            "blocking-pod-selector",
+            "drain-grace-period",
+            "drain-timeout",
+            "ds-name",
+            "ds-namespace",
+            "end-time",
+            "force-reboot",
+            "lock-annotation",
+            "lock-release-delay",
+            "lock-ttl",
+            "message-template-drain",
+            "message-template-reboot",
+            "notify-url",
+            "period",
+            "prefer-no-schedule-taint",
+            "prometheus-url",
+            "reboot-command",
+            "reboot-days",
+            "reboot-sentinel",
+            "reboot-sentinel-command",
+            "skip-wait-for-delete-timeout",
+            "slack-channel",
+            "slack-hook-url",
+            "slack-username",
+            "start-time",
+            "time-zone",
+        ],
+    },
+    Kured {
+        tag: "1.15.0",
+        sentinel: Sentinel::Container,
+        kubernetes: None,
+        flags: KURED_1_15_FLAGS,
+    },
+    Kured {
+        tag: "1.23.0",
+        sentinel: Sentinel::Container,
+        kubernetes: None,
+        // the same set as 1.15.0
+        flags: KURED_1_15_FLAGS,
+    },
+];
+
+const KURED_1_15_FLAGS: &[&str] = &[
+    "alert-filter-match-only",
+    "alert-filter-regexp",
+    "alert-firing-only",
+    "annotate-nodes",
+    "blocking-pod-selector",
+    "concurrency",
+    "drain-delay",
+    "drain-grace-period",
+    "drain-pod-selector",
+    "drain-timeout",
+    "ds-name",
+    "ds-namespace",
+    "end-time",
+    "force-reboot",
+    "lock-annotation",
+    "lock-release-delay",
+    "lock-ttl",
+    "log-format",
+    "message-template-drain",
+    "message-template-reboot",
+    "message-template-uncordon",
+    "metrics-host",
+    "metrics-port",
+    "node-id",
+    "notify-url",
+    "period",
+    "post-reboot-node-labels",
+    "pre-reboot-node-labels",
+    "prefer-no-schedule-taint",
+    "prometheus-url",
+    "reboot-command",
+    "reboot-days",
+    "reboot-delay",
+    "reboot-method",
+    "reboot-sentinel",
+    "reboot-sentinel-command",
+    "reboot-signal",
+    "skip-wait-for-delete-timeout",
+    "slack-channel",
+    "slack-hook-url",
+    "slack-username",
+    "start-time",
+    "time-zone",
+];
+
+/// The Kubernetes minors of our range (1.14-1.20).
+const KUBERNETES: std::ops::RangeInclusive<u32> = 14..=20;
+
+fn kured(tag: &str) -> Option<&'static Kured> {
+    KURED.iter().find(|k| k.tag == tag)
+}
+
+/// One file of contrib/kured as the test reads it.
+struct KuredFile {
+    name: String,
+    text: String,
+    /// `# kured-releases: A B`
+    releases: Vec<String>,
+    /// `# kubernetes: 1.14 1.15` (minors), empty for `current`
+    kubernetes: Vec<u32>,
+    current: bool,
+    /// `--name[=value]` in the args, in order
+    flags: Vec<(String, String)>,
+}
+
+impl KuredFile {
+    fn flag(&self, name: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn repo() -> PathBuf {
+    common::repo()
+}
+
+fn kured_files() -> Vec<KuredFile> {
+    let dir = repo().join("contrib/kured");
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no kured contrib in {}", dir.display());
+    names
+        .into_iter()
+        .map(|name| {
+            let text = fs::read_to_string(dir.join(&name)).unwrap();
+            let header = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("# {key}:")))
+                    .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                    .unwrap_or_else(|| {
+                        panic!("contrib/kured/{name} has no `# {key}:` line naming what it is for")
+                    })
+            };
+            let releases = header("kured-releases");
+            let k8s = header("kubernetes");
+            let current = k8s == ["current"];
+            let kubernetes = if current {
+                Vec::new()
+            } else {
+                k8s.iter()
+                    .map(|v| {
+                        v.strip_prefix("1.")
+                            .and_then(|m| m.parse().ok())
+                            .unwrap_or_else(|| panic!("contrib/kured/{name}: bad minor '{v}'"))
+                    })
+                    .collect()
+            };
+            let flags = text
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix("- --"))
+                .map(|arg| {
+                    let arg = arg.split_whitespace().next().unwrap_or_default();
+                    match arg.split_once('=') {
+                        Some((n, v)) => (n.to_string(), v.to_string()),
+                        None => (arg.to_string(), String::new()),
+                    }
+                })
+                .collect();
+            KuredFile {
+                name,
+                text,
+                releases,
+                kubernetes,
+                current,
+                flags,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn kured_contrib_uses_only_flags_its_kured_releases_define() {
+    let mut errors = Vec::new();
+    for file in kured_files() {
+        assert!(
+            !file.flags.is_empty(),
+            "contrib/kured/{}: no args",
+            file.name
+        );
+        for tag in &file.releases {
+            let Some(k) = kured(tag) else {
+                errors.push(format!(
+                    "contrib/kured/{}: kured {tag} is not in the flag table of tests/contrib.rs",
+                    file.name
+                ));
+                continue;
+            };
+            for (flag, _) in &file.flags {
+                if !k.flags.contains(&flag.as_str()) {
+                    errors.push(format!(
+                        "contrib/kured/{} uses --{flag}, which kured {tag} does not define \
+                         (cmd/kured/main.go at tag {tag}): that kured exits with `unknown flag`",
+                        file.name
+                    ));
+                }
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn kured_contrib_covers_kubernetes_1_14_to_1_20_and_the_current_kured() {
+    let files = kured_files();
+    let mut by_minor: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+    for file in &files {
+        let range = |tag: &str| {
+            let k = kured(tag).unwrap_or_else(|| panic!("kured {tag} not in the table"));
+            k.kubernetes.unwrap_or_else(|| {
+                panic!(
+                    "contrib/kured/{}: kured {tag} documents no Kubernetes range",
+                    file.name
+                )
+            })
+        };
+        for &minor in &file.kubernetes {
+            by_minor.entry(minor).or_default().push(&file.name);
+            assert!(
+                file.releases.iter().any(|t| {
+                    let (lo, hi) = range(t);
+                    (lo..=hi).contains(&minor)
+                }),
+                "contrib/kured/{} is for Kubernetes 1.{minor}, but none of kured {:?} is \
+                 (the compatibility table of kured's README.md at each tag)",
+                file.name,
+                file.releases
+            );
+        }
+        for tag in file.releases.iter().filter(|_| !file.current) {
+            let (lo, hi) = range(tag);
+            assert!(
+                file.kubernetes.iter().any(|m| (lo..=hi).contains(m)),
+                "contrib/kured/{} names kured {tag} (Kubernetes 1.{lo}-1.{hi}, its README.md) \
+                 for none of its Kubernetes minors {:?}",
+                file.name,
+                file.kubernetes
+            );
+        }
+    }
+    for minor in KUBERNETES {
+        let files = by_minor.get(&minor).cloned().unwrap_or_default();
+        assert_eq!(
+            files.len(),
+            1,
+            "Kubernetes 1.{minor} needs exactly one kured contrib file, has {files:?}"
+        );
+    }
+    let newest = KURED.last().unwrap().tag;
+    assert!(
+        files
+            .iter()
+            .any(|f| f.current && f.releases.iter().any(|r| r == newest)),
+        "no contrib/kured file for the current kured ({newest})"
+    );
+}
+
+#[test]
+fn kured_contrib_puts_the_sentinel_where_each_kured_generation_looks() {
+    for file in kured_files() {
+        let generations: BTreeSet<_> = file
+            .releases
+            .iter()
+            .map(|t| format!("{:?}", kured(t).expect("in the table").sentinel))
+            .collect();
+        assert_eq!(
+            generations.len(),
+            1,
+            "contrib/kured/{} mixes kured releases that look for the sentinel in different places",
+            file.name
+        );
+        let sentinel = kured(&file.releases[0]).unwrap().sentinel;
+        let value = file.flag("reboot-sentinel").unwrap_or_else(|| {
+            panic!(
+                "contrib/kured/{}: no --reboot-sentinel (k8s-nokmem writes /run/reboot-required)",
+                file.name
+            )
+        });
+        let yaml_value = |key: &str| {
+            file.text
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix(&format!("{key}:")))
+                .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        };
+        match sentinel {
+            Sentinel::Host => {
+                assert!(
+                    ["/run/reboot-required", "/var/run/reboot-required"].contains(&value),
+                    "contrib/kured/{}: kured {} tests the sentinel on the host, so it must be \
+                     the host's /run/reboot-required, not '{value}'",
+                    file.name,
+                    file.releases[0]
+                );
+            }
+            Sentinel::Container => {
+                let mounts = yaml_value("mountPath");
+                let host_paths = yaml_value("path");
+                let (dir, base) = value.rsplit_once('/').unwrap();
+                assert_eq!(
+                    base, "reboot-required",
+                    "contrib/kured/{}: {value}",
+                    file.name
+                );
+                assert!(
+                    mounts.iter().any(|m| m == dir),
+                    "contrib/kured/{}: kured {} reads {value} inside its container, but no \
+                     volumeMount puts anything at {dir} (mounts: {mounts:?})",
+                    file.name,
+                    file.releases[0]
+                );
+                assert!(
+                    host_paths.iter().any(|p| p == "/run" || p == "/var/run"),
+                    "contrib/kured/{}: the mount at {dir} must be the host's /run (hostPath), \
+                     where k8s-nokmem writes reboot-required; hostPath paths: {host_paths:?}",
+                    file.name
+                );
+            }
+        }
+    }
+}
+
+/// The alert names contrib/prometheus/k8s-nokmem.rules.yml defines.
+fn defined_alerts() -> BTreeSet<String> {
+    let path = repo().join("contrib/prometheus/k8s-nokmem.rules.yml");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- alert:"))
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn kured_alert_filter_names_exactly_the_alerts_contrib_prometheus_defines() {
+    let defined = defined_alerts();
+    assert!(!defined.is_empty());
+    for file in kured_files() {
+        let Some(filter) = file.flag("alert-filter-regexp") else {
+            continue;
+        };
+        // kured matches the regexp unanchored (Go's MatchString): it must be ^(A|B)$
+        let names = filter
+            .strip_prefix("^(")
+            .and_then(|f| f.strip_suffix(")$"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "contrib/kured/{}: --alert-filter-regexp={filter} is not ^(NAME|...)$",
+                    file.name
+                )
+            });
+        let named: BTreeSet<String> = names.split('|').map(str::to_string).collect();
+        assert_eq!(
+            named, defined,
+            "contrib/kured/{}: the alert filter must name exactly the alerts of \
+             contrib/prometheus/k8s-nokmem.rules.yml (all of them clear with the reboot kured \
+             would otherwise hold back)",
+            file.name
+        );
+    }
+}
+
+fn promtool() -> Option<&'static str> {
+    if Path::new("/usr/bin/promtool").exists() {
+        return Some("/usr/bin/promtool");
+    }
+    common::cannot_run("promtool is missing: run scripts/install-deps.sh (Debian's prometheus)");
+    None
+}
+
+#[test]
+fn prometheus_rules_pass_promtool_check_and_their_unit_tests() {
+    let Some(promtool) = promtool() else { return };
+    for args in [
+        vec!["check", "rules", "contrib/prometheus/k8s-nokmem.rules.yml"],
+        vec![
+            "test",
+            "rules",
+            "tests/fixtures/prometheus/k8s-nokmem.test.yml",
+        ],
+    ] {
+        let out = common::run(Command::new(promtool).args(&args).current_dir(repo()));
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The textfile `verify --textfile` writes on an installed node (both originals from
+/// packages, so every gauge is there) over the recorded 4.4 kmem-active node.
+fn real_textfile() -> String {
+    let n = NodeRoot::new();
+    n.dpkg_package(
+        "kubelet",
+        "1.20.2-00",
+        &["/usr", "/usr/bin", "/usr/bin/kubelet"],
+    );
+    n.dpkg_package(
+        "runc",
+        "1.0.0~rc92-0ubuntu1~16.04.1",
+        &["/usr", "/usr/sbin", "/usr/sbin/runc"],
+    );
+    n.ok(&["install"]);
+    let node = repo().join("tests/fixtures/cgroup/4.4-kmem");
+    let dir = tempfile::tempdir().unwrap();
+    let out = n.run(&[
+        "verify",
+        "--proc-root",
+        node.join("proc").to_str().unwrap(),
+        "--cgroup-root",
+        node.join("sys/fs/cgroup").to_str().unwrap(),
+        "--textfile",
+        dir.path().to_str().unwrap(),
+    ]);
+    fs::read_to_string(dir.path().join("k8s_nokmem.prom")).unwrap_or_else(|e| {
+        panic!(
+            "no textfile ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn prometheus_rules_and_their_tests_use_the_series_verify_writes() {
+    let textfile = real_textfile();
+    // `name{labels}` of every sample the real textfile holds
+    let samples: BTreeSet<&str> = textfile
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+        .collect();
+    let names: BTreeSet<&str> = samples
+        .iter()
+        .map(|s| s.split('{').next().unwrap())
+        .collect();
+    let rules = fs::read_to_string(repo().join("contrib/prometheus/k8s-nokmem.rules.yml")).unwrap();
+    let mut used = BTreeSet::new();
+    for expr in rules
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("expr:"))
+    {
+        for (i, _) in expr.match_indices("k8s_nokmem_") {
+            let name: String = expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+    }
+    assert!(!used.is_empty(), "no k8s_nokmem_ metric in the rules");
+    for name in &used {
+        assert!(
+            names.contains(name.as_str()),
+            "the rules use {name}, which `verify --textfile` does not write:\n{textfile}"
+        );
+    }
+    // every input series of the promtool tests, less node_exporter's instance/job labels
+    let tests =
+        fs::read_to_string(repo().join("tests/fixtures/prometheus/k8s-nokmem.test.yml")).unwrap();
+    for series in tests
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- series: '"))
+    {
+        let series = series.trim_end_matches('\'');
+        let (name, labels) = series.split_once('{').unwrap();
+        let labels: Vec<&str> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|l| !l.starts_with("instance=") && !l.starts_with("job="))
+            .collect();
+        let want = if labels.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}{{{}}}", labels.join(","))
+        };
+        assert!(
+            samples.contains(want.as_str()),
+            "the promtool tests feed {want}, which `verify --textfile` does not write:\n{textfile}"
+        );
+    }
+}
+
+#[test]
+fn every_contrib_file_ships_in_the_package_examples() {
+    let cargo = fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let mut missing = Vec::new();
+    let mut dirs = vec![repo().join("contrib")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(repo()).unwrap().display().to_string();
+            let dest = rel.replacen("contrib/", "usr/share/doc/k8s-nokmem/examples/", 1);
+            if !cargo.contains(&format!("[\"{rel}\", \"{dest}\", \"644\"]")) {
+                missing.push(rel);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "contrib files missing from [package.metadata.deb] assets in Cargo.toml: {missing:?}"
+    );
+}
