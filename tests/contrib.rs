@@ -673,3 +673,224 @@ fn every_contrib_file_ships_in_the_package_examples() {
         "contrib files missing from [package.metadata.deb] assets in Cargo.toml: {missing:?}"
     );
 }
+
+/// node-problem-detector's custom plugin monitor configuration as its source defines it,
+/// read from kubernetes/node-problem-detector at v0.6.3, v0.8.0 (the releases of the
+/// Kubernetes 1.14-1.20 years) and v1.36.0: the JSON fields all three define.
+/// `CustomPluginConfig` and `pluginGlobalConfig` (pkg/custompluginmonitor/types/config.go);
+/// `metricsReporting` (v0.8.0) and `skip_initial_status` (v1.x) are left out on purpose.
+const NPD_CONFIG: &[&str] = &["plugin", "pluginConfig", "source", "conditions", "rules"];
+const NPD_PLUGIN_CONFIG: &[&str] = &[
+    "invoke_interval",
+    "timeout",
+    "max_output_length",
+    "concurrency",
+    "enable_message_change_based_condition_update",
+];
+/// `CustomRule` (pkg/custompluginmonitor/types/types.go); `type` is `temporary` or
+/// `permanent` (pkg/types/types.go `Temp`, `Perm`).
+const NPD_RULE: &[&str] = &["type", "condition", "reason", "path", "args", "timeout"];
+/// `Condition` (pkg/types/types.go), the default state of a permanent condition.
+const NPD_CONDITION: &[&str] = &["type", "status", "transition", "reason", "message"];
+/// `defaultMaxOutputLength` (config.go, every tag above): NPD cuts a plugin's trimmed
+/// stdout to this many bytes (plugin.go: `output = output[:MaxOutputLength]`).
+const NPD_DEFAULT_MAX_OUTPUT: usize = 80;
+/// `maxCustomPluginBufferBytes` (plugin.go at v1.36.0): NPD reads no more of stdout.
+const NPD_STDOUT_BUFFER: usize = 4096;
+
+/// A Go `time.ParseDuration` string of the forms used here ("30s", "10m", "1h30m").
+fn go_duration(s: &str) -> Option<u64> {
+    let mut total = 0;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+    }
+    num.is_empty().then_some(total)
+}
+
+fn npd_config() -> serde_json::Value {
+    let path = repo().join("contrib/node-problem-detector/k8s-nokmem.json");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn keys_known(what: &str, v: &serde_json::Value, known: &[&str]) {
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} is not an object: {v}"));
+    for key in obj.keys() {
+        assert!(
+            known.contains(&key.as_str()),
+            "{what}: node-problem-detector defines no field '{key}' (known: {known:?})"
+        );
+    }
+}
+
+#[test]
+fn npd_config_follows_node_problem_detectors_custom_plugin_schema() {
+    let c = npd_config();
+    keys_known("k8s-nokmem.json", &c, NPD_CONFIG);
+    assert_eq!(c["plugin"], "custom", "the only plugin NPD supports");
+    assert!(c["source"].as_str().is_some_and(|s| !s.is_empty()));
+    let pc = &c["pluginConfig"];
+    keys_known("pluginConfig", pc, NPD_PLUGIN_CONFIG);
+    let global = go_duration(pc["timeout"].as_str().unwrap()).expect("timeout: a Go duration");
+    let interval = go_duration(pc["invoke_interval"].as_str().unwrap())
+        .expect("invoke_interval: a Go duration");
+    assert!(global < interval, "a run must end before the next starts");
+    let max = pc["max_output_length"].as_u64().expect("max_output_length") as usize;
+    assert!(
+        max > NPD_DEFAULT_MAX_OUTPUT && max <= NPD_STDOUT_BUFFER,
+        "max_output_length {max}: more than NPD's default {NPD_DEFAULT_MAX_OUTPUT}, at most \
+         the {NPD_STDOUT_BUFFER} bytes NPD reads"
+    );
+    let conditions = c["conditions"].as_array().expect("conditions");
+    let mut types = BTreeSet::new();
+    for cond in conditions {
+        keys_known("conditions[]", cond, NPD_CONDITION);
+        for key in ["type", "reason", "message"] {
+            assert!(
+                cond[key].as_str().is_some_and(|s| !s.is_empty()),
+                "condition without {key}: {cond}"
+            );
+        }
+        types.insert(cond["type"].as_str().unwrap().to_string());
+    }
+    let rules = c["rules"].as_array().expect("rules");
+    let mut permanent = 0;
+    for rule in rules {
+        keys_known("rules[]", rule, NPD_RULE);
+        match rule["type"].as_str() {
+            Some("permanent") => {
+                permanent += 1;
+                let cond = rule["condition"].as_str().unwrap_or_default();
+                assert!(
+                    types.contains(cond),
+                    "the permanent rule's condition '{cond}' has no default in conditions"
+                );
+            }
+            Some("temporary") => {}
+            other => panic!("rule type {other:?}: temporary or permanent"),
+        }
+        assert!(rule["reason"].as_str().is_some_and(|s| !s.is_empty()));
+        // NPD's Validate: the rule path exists (inside NPD's container) and the rule's
+        // timeout is not above the global one
+        let path = rule["path"].as_str().unwrap();
+        assert_eq!(
+            path, "/usr/bin/nsenter",
+            "the path must exist in NPD's image (util-linux, its Dockerfile); the helper is \
+             reached in the host's mount namespace"
+        );
+        let timeout = go_duration(rule["timeout"].as_str().unwrap()).unwrap();
+        assert!(timeout <= global, "rule timeout above the global timeout");
+        let args: Vec<&str> = rule["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            args.ends_with(&["/usr/sbin/k8s-nokmem", "verify", "--npd"]),
+            "{args:?}"
+        );
+    }
+    assert_eq!(permanent, 1, "one permanent condition");
+}
+
+/// `verify --json` and `verify --npd` of a recorded node on `root`.
+fn npd_and_json(root: &Path, fixture: &str, extra: &[&str]) -> (String, serde_json::Value) {
+    let node = repo().join("tests/fixtures/cgroup").join(fixture);
+    let run = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_k8s-nokmem"))
+            .args(["verify", "--root"])
+            .arg(root)
+            .arg("--proc-root")
+            .arg(node.join("proc"))
+            .arg("--cgroup-root")
+            .arg(node.join("sys/fs/cgroup"))
+            .args(extra)
+            .arg(format)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json = run("--json");
+    (
+        run("--npd").trim_end().to_string(),
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{fixture}: {e}: {json}")),
+    )
+}
+
+#[test]
+fn npd_lines_fit_the_config_and_their_first_80_bytes_say_what_is_wrong() {
+    let max = npd_config()["pluginConfig"]["max_output_length"]
+        .as_u64()
+        .unwrap() as usize;
+    let bare = tempfile::tempdir().unwrap();
+    let installed = NodeRoot::new();
+    installed.ok(&["install"]);
+    let mut lines = Vec::new();
+    let fixtures = fs::read_dir(repo().join("tests/fixtures/cgroup")).unwrap();
+    let mut names: Vec<String> = fixtures
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            repo()
+                .join("tests/fixtures/cgroup")
+                .join(n)
+                .join("proc")
+                .is_dir()
+        })
+        .collect();
+    names.sort();
+    for name in &names {
+        lines.push((
+            format!("{name} (not installed)"),
+            npd_and_json(bare.path(), name, &[]),
+        ));
+        lines.push((
+            format!("{name} (installed)"),
+            npd_and_json(&installed.path, name, &[]),
+        ));
+    }
+    let mut actions = BTreeSet::new();
+    for (case, (line, json)) in &lines {
+        assert!(
+            line.len() <= max,
+            "{case}: {} bytes, above max_output_length {max}: {line}",
+            line.len()
+        );
+        let status = json["status"].as_str().unwrap();
+        let action = json["action"].as_str().unwrap();
+        actions.insert(action.to_string());
+        let first80 = &line[..line.len().min(NPD_DEFAULT_MAX_OUTPUT)];
+        if action != "none" {
+            let reason = json["reboot_required"]["reason"].as_str().unwrap();
+            let head = format!("{status}: {action}: {reason}");
+            assert!(
+                first80 == &head[..head.len().min(NPD_DEFAULT_MAX_OUTPUT)],
+                "{case}: the first {NPD_DEFAULT_MAX_OUTPUT} bytes NPD keeps by default must be \
+                 the status, what puts the fix in effect and why: '{first80}' (want '{head}')"
+            );
+        } else {
+            assert!(
+                first80.starts_with(&format!("{status}: ")),
+                "{case}: {line}"
+            );
+        }
+    }
+    assert!(
+        actions.len() >= 3,
+        "the fixtures cover too few actions: {actions:?}"
+    );
+}
