@@ -894,3 +894,178 @@ fn npd_lines_fit_the_config_and_their_first_80_bytes_say_what_is_wrong() {
         "the fixtures cover too few actions: {actions:?}"
     );
 }
+
+/// The first fenced block of README.md whose first line starts with `start`.
+fn readme_block(start: &str) -> String {
+    let readme = fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if !line.starts_with("```") {
+            continue;
+        }
+        let block: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
+        if block.first().is_some_and(|l| l.starts_with(start)) {
+            return block.join("\n") + "\n";
+        }
+    }
+    panic!("README.md has no fenced block starting with '{start}'");
+}
+
+/// A minimal `k8s-nokmem` .deb of `version` in `dir`.
+fn tiny_deb(dir: &Path, version: &str) -> PathBuf {
+    let tree = dir.join(format!("tree-{version}"));
+    fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    fs::write(
+        tree.join("DEBIAN/control"),
+        format!(
+            "Package: k8s-nokmem\nVersion: {version}\nSection: admin\nPriority: optional\nArchitecture: amd64\n\
+             Maintainer: t <t@example.org>\nDescription: test build\n"
+        ),
+    )
+    .unwrap();
+    let deb = dir.join(format!("k8s-nokmem_{version}_amd64.deb"));
+    let out = common::run(Command::new("dpkg-deb").arg("--build").arg(&tree).arg(&deb));
+    assert!(out.status.success(), "{out:?}");
+    deb
+}
+
+#[test]
+fn readme_reprepro_repository_matches_the_unattended_upgrades_origins_pattern() {
+    for (tool, package) in [
+        ("/usr/bin/reprepro", "reprepro"),
+        ("/usr/bin/unattended-upgrade", "unattended-upgrades"),
+        ("/usr/bin/gpg", "gnupg"),
+    ] {
+        if !Path::new(tool).exists() {
+            common::cannot_run(&format!(
+                "{tool} is missing: run scripts/install-deps.sh (Debian's {package})"
+            ));
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let gnupg = t.join("gnupg");
+    fs::create_dir_all(&gnupg).unwrap();
+    fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let ok = |cmd: &mut Command| {
+        let out = common::run(cmd.env("GNUPGHOME", &gnupg));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(Command::new("gpg").args([
+        "--batch",
+        "--quiet",
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+        "--quick-generate-key",
+        "k8s-nokmem test archive <test@k8s-nokmem.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]));
+    let keyring = t.join("keyring.gpg");
+    ok(Command::new("gpg")
+        .args(["--batch", "--quiet", "--output"])
+        .arg(&keyring)
+        .arg("--export"));
+    // the recipe: README's conf/distributions, one .deb per kubelet minor
+    let base = t.join("srv");
+    fs::create_dir_all(base.join("conf")).unwrap();
+    fs::write(
+        base.join("conf/distributions"),
+        readme_block("Origin: example-k8s"),
+    )
+    .unwrap();
+    for (component, version) in [
+        ("kubelet-1.19", "0.1.0-1+k1.19"),
+        ("kubelet-1.20", "0.1.0-1+k1.20"),
+    ] {
+        let deb = tiny_deb(t, version);
+        ok(Command::new("reprepro")
+            .arg("-b")
+            .arg(&base)
+            .args(["-C", component, "includedeb", "stable"])
+            .arg(&deb));
+    }
+    // a Kubernetes 1.20 node's apt, in private directories
+    let etc = t.join("etc/apt");
+    for d in [
+        "apt.conf.d",
+        "preferences.d",
+        "sources.list.d",
+        "trusted.gpg.d",
+    ] {
+        fs::create_dir_all(etc.join(d)).unwrap();
+    }
+    for d in ["lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(t.join("var").join(d)).unwrap();
+    }
+    fs::write(t.join("status"), "").unwrap();
+    fs::write(
+        etc.join("sources.list"),
+        format!(
+            "deb [signed-by={}] file:{} stable kubelet-1.20\n",
+            keyring.display(),
+            base.display()
+        ),
+    )
+    .unwrap();
+    let apt_opts = [
+        format!("Dir::Etc={}", etc.display()),
+        format!("Dir::State={}", t.join("var").display()),
+        format!("Dir::State::Lists={}", t.join("var/lists").display()),
+        format!("Dir::Cache={}", t.join("var/cache").display()),
+        format!("Dir::State::status={}", t.join("status").display()),
+    ];
+    let mut update = Command::new("apt-get");
+    for o in &apt_opts {
+        update.arg("-o").arg(o);
+    }
+    ok(update.args(["-q", "update"]));
+    // unattended-upgrades' own matcher over apt's view of the candidate
+    let pattern = fs::read_to_string(repo().join("contrib/unattended-upgrades/51k8s-nokmem"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('"')?.strip_suffix("\";").map(str::to_string)
+        })
+        .expect("an Origins-Pattern string in contrib/unattended-upgrades/51k8s-nokmem");
+    let script = r#"
+import sys, importlib.machinery, importlib.util
+import apt, apt_pkg
+loader = importlib.machinery.SourceFileLoader("uu", "/usr/bin/unattended-upgrade")
+spec = importlib.util.spec_from_loader("uu", loader)
+uu = importlib.util.module_from_spec(spec)
+loader.exec_module(uu)
+apt_pkg.init_config()
+for kv in sys.argv[2:]:
+    k, v = kv.split("=", 1)
+    apt_pkg.config.set(k, v)
+apt_pkg.init_system()
+cand = apt.Cache()["k8s-nokmem"].candidate
+for o in cand.origins:
+    print(cand.version, o.origin, o.archive, o.label, o.component,
+          uu.match_whitelist_string(sys.argv[1], o))
+"#;
+    // the interpreter unattended-upgrade runs with (its #! line), with python3-apt
+    let out = ok(Command::new("/usr/bin/python3")
+        .args(["-c", script, &pattern])
+        .args(&apt_opts));
+    assert_eq!(
+        out.trim(),
+        "0.1.0-1+k1.20 example-k8s stable k8s-nokmem kubelet-1.20 True",
+        "the 1.20 node's candidate, its origin, and whether `{pattern}` matches it"
+    );
+}
