@@ -28,8 +28,9 @@ enum Sentinel {
 struct Kured {
     tag: &'static str,
     sentinel: Sentinel,
-    /// "expected kubernetes compatibility" in README.md at the tag (Kubernetes minors, 1.x);
-    /// None where the README no longer carries the table.
+    /// "expected kubernetes compatibility" of the release (Kubernetes minors, 1.x) in the
+    /// table of kured's README.md at tag 1.7.0, which lists 1.0.0-1.7.0; None for later
+    /// releases (their READMEs no longer carry the table).
     kubernetes: Option<(u32, u32)>,
     /// Every flag cmd/kured/main.go registers at the tag: `rootCmd.PersistentFlags().*Var*(…,
     /// "NAME", …)` through 1.14.x, pflag's `flag.*Var*(…, "NAME", …)` from 1.15.0.
@@ -387,7 +388,7 @@ fn kured_contrib_covers_kubernetes_1_14_to_1_20_and_the_current_kured() {
                     (lo..=hi).contains(&minor)
                 }),
                 "contrib/kured/{} is for Kubernetes 1.{minor}, but none of kured {:?} is \
-                 (the compatibility table of kured's README.md at each tag)",
+                 (the compatibility table of kured's README.md at tag 1.7.0)",
                 file.name,
                 file.releases
             );
@@ -396,7 +397,7 @@ fn kured_contrib_covers_kubernetes_1_14_to_1_20_and_the_current_kured() {
             let (lo, hi) = range(tag);
             assert!(
                 file.kubernetes.iter().any(|m| (lo..=hi).contains(m)),
-                "contrib/kured/{} names kured {tag} (Kubernetes 1.{lo}-1.{hi}, its README.md) \
+                "contrib/kured/{} names kured {tag} (Kubernetes 1.{lo}-1.{hi}, README.md at 1.7.0) \
                  for none of its Kubernetes minors {:?}",
                 file.name,
                 file.kubernetes
