@@ -3,12 +3,14 @@
 //! per kubectl release whose `drain` rejects every flag that release does not define, and
 //! `k8s-nokmem verify` the real binary over recorded node trees (tests/fixtures/cgroup).
 //!
-//! The drain flags per release come from kubectl's source: `NewCmdDrain` in
-//! kubernetes/kubernetes pkg/kubectl/cmd/drain/drain.go for v1.14.0 and v1.15.0 (the stored
-//! revisions before and after v1.14.0 define the same flags), kubernetes/kubectl
-//! pkg/cmd/drain/drain.go at tags kubernetes-1.16.0 ... kubernetes-1.20.0 (1.20.0 adds
-//! --delete-emptydir-data and deprecates --delete-local-data), plus `--dry-run` from
-//! `cmdutil.AddDryRunFlag` and the global `--kubeconfig`. `version --client` prints
+//! The drain flags per release come from kubectl's source, `NewCmdDrain`: kubernetes/kubectl
+//! pkg/cmd/drain/drain.go at tags kubernetes-1.16.0 ... kubernetes-1.20.0 (1.18.0 adds
+//! --disable-eviction and --skip-wait-for-delete-timeout; 1.20.0 adds --delete-emptydir-data
+//! and deprecates --delete-local-data). Before 1.16 drain lived in kubernetes/kubernetes
+//! pkg/kubectl/cmd/drain/drain.go, not stored here at v1.14.0 itself: the two stored revisions
+//! of that file (0bbdced, `DrainOptions`, older than v1.14.0; 1871f75, `drain.Helper`, newer)
+//! define the same flags as kubernetes-1.16.0, so v1.14.0 and v1.15.0 do too. Plus `--dry-run`
+//! (`cmdutil.AddDryRunFlag`) and the global `--kubeconfig`. `version --client` prints
 //! `Client Version: version.Info{...}` as pkg/cmd/version/version.go does at those tags.
 //!
 //! Each host's Python interpreter is a wrapper that exports its host name, so the script
