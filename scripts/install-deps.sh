@@ -39,6 +39,8 @@ pkgs=(
     prometheus jq
     # tests: the kernel command line drop-in (grub-mkconfig) and the fleet rollout (ansible)
     grub-common ansible
+    # tests: README's apt repository recipe, matched by unattended-upgrades' own code
+    reprepro unattended-upgrades python3-apt
     # mmdebstrap's Recommends that its foreign-architecture (arm64 guest) build needs at run time
     arch-test
 )

@@ -145,7 +145,9 @@ fn assert_action(v: &Verified, action: &str, reason_has: &str, case: &str) {
         assert!(!v.npd.contains(" ["), "{case}: {}", v.npd);
     } else {
         assert!(
-            v.npd.trim_end().ends_with(&format!("[{action}: {reason}]")),
+            v.npd
+                .split_once(": ")
+                .is_some_and(|(_, rest)| rest.starts_with(&format!("{action}: {reason}; "))),
             "{case}: {}",
             v.npd
         );

@@ -43,6 +43,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("qemu-aarch64-static", "qemu-user-static"),
     ("qemu-img", "qemu-utils"),
     ("apt-ftparchive", "apt-utils"),
+    ("reprepro", "reprepro"),
     ("gpg", "gnupg"),
     ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
     ("pkg-config", "pkg-config"),
@@ -82,6 +83,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     ("git", "git"),
     ("python3", "python3"),
+    ("/usr/bin/python3", "python3"),
     ("ip", "iproute2"),
     ("/lib/systemd/systemd-binfmt", "systemd"),
 ];

@@ -385,7 +385,7 @@ fn unreadable_cgroup_files_are_unknown_with_the_reason() {
     let r = verify_node(&node, root.path(), &["--npd"]);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(
-        r.stdout.starts_with("problem: cgroup-kmem: "),
+        r.stdout.starts_with("problem: ") && r.stdout.contains("; cgroup-kmem: "),
         "{}",
         r.stdout
     );

@@ -151,15 +151,17 @@ pub fn json(report: &Report) -> String {
     s
 }
 
-/// The node-problem-detector plugin line: the verdict and the worst check, one line.
+/// The node-problem-detector plugin line: the verdict, what puts the fix in effect and why
+/// (first, as NPD keeps only the first 80 bytes unless `max_output_length` says more), then
+/// the worst check; one line.
 pub fn npd(report: &Report) -> String {
     let worst = report
         .checks
         .iter()
         .filter(|c| c.status.outcome() == report.status && report.status != Outcome::Ok)
         .max_by_key(|c| c.status);
-    let line = match worst {
-        Some(c) => format!("{}: {}: {}", outcome_name(report.status), c.name, c.summary),
+    let detail = match worst {
+        Some(c) => format!("{}: {}", c.name, c.summary),
         None => {
             let warnings = report
                 .checks
@@ -167,22 +169,23 @@ pub fn npd(report: &Report) -> String {
                 .filter(|c| c.status == Status::Warning)
                 .count();
             if warnings > 0 {
-                format!("ok: kmem accounting is off ({warnings} warning(s): run k8s-nokmem verify)")
+                format!("kmem accounting is off ({warnings} warning(s): run k8s-nokmem verify)")
             } else {
-                "ok: kmem accounting is off for pod cgroups".to_string()
+                "kmem accounting is off for pod cgroups".to_string()
             }
         }
-    }
-    .replace('\n', " ");
-    if report.action == Action::None {
-        line
+    };
+    let status = outcome_name(report.status);
+    let line = if report.action == Action::None {
+        format!("{status}: {detail}")
     } else {
         format!(
-            "{line} [{}: {}]",
+            "{status}: {}: {}; {detail}",
             report.action.name(),
             report.reboot_required.reason
         )
-    }
+    };
+    line.replace('\n', " ")
 }
 
 /// The Prometheus text exposition of the report.
