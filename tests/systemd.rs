@@ -437,6 +437,118 @@ fn inside_client_scenarios() {
         assert_eq!(systemctl_show("kubelet.service", "ActiveState"), "active");
     }
     noise.join().unwrap();
+
+    healthz_counts_only_from_kubelet(&sd);
+}
+
+/// Answers every HTTP request on kubelet's healthz address with `500`, for
+/// [`healthz_counts_only_from_kubelet`].
+const SERVE_500_ENV: &str = "K8S_NOKMEM_SERVE_HEALTHZ_500";
+const HEALTHZ: &str = "127.0.0.1:10248";
+
+#[test]
+#[ignore = "a healthz endpoint answering 500, started inside the testbed by inside_client_scenarios"]
+fn serve_healthz_500() {
+    use std::io::{Read, Write};
+    if std::env::var(SERVE_500_ENV).as_deref() != Ok("1") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind(HEALTHZ).unwrap();
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = conn.write_all(b"HTTP/1.1 500 Internal Server Error\r\n\r\n[-]serve_healthz_500");
+    }
+}
+
+/// Wait until something answers on kubelet's healthz address.
+fn wait_for_healthz_listener() {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(HEALTHZ).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "nothing listens on {HEALTHZ}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 15 item 3, with the real systemd's MainPID: a listener of another user answering
+/// 500 on 127.0.0.1:10248 neither vetoes nor passes kubelet's settle check; the same answer
+/// from kubelet.service's own main process fails it.
+fn healthz_counts_only_from_kubelet(sd: &SystemdClient) {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap();
+    let serve_args = [
+        "--exact",
+        "serve_healthz_500",
+        "--ignored",
+        "--test-threads=1",
+    ];
+    // 11. a stranger (nobody) answers 500 where kubelet (the stand-in) does not listen
+    let mut stranger = std::process::Command::new(&exe)
+        .args(serve_args)
+        .env(SERVE_500_ENV, "1")
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_healthz_listener();
+    sd.stop("kubelet.service", T).unwrap();
+    sd.start("kubelet.service", T).unwrap();
+    let s = sd.state("kubelet.service").unwrap();
+    let settled = sd.settle(&[Started::now(s)], Duration::from_secs(2));
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    settled.expect("a stranger's 500 on 127.0.0.1:10248 failed kubelet's settle check");
+
+    // 12. kubelet's own main process answering 500: the check fails
+    let dropin = "/run/systemd/system/kubelet.service.d";
+    std::fs::create_dir_all(dropin).unwrap();
+    std::fs::write(
+        format!("{dropin}/serve-500.conf"),
+        format!(
+            "[Service]\nEnvironment={SERVE_500_ENV}=1\nExecStart=\nExecStart={} {}\n",
+            exe.display(),
+            serve_args.join(" ")
+        ),
+    )
+    .unwrap();
+    let reload = |what: &str| {
+        let ok = std::process::Command::new("systemctl")
+            .arg("daemon-reload")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "systemctl daemon-reload ({what})");
+    };
+    reload("kubelet serving 500");
+    sd.stop("kubelet.service", T).unwrap();
+    sd.start("kubelet.service", T).unwrap();
+    wait_for_healthz_listener();
+    let s = sd.state("kubelet.service").unwrap();
+    let err = sd.settle(&[Started::now(s)], Duration::from_secs(2));
+    std::fs::remove_dir_all(dropin).unwrap();
+    reload("the stand-in kubelet back");
+    sd.stop("kubelet.service", T).unwrap();
+    sd.start("kubelet.service", T).unwrap();
+    let msg = err
+        .expect_err("kubelet's own 500 passed the settle check")
+        .to_string();
+    assert!(
+        msg.contains("'kubelet.service' did not stay up")
+            && msg.contains("answers 500: '[-]serve_healthz_500'"),
+        "{msg}"
+    );
 }
 
 /// The testbed runs the real dockerd (docker.io) with containers in cgroup v1 memory
