@@ -99,14 +99,22 @@ impl Cmd {
         self.shown.join(" ")
     }
 
-    /// Run it and return its output whatever the exit status (logged at debug/trace).
-    pub fn output(mut self) -> Result<(Output, String), CommandError> {
+    /// Run `how` on the command, logged; a failure to start names the command line.
+    fn run<T>(
+        mut self,
+        how: impl FnOnce(&mut Command) -> std::io::Result<T>,
+    ) -> Result<(T, String), CommandError> {
         let shown = self.shown();
         debug!("running `{shown}`");
-        let out = self.inner.output().map_err(|source| CommandError::Spawn {
-            cmd: shown.clone(),
-            source,
-        })?;
+        match how(&mut self.inner) {
+            Ok(done) => Ok((done, shown)),
+            Err(source) => Err(CommandError::Spawn { cmd: shown, source }),
+        }
+    }
+
+    /// Run it and return its output whatever the exit status (logged at debug/trace).
+    pub fn output(self) -> Result<(Output, String), CommandError> {
+        let (out, shown) = self.run(Command::output)?;
         trace!(
             "`{shown}`: {}; stdout: {}; stderr: {}",
             out.status,
@@ -117,26 +125,15 @@ impl Cmd {
     }
 
     /// Run it with the stdio set up so far (inherited by default) and wait for its exit.
-    pub fn status(mut self) -> Result<(ExitStatus, String), CommandError> {
-        let shown = self.shown();
-        debug!("running `{shown}`");
-        let status = self.inner.status().map_err(|source| CommandError::Spawn {
-            cmd: shown.clone(),
-            source,
-        })?;
+    pub fn status(self) -> Result<(ExitStatus, String), CommandError> {
+        let (status, shown) = self.run(Command::status)?;
         trace!("`{shown}`: {status}");
         Ok((status, shown))
     }
 
     /// Start it; the caller waits.
-    pub fn spawn(mut self) -> Result<(Child, String), CommandError> {
-        let shown = self.shown();
-        debug!("starting `{shown}`");
-        let child = self.inner.spawn().map_err(|source| CommandError::Spawn {
-            cmd: shown.clone(),
-            source,
-        })?;
-        Ok((child, shown))
+    pub fn spawn(self) -> Result<(Child, String), CommandError> {
+        self.run(Command::spawn)
     }
 }
 

@@ -81,3 +81,51 @@ fn children_start_with_no_signal_blocked_or_ignored() {
         );
     }
 }
+
+/// Every program the helper starts goes through `command::Cmd`, where the clean signal
+/// state is set: no `Command::new` anywhere else in the shipped code (test-only files and
+/// the `#[cfg(test)]` tail of a file aside).
+#[test]
+fn every_program_is_started_through_cmd() {
+    /// Compiled only for the unit tests.
+    const TEST_ONLY: &[&str] = &["src/systemd/fake.rs"];
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let top = common::repo();
+    let mut files = Vec::new();
+    walk(&top.join("src"), &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(&top)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if rel == "src/command.rs"
+            || rel.ends_with("/tests.rs")
+            || TEST_ONLY.contains(&rel.as_str())
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let shipped = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        for (n, line) in shipped.lines().enumerate() {
+            if line.contains("Command::new(") {
+                found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "programs started without command::Cmd (their children inherit the helper's blocked and ignored signals):\n{}",
+        found.join("\n")
+    );
+}
