@@ -600,8 +600,8 @@ fn testbed_runs_docker_and_reboots() {
 //
 // A private dbus-daemon with the stock system-bus policy (/usr/share/dbus-1/system.conf on
 // a socket of its own, plus a rule that lets this test's user own org.freedesktop.systemd1),
-// a slow fake systemd that owns org.freedesktop.systemd1 and ends every job JOB_DELAY after
-// it queued it, and a peer (nobody, when run as root) flooding fake `JobRemoved(..., "done")`
+// a slow fake systemd that owns org.freedesktop.systemd1, answers StopUnit/StartUnit after
+// REPLY_DELAY and ends the job JOB_DELAY later, and a peer (nobody, when run as root) flooding fake `JobRemoved(..., "done")`
 // signals for the job paths, broadcast and sent straight to every connection: every stop
 // and start of the real client still takes the manager's time.
 
@@ -611,7 +611,8 @@ const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
 const FAKE_UNIT: &str = "kubelet.service";
 const FAKE_UNIT_PATH: &str = "/org/freedesktop/systemd1/unit/kubelet_2eservice";
-const JOB_DELAY: Duration = Duration::from_millis(1000);
+const REPLY_DELAY: Duration = Duration::from_millis(1500);
+const JOB_DELAY: Duration = Duration::from_millis(500);
 const STOCK_POLICY: &str = "/usr/share/dbus-1/system.conf";
 
 /// A dbus-daemon on a socket in a temporary directory; killed on drop.
@@ -747,7 +748,7 @@ struct FakeManager {
 }
 
 impl FakeManager {
-    /// Queue a job: answer its path now, end it (state, JobRemoved "done") after JOB_DELAY.
+    /// Queue a job: its path is the answer; it ends (state, JobRemoved "done") JOB_DELAY later.
     fn job(
         &self,
         conn: &zbus::Connection,
@@ -803,21 +804,24 @@ impl FakeManager {
         Ok(zbus::zvariant::OwnedObjectPath::try_from(FAKE_UNIT_PATH).unwrap())
     }
 
-    fn stop_unit(
+    /// Slow to answer: meanwhile the flood piles up in the client's queue.
+    async fn stop_unit(
         &self,
         name: &str,
         _mode: &str,
         #[zbus(connection)] conn: &zbus::Connection,
     ) -> zbus::fdo::Result<zbus::zvariant::OwnedObjectPath> {
+        async_io::Timer::after(REPLY_DELAY).await;
         self.job(conn, name, false)
     }
 
-    fn start_unit(
+    async fn start_unit(
         &self,
         name: &str,
         _mode: &str,
         #[zbus(connection)] conn: &zbus::Connection,
     ) -> zbus::fdo::Result<zbus::zvariant::OwnedObjectPath> {
+        async_io::Timer::after(REPLY_DELAY).await;
         self.job(conn, name, true)
     }
 }
@@ -1067,9 +1071,14 @@ fn inside_private_bus_client() {
                     job_result: "done".into()
                 }
             );
+            let manager = REPLY_DELAY + JOB_DELAY;
             assert!(
-                took >= JOB_DELAY - Duration::from_millis(20),
-                "round {round}: the {verb} returned after {took:?}, before the manager ended the job ({JOB_DELAY:?}): a forged JobRemoved was taken"
+                took >= manager - Duration::from_millis(20),
+                "round {round}: the {verb} returned after {took:?}, before the manager ended the job ({manager:?}): a forged JobRemoved was taken"
+            );
+            assert!(
+                took < manager + Duration::from_secs(5),
+                "round {round}: the {verb} took {took:?} (the manager's time is {manager:?})"
             );
             let s = sd.state(FAKE_UNIT).unwrap();
             assert_eq!(
