@@ -37,6 +37,8 @@ pkgs=(
     # tests: arm64 under qemu-user, chroots, a booted systemd, tracing, the e2e repository
     qemu-user-static debootstrap systemd-container strace apt-utils gnupg
     prometheus jq
+    # tests: a private system bus (dbus-daemon and the stock system-bus policy)
+    dbus
     # tests: the kernel command line drop-in (grub-mkconfig) and the fleet rollout (ansible)
     grub-common ansible
     # tests: README's apt repository recipe, matched by unattended-upgrades' own code

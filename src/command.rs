@@ -1,8 +1,17 @@
-//! Running an external program (dpkg-divert, dpkg-query): a failure to start it and a
-//! non-zero exit become errors that name the exact command line and carry its stderr.
+//! Running an external program (dpkg-divert, dpkg-query, systemctl, update-grub,
+//! policy-rc.d, notify-reboot-required): a failure to start it and a non-zero exit become
+//! errors that name the exact command line and carry its stderr.
+//!
+//! Every program the helper starts goes through [`Cmd`], the one place that hands the child
+//! a clean signal state: an empty signal mask and every signal at its default disposition,
+//! whatever the helper blocks (`signals.rs` holds SIGHUP, SIGINT and SIGTERM back during a
+//! transaction) or inherited as ignored (`nohup`, a shell's background job, Rust's own
+//! SIGPIPE). A child that ran with SIGTERM blocked or ignored could not be stopped by
+//! systemd or a timeout, and programs do not reset these themselves.
 
 use std::ffi::OsStr;
-use std::process::{Command, Output};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 use log::{debug, trace};
 
@@ -30,13 +39,45 @@ pub struct Cmd {
 
 impl Cmd {
     /// `program` with `LC_ALL=C`, so its output can be parsed.
-    pub fn new(program: &str) -> Cmd {
-        let mut inner = Command::new(program);
-        inner.env("LC_ALL", "C");
+    pub fn new(program: impl AsRef<OsStr>) -> Cmd {
+        Cmd::localized(program).env("LC_ALL", "C")
+    }
+
+    /// `program` in the helper's own locale (for programs that write text for people).
+    pub fn localized(program: impl AsRef<OsStr>) -> Cmd {
+        let mut inner = Command::new(program.as_ref());
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (sigprocmask, sigaction); it allocates nothing.
+        unsafe { inner.pre_exec(default_signals) };
         Cmd {
             inner,
-            shown: vec![program.to_string()],
+            shown: vec![program.as_ref().to_string_lossy().into_owned()],
         }
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Cmd {
+        self.inner.env(key, value);
+        self
+    }
+
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Cmd {
+        self.inner.env_remove(key);
+        self
+    }
+
+    pub fn stdin(mut self, cfg: Stdio) -> Cmd {
+        self.inner.stdin(cfg);
+        self
+    }
+
+    pub fn stdout(mut self, cfg: Stdio) -> Cmd {
+        self.inner.stdout(cfg);
+        self
+    }
+
+    pub fn stderr(mut self, cfg: Stdio) -> Cmd {
+        self.inner.stderr(cfg);
+        self
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Cmd {
@@ -58,14 +99,22 @@ impl Cmd {
         self.shown.join(" ")
     }
 
-    /// Run it and return its output whatever the exit status (logged at debug/trace).
-    pub fn output(mut self) -> Result<(Output, String), CommandError> {
+    /// Run `how` on the command, logged; a failure to start names the command line.
+    fn run<T>(
+        mut self,
+        how: impl FnOnce(&mut Command) -> std::io::Result<T>,
+    ) -> Result<(T, String), CommandError> {
         let shown = self.shown();
         debug!("running `{shown}`");
-        let out = self.inner.output().map_err(|source| CommandError::Spawn {
-            cmd: shown.clone(),
-            source,
-        })?;
+        match how(&mut self.inner) {
+            Ok(done) => Ok((done, shown)),
+            Err(source) => Err(CommandError::Spawn { cmd: shown, source }),
+        }
+    }
+
+    /// Run it and return its output whatever the exit status (logged at debug/trace).
+    pub fn output(self) -> Result<(Output, String), CommandError> {
+        let (out, shown) = self.run(Command::output)?;
         trace!(
             "`{shown}`: {}; stdout: {}; stderr: {}",
             out.status,
@@ -74,6 +123,77 @@ impl Cmd {
         );
         Ok((out, shown))
     }
+
+    /// Run it with the stdio set up so far (inherited by default) and wait for its exit.
+    pub fn status(self) -> Result<(ExitStatus, String), CommandError> {
+        let (status, shown) = self.run(Command::status)?;
+        trace!("`{shown}`: {status}");
+        Ok((status, shown))
+    }
+
+    /// Start it; the caller waits.
+    pub fn spawn(self) -> Result<(Child, String), CommandError> {
+        self.run(Command::spawn)
+    }
+}
+
+/// Linux's signals, 1 to 64 (`SigIgn`/`SigBlk` in /proc/PID/status have one bit each).
+const LAST_SIGNAL: i32 = 64;
+
+/// The kernel's `struct sigaction` as `rt_sigaction(2)` takes it: the handler first, then
+/// flags, restorer and mask (x86_64, aarch64); all zero is `SIG_DFL`, nothing else set.
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// In the child, between fork and exec: no signal blocked, none ignored. Handlers the
+/// helper installed are reset by exec itself; ignored signals and the mask are not. The
+/// raw `rt_sigaction` also reaches the C library's own realtime signals (32-34), which
+/// glibc's and musl's `sigaction()` refuse and glibc's `posix_spawn` leaves ignored.
+/// Async-signal-safe: system calls only, no allocation.
+fn default_signals() -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: plain system calls on stack values of the kernel's layout; the kernel
+    // writes at most `sizeof(struct sigaction)` (<= ours) into `old`.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let dfl = KernelSigaction::default();
+        for signo in 1..=LAST_SIGNAL {
+            if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = KernelSigaction::default();
+            let queried = libc::syscall(
+                libc::SYS_rt_sigaction,
+                signo,
+                std::ptr::null::<KernelSigaction>(),
+                &mut old as *mut KernelSigaction,
+                8usize,
+            ) == 0;
+            if queried && old.handler == libc::SIG_IGN {
+                let set = libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signo,
+                    &dfl as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
+                if set != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The error for a run that exited badly: stderr trimmed to one line, without the

@@ -4,10 +4,11 @@
 //! `/usr/sbin/policy-rc.d <unit> <action>` forbids (exit 101).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Stdio;
 
 use log::debug;
 
+use crate::command::Cmd;
 use crate::paths::{self, Root};
 
 /// policy-rc.d's "action forbidden" exit code.
@@ -62,13 +63,10 @@ impl ServicePolicy {
     }
 }
 
+/// policy-rc.d could not be run (`failed to run `…``, with the OS error as its cause).
 #[derive(Debug, thiserror::Error)]
-#[error("failed to run `{cmd}`")]
-pub struct PolicyError {
-    cmd: String,
-    #[source]
-    source: std::io::Error,
-}
+#[error(transparent)]
+pub struct PolicyError(#[from] crate::command::CommandError);
 
 /// policy-rc.d's answer for one unit and action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,17 +86,13 @@ pub fn ask_policy_rc_d(helper: &Path, unit: &str, action: &str) -> Result<Verdic
     if !executable {
         return Ok(Verdict::Allowed);
     }
-    let cmd = format!("{} {unit} {action}", helper.display());
-    let status = Command::new(helper)
+    let (status, cmd) = Cmd::localized(helper)
         .arg(unit)
         .arg(action)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .status()
-        .map_err(|source| PolicyError {
-            cmd: cmd.clone(),
-            source,
-        })?;
+        .map_err(PolicyError)?;
     debug!("`{cmd}`: {status}");
     Ok(if status.code() == Some(POLICY_FORBIDDEN) {
         Verdict::Forbidden

@@ -5,11 +5,11 @@
 //! update-notifier's helper where it exists (never relied on: Debian 12 has none).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use log::{debug, info, warn};
 
+use crate::command::Cmd;
 use crate::paths::{self, FileError, Root};
 
 /// The flag file.
@@ -87,15 +87,18 @@ pub fn flag(root: &Root, why: &str) -> Result<(), FileError> {
     }
     if root.is_host() && !changed.is_empty() && Path::new(NOTIFIER).exists() {
         // without DPKG_MAINTSCRIPT_PACKAGE it only refreshes the notices; .pkgs is ours
-        match Command::new(NOTIFIER)
+        match Cmd::localized(NOTIFIER)
             .env_remove("DPKG_MAINTSCRIPT_PACKAGE")
             .status()
         {
-            Ok(s) if s.success() => debug!("`{NOTIFIER}`: ok"),
-            Ok(s) => warn!("`{NOTIFIER}` failed ({s}); the reboot-required files are written"),
-            Err(e) => {
-                warn!("failed to run `{NOTIFIER}` ({e}); the reboot-required files are written")
-            }
+            Ok((s, _)) if s.success() => debug!("`{NOTIFIER}`: ok"),
+            Ok((s, _)) => warn!("`{NOTIFIER}` failed ({s}); the reboot-required files are written"),
+            Err(e) => warn!(
+                "{e} ({}); the reboot-required files are written",
+                std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
         }
     }
     info!(

@@ -6,7 +6,8 @@
 //! and the boot-time `k8s-nokmem-recover.service` cover those.
 //!
 //! The mask is set before the process starts any thread (zbus's and async-io's inherit
-//! it); the children we spawn get an empty mask back from std's `Command`.
+//! it). The programs we start get an empty mask and default dispositions back from
+//! `command::Cmd` (std's `Command` alone leaves the mask blocked when it uses posix_spawn).
 
 use std::fs;
 

@@ -7,6 +7,9 @@
 //! the ignored `inside_client_scenarios` there, which drives `k8s_nokmem::systemd` directly;
 //! the host side then checks the units with `systemctl show` and runs `k8s-nokmem status`.
 //!
+//! `job_results_come_from_systemd_only` (host, no testbed) runs the client against a fake
+//! systemd on a private dbus-daemon while another peer forges job results.
+//!
 //! Needs root and the testbed root (`scripts/testbed-root.sh`); without them it fails (skipped under
 //! `K8S_NOKMEM_ALLOW_SKIP=1`).
 
@@ -434,6 +437,118 @@ fn inside_client_scenarios() {
         assert_eq!(systemctl_show("kubelet.service", "ActiveState"), "active");
     }
     noise.join().unwrap();
+
+    healthz_counts_only_from_kubelet(&sd);
+}
+
+/// Answers every HTTP request on kubelet's healthz address with `500`, for
+/// [`healthz_counts_only_from_kubelet`].
+const SERVE_500_ENV: &str = "K8S_NOKMEM_SERVE_HEALTHZ_500";
+const HEALTHZ: &str = "127.0.0.1:10248";
+
+#[test]
+#[ignore = "a healthz endpoint answering 500, started inside the testbed by inside_client_scenarios"]
+fn serve_healthz_500() {
+    use std::io::{Read, Write};
+    if std::env::var(SERVE_500_ENV).as_deref() != Ok("1") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind(HEALTHZ).unwrap();
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = conn.write_all(b"HTTP/1.1 500 Internal Server Error\r\n\r\n[-]serve_healthz_500");
+    }
+}
+
+/// Wait until something answers on kubelet's healthz address.
+fn wait_for_healthz_listener() {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(HEALTHZ).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "nothing listens on {HEALTHZ}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 15 item 3, with the real systemd's MainPID: a listener of another user answering
+/// 500 on 127.0.0.1:10248 neither vetoes nor passes kubelet's settle check; the same answer
+/// from kubelet.service's own main process fails it.
+fn healthz_counts_only_from_kubelet(sd: &SystemdClient) {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap();
+    let serve_args = [
+        "--exact",
+        "serve_healthz_500",
+        "--ignored",
+        "--test-threads=1",
+    ];
+    // 11. a stranger (nobody) answers 500 where kubelet (the stand-in) does not listen
+    let mut stranger = std::process::Command::new(&exe)
+        .args(serve_args)
+        .env(SERVE_500_ENV, "1")
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_healthz_listener();
+    sd.stop("kubelet.service", T).unwrap();
+    sd.start("kubelet.service", T).unwrap();
+    let s = sd.state("kubelet.service").unwrap();
+    let settled = sd.settle(&[Started::now(s)], Duration::from_secs(2));
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    settled.expect("a stranger's 500 on 127.0.0.1:10248 failed kubelet's settle check");
+
+    // 12. kubelet's own main process answering 500: the check fails
+    let dropin = "/run/systemd/system/kubelet.service.d";
+    std::fs::create_dir_all(dropin).unwrap();
+    std::fs::write(
+        format!("{dropin}/serve-500.conf"),
+        format!(
+            "[Service]\nEnvironment={SERVE_500_ENV}=1\nExecStart=\nExecStart={} {}\n",
+            exe.display(),
+            serve_args.join(" ")
+        ),
+    )
+    .unwrap();
+    let reload = |what: &str| {
+        let ok = std::process::Command::new("systemctl")
+            .arg("daemon-reload")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "systemctl daemon-reload ({what})");
+    };
+    reload("kubelet serving 500");
+    sd.stop("kubelet.service", T).unwrap();
+    sd.start("kubelet.service", T).unwrap();
+    wait_for_healthz_listener();
+    let s = sd.state("kubelet.service").unwrap();
+    let err = sd.settle(&[Started::now(s)], Duration::from_secs(2));
+    std::fs::remove_dir_all(dropin).unwrap();
+    reload("the stand-in kubelet back");
+    sd.stop("kubelet.service", T).unwrap();
+    sd.start("kubelet.service", T).unwrap();
+    let msg = err
+        .expect_err("kubelet's own 500 passed the settle check")
+        .to_string();
+    assert!(
+        msg.contains("'kubelet.service' did not stay up")
+            && msg.contains("answers 500: '[-]serve_healthz_500'"),
+        "{msg}"
+    );
 }
 
 /// The testbed runs the real dockerd (docker.io) with containers in cgroup v1 memory
@@ -479,4 +594,498 @@ fn testbed_runs_docker_and_reboots() {
         images.contains("testbed/busybox:1"),
         "image lost in the reboot: {images}"
     );
+}
+
+// ---- job results come from systemd only (issue 15 item 2) --------------------------------
+//
+// A private dbus-daemon with the stock system-bus policy (/usr/share/dbus-1/system.conf on
+// a socket of its own, plus a rule that lets this test's user own org.freedesktop.systemd1),
+// a slow fake systemd that owns org.freedesktop.systemd1, answers StopUnit/StartUnit after
+// REPLY_DELAY and ends the job JOB_DELAY later, and a peer (nobody, when run as root) flooding fake `JobRemoved(..., "done")`
+// signals for the job paths, broadcast and sent straight to every connection: every stop
+// and start of the real client still takes the manager's time.
+
+const BUS_ENV: &str = "K8S_NOKMEM_TEST_PRIVATE_BUS";
+const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
+const FAKE_UNIT: &str = "kubelet.service";
+const FAKE_UNIT_PATH: &str = "/org/freedesktop/systemd1/unit/kubelet_2eservice";
+const REPLY_DELAY: Duration = Duration::from_millis(1500);
+const JOB_DELAY: Duration = Duration::from_millis(500);
+const STOCK_POLICY: &str = "/usr/share/dbus-1/system.conf";
+
+/// A dbus-daemon on a socket in a temporary directory; killed on drop.
+struct PrivateBus {
+    child: std::process::Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateBus {
+    fn start() -> Option<PrivateBus> {
+        use std::io::BufRead;
+        use std::os::unix::fs::PermissionsExt;
+        let missing = |why: String| {
+            let why = format!("{why}; install package dbus (`sudo scripts/install-deps.sh`)");
+            assert!(
+                !nspawn::strict(),
+                "{why}\n(this test cannot run; {}=1 skips it in a quick local loop)",
+                nspawn::ALLOW_SKIP_ENV
+            );
+            eprintln!("skipped: {why}");
+        };
+        if !std::path::Path::new(STOCK_POLICY).exists() {
+            missing(format!("{STOCK_POLICY} is missing"));
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // the flooder runs as nobody: it must reach the socket
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("system_bus_socket");
+        let stock = std::fs::read_to_string(STOCK_POLICY).unwrap();
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .expect("this user has a name")
+            .name;
+        let mut conf = String::new();
+        for line in stock.lines() {
+            let t = line.trim();
+            // not a daemon of the machine: no user switch, fork, pid file, syslog or
+            // service activation; its own socket; the stock policy and its system.d
+            if [
+                "<user>",
+                "<fork/>",
+                "<pidfile>",
+                "<syslog/>",
+                "<servicehelper>",
+                "<standard_system_servicedirs/>",
+            ]
+            .iter()
+            .any(|tag| t.starts_with(tag))
+            {
+                continue;
+            }
+            if t.starts_with("<listen>") {
+                conf.push_str(&format!(
+                    "  <listen>unix:path={}</listen>\n",
+                    socket.display()
+                ));
+            } else if t == "<includedir>system.d</includedir>" {
+                conf.push_str("  <includedir>/usr/share/dbus-1/system.d</includedir>\n");
+            } else if t == "</busconfig>" {
+                conf.push_str(&format!(
+                    "  <policy user=\"{me}\">\n    <allow own=\"{SYSTEMD_NAME}\"/>\n    <allow send_destination=\"{SYSTEMD_NAME}\"/>\n  </policy>\n</busconfig>\n"
+                ));
+            } else {
+                conf.push_str(line);
+                conf.push('\n');
+            }
+        }
+        let config = dir.path().join("system.conf");
+        std::fs::write(&config, conf).unwrap();
+        let spawned = std::process::Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing("dbus-daemon is not installed".to_string());
+                return None;
+            }
+            Err(e) => panic!("failed to start dbus-daemon: {e}"),
+        };
+        let mut address = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        assert!(
+            address.starts_with("unix:"),
+            "dbus-daemon did not print its address: '{address}'"
+        );
+        Some(PrivateBus {
+            child,
+            address: address.trim().to_string(),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process we started; killed on drop.
+struct OurChild(std::process::Child);
+
+impl Drop for OurChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The one unit the fake knows.
+#[derive(Debug, Clone)]
+struct FakeUnitState {
+    active: &'static str,
+    sub: &'static str,
+    since_usec: u64,
+    main_pid: u32,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<FakeUnitState>>;
+
+struct FakeManager {
+    unit: Shared,
+    next_job: std::sync::atomic::AtomicU32,
+}
+
+impl FakeManager {
+    /// Queue a job: its path is the answer; it ends (state, JobRemoved "done") JOB_DELAY later.
+    fn job(
+        &self,
+        conn: &zbus::Connection,
+        name: &str,
+        start: bool,
+    ) -> zbus::fdo::Result<zbus::zvariant::OwnedObjectPath> {
+        if name != FAKE_UNIT {
+            return Err(zbus::fdo::Error::Failed(format!("no unit {name}")));
+        }
+        let id = self
+            .next_job
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let path = format!("{MANAGER_PATH}/job/{id}");
+        let (conn, unit, job) = (conn.clone(), self.unit.clone(), path.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(JOB_DELAY);
+            {
+                let mut u = unit.lock().unwrap();
+                if start {
+                    u.active = "active";
+                    u.sub = "running";
+                    u.since_usec += 1_000_000;
+                    u.main_pid += 1;
+                } else {
+                    u.active = "inactive";
+                    u.sub = "dead";
+                    u.main_pid = 0;
+                }
+            }
+            let job = zbus::zvariant::ObjectPath::try_from(job.as_str()).unwrap();
+            zbus::block_on(conn.emit_signal(
+                None::<zbus::names::BusName<'_>>,
+                MANAGER_PATH,
+                MANAGER_IFACE,
+                "JobRemoved",
+                &(id, job, FAKE_UNIT, "done"),
+            ))
+            .unwrap();
+        });
+        Ok(zbus::zvariant::OwnedObjectPath::try_from(path).unwrap())
+    }
+}
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
+impl FakeManager {
+    fn subscribe(&self) {}
+
+    fn load_unit(&self, name: &str) -> zbus::fdo::Result<zbus::zvariant::OwnedObjectPath> {
+        if name != FAKE_UNIT {
+            return Err(zbus::fdo::Error::Failed(format!("no unit {name}")));
+        }
+        Ok(zbus::zvariant::OwnedObjectPath::try_from(FAKE_UNIT_PATH).unwrap())
+    }
+
+    /// Slow to answer: meanwhile the flood piles up in the client's queue.
+    async fn stop_unit(
+        &self,
+        name: &str,
+        _mode: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> zbus::fdo::Result<zbus::zvariant::OwnedObjectPath> {
+        async_io::Timer::after(REPLY_DELAY).await;
+        self.job(conn, name, false)
+    }
+
+    async fn start_unit(
+        &self,
+        name: &str,
+        _mode: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> zbus::fdo::Result<zbus::zvariant::OwnedObjectPath> {
+        async_io::Timer::after(REPLY_DELAY).await;
+        self.job(conn, name, true)
+    }
+}
+
+struct FakeUnit(Shared);
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
+impl FakeUnit {
+    #[zbus(property)]
+    fn load_state(&self) -> String {
+        "loaded".to_string()
+    }
+    #[zbus(property)]
+    fn active_state(&self) -> String {
+        self.0.lock().unwrap().active.to_string()
+    }
+    #[zbus(property)]
+    fn sub_state(&self) -> String {
+        self.0.lock().unwrap().sub.to_string()
+    }
+    #[zbus(property)]
+    fn active_enter_timestamp(&self) -> u64 {
+        self.0.lock().unwrap().since_usec
+    }
+}
+
+struct FakeService(Shared);
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Service")]
+impl FakeService {
+    #[zbus(property)]
+    fn result(&self) -> String {
+        "success".to_string()
+    }
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> u32 {
+        self.0.lock().unwrap().main_pid
+    }
+    #[zbus(property, name = "Type")]
+    fn service_type(&self) -> String {
+        "simple".to_string()
+    }
+}
+
+/// The fake systemd on `address`, owning org.freedesktop.systemd1.
+fn fake_systemd(address: &str) -> zbus::blocking::Connection {
+    let unit: Shared = std::sync::Arc::new(std::sync::Mutex::new(FakeUnitState {
+        active: "active",
+        sub: "running",
+        since_usec: 1_000_000,
+        main_pid: 4242,
+    }));
+    zbus::blocking::connection::Builder::address(address)
+        .unwrap()
+        .serve_at(
+            MANAGER_PATH,
+            FakeManager {
+                unit: unit.clone(),
+                next_job: Default::default(),
+            },
+        )
+        .unwrap()
+        .serve_at(FAKE_UNIT_PATH, FakeUnit(unit.clone()))
+        .unwrap()
+        .serve_at(FAKE_UNIT_PATH, FakeService(unit))
+        .unwrap()
+        .name(SYSTEMD_NAME)
+        .unwrap()
+        .build()
+        .expect("the fake systemd could not take org.freedesktop.systemd1")
+}
+
+/// Re-run this test binary's ignored test `name` as a child with `env`.
+fn this_test(name: &str, env: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[test]
+fn job_results_come_from_systemd_only() {
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some(bus) = PrivateBus::start() else {
+        return;
+    };
+    let systemd = fake_systemd(&bus.address);
+    let systemd_unique = systemd.unique_name().unwrap().to_string();
+
+    // count the fake JobRemoved signals on the bus (broadcast ones), to know the flood runs
+    let forged = std::sync::Arc::new(AtomicUsize::new(0));
+    let watcher = zbus::blocking::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .unwrap();
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface(MANAGER_IFACE)
+        .unwrap()
+        .member("JobRemoved")
+        .unwrap()
+        .build();
+    let messages = zbus::blocking::MessageIterator::for_match_rule(rule, &watcher, None).unwrap();
+    {
+        let forged = forged.clone();
+        let systemd_unique = systemd_unique.clone();
+        std::thread::spawn(move || {
+            for msg in messages.flatten() {
+                if msg.header().sender().map(|s| s.to_string()) != Some(systemd_unique.clone()) {
+                    forged.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+
+    let mut flooder = this_test("flood_job_removed", &[(BUS_ENV, &bus.address)]);
+    flooder
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if nix::unistd::geteuid().is_root() {
+        flooder.uid(65534).gid(65534);
+    }
+    let _flooder = OurChild(flooder.spawn().expect("failed to start the flooder"));
+    let t0 = Instant::now();
+    while forged.load(Ordering::Relaxed) < 100 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the flooder sent no JobRemoved within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let before = forged.load(Ordering::Relaxed);
+    let out = this_test(
+        "inside_private_bus_client",
+        &[
+            (BUS_ENV, &bus.address),
+            ("DBUS_SYSTEM_BUS_ADDRESS", &bus.address),
+            ("RUST_LOG", "k8s_nokmem=debug"),
+        ],
+    )
+    .output()
+    .unwrap();
+    let flooded = forged.load(Ordering::Relaxed) - before;
+    assert!(
+        out.status.success(),
+        "the client took a forged job result (or failed):\n{}",
+        nspawn::show(&out)
+    );
+    assert!(
+        flooded >= 100,
+        "only {flooded} forged JobRemoved while the client ran:\n{}",
+        nspawn::show(&out)
+    );
+    eprintln!(
+        "job_results_come_from_systemd_only: {flooded} forged JobRemoved during the client's jobs"
+    );
+}
+
+#[test]
+#[ignore = "the flooding peer, started by job_results_come_from_systemd_only"]
+fn flood_job_removed() {
+    let Ok(address) = std::env::var(BUS_ENV) else {
+        return;
+    };
+    let conn = zbus::blocking::connection::Builder::address(address.as_str())
+        .unwrap()
+        .build()
+        .unwrap();
+    let me = conn.unique_name().unwrap().to_string();
+    let bus = zbus::blocking::fdo::DBusProxy::new(&conn).unwrap();
+    let jobs: Vec<(u32, zbus::zvariant::OwnedObjectPath)> = (1..=16)
+        .map(|id| {
+            (
+                id,
+                zbus::zvariant::OwnedObjectPath::try_from(format!("{MANAGER_PATH}/job/{id}"))
+                    .unwrap(),
+            )
+        })
+        .collect();
+    loop {
+        // everyone on the bus, straight: a match rule does not filter these
+        let peers: Vec<String> = bus
+            .list_names()
+            .unwrap()
+            .into_iter()
+            .map(|n| n.to_string())
+            .filter(|n| n.starts_with(':') && *n != me)
+            .collect();
+        for _ in 0..20 {
+            for (id, job) in &jobs {
+                let body = (*id, job, FAKE_UNIT, "done");
+                conn.emit_signal(
+                    None::<zbus::names::BusName<'_>>,
+                    MANAGER_PATH,
+                    MANAGER_IFACE,
+                    "JobRemoved",
+                    &body,
+                )
+                .unwrap();
+                for peer in &peers {
+                    let _ = conn.emit_signal(
+                        Some(peer.as_str()),
+                        MANAGER_PATH,
+                        MANAGER_IFACE,
+                        "JobRemoved",
+                        &body,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "the client, started by job_results_come_from_systemd_only"]
+fn inside_private_bus_client() {
+    if std::env::var_os(BUS_ENV).is_none() {
+        return;
+    }
+    let _ = env_logger::builder().is_test(true).try_init();
+    let sd = SystemdClient::system().expect("connect to the private bus");
+    for round in 0..3 {
+        for stop in [true, false] {
+            let t0 = Instant::now();
+            let action = if stop {
+                sd.stop(FAKE_UNIT, T)
+            } else {
+                sd.start(FAKE_UNIT, T)
+            }
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let took = t0.elapsed();
+            let verb = if stop { "stop" } else { "start" };
+            eprintln!("round {round}: {verb}: {} ms", took.as_millis());
+            assert_eq!(
+                action,
+                ServiceAction::Done {
+                    job_result: "done".into()
+                }
+            );
+            let manager = REPLY_DELAY + JOB_DELAY;
+            assert!(
+                took >= manager - Duration::from_millis(20),
+                "round {round}: the {verb} returned after {took:?}, before the manager ended the job ({manager:?}): a forged JobRemoved was taken"
+            );
+            assert!(
+                took < manager + Duration::from_secs(5),
+                "round {round}: the {verb} took {took:?} (the manager's time is {manager:?})"
+            );
+            let s = sd.state(FAKE_UNIT).unwrap();
+            assert_eq!(
+                s.active_state,
+                if stop { "inactive" } else { "active" },
+                "round {round} {verb}: {s:?}"
+            );
+        }
+    }
 }

@@ -59,6 +59,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("systemctl", "systemd"),
     ("journalctl", "systemd"),
     ("busctl", "systemd"),
+    ("dbus-daemon", "dbus"),
     ("dpkg", "dpkg"),
     ("dpkg-deb", "dpkg"),
     ("dpkg-divert", "dpkg"),

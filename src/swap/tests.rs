@@ -513,3 +513,32 @@ fn install_flags_reboot_required_on_the_node_only_when_a_reboot_helps() {
         }
     }
 }
+
+/// Only kubelet can veto or pass the settle check (issue 15 item 3): a process that is not
+/// kubelet's main process (nobody's, as root) answers `500` on kubelet's healthz address
+/// 127.0.0.1:10248, where kubelet does not listen: the install goes through, after the
+/// real settle window.
+#[test]
+fn a_strangers_answer_on_kubelets_healthz_port_does_not_fail_the_install() {
+    use crate::systemd::fake::{in_private_network, Stranger};
+    use crate::systemd::settle::KUBELET_HEALTHZ;
+    let node = TestNode::new();
+    node.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[services]\nsettle = 2s\n",
+    );
+    let sd = FakeSystemd::with_active(&UNITS).with_real_settle();
+    let (result, took) = in_private_network(|| {
+        let stranger = Stranger::serve_500(KUBELET_HEALTHZ);
+        assert_eq!(stranger.addr, KUBELET_HEALTHZ);
+        let t0 = std::time::Instant::now();
+        let result = node.install(&sd).map_err(|e| format!("{e:#}"));
+        (result, t0.elapsed())
+    });
+    result.expect("a stranger's 500 on 127.0.0.1:10248 failed the install");
+    assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+    assert!(
+        took >= std::time::Duration::from_secs(2),
+        "the settle window was not watched: {took:?}"
+    );
+}

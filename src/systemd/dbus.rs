@@ -6,7 +6,10 @@
 //! [`ServiceAction::Masked`], nothing called), open the JobRemoved stream, StopUnit/StartUnit
 //! with mode `replace`, wait for the JobRemoved of the returned job path (others' jobs are
 //! ignored) up to the timeout, then read the unit's state. Only job results `done` and
-//! `skipped` succeed.
+//! `skipped` succeed. Only systemd's JobRemoved count: the match rule names
+//! `sender='org.freedesktop.systemd1'` and its path, and a signal whose sender is not the
+//! unique name owning that name (GetNameOwner) is dropped: any local user can send a
+//! JobRemoved "done" for our job path, broadcast or straight to us.
 //!
 //! After a start whose job is `done` the unit must be `active` (a `oneshot` without
 //! `RemainAfterExit` may be `inactive` again, with `Result=success`). Whether it stays up is
@@ -37,6 +40,11 @@ const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
 const MAX_QUEUED: usize = 4096;
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+/// systemd's bus name; its signals count only from the unique name that owns it.
+const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
+/// How often, at most, the owner of [`SYSTEMD_NAME`] is asked again when a JobRemoved
+/// comes from another name.
+const OWNER_RECHECK: Duration = Duration::from_secs(1);
 const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
 
 #[zbus::proxy(
@@ -170,6 +178,86 @@ where
         JobWait::TimedOut
     };
     futures_lite::future::or(found, timer).await
+}
+
+/// The unique name that owns `org.freedesktop.systemd1`, asked of the bus (the only name
+/// whose signals count), asked again at most every [`OWNER_RECHECK`] when a signal comes
+/// from another name (systemd reconnects to the bus after `daemon-reexec`).
+struct SystemdOwner<'a> {
+    bus: &'a zbus::fdo::DBusProxy<'a>,
+    owner: std::cell::RefCell<(zbus::names::OwnedUniqueName, Instant)>,
+}
+
+impl<'a> SystemdOwner<'a> {
+    async fn lookup(bus: &'a zbus::fdo::DBusProxy<'a>) -> zbus::Result<SystemdOwner<'a>> {
+        let owner = Self::ask(bus).await?;
+        trace!("D-Bus: {SYSTEMD_NAME} is {owner}");
+        Ok(SystemdOwner {
+            bus,
+            owner: std::cell::RefCell::new((owner, Instant::now())),
+        })
+    }
+
+    async fn ask(bus: &zbus::fdo::DBusProxy<'_>) -> zbus::Result<zbus::names::OwnedUniqueName> {
+        let name = zbus::names::BusName::try_from(SYSTEMD_NAME)?;
+        Ok(bus.get_name_owner(name).await?)
+    }
+
+    /// Whether systemd sent `msg`.
+    async fn sent(&self, msg: &zbus::Message) -> bool {
+        let header = msg.header();
+        let Some(sender) = header.sender() else {
+            return false;
+        };
+        if *sender == *self.owner.borrow().0 {
+            return true;
+        }
+        let due = self.owner.borrow().1.elapsed() >= OWNER_RECHECK;
+        if due {
+            if let Ok(now) = Self::ask(self.bus).await {
+                *self.owner.borrow_mut() = (now, Instant::now());
+            }
+        }
+        let owner = self.owner.borrow();
+        if *sender == *owner.0 {
+            return true;
+        }
+        debug!(
+            "D-Bus: ignoring a JobRemoved signal from '{sender}': {SYSTEMD_NAME} is '{}'",
+            owner.0
+        );
+        false
+    }
+}
+
+/// A JobRemoved signal's arguments, or `None` (logged) for anything else.
+fn job_event(msg: &zbus::Message) -> Option<JobEvent> {
+    let args = JobRemoved::from_message(msg.clone())
+        .ok_or_else(|| zbus::Error::Failure("not a JobRemoved signal".into()))
+        .and_then(|signal| {
+            signal.args().map(|a| JobEvent {
+                id: a.id,
+                job: a.job.to_string(),
+                unit: a.unit.to_string(),
+                result: a.result.to_string(),
+            })
+        });
+    match args {
+        Ok(event) => {
+            trace!(
+                "D-Bus <- JobRemoved(id={}, job={}, unit='{}', result='{}')",
+                event.id,
+                event.job,
+                event.unit,
+                event.result
+            );
+            Some(event)
+        }
+        Err(e) => {
+            trace!("D-Bus <- JobRemoved with unexpected arguments: {e}");
+            None
+        }
+    }
 }
 
 fn connection() -> Result<Connection, SystemdError> {
@@ -307,7 +395,12 @@ impl SystemdClient {
             .map_err(|source| call_error("Get", unit, source))
     }
 
-    /// Queue the job with the JobRemoved stream already open and wait for it.
+    /// Queue the job with the JobRemoved stream already open and wait for it. Only
+    /// systemd's signals count: the bus routes us JobRemoved sent by the owner of
+    /// `org.freedesktop.systemd1` (the rule's `sender`), and each signal's sender must be
+    /// that owner's unique name (GetNameOwner), since any peer can also send a signal
+    /// straight to us. While the call is pending the stream is read on (a job can end
+    /// before its reply is read, and a flood must not fill zbus's queue and hold the reply).
     fn run_job(&self, verb: Verb, unit: &str, timeout: Duration) -> Result<JobEvent, SystemdError> {
         let method = verb.method();
         let err = |source| call_error(method, unit, source);
@@ -317,10 +410,16 @@ impl SystemdClient {
                 .build()
                 .await
                 .map_err(err)?;
+            let bus = zbus::fdo::DBusProxy::builder(self.conn.inner())
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await
+                .map_err(err)?;
             // the match rule is in place when this returns: no JobRemoved can be missed
             let rule = zbus::MatchRule::builder()
                 .msg_type(zbus::message::Type::Signal)
-                .path(MANAGER_PATH)
+                .sender(SYSTEMD_NAME)
+                .and_then(|b| b.path(MANAGER_PATH))
                 .and_then(|b| b.interface(MANAGER_INTERFACE))
                 .and_then(|b| b.member("JobRemoved"))
                 .map_err(err)?
@@ -329,51 +428,36 @@ impl SystemdClient {
                 zbus::MessageStream::for_match_rule(rule, self.conn.inner(), Some(MAX_QUEUED))
                     .await
                     .map_err(err)?;
+            let owner = SystemdOwner::lookup(&bus).await.map_err(err)?;
+            let owner = &owner;
+            let mut events = Box::pin(
+                signals
+                    .then(move |msg| async move {
+                        let msg = msg.ok()?;
+                        owner.sent(&msg).await.then(|| job_event(&msg)).flatten()
+                    })
+                    .filter_map(|event| event),
+            );
             trace!("D-Bus -> {method}('{unit}', '{JOB_MODE}')");
-            let job = match verb {
-                Verb::Stop => manager.stop_unit(unit, JOB_MODE).await,
-                Verb::Start => manager.start_unit(unit, JOB_MODE).await,
-            }
-            .map_err(err)?;
-            trace!("D-Bus <- {method}: job {}", job.as_str());
-            let events = signals.filter_map(|msg| {
-                match msg
-                    .ok()
-                    .and_then(JobRemoved::from_message)
-                    .ok_or_else(|| zbus::Error::Failure("not a JobRemoved signal".into()))
-                    .and_then(|signal| {
-                        signal.args().map(|a| {
-                            (
-                                a.id,
-                                a.job.to_string(),
-                                a.unit.to_string(),
-                                a.result.to_string(),
-                            )
-                        })
-                    }) {
-                    Ok((id, job, unit, result)) => {
-                        let event = JobEvent {
-                            id,
-                            job,
-                            unit,
-                            result,
-                        };
-                        trace!(
-                            "D-Bus <- JobRemoved(id={}, job={}, unit='{}', result='{}')",
-                            event.id,
-                            event.job,
-                            event.unit,
-                            event.result
-                        );
-                        Some(event)
-                    }
-                    Err(e) => {
-                        trace!("D-Bus <- JobRemoved with unexpected arguments: {e}");
-                        None
-                    }
+            let call = async {
+                match verb {
+                    Verb::Stop => manager.stop_unit(unit, JOB_MODE).await,
+                    Verb::Start => manager.start_unit(unit, JOB_MODE).await,
                 }
-            });
-            match wait_for_job(Box::pin(events), job.as_str(), timeout).await {
+            };
+            let mut early = Vec::new();
+            let job = {
+                let drain = async {
+                    while let Some(event) = events.next().await {
+                        early.push(event);
+                    }
+                    std::future::pending().await
+                };
+                futures_lite::future::or(call, drain).await.map_err(err)?
+            };
+            trace!("D-Bus <- {method}: job {}", job.as_str());
+            let events = futures_lite::stream::iter(early).chain(events);
+            match wait_for_job(events, job.as_str(), timeout).await {
                 JobWait::Removed(event) => Ok(event),
                 JobWait::TimedOut => Err(SystemdError::Timeout {
                     verb: verb.as_str(),

@@ -102,6 +102,9 @@ struct Inner {
     /// Fake clock for `ActiveEnterTimestamp`, advanced by every start that activates a unit.
     clock_usec: u64,
     next_pid: u32,
+    /// Settle with the real watch ([`crate::systemd::settle::watch`]: the real window and
+    /// kubelet's healthz on 127.0.0.1:10248) instead of taking no time.
+    real_settle: bool,
 }
 
 /// A recording, configurable stand-in for systemd. Interior mutability, so it is shared by
@@ -189,6 +192,13 @@ impl FakeSystemd {
     /// `activating/auto-restart`. The settle watch takes no time in the fake.
     pub fn with_dies_after_start(self, unit: &str) -> Self {
         self.lock().dies.push(unit.to_string());
+        self
+    }
+
+    /// The settle step runs the real watch over this fake's states: it takes the settle
+    /// window and asks kubelet's healthz endpoint.
+    pub fn with_real_settle(self) -> Self {
+        self.lock().real_settle = true;
         self
     }
 
@@ -386,6 +396,10 @@ impl ServiceManager for FakeSystemd {
         if inner.no_bus {
             return Err(SystemdError::Connect(no_bus_error()));
         }
+        if inner.real_settle {
+            drop(inner);
+            return crate::systemd::settle::watch(self, started, window);
+        }
         for s in started {
             let unit = &s.state.unit;
             if inner.dies.contains(unit) {
@@ -414,6 +428,94 @@ impl ServiceManager for FakeSystemd {
         }
         Ok(())
     }
+}
+
+/// Another process (nobody's when this runs as root) answering every HTTP request with
+/// `500` on `bind` (`127.0.0.1:0`: a free port); killed on drop.
+pub struct Stranger {
+    pub child: std::process::Child,
+    /// Where it listens (`127.0.0.1:PORT`).
+    pub addr: String,
+}
+
+impl Stranger {
+    pub fn serve_500(bind: &str) -> Stranger {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let (host, port) = bind.rsplit_once(':').expect("HOST:PORT");
+        let script = format!(
+            "import socket\n\
+             s = socket.socket()\n\
+             s.bind(('{host}', {port}))\n\
+             s.listen(16)\n\
+             print(s.getsockname()[1], flush=True)\n\
+             while True:\n    c, _ = s.accept()\n    r = b''\n    \
+             while b'\\r\\n\\r\\n' not in r:\n        d = c.recv(4096)\n        \
+             r += d\n        \
+             if not d: break\n    \
+             c.sendall(b'HTTP/1.1 500 Internal Server Error\\r\\n\\r\\n[-]not kubelet')\n    c.close()\n"
+        );
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null());
+        if nix::unistd::geteuid().is_root() {
+            cmd.uid(65534).gid(65534);
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("failed to start python3 (scripts/install-deps.sh installs it)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("read the listener's port");
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the python3 listener on {bind} said '{line}'"));
+        Stranger {
+            child,
+            addr: format!("{host}:{port}"),
+        }
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `f` in a thread of its own network namespace with only `lo` up, so that a test can
+/// use fixed ports (kubelet's 127.0.0.1:10248) without meeting the machine's. Needs root.
+pub fn in_private_network<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root for a network namespace of its own: run it as root (`sudo -E cargo test`)"
+    );
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare(2) on this thread only (a network namespace may be
+                // unshared by one thread of a multithreaded process)
+                let rc = unsafe { nix::libc::unshare(nix::libc::CLONE_NEWNET) };
+                assert_eq!(
+                    rc,
+                    0,
+                    "unshare(CLONE_NEWNET): {}",
+                    std::io::Error::last_os_error()
+                );
+                let up = std::process::Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .expect("failed to run `ip` (package iproute2)");
+                assert!(up.success(), "`ip link set lo up`: {up}");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 fn active_state(unit: &str, since_usec: u64) -> UnitState {

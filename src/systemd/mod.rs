@@ -28,6 +28,7 @@ mod dbus;
 /// A recording test double; compiled only for the unit tests, never shipped.
 #[cfg(test)]
 pub mod fake;
+mod listener;
 pub mod settle;
 mod systemctl;
 

@@ -7,15 +7,19 @@
 //! settle window since its own start: same `MainPID`, same `ActiveEnterTimestamp`, still
 //! `active`. For `kubelet.service` its healthz endpoint
 //! ([`KUBELET_HEALTHZ`]) is asked too: when it answers, the last answer must be `200`; when
-//! nothing listens (kubelet's `--healthz-port=0`, or not up yet) it does not count. Only
-//! properties systemd 229 has are read (no `NRestarts`, which is 235+).
+//! nothing listens (kubelet's `--healthz-port=0`, or not up yet) it does not count. An
+//! answer counts only when every listening socket that can answer there is held by
+//! kubelet's `MainPID` (`listener.rs`): anyone may listen on a free port, so a stranger's
+//! answer neither vetoes nor passes the check; it is ignored and logged. Only properties
+//! systemd 229 has are read (no `NRestarts`, which is 235+).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use log::debug;
+use log::{debug, warn};
 
+use super::listener::{self, Holder};
 use super::{ServiceManager, SystemdError, UnitState};
 
 /// kubelet's healthz endpoint (`--healthz-bind-address` 127.0.0.1, `--healthz-port` 10248).
@@ -77,6 +81,9 @@ pub enum Healthz {
     NoAnswer(String),
     /// An HTTP answer: its status code and the start of its body.
     Answer { code: u16, body: String },
+    /// An answer from a socket kubelet's main process does not hold (or that could not be
+    /// told): it does not count.
+    NotKubelet(String),
 }
 
 impl Healthz {
@@ -107,6 +114,37 @@ pub fn probe_healthz(addr: &str, timeout: Duration) -> Healthz {
         Ok(reply) => parse_http_reply(&reply),
         Err(e) => Healthz::NoAnswer(e.to_string()),
     }
+}
+
+/// Ask kubelet's healthz at `addr` and keep the answer only when the listening sockets
+/// that can answer there (the same before and after the request) are all held by
+/// `main_pid`, kubelet's main process.
+pub fn ask_kubelet_healthz(addr: &str, main_pid: u32, timeout: Duration) -> Healthz {
+    let target: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(e) => return Healthz::NoAnswer(format!("bad address '{addr}': {e}")),
+    };
+    let before = listener::listeners(target);
+    let answer = probe_healthz(addr, timeout);
+    let Healthz::Answer { code, .. } = &answer else {
+        return answer;
+    };
+    let code = *code;
+    let after = listener::listeners(target);
+    let why = match (before, after) {
+        (Ok(before), Ok(after)) if before == after => match listener::held_by(&after, main_pid) {
+            Holder::Process => return answer,
+            Holder::NoListener => {
+                "no listening socket for it in this network namespace's tables".to_string()
+            }
+            Holder::Other { why, .. } => why,
+        },
+        (Ok(_), Ok(_)) => "the listening sockets changed while it was asked".to_string(),
+        (Err(e), _) | (_, Err(e)) => format!("cannot read the socket tables: {e}"),
+    };
+    Healthz::NotKubelet(format!(
+        "answer {code} ignored: it may not come from kubelet (main process {main_pid}): {why}"
+    ))
 }
 
 /// `HTTP/1.1 200 OK\r\n...\r\n\r\nok` -> Answer { 200, "ok" } (pure).
@@ -149,11 +187,16 @@ pub fn watch_with<M: ServiceManager + ?Sized>(
     };
     let mut last_healthz: Option<(Instant, Healthz)> = None;
     let asks_healthz = started.iter().any(|s| s.state.unit == KUBELET_UNIT);
+    let mut kubelet_pid = 0;
+    let mut warned = false;
     loop {
         for s in started {
             let now = manager.state(&s.state.unit)?;
             if let Some(why) = went_down(&s.state, &now) {
                 return Err(settle_failed(s, window, why, now));
+            }
+            if s.state.unit == KUBELET_UNIT {
+                kubelet_pid = now.main_pid;
             }
         }
         let due = match &last_healthz {
@@ -161,8 +204,14 @@ pub fn watch_with<M: ServiceManager + ?Sized>(
             Some((at, _)) => at.elapsed() >= HEALTHZ_EVERY,
         };
         if asks_healthz && due {
-            let answer = probe_healthz(healthz, HEALTHZ_TIMEOUT);
+            let answer = ask_kubelet_healthz(healthz, kubelet_pid, HEALTHZ_TIMEOUT);
             debug!("settle: kubelet healthz http://{healthz}/healthz: {answer:?}");
+            if let Healthz::NotKubelet(why) = &answer {
+                if !warned {
+                    warn!("settle: kubelet's healthz http://{healthz}/healthz: {why}; only kubelet's own state counts");
+                    warned = true;
+                }
+            }
             last_healthz = Some((Instant::now(), answer));
         }
         let left = until.saturating_duration_since(Instant::now());
@@ -209,7 +258,7 @@ fn settle_failed(s: &Started, window: Duration, why: String, now: UnitState) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::systemd::fake::FakeSystemd;
+    use crate::systemd::fake::{FakeSystemd, Stranger};
     use std::net::TcpListener;
 
     fn st(active: &str, sub: &str, pid: u32, since: u64) -> UnitState {
@@ -325,10 +374,19 @@ mod tests {
         addr
     }
 
-    fn kubelet_started() -> (FakeSystemd, Vec<Started>) {
+    /// An active kubelet whose main process is `pid`.
+    fn kubelet_started_as(pid: u32) -> (FakeSystemd, Vec<Started>) {
         let sd = FakeSystemd::with_active(&["kubelet.service"]);
-        let state = sd.unit_state("kubelet.service");
+        let mut state = sd.unit_state("kubelet.service");
+        state.main_pid = pid;
+        sd.set_state(state.clone());
         (sd, vec![Started::now(state)])
+    }
+
+    /// An active kubelet whose main process is this test process, which holds the
+    /// listeners [`serve`] makes.
+    fn kubelet_started() -> (FakeSystemd, Vec<Started>) {
+        kubelet_started_as(std::process::id())
     }
 
     #[test]
@@ -374,6 +432,28 @@ mod tests {
             t0.elapsed() >= Duration::from_millis(300),
             "{:?}",
             t0.elapsed()
+        );
+    }
+
+    #[test]
+    fn only_a_listener_held_by_kubelets_main_process_counts() {
+        let stranger = Stranger::serve_500("127.0.0.1:0");
+        // kubelet (this process) does not listen there: the stranger's 500 is ignored
+        let (sd, started) = kubelet_started();
+        let answer = ask_kubelet_healthz(&stranger.addr, std::process::id(), HEALTHZ_TIMEOUT);
+        assert!(
+            matches!(&answer, Healthz::NotKubelet(why) if why.contains("answer 500 ignored") && why.contains(&format!("not held by process {}", std::process::id()))),
+            "{answer:?}"
+        );
+        watch_with(&sd, &started, Duration::from_millis(300), &stranger.addr)
+            .expect("a stranger's 500 must not veto the settle check");
+        // the same listener as kubelet's main process: its 500 fails the check
+        let (sd, started) = kubelet_started_as(stranger.child.id());
+        let err =
+            watch_with(&sd, &started, Duration::from_millis(300), &stranger.addr).unwrap_err();
+        assert!(
+            err.to_string().contains("answers 500: '[-]not kubelet'"),
+            "{err}"
         );
     }
 

@@ -13,12 +13,13 @@
 //! D-Bus), then the unit's state. Only properties and options systemd 229 has are used
 //! (`show -p`, not `--value`, which is 230+).
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use log::{debug, trace};
 
 use super::{ServiceAction, ServiceManager, SystemdError, UnitState};
+use crate::command::Cmd;
 
 const SYSTEMCTL: &str = "systemctl";
 const PROPS: &str =
@@ -31,12 +32,11 @@ pub struct Systemctl {}
 impl Systemctl {
     /// Check that `systemctl` reaches systemd (`systemctl show -p Version`).
     pub fn probe() -> Result<Systemctl, String> {
-        let out = Command::new(SYSTEMCTL)
+        let (out, _) = Cmd::new(SYSTEMCTL)
             .args(["show", "-p", "Version"])
-            .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("failed to run `{SYSTEMCTL} show -p Version`: {e}"))?;
+            .map_err(|e| format!("{e}: {}", error_source(&e)))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if out.status.success() && stdout.starts_with("Version=") {
             debug!("systemctl reaches systemd {}", stdout.trim());
@@ -51,12 +51,11 @@ impl Systemctl {
     }
 
     fn show(&self, unit: &str) -> Result<(UnitState, String), SystemdError> {
-        let out = Command::new(SYSTEMCTL)
+        let (out, _) = Cmd::new(SYSTEMCTL)
             .args(["show", "-p", PROPS, "--", unit])
-            .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| failed("show", unit, e.to_string()))?;
+            .map_err(|e| failed("show", unit, format!("{e}: {}", error_source(&e))))?;
         let text = String::from_utf8_lossy(&out.stdout);
         trace!(
             "systemctl show '{unit}': {}",
@@ -85,14 +84,13 @@ impl Systemctl {
             _ => {}
         }
         let started = Instant::now();
-        let mut child = Command::new(SYSTEMCTL)
+        let (mut child, _) = Cmd::new(SYSTEMCTL)
             .args(["--job-mode=replace", verb, "--", unit])
-            .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| failed(verb, unit, e.to_string()))?;
+            .map_err(|e| failed(verb, unit, format!("{e}: {}", error_source(&e))))?;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
@@ -196,6 +194,13 @@ fn failed(verb: &'static str, unit: &str, why: String) -> SystemdError {
         unit: unit.to_string(),
         why,
     }
+}
+
+/// The cause under a [`crate::command::CommandError`] (why it could not start).
+fn error_source(e: &crate::command::CommandError) -> String {
+    std::error::Error::source(e)
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }
 
 /// systemctl's message on one line.
