@@ -8,6 +8,12 @@
 //! transaction) or inherited as ignored (`nohup`, a shell's background job, Rust's own
 //! SIGPIPE). A child that ran with SIGTERM blocked or ignored could not be stopped by
 //! systemd or a timeout, and programs do not reset these themselves.
+//!
+//! Each child also starts in a process group of its own, with stdin from /dev/null unless
+//! the caller says otherwise: the SIGINT and SIGHUP that a terminal sends to its foreground
+//! process group (Ctrl-C, a closed ssh session during `apt upgrade`) reach the helper, which
+//! holds them until the transaction is over, and not a `dpkg-divert` or `systemctl` halfway
+//! through its work. A signal sent to the child itself still ends it.
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
@@ -49,6 +55,10 @@ impl Cmd {
         // SAFETY: the closure runs in the forked child before exec and calls only
         // async-signal-safe functions (sigprocmask, sigaction); it allocates nothing.
         unsafe { inner.pre_exec(default_signals) };
+        // not in the terminal's foreground process group (see the module doc); with no
+        // terminal to read, a background group never stops on SIGTTIN
+        inner.process_group(0);
+        inner.stdin(Stdio::null());
         Cmd {
             inner,
             shown: vec![program.as_ref().to_string_lossy().into_owned()],

@@ -28,13 +28,15 @@ fn children_start_with_no_signal_blocked_or_ignored() {
     let n = NodeRoot::new();
     let bin = tempfile::tempdir().unwrap();
     let seen = bin.path().join("seen");
+    let groups = bin.path().join("groups");
     let wrapper = bin.path().join("dpkg-divert");
     std::fs::write(
         &wrapper,
         format!(
             // builtins only: the shell's own state as the helper started it, before it forks
-            "#!/bin/sh\nwhile IFS= read -r l; do case \"$l\" in SigBlk:*|SigIgn:*) echo \"$l\" >> '{}';; esac; done < /proc/$$/status\nexec /usr/bin/dpkg-divert \"$@\"\n",
-            seen.display()
+            "#!/bin/sh\nwhile IFS= read -r l; do case \"$l\" in SigBlk:*|SigIgn:*) echo \"$l\" >> '{}';; NSpid:*|NSpgid:*) echo \"$l\" >> '{}';; esac; done < /proc/$$/status\nexec /usr/bin/dpkg-divert \"$@\"\n",
+            seen.display(),
+            groups.display()
         ),
     )
     .unwrap();
@@ -78,6 +80,21 @@ fn children_start_with_no_signal_blocked_or_ignored() {
         assert_eq!(
             *mask, 0,
             "dpkg-divert started with {key} {mask:#x} (signals blocked or ignored by the helper's state):\n{seen}"
+        );
+    }
+
+    // each child leads a process group of its own: a terminal's SIGINT/SIGHUP for the
+    // foreground group (the helper's) does not reach it halfway through its work
+    let groups = std::fs::read_to_string(&groups).unwrap();
+    let ids: Vec<&str> = groups
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(_, v)| v.trim()))
+        .collect();
+    assert!(ids.len() >= 4, "expected NSpid/NSpgid lines:\n{groups}");
+    for pair in ids.chunks(2) {
+        assert_eq!(
+            pair[0], pair[1],
+            "dpkg-divert runs in the helper's process group (pid != pgid):\n{groups}"
         );
     }
 }
