@@ -963,6 +963,140 @@ fn an_installed_node_checks_payload_diversions_and_the_running_kubelet() {
     );
 }
 
+/// A copy of /bin/sleep named kubelet, grown to 20 GiB with a hole (a sparse file: reading
+/// it all takes minutes), world-readable and executable, under the node root (where the
+/// running-kubelet check looks when --root is not /).
+fn sparse_kubelet(n: &NodeRoot, rel: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    n.write(rel, &fs::read("/bin/sleep").unwrap(), 0o755);
+    let path = n.abs(rel);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(20 << 30)
+        .unwrap();
+    // others must reach it: the node root is a private temp dir
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        if d == n.path {
+            break;
+        }
+        dir = d.parent();
+    }
+    path
+}
+
+/// `verify --state --json` (this machine's /proc, a 4.4 kernel), killed after `limit`: the
+/// report, how long it took, and the reboot-required files it left (removed before the run).
+fn timed_verify(n: &NodeRoot, limit: Duration) -> (Value, Duration, Vec<Option<Vec<u8>>>) {
+    let flags = ["run/reboot-required", "run/reboot-required.pkgs"];
+    for f in flags {
+        let _ = fs::remove_file(n.abs(f));
+    }
+    let out = Tmp::new();
+    let stdout = out.path().join("stdout");
+    let cgroup_root = fixture("4.4-nokmem").join("sys/fs/cgroup");
+    let started = Instant::now();
+    let mut child = Killed(
+        Command::new(BIN)
+            .arg("verify")
+            .arg("--root")
+            .arg(&n.path)
+            .arg("--cgroup-root")
+            .arg(&cgroup_root)
+            .args(["--kernel-release", "4.4.0-131-generic", "--json", "--state"])
+            .stdout(fs::File::create(&stdout).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < limit,
+            "verify still runs after {limit:?}: it reads what it should not"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = started.elapsed();
+    let text = fs::read_to_string(&stdout).unwrap();
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    let files = flags.iter().map(|f| fs::read(n.abs(f)).ok()).collect();
+    (report, took, files)
+}
+
+/// The quicker of two runs (the machine is shared: one slow run is noise, not the cost).
+fn baseline(n: &NodeRoot) -> (Value, Duration, Vec<Option<Vec<u8>>>) {
+    let limit = Duration::from_secs(60);
+    let first = timed_verify(n, limit);
+    let second = timed_verify(n, limit);
+    if second.1 < first.1 {
+        second
+    } else {
+        first
+    }
+}
+
+/// Anyone can name a process kubelet: a user's copy of an executable named kubelet (20 GiB,
+/// sparse) neither counts as the running kubelet (no `action: reboot`, no reboot-required)
+/// nor gets hashed (the run takes no longer than without it).
+#[test]
+fn a_process_named_kubelet_that_nobody_runs_is_not_the_running_kubelet() {
+    use std::os::unix::process::CommandExt;
+    let n = installed_node();
+    let (before, base, files_before) = baseline(&n);
+    let fake = sparse_kubelet(&n, "home/mallory/kubelet");
+    let _mallory = Killed(
+        Command::new(&fake)
+            .arg("300")
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .unwrap(),
+    );
+    let (after, took, files_after) = timed_verify(&n, base + Duration::from_secs(5));
+    assert_eq!(
+        check(&after, "running-kubelet")["status"],
+        check(&before, "running-kubelet")["status"],
+        "{:#}",
+        check(&after, "running-kubelet")
+    );
+    assert_eq!(after["action"], before["action"], "{after:#}");
+    assert_eq!(after["reboot_required"], before["reboot_required"]);
+    assert_eq!(
+        files_after, files_before,
+        "the reboot-required files under the root"
+    );
+    assert!(
+        took < base + Duration::from_secs(1),
+        "verify took {took:?} with the fake kubelet running, {base:?} without"
+    );
+}
+
+/// A kubelet that root runs from a file of another size than the payload is not the payload,
+/// told by its size: nothing is hashed.
+#[test]
+fn a_kubelet_of_another_size_is_not_the_payload_without_hashing_it() {
+    let n = installed_node();
+    let (_, base, _) = baseline(&n);
+    let exe = sparse_kubelet(&n, "opt/bin/kubelet");
+    let kubelet = Killed(Command::new(&exe).arg("300").spawn().unwrap());
+    let (report, took, _) = timed_verify(&n, base + Duration::from_secs(5));
+    let running = check(&report, "running-kubelet");
+    assert_eq!(running["status"], "problem", "{running:#}");
+    let summary = running["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!("pid {}", kubelet.0.id()))
+            && summary.contains(&format!("{} bytes, the payload has", 20u64 << 30))
+            && summary.contains("a process named kubelet that root runs"),
+        "{running:#}"
+    );
+    assert!(
+        took < base + Duration::from_secs(1),
+        "verify took {took:?} with a 20 GiB kubelet running, {base:?} without"
+    );
+}
+
 #[test]
 fn an_upgraded_kubelet_package_underneath_is_version_skew() {
     let n = installed_node();
