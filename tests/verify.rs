@@ -316,6 +316,74 @@ fn booted_with_nokmem_is_ok() {
         .contains("cgroup.memory=nokmem"));
 }
 
+/// Linux < 4.6 ignores `cgroup.memory=nokmem` (a 4.6 switch; some vendor kernels backport
+/// it): booted with it, the kernel check never says kmem is off kernel-wide; when cgroups
+/// account kmem all the same, it says this kernel ignores the parameter.
+#[test]
+fn before_4_6_the_nokmem_parameter_may_be_ignored() {
+    let tmp = Tmp::new();
+    let root = Tmp::new();
+    let with_param = |name: &str| {
+        let node = copy_fixture(name, &tmp.path().join("with-param"));
+        let cmdline = node.join("proc/cmdline");
+        let text = fs::read_to_string(&cmdline).unwrap();
+        fs::write(&cmdline, format!("{} cgroup.memory=nokmem\n", text.trim())).unwrap();
+        node
+    };
+
+    // kmem off in every cgroup: the parameter may work (a backport) or runc/kubelet are nokmem
+    for name in ["4.4-nokmem", "3.10-eio"] {
+        let node = with_param(name);
+        let r = verify_node(&node, root.path(), &["--json"]);
+        assert_eq!(r.code, 0, "{name}: {}", r.stdout);
+        let report = r.json();
+        assert_eq!(report["node"]["cmdline_nokmem"], true, "{name}");
+        let kernel = check(&report, "kernel-kmem");
+        let summary = kernel["summary"].as_str().unwrap();
+        assert_eq!(kernel["status"], "ok", "{name}: {kernel:#}");
+        assert!(
+            summary.contains("may be ignored here") && !summary.contains("off kernel-wide"),
+            "{name}: {kernel:#}"
+        );
+        fs::remove_dir_all(tmp.path().join("with-param")).unwrap();
+    }
+
+    // a pod and its container account kmem: this kernel ignores the parameter
+    let node = with_param("4.4-kmem");
+    let r = verify_node(&node, root.path(), &["--json"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let report = r.json();
+    let kernel = check(&report, "kernel-kmem");
+    assert_eq!(kernel["status"], "problem", "{kernel:#}");
+    assert!(
+        kernel["summary"]
+            .as_str()
+            .unwrap()
+            .contains("Linux 4.4.0-131-generic ignores cgroup.memory=nokmem"),
+        "{kernel:#}"
+    );
+    assert!(
+        kernel["fix"]
+            .as_str()
+            .unwrap()
+            .contains("nokmem runc and kubelet"),
+        "{kernel:#}"
+    );
+    // the cgroups' causes are those of a kernel without the parameter, not "despite nokmem"
+    let kmem = check(&report, "cgroup-kmem");
+    assert_eq!(kmem["status"], "problem");
+    assert_eq!(
+        kmem["evidence"]["cgroups"][0]["cause"], "not-swapped",
+        "{kmem:#}"
+    );
+    let human = verify_node(&node, root.path(), &[]);
+    assert!(
+        human.stdout.contains("ignores cgroup.memory=nokmem"),
+        "{}",
+        human.stdout
+    );
+}
+
 #[test]
 fn kernel_wide_kmem_severity_follows_the_config() {
     let root = Tmp::new();

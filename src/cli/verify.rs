@@ -16,7 +16,7 @@ const AFTER_HELP: &str = "\
 What is checked depends on the node:
   cgroup v2 only           not this leak: ok
   cgroup.memory=nokmem     booted with it: kmem is off kernel-wide; every pod cgroup must
-                           show 0
+                           show 0 (Linux < 4.6 ignores it unless backported: per cgroup)
   Linux >= 4.6 without it  every v1 memory cgroup accounts kmem whatever runc and kubelet
                            do ([verify] kernel-wide-kmem = problem|warning|ignore)
   Linux < 4.6 (4.4, 3.10)  per cgroup: kubepods, QoS, pod, container and docker cgroups with
