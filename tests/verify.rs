@@ -459,6 +459,117 @@ fn unreadable_cgroup_files_are_unknown_with_the_reason() {
     );
 }
 
+/// `verify` with these arguments, killed (and the test failed) if it runs longer than
+/// `limit`: a read that blocks or never ends shows as a timeout, not a hung test.
+fn run_within(args: &[&str], limit: Duration) -> Run {
+    let out = Tmp::new();
+    let (stdout, stderr) = (out.path().join("stdout"), out.path().join("stderr"));
+    let started = Instant::now();
+    let mut child = Killed(
+        Command::new(BIN)
+            .arg("verify")
+            .args(args)
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "verify {} still runs after {limit:?}",
+            args.join(" ")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: fs::read_to_string(&stdout).unwrap(),
+        stderr: fs::read_to_string(&stderr).unwrap(),
+    };
+    assert!(
+        status.code().is_some() && !run.stderr.contains("panicked"),
+        "verify died ({status}): {}",
+        run.stderr
+    );
+    run
+}
+
+/// verify a copy of 4.4-nokmem after `spoil` changed its kubepods tree: exit 2 within 20 s,
+/// and the cgroup-kmem check's errors.
+fn spoiled_kmem_errors(spoil: impl FnOnce(&Path)) -> Vec<String> {
+    let root = Tmp::new();
+    let tmp = Tmp::new();
+    let node = copy_fixture("4.4-nokmem", tmp.path());
+    spoil(&node.join("sys/fs/cgroup/memory/kubepods"));
+    let (proc_root, cgroup_root) = (node.join("proc"), node.join("sys/fs/cgroup"));
+    let r = run_within(
+        &[
+            "--root",
+            root.path().to_str().unwrap(),
+            "--proc-root",
+            proc_root.to_str().unwrap(),
+            "--cgroup-root",
+            cgroup_root.to_str().unwrap(),
+            "--json",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let report = r.json();
+    let kmem = check(&report, "cgroup-kmem");
+    assert_eq!(kmem["status"], "unknown", "{kmem:#}");
+    kmem["evidence"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A FIFO where a kmem file should be (nothing ever writes it: a plain open waits forever)
+/// is an unreadable file named in the report, and verify ends at once.
+#[test]
+fn a_fifo_in_place_of_a_cgroup_file_is_refused_not_opened() {
+    let errors = spoiled_kmem_errors(|kubepods| {
+        let fifo = kubepods.join("burstable/memory.kmem.usage_in_bytes");
+        fs::remove_file(&fifo).unwrap();
+        common::ok(Command::new("mkfifo").arg(&fifo));
+    });
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("burstable/memory.kmem.usage_in_bytes")
+                && e.contains("it is a FIFO, not a regular file")),
+        "{errors:#?}"
+    );
+}
+
+/// A 4 GiB sparse file in place of a cgroup's slabinfo (read whole: 4 GiB of memory, or an
+/// abort) is refused at the bound, named in the report, and verify ends at once.
+#[test]
+fn a_huge_cgroup_file_is_refused_at_the_bound() {
+    let errors = spoiled_kmem_errors(|kubepods| {
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(kubepods.join("besteffort/memory.kmem.slabinfo"))
+            .unwrap()
+            .set_len(4 << 30)
+            .unwrap();
+    });
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("besteffort/memory.kmem.slabinfo")
+                && e.contains("more than 1048576 bytes")),
+        "{errors:#?}"
+    );
+}
+
 #[test]
 fn a_garbled_proc_cgroups_is_unknown_with_the_reason() {
     let root = Tmp::new();

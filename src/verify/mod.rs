@@ -20,6 +20,7 @@ use crate::config::{Config, Severity};
 use crate::outcome::Outcome;
 use crate::paths::Root;
 
+mod bounded;
 mod causes;
 mod cgroup;
 mod checks;
