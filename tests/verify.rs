@@ -779,6 +779,59 @@ fn a_link_planted_in_the_textfile_dir_is_never_followed() {
     assert!(r.stderr.contains("it is a symlink"), "{}", r.stderr);
 }
 
+/// A directory named k8s_nokmem.prom in the textfile dir (left by a bad hand or another
+/// tool) is not ours to remove and no rename replaces it: a warning, not exit 2 on every run.
+#[test]
+fn a_directory_named_like_the_textfile_is_a_warning() {
+    let root = Tmp::new();
+    let textfile = Tmp::new();
+    let blocker = textfile.path().join("k8s_nokmem.prom");
+    fs::create_dir(&blocker).unwrap();
+    fs::write(blocker.join("keep"), "theirs").unwrap();
+    for _ in 0..2 {
+        let r = verify_node(
+            &fixture("4.4-nokmem"),
+            root.path(),
+            &[
+                "--json",
+                "--state",
+                "--textfile",
+                textfile.path().to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        let report = r.json();
+        assert_eq!(report["status"], "ok");
+        let warning = check(&report, "textfile");
+        assert_eq!(warning["status"], "warning", "{warning:#}");
+        assert!(
+            warning["summary"]
+                .as_str()
+                .unwrap()
+                .contains("k8s_nokmem.prom' is a directory"),
+            "{warning:#}"
+        );
+        assert!(
+            r.stderr.contains("warn: ") && r.stderr.contains("is a directory"),
+            "{}",
+            r.stderr
+        );
+        // the state file says so too
+        let state: Value = serde_json::from_slice(
+            &fs::read(root.path().join("run/k8s-nokmem/verify.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(check(&state, "textfile")["status"], "warning");
+    }
+    // their directory is untouched, and nothing of ours is left beside it
+    assert_eq!(fs::read_to_string(blocker.join("keep")).unwrap(), "theirs");
+    let names: Vec<_> = fs::read_dir(textfile.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["k8s_nokmem.prom"]);
+}
+
 #[test]
 fn an_unwritable_textfile_dir_is_unknown() {
     let root = Tmp::new();

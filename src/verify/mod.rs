@@ -134,6 +134,15 @@ impl Check {
         Check::new(name, Status::Unknown, why).fix(fix)
     }
 
+    /// A finding that does not change the outcome, with what to do.
+    pub fn new_warning(
+        name: &'static str,
+        why: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check::new(name, Status::Warning, why).fix(fix)
+    }
+
     fn fix(mut self, fix: impl Into<String>) -> Check {
         self.fix = Some(fix.into());
         self
