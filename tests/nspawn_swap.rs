@@ -631,20 +631,12 @@ fn docker_socket_is_stopped_around_the_swap() {
     assert_eq!(tb.unit_prop("docker.socket", "ActiveState"), "active");
 }
 
-/// Issue 10 item 11: k8s-nokmem-verify.service runs confined (bounded capabilities, no
-/// network, /var and /sys read-only except its outputs) and still does its job: it reads
-/// the running kubelet's /proc/PID/exe (root, with every capability) in init's mount
-/// namespace, writes /run/k8s-nokmem/verify.json and the Prometheus textfile.
-#[test]
-fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
-    let Some(root) =
-        nspawn::root_or_skip("the_verify_unit_runs_confined_and_still_sees_the_kubelet")
-    else {
-        return;
-    };
-    let mut tb = nspawn::Testbed::new(&root);
+/// A testbed (not booted) whose payload kubelet is a real binary named kubelet (comm
+/// "kubelet"): a copy of sleep, which kubelet.service runs; and sleep's bytes.
+fn sleep_kubelet_testbed(test: &str) -> Option<(nspawn::Testbed, Vec<u8>)> {
+    let root = nspawn::root_or_skip(test)?;
+    let tb = nspawn::Testbed::new(&root);
     nspawn::write_stand_in_services(&tb);
-    // a payload kubelet that is a real binary named kubelet (comm "kubelet"): sleep
     let sleep = tb.read("/usr/bin/sleep");
     write_payload(&tb, PAYLOAD_RUNC, &sleep);
     tb.write(
@@ -654,6 +646,20 @@ fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
          [Install]\nWantedBy=multi-user.target\n",
         0o644,
     );
+    Some((tb, sleep))
+}
+
+/// Issue 10 item 11: k8s-nokmem-verify.service runs confined (bounded capabilities, no
+/// network, /var and /sys read-only except its outputs) and still does its job: it reads
+/// the running kubelet's /proc/PID/exe (root, with every capability) in init's mount
+/// namespace, writes /run/k8s-nokmem/verify.json and the Prometheus textfile.
+#[test]
+fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
+    let Some((mut tb, _)) =
+        sleep_kubelet_testbed("the_verify_unit_runs_confined_and_still_sees_the_kubelet")
+    else {
+        return;
+    };
     tb.write(
         "/etc/k8s-nokmem/k8s-nokmem.conf",
         format!("{CONFIG}\n[verify]\nboot-wait = 1s\n"),
@@ -767,23 +773,11 @@ fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
 /// would otherwise make verify call the payload "not running" and ask for a reboot).
 #[test]
 fn the_running_kubelet_is_the_units_main_process_not_a_process_name() {
-    let Some(root) =
-        nspawn::root_or_skip("the_running_kubelet_is_the_units_main_process_not_a_process_name")
+    let Some((mut tb, sleep)) =
+        sleep_kubelet_testbed("the_running_kubelet_is_the_units_main_process_not_a_process_name")
     else {
         return;
     };
-    let mut tb = nspawn::Testbed::new(&root);
-    nspawn::write_stand_in_services(&tb);
-    // a payload kubelet that is a real binary named kubelet (comm "kubelet"): sleep
-    let sleep = tb.read("/usr/bin/sleep");
-    write_payload(&tb, PAYLOAD_RUNC, &sleep);
-    tb.write(
-        "/etc/systemd/system/kubelet.service",
-        "[Unit]\nDescription=stand-in kubelet\nAfter=docker.service\n\n\
-         [Service]\nExecStart=/usr/bin/kubelet 3000003\nRestart=always\nRestartSec=10\n\n\
-         [Install]\nWantedBy=multi-user.target\n",
-        0o644,
-    );
     tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
     tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
     // impostors: a copy of sleep named kubelet, one byte longer (not the payload)

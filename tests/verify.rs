@@ -499,8 +499,9 @@ fn run_within(args: &[&str], limit: Duration) -> Run {
 }
 
 /// verify a copy of 4.4-nokmem after `spoil` changed its kubepods tree: exit 2 within 20 s,
-/// and the cgroup-kmem check's errors.
-fn spoiled_kmem_errors(spoil: impl FnOnce(&Path)) -> Vec<String> {
+/// cgroup-kmem unknown, and one of its errors names `file` and says `why`.
+#[track_caller]
+fn assert_spoiled_file_is_named(spoil: impl FnOnce(&Path), file: &str, why: &str) {
     let root = Tmp::new();
     let tmp = Tmp::new();
     let node = copy_fixture("4.4-nokmem", tmp.path());
@@ -522,29 +523,27 @@ fn spoiled_kmem_errors(spoil: impl FnOnce(&Path)) -> Vec<String> {
     let report = r.json();
     let kmem = check(&report, "cgroup-kmem");
     assert_eq!(kmem["status"], "unknown", "{kmem:#}");
-    kmem["evidence"]["errors"]
+    let named = kmem["evidence"]["errors"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e.as_str().unwrap().to_string())
-        .collect()
+        .filter_map(|e| e.as_str())
+        .any(|e| e.contains(file) && e.contains(why));
+    assert!(named, "no error names {file}: {why}\n{kmem:#}");
 }
 
 /// A FIFO where a kmem file should be (nothing ever writes it: a plain open waits forever)
 /// is an unreadable file named in the report, and verify ends at once.
 #[test]
 fn a_fifo_in_place_of_a_cgroup_file_is_refused_not_opened() {
-    let errors = spoiled_kmem_errors(|kubepods| {
-        let fifo = kubepods.join("burstable/memory.kmem.usage_in_bytes");
-        fs::remove_file(&fifo).unwrap();
-        common::ok(Command::new("mkfifo").arg(&fifo));
-    });
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("burstable/memory.kmem.usage_in_bytes")
-                && e.contains("it is a FIFO, not a regular file")),
-        "{errors:#?}"
+    assert_spoiled_file_is_named(
+        |kubepods| {
+            let fifo = kubepods.join("burstable/memory.kmem.usage_in_bytes");
+            fs::remove_file(&fifo).unwrap();
+            common::ok(Command::new("mkfifo").arg(&fifo));
+        },
+        "burstable/memory.kmem.usage_in_bytes",
+        "it is a FIFO, not a regular file",
     );
 }
 
@@ -552,21 +551,18 @@ fn a_fifo_in_place_of_a_cgroup_file_is_refused_not_opened() {
 /// abort) is refused at the bound, named in the report, and verify ends at once.
 #[test]
 fn a_huge_cgroup_file_is_refused_at_the_bound() {
-    let errors = spoiled_kmem_errors(|kubepods| {
-        fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(kubepods.join("besteffort/memory.kmem.slabinfo"))
-            .unwrap()
-            .set_len(4 << 30)
-            .unwrap();
-    });
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("besteffort/memory.kmem.slabinfo")
-                && e.contains("more than 1048576 bytes")),
-        "{errors:#?}"
+    assert_spoiled_file_is_named(
+        |kubepods| {
+            fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(kubepods.join("besteffort/memory.kmem.slabinfo"))
+                .unwrap()
+                .set_len(4 << 30)
+                .unwrap();
+        },
+        "besteffort/memory.kmem.slabinfo",
+        "more than 1048576 bytes",
     );
 }
 
@@ -1227,34 +1223,24 @@ fn timed_verify(n: &NodeRoot, limit: Duration) -> (Value, Duration, Vec<Option<V
     for f in flags {
         let _ = fs::remove_file(n.abs(f));
     }
-    let out = Tmp::new();
-    let stdout = out.path().join("stdout");
     let cgroup_root = fixture("4.4-nokmem").join("sys/fs/cgroup");
     let started = Instant::now();
-    let mut child = Killed(
-        Command::new(BIN)
-            .arg("verify")
-            .arg("--root")
-            .arg(&n.path)
-            .arg("--cgroup-root")
-            .arg(&cgroup_root)
-            .args(["--kernel-release", "4.4.0-131-generic", "--json", "--state"])
-            .stdout(fs::File::create(&stdout).unwrap())
-            .spawn()
-            .unwrap(),
+    let r = run_within(
+        &[
+            "--root",
+            n.path.to_str().unwrap(),
+            "--cgroup-root",
+            cgroup_root.to_str().unwrap(),
+            "--kernel-release",
+            "4.4.0-131-generic",
+            "--json",
+            "--state",
+        ],
+        limit,
     );
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < limit,
-            "verify still runs after {limit:?}: it reads what it should not"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let took = started.elapsed();
-    let text = fs::read_to_string(&stdout).unwrap();
-    let report = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     let files = flags.iter().map(|f| fs::read(n.abs(f)).ok()).collect();
-    (report, took, files)
+    (r.json(), took, files)
 }
 
 /// The quicker of two runs (the machine is shared: one slow run is noise, not the cost).
@@ -1267,6 +1253,14 @@ fn baseline(n: &NodeRoot) -> (Value, Duration, Vec<Option<Vec<u8>>>) {
     } else {
         first
     }
+}
+
+#[track_caller]
+fn assert_under_a_second_more(took: Duration, base: Duration, running: &str) {
+    assert!(
+        took < base + Duration::from_secs(1),
+        "verify took {took:?} with {running} running, {base:?} without"
+    );
 }
 
 /// Anyone can name a process kubelet: a user's copy of an executable named kubelet (20 GiB,
@@ -1299,10 +1293,7 @@ fn a_process_named_kubelet_that_nobody_runs_is_not_the_running_kubelet() {
         files_after, files_before,
         "the reboot-required files under the root"
     );
-    assert!(
-        took < base + Duration::from_secs(1),
-        "verify took {took:?} with the fake kubelet running, {base:?} without"
-    );
+    assert_under_a_second_more(took, base, "the fake kubelet");
 }
 
 /// A kubelet that root runs from a file of another size than the payload is not the payload,
@@ -1323,10 +1314,7 @@ fn a_kubelet_of_another_size_is_not_the_payload_without_hashing_it() {
             && summary.contains("a process named kubelet that root runs"),
         "{running:#}"
     );
-    assert!(
-        took < base + Duration::from_secs(1),
-        "verify took {took:?} with a 20 GiB kubelet running, {base:?} without"
-    );
+    assert_under_a_second_more(took, base, "a 20 GiB kubelet");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use log::debug;
 
+use super::bounded;
 use crate::paths::{self, FileError, Root, WrapIo};
 
 /// init's mount namespace, under the proc root: the node's.
@@ -191,11 +192,13 @@ fn root_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
             continue;
         };
         let dir = entry.path();
-        match fs::read_to_string(dir.join(PID_COMM)) {
+        match bounded::read_to_string(&dir.join(PID_COMM), bounded::PROC_TEXT_MAX) {
             Ok(comm) if comm.trim_end() == KUBELET_COMM => {}
             _ => continue,
         }
-        match fs::read_to_string(dir.join(PID_STATUS)).map(|s| uids(&s)) {
+        match bounded::read_to_string(&dir.join(PID_STATUS), bounded::PROC_TEXT_MAX)
+            .map(|s| uids(&s))
+        {
             Ok(Some(uids)) if uids.iter().all(|u| *u == 0) => {}
             Ok(uids) => {
                 debug!("pid {pid} is named kubelet but runs as uids {uids:?}, not root: not the node's kubelet");
@@ -288,13 +291,18 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    /// A fake /proc: init in mount namespace `mnt:[1]`, and processes as
-    /// (pid, comm, uid line, namespace, exe).
-    fn fake_proc(dir: &Path, procs: &[(u32, &str, &str, &str, &Path)]) {
+    /// A temp dir with `proc/`, a fake /proc: init in mount namespace `mnt:[1]`, and
+    /// processes as (pid, comm, uid line, namespace), each running the file `kubelet` beside
+    /// it (returned).
+    fn fake_proc(procs: &[(u32, &str, &str, &str)]) -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = tmp.path().join("kubelet");
+        fs::write(&exe, b"x").unwrap();
+        let dir = tmp.path().join("proc");
         fs::create_dir_all(dir.join("1/ns")).unwrap();
         symlink("mnt:[1]", dir.join(INIT_MNT_NS)).unwrap();
         fs::write(dir.join("1/comm"), "init\n").unwrap();
-        for (pid, comm, uid, ns, exe) in procs {
+        for (pid, comm, uid, ns) in procs {
             let p = dir.join(pid.to_string());
             fs::create_dir_all(p.join("ns")).unwrap();
             fs::write(p.join(PID_COMM), format!("{comm}\n")).unwrap();
@@ -304,8 +312,9 @@ mod tests {
             )
             .unwrap();
             symlink(ns, p.join(PID_MNT_NS)).unwrap();
-            symlink(exe, p.join(PID_EXE)).unwrap();
+            symlink(&exe, p.join(PID_EXE)).unwrap();
         }
+        (tmp, exe)
     }
 
     #[test]
@@ -331,20 +340,14 @@ mod tests {
     /// mount namespace count.
     #[test]
     fn without_a_unit_only_processes_root_runs_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("kubelet");
-        fs::write(&bin, b"x").unwrap();
+        let (dir, _) = fake_proc(&[
+            (10, "kubelet", "0\t0\t0\t0", "mnt:[1]"),
+            (11, "kubelet", "65534\t65534\t65534\t65534", "mnt:[1]"),
+            (12, "kubelet", "1000\t0\t0\t0", "mnt:[1]"),
+            (13, "kubelet", "0\t0\t0\t0", "mnt:[2]"),
+            (14, "sleep", "0\t0\t0\t0", "mnt:[1]"),
+        ]);
         let proc_root = dir.path().join("proc");
-        fake_proc(
-            &proc_root,
-            &[
-                (10, "kubelet", "0\t0\t0\t0", "mnt:[1]", &bin),
-                (11, "kubelet", "65534\t65534\t65534\t65534", "mnt:[1]", &bin),
-                (12, "kubelet", "1000\t0\t0\t0", "mnt:[1]", &bin),
-                (13, "kubelet", "0\t0\t0\t0", "mnt:[2]", &bin),
-                (14, "sleep", "0\t0\t0\t0", "mnt:[1]", &bin),
-            ],
-        );
         let host = Root::new("/");
         for units in [
             Units::NotAsked("systemd is not running".into()),
@@ -359,17 +362,11 @@ mod tests {
     /// A unit's MainPID is kubelet whatever its name, and nothing else is.
     #[test]
     fn a_unit_names_its_main_process_and_nothing_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("kubelet");
-        fs::write(&bin, b"x").unwrap();
+        let (dir, bin) = fake_proc(&[
+            (10, "kubelet", "0\t0\t0\t0", "mnt:[1]"),
+            (20, "hyperkube", "0\t0\t0\t0", "mnt:[1]"),
+        ]);
         let proc_root = dir.path().join("proc");
-        fake_proc(
-            &proc_root,
-            &[
-                (10, "kubelet", "0\t0\t0\t0", "mnt:[1]", &bin),
-                (20, "hyperkube", "0\t0\t0\t0", "mnt:[1]", &bin),
-            ],
-        );
         let host = Root::new("/");
         let units = Units::Loaded(vec![("kubelet.service".into(), 20)]);
         let found = kubelets(&proc_root, &host, &units);
