@@ -631,20 +631,12 @@ fn docker_socket_is_stopped_around_the_swap() {
     assert_eq!(tb.unit_prop("docker.socket", "ActiveState"), "active");
 }
 
-/// Issue 10 item 11: k8s-nokmem-verify.service runs confined (bounded capabilities, no
-/// network, /var and /sys read-only except its outputs) and still does its job: it reads
-/// the running kubelet's /proc/PID/exe (root, with every capability) in init's mount
-/// namespace, writes /run/k8s-nokmem/verify.json and the Prometheus textfile.
-#[test]
-fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
-    let Some(root) =
-        nspawn::root_or_skip("the_verify_unit_runs_confined_and_still_sees_the_kubelet")
-    else {
-        return;
-    };
-    let mut tb = nspawn::Testbed::new(&root);
+/// A testbed (not booted) whose payload kubelet is a real binary named kubelet (comm
+/// "kubelet"): a copy of sleep, which kubelet.service runs; and sleep's bytes.
+fn sleep_kubelet_testbed(test: &str) -> Option<(nspawn::Testbed, Vec<u8>)> {
+    let root = nspawn::root_or_skip(test)?;
+    let tb = nspawn::Testbed::new(&root);
     nspawn::write_stand_in_services(&tb);
-    // a payload kubelet that is a real binary named kubelet (comm "kubelet"): sleep
     let sleep = tb.read("/usr/bin/sleep");
     write_payload(&tb, PAYLOAD_RUNC, &sleep);
     tb.write(
@@ -654,6 +646,20 @@ fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
          [Install]\nWantedBy=multi-user.target\n",
         0o644,
     );
+    Some((tb, sleep))
+}
+
+/// Issue 10 item 11: k8s-nokmem-verify.service runs confined (bounded capabilities, no
+/// network, /var and /sys read-only except its outputs) and still does its job: it reads
+/// the running kubelet's /proc/PID/exe (root, with every capability) in init's mount
+/// namespace, writes /run/k8s-nokmem/verify.json and the Prometheus textfile.
+#[test]
+fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
+    let Some((mut tb, _)) =
+        sleep_kubelet_testbed("the_verify_unit_runs_confined_and_still_sees_the_kubelet")
+    else {
+        return;
+    };
     tb.write(
         "/etc/k8s-nokmem/k8s-nokmem.conf",
         format!("{CONFIG}\n[verify]\nboot-wait = 1s\n"),
@@ -721,6 +727,11 @@ fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
             .contains(&format!("pid {pid}")),
         "{kubelet:#}"
     );
+    // found as systemd's MainPID, over the bus the confined unit still reaches
+    assert_eq!(
+        kubelet["evidence"][0]["source"], "MainPID of 'kubelet.service'",
+        "{kubelet:#}"
+    );
     for name in ["payload", "diversions"] {
         assert_eq!(check(name)["status"], "ok", "{:#}\n{log}", check(name));
     }
@@ -755,6 +766,57 @@ fn the_verify_unit_runs_confined_and_still_sees_the_kubelet() {
         kubelet["status"], "skipped",
         "without CAP_SYS_PTRACE: {kubelet:#}"
     );
+}
+
+/// The running kubelet is what systemd runs: kubelet.service's MainPID. A process named
+/// kubelet that another user runs, or that root runs outside the unit, is not it (either
+/// would otherwise make verify call the payload "not running" and ask for a reboot).
+#[test]
+fn the_running_kubelet_is_the_units_main_process_not_a_process_name() {
+    let Some((mut tb, sleep)) =
+        sleep_kubelet_testbed("the_running_kubelet_is_the_units_main_process_not_a_process_name")
+    else {
+        return;
+    };
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    // impostors: a copy of sleep named kubelet, one byte longer (not the payload)
+    let mut impostor = sleep.clone();
+    impostor.push(0);
+    tb.write("/opt/impostor/kubelet", &impostor, 0o755);
+    tb.boot();
+    helper_ok(&tb, &["install"]);
+    let pid = tb.unit_prop("kubelet.service", "MainPID");
+    tb.sh_ok(
+        "setsid -f setpriv --reuid=65534 --regid=65534 --clear-groups /opt/impostor/kubelet 3000004 </dev/null >/dev/null 2>&1; \
+         setsid -f /opt/impostor/kubelet 3000005 </dev/null >/dev/null 2>&1; sleep 0.3",
+    );
+    let impostors = tb.sh_ok("pgrep -x kubelet | sort -n | tr '\\n' ' '");
+    assert_eq!(
+        impostors.split_whitespace().count(),
+        3,
+        "the unit's kubelet and two impostors: {impostors}"
+    );
+
+    let (out, log) = helper(&tb, &["verify", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify --json is not JSON ({e}):\n{log}"));
+    let kubelet = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "running-kubelet")
+        .cloned()
+        .unwrap_or_else(|| panic!("no running-kubelet check:\n{report:#}"));
+    assert_eq!(kubelet["status"], "ok", "{kubelet:#}\n{log}");
+    let evidence = kubelet["evidence"].as_array().unwrap();
+    assert_eq!(evidence.len(), 1, "only the unit's process: {kubelet:#}");
+    assert_eq!(evidence[0]["pid"].to_string(), pid, "{kubelet:#}");
+    assert_eq!(
+        evidence[0]["source"], "MainPID of 'kubelet.service'",
+        "{kubelet:#}"
+    );
+    assert_ne!(report["action"], "reboot", "{report:#}");
 }
 
 #[test]

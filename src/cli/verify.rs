@@ -16,7 +16,7 @@ const AFTER_HELP: &str = "\
 What is checked depends on the node:
   cgroup v2 only           not this leak: ok
   cgroup.memory=nokmem     booted with it: kmem is off kernel-wide; every pod cgroup must
-                           show 0
+                           show 0 (Linux < 4.6 ignores it unless backported: per cgroup)
   Linux >= 4.6 without it  every v1 memory cgroup accounts kmem whatever runc and kubelet
                            do ([verify] kernel-wide-kmem = problem|warning|ignore)
   Linux < 4.6 (4.4, 3.10)  per cgroup: kubepods, QoS, pod, container and docker cgroups with
@@ -124,14 +124,19 @@ impl Verify {
             report.status = report.status.max(Outcome::Unknown);
         }
 
-        // files first, so that a failure to write one shows in the printed status
+        // files first, so that a failure to write one shows in the printed status (the
+        // textfile before the state, which then holds a warning about it)
         let mut failed = false;
+        if let Some(dir) = &self.textfile {
+            match write_textfile(dir.as_deref(), &settings, &report) {
+                Ok(None) => {}
+                Ok(Some(warning)) => report.checks.push(warning),
+                Err(()) => failed = true,
+            }
+        }
         if self.state {
             failed |= !write_state(ctx, &report);
             crate::swap::effect::after_verify(&ctx.root, &report);
-        }
-        if let Some(dir) = &self.textfile {
-            failed |= !write_textfile(dir.as_deref(), &settings, &report);
         }
         if failed {
             report.status = report.status.max(Outcome::Unknown);
@@ -187,7 +192,13 @@ fn write_state(ctx: &Ctx, report: &verify::Report) -> bool {
 }
 
 /// Write the textfile; no DIR means the configured one, skipped if it does not exist.
-fn write_textfile(dir: Option<&Path>, settings: &Settings, report: &verify::Report) -> bool {
+/// Ok(Some): not written, a warning for the report (a directory holds its name: every run
+/// would fail the same way until someone removes it); Err: failed (logged).
+fn write_textfile(
+    dir: Option<&Path>,
+    settings: &Settings,
+    report: &verify::Report,
+) -> Result<Option<Check>, ()> {
     let dir = if let Some(dir) = dir {
         dir.to_path_buf()
     } else {
@@ -197,21 +208,26 @@ fn write_textfile(dir: Option<&Path>, settings: &Settings, report: &verify::Repo
                 "verify textfile: skipped ({} does not exist; [verify] textfile-dir)",
                 settings.root.describe(&settings.config.verify.textfile_dir)
             );
-            return true;
+            return Ok(None);
         }
         configured
     };
     match render::write_textfile(&dir, report) {
         Ok(path) => {
             info!("verify textfile '{}': ok", path.display());
-            true
+            Ok(None)
+        }
+        Err(e @ render::TextfileError::Directory { .. }) => {
+            let fix = "remove that directory (node_exporter reads only files named *.prom), or point --textfile ([verify] textfile-dir) at another directory";
+            warn!("{e}\nnote: {fix}");
+            Ok(Some(Check::new_warning("textfile", e.to_string(), fix)))
         }
         Err(e) => {
             error!(
                 "{}\nnote: create the directory or point --textfile at node_exporter's --collector.textfile.directory",
                 verify::error_chain(&e)
             );
-            false
+            Err(())
         }
     }
 }

@@ -38,6 +38,8 @@ fn cause_of(rule: Rule, cg: &cgroup::Cgroup, top: Option<&Kind>, swap: Option<i6
     if rule == Rule::Nokmem {
         return Cause::DespiteNokmem;
     }
+    // Rule::NokmemBefore46: the kernel ignores the parameter (or the cgroups would read 0),
+    // so the cause is what it is without it
     match (&cg.kind, top) {
         (Kind::Kubepods | Kind::Qos { .. }, _) | (_, Some(Kind::Kubepods | Kind::Qos { .. })) => {
             Cause::KubepodsActive

@@ -19,11 +19,17 @@ use crate::config::Severity;
 pub(super) const BOOT_FIX: &str = "add cgroup.memory=nokmem to the kernel command line \
     (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub) and reboot";
 
+/// The fix when Linux < 4.6 ignores the boot parameter and cgroups account kmem.
+const IGNORED_FIX: &str = "on this kernel only the nokmem runc and kubelet keep kmem off: \
+    install k8s-nokmem if it is not, then recreate the pods listed under cgroup-kmem (drain \
+    and reboot the node); or boot Linux 4.6 or later with cgroup.memory=nokmem";
+
 pub(super) fn kernel_check(
     rule: Rule,
     release: &Result<(String, (u32, u32)), kernel::KernelError>,
     cmdline: &Result<String, kernel::KernelError>,
     severity: Severity,
+    walked: &Option<Result<cgroup::Walk, cgroup::CgroupError>>,
 ) -> Check {
     let rel = release.as_ref().map(|(t, _)| t.as_str()).unwrap_or("?");
     let evidence = Evidence::KernelKmem(evidence::KernelKmem {
@@ -45,6 +51,32 @@ pub(super) fn kernel_check(
                 kernel::NOKMEM_PARAM
             ),
         ),
+        Rule::NokmemBefore46 => {
+            let active = match walked {
+                Some(Ok(w)) => w.active().count(),
+                _ => 0,
+            };
+            if active == 0 {
+                Check::new(
+                    "kernel-kmem",
+                    Status::Ok,
+                    format!(
+                        "Linux {rel} booted with {}: the parameter arrived in Linux 4.6 and may be ignored here (unless this kernel backports it): checked per cgroup",
+                        kernel::NOKMEM_PARAM
+                    ),
+                )
+            } else {
+                Check::new(
+                    "kernel-kmem",
+                    Status::Problem,
+                    format!(
+                        "Linux {rel} ignores {}, the switch that arrived in Linux 4.6: {active} pod and container memory cgroups account kmem although the kernel was booted with it",
+                        kernel::NOKMEM_PARAM
+                    ),
+                )
+                .fix(IGNORED_FIX)
+            }
+        }
         Rule::KernelWide => {
             let status = Status::from_severity(severity);
             let mut summary = format!(

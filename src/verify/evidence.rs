@@ -163,6 +163,9 @@ pub struct Diversions {
 pub struct KubeletProcess {
     pub exe: String,
     pub pid: u32,
+    /// Why this process is kubelet: `MainPID of 'kubelet.service'`, or `a process named
+    /// kubelet that root runs` where kubelet is not a unit.
+    pub source: String,
     /// `payload`, `deleted`, `diverted original`, `not the payload` or `unknown`.
     pub verdict: &'static str,
 }
@@ -247,9 +250,10 @@ mod tests {
                 Evidence::RunningKubelet(vec![KubeletProcess {
                     exe: "/usr/bin/kubelet".into(),
                     pid: 7,
+                    source: "MainPID of 'kubelet.service'".into(),
                     verdict: "payload",
                 }]),
-                r#"[{"exe":"/usr/bin/kubelet","pid":7,"verdict":"payload"}]"#,
+                r#"[{"exe":"/usr/bin/kubelet","pid":7,"source":"MainPID of 'kubelet.service'","verdict":"payload"}]"#,
             ),
         ];
         for (case, evidence, want) in cases {

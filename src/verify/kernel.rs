@@ -7,7 +7,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::paths::{self, FileError, WrapIo};
+use super::bounded;
+use crate::paths::{FileError, WrapIo};
 
 /// Kernel release, under the proc root.
 pub const OSRELEASE: &str = "sys/kernel/osrelease";
@@ -70,7 +71,8 @@ pub fn read_release(
         Some(r) => (r.to_string(), PathBuf::from("--kernel-release")),
         None => {
             let path = proc_root.join(OSRELEASE);
-            let text = paths::read_to_string(&path).map_err(KernelError::Release)?;
+            let text = bounded::read_to_string(&path, bounded::PROC_TEXT_MAX)
+                .map_err(KernelError::Release)?;
             (text, path)
         }
     };
@@ -95,7 +97,7 @@ pub fn cmdline_has_nokmem(cmdline: &str) -> bool {
 pub fn read_cmdline(proc_root: &Path) -> Result<String, KernelError> {
     let path = proc_root.join(CMDLINE);
     // /proc/cmdline ends with a newline; a recorded one may hold NULs
-    paths::read_to_string(&path)
+    bounded::read_to_string(&path, bounded::PROC_TEXT_MAX)
         .map(|s| s.replace('\0', " ").trim().to_string())
         .map_err(KernelError::Cmdline)
 }

@@ -20,6 +20,7 @@ use crate::config::{Config, Severity};
 use crate::outcome::Outcome;
 use crate::paths::Root;
 
+mod bounded;
 mod causes;
 mod cgroup;
 mod checks;
@@ -28,6 +29,7 @@ pub mod evidence;
 mod kernel;
 mod node;
 pub mod render;
+mod running;
 
 pub use causes::Cause;
 pub use cgroup::{Kind, Qos, Setup, MEMCG_ID_LIMIT};
@@ -133,6 +135,15 @@ impl Check {
         Check::new(name, Status::Unknown, why).fix(fix)
     }
 
+    /// A finding that does not change the outcome, with what to do.
+    pub fn new_warning(
+        name: &'static str,
+        why: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check::new(name, Status::Warning, why).fix(fix)
+    }
+
     fn fix(mut self, fix: impl Into<String>) -> Check {
         self.fix = Some(fix.into());
         self
@@ -205,8 +216,12 @@ impl Report {
 enum Rule {
     /// No cgroup v1 memory controller: not this leak.
     NoV1Memory,
-    /// Booted with `cgroup.memory=nokmem`: off everywhere; usage must be 0.
+    /// Booted with `cgroup.memory=nokmem` (Linux >= 4.6, or the release unknown): off
+    /// everywhere; usage must be 0.
     Nokmem,
+    /// Booted with `cgroup.memory=nokmem` on Linux < 4.6, which ignores it (the switch
+    /// arrived in 4.6) unless the vendor backported it: judged per cgroup.
+    NokmemBefore46,
     /// Linux >= 4.6: on in every v1 memory cgroup.
     KernelWide,
     /// Linux < 4.6: on where runc/kubelet switched it on, and inherited by children.
@@ -294,13 +309,13 @@ pub fn run(settings: &Settings) -> Report {
     let memory = layout.as_ref().ok().and_then(|l| l.memory.clone());
     let rule = match (&layout, &release, nokmem) {
         (Ok(l), _, _) if l.memory.is_none() => Rule::NoV1Memory,
+        (_, Ok((_, v)), Some(true)) if *v < kernel::KERNEL_WIDE_KMEM_SINCE => Rule::NokmemBefore46,
         (_, _, Some(true)) => Rule::Nokmem,
         (_, Ok((_, v)), _) if *v >= kernel::KERNEL_WIDE_KMEM_SINCE => Rule::KernelWide,
         (_, Ok(_), _) => Rule::PerCgroup,
         _ => Rule::Unknown,
     };
     let severity = settings.config.verify.kernel_wide_kmem;
-    checks.push(kernel_check(rule, &release, &cmdline, severity));
 
     // per-cgroup kmem, and the directory count for zombies
     let slabinfo = match &release {
@@ -322,6 +337,7 @@ pub fn run(settings: &Settings) -> Report {
         })
     });
     let swap = swap_time(&settings.root);
+    checks.push(kernel_check(rule, &release, &cmdline, severity, &walked));
     checks.push(cgroup_check(rule, severity, &walked, swap, &mut metrics));
 
     // zombies
@@ -389,9 +405,9 @@ fn effect_of(
 ) -> Effect {
     let version = release.as_ref().ok().map(|(_, v)| *v);
     // Linux < 4.6 ignores the parameter (unless backported): judge by the cgroups alone
-    let counted_as = match (rule, version) {
-        (Rule::Nokmem, Some(v)) if v < kernel::KERNEL_WIDE_KMEM_SINCE => Rule::PerCgroup,
-        (r, _) => r,
+    let counted_as = match rule {
+        Rule::NokmemBefore46 => Rule::PerCgroup,
+        r => r,
     };
     let active = match walked {
         Some(Ok(w)) => Some(active_by_cause(w, counted_as, swap)),

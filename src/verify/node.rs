@@ -6,9 +6,10 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::evidence::{self, Evidence};
+use super::running;
 use super::{error_chain, step, Check, Metrics, Settings, Status};
 use crate::config::SkewPolicy;
 use crate::divert::{Diversion, DpkgDivert};
@@ -23,12 +24,8 @@ pub const NOT_INSTALLED: &str = "k8s-nokmem not installed: payload checks skippe
 pub(super) const RUNNING_KUBELET: &str = "running-kubelet";
 /// What the kernel appends to `/proc/PID/exe` when the file was deleted or replaced.
 const DELETED: &str = " (deleted)";
-/// init's mount namespace, under the proc root: the node's.
-const INIT_MNT_NS: &str = "1/ns/mnt";
-/// A process's command name, mount namespace and executable, under `/proc/PID`.
-const PID_COMM: &str = "comm";
-const PID_MNT_NS: &str = "ns/mnt";
-const PID_EXE: &str = "exe";
+/// The unit asked for kubelet's MainPID when `[kubelet] restart` names none.
+const KUBELET_UNIT: &str = "kubelet.service";
 const REINSTALL: &str =
     "run `k8s-nokmem install` (or apt-get install --reinstall k8s-nokmem) to put the payload back";
 
@@ -155,7 +152,13 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
         checks.push(diversion_check(root, &targets, d));
     }
     if let Some(kubelet) = targets.iter().find(|t| t.name == "kubelet") {
-        checks.push(running_kubelet_check(settings, kubelet));
+        let size = manifest.binary(&kubelet.name).map(|b| b.size).unwrap_or(0);
+        let in_place = metrics
+            .binary_match
+            .iter()
+            .find(|(name, _)| *name == kubelet.name)
+            .map(|(_, ok)| *ok);
+        checks.push(running_kubelet_check(settings, kubelet, size, in_place));
         checks.push(skew_check(settings, &dpkg, kubelet));
     }
     checks.push(underneath_check(&dpkg, &targets, &state, metrics));
@@ -342,111 +345,100 @@ fn diversion_check(root: &Root, targets: &[Target], diversions: &[Diversion]) ->
     }
 }
 
-/// One running kubelet process.
-#[derive(Debug)]
-struct Proc {
-    pid: u32,
-    /// `/proc/PID/exe` as the kernel shows it (may end in ` (deleted)`).
-    exe: String,
-    exe_link: PathBuf,
-}
-
-/// kubelet processes in our mount namespace (a container's kubelet runs another file
-/// system). Under a root other than /, only those running a file under that root.
-fn kubelet_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
-    // The node's mount namespace is init's: verify itself may run in a private one (the
-    // unit's PrivateTmp/ProtectSystem), while kubelets inside containers (kind) have theirs.
-    let node_ns = fs::read_link(proc_root.join(INIT_MNT_NS)).ok();
-    let Ok(entries) = fs::read_dir(proc_root) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let dir = entry.path();
-        match fs::read_to_string(dir.join(PID_COMM)) {
-            Ok(comm) if comm.trim_end() == "kubelet" => {}
-            _ => continue,
-        }
-        if node_ns.is_some() && fs::read_link(dir.join(PID_MNT_NS)).ok() != node_ns {
-            debug!("kubelet pid {pid}: another mount namespace, not checked");
-            continue;
-        }
-        let exe_link = dir.join(PID_EXE);
-        let Ok(exe) = fs::read_link(&exe_link) else {
-            continue;
-        };
-        let exe = exe.to_string_lossy().into_owned();
-        if !root.is_host() && !exe.starts_with(&*root.path().to_string_lossy()) {
-            continue;
-        }
-        out.push(Proc { pid, exe, exe_link });
-    }
-    out.sort_by_key(|p| p.pid);
-    out
-}
-
 /// The running kubelet executes the payload: not a deleted file, not the diverted original.
-fn running_kubelet_check(settings: &Settings, target: &Target) -> Check {
+/// Which process is kubelet: [`running`] (systemd's MainPID, else root's processes).
+fn running_kubelet_check(
+    settings: &Settings,
+    target: &Target,
+    payload_size: u64,
+    target_is_payload: Option<bool>,
+) -> Check {
     const NAME: &str = RUNNING_KUBELET;
     let root = &settings.root;
-    let procs = kubelet_processes(&settings.proc_root, root);
+    let units = if target.restart.is_empty() {
+        vec![KUBELET_UNIT.to_string()]
+    } else {
+        target.restart.clone()
+    };
+    let started = std::time::Instant::now();
+    let units = running::Units::ask(root, &settings.proc_root, &units);
+    debug!(
+        "verify kubelet units: {units:?} ({} ms)",
+        started.elapsed().as_millis()
+    );
+    let procs = running::kubelets(&settings.proc_root, root, &units);
     if procs.is_empty() {
-        return Check::new(NAME, Status::Skipped, "no kubelet process is running");
+        let summary = match &units {
+            running::Units::Loaded(loaded) => {
+                let names: Vec<&str> = loaded.iter().map(|(u, _)| u.as_str()).collect();
+                format!(
+                    "{} has no main process: kubelet is not running",
+                    names.join(", ")
+                )
+            }
+            other => format!("no kubelet process is running ({})", other.how()),
+        };
+        return Check::new(NAME, Status::Skipped, summary);
     }
     let at_target = root.join(&target.path);
     let at_distrib = root.join(&target.divert_to);
-    let target_inode = fs::metadata(&at_target).ok().map(|m| (m.dev(), m.ino()));
+    let payload = running::Payload {
+        at_target: fs::metadata(&at_target)
+            .ok()
+            .map(|m| ((m.dev(), m.ino()), target_is_payload)),
+        size: payload_size,
+        sha256: &target.payload_sha256,
+    };
     let mut bad = Vec::new();
     let mut unknown = Vec::new();
+    let mut unreadable = Vec::new();
     let mut evidence = Vec::new();
     for p in &procs {
-        let verdict = if let Some(file) = p.exe.strip_suffix(DELETED) {
+        let who = format!("kubelet (pid {}, {})", p.pid, p.source);
+        let exe = match &p.exe {
+            Ok(exe) => exe,
+            Err(why) => {
+                unreadable.push(format!("{who}: {why}"));
+                continue;
+            }
+        };
+        let verdict = if let Some(file) = exe.strip_suffix(DELETED) {
             bad.push(format!(
-                "kubelet (pid {}) runs '{file}', which was deleted or replaced since it started: it is not what is installed now",
-                p.pid
+                "{who} runs '{file}', which was deleted or replaced since it started: it is not what is installed now"
             ));
             "deleted"
-        } else if Path::new(&p.exe) == at_distrib {
-            bad.push(format!(
-                "kubelet (pid {}) runs the diverted original '{}'",
-                p.pid, p.exe
-            ));
+        } else if Path::new(exe) == at_distrib {
+            bad.push(format!("{who} runs the diverted original '{exe}'"));
             "diverted original"
         } else {
-            let inode = fs::metadata(&p.exe_link).ok().map(|m| (m.dev(), m.ino()));
-            let is_payload = if inode.is_some() && inode == target_inode {
-                targets::in_place(root, target).map(|now| now == InPlace::Payload)
-            } else {
-                // not the file at the target path: compare its bytes with the payload
-                paths::sha256_file(&p.exe_link)
-                    .map(|sha| sha == target.payload_sha256)
-                    .map_err(targets::TargetError::from)
-            };
-            match is_payload {
-                Ok(true) => "payload",
-                Ok(false) => {
+            match step(&format!("running kubelet {}", p.pid), || {
+                running::compare(&p.exe_link, payload)
+            }) {
+                Ok(running::Exe::Payload) => "payload",
+                Ok(running::Exe::Other(what)) => {
                     bad.push(format!(
-                        "kubelet (pid {}) runs '{}', which is not the payload kubelet {}",
-                        p.pid, p.exe, target.payload_version
+                        "{who} runs '{exe}' ({what}), which is not the payload kubelet {}",
+                        target.payload_version
                     ));
                     "not the payload"
                 }
+                Ok(running::Exe::Unknown) => {
+                    unknown.push(format!(
+                        "{who} runs {}, whose content is unknown (see the payload check)",
+                        root.describe(&target.path)
+                    ));
+                    "unknown"
+                }
                 Err(e) => {
-                    unknown.push(format!("kubelet (pid {}): {}", p.pid, error_chain(&e)));
+                    unknown.push(format!("{who}: {}", error_chain(&e)));
                     "unknown"
                 }
             }
         };
         evidence.push(evidence::KubeletProcess {
-            exe: p.exe.clone(),
+            exe: exe.clone(),
             pid: p.pid,
+            source: p.source.to_string(),
             verdict,
         });
     }
@@ -462,18 +454,31 @@ fn running_kubelet_check(settings: &Settings, target: &Target) -> Check {
         Check::new(NAME, Status::Unknown, unknown.join("; "))
             .fix("run `k8s-nokmem verify` as root")
             .evidence(evidence)
-    } else {
-        let pids: Vec<String> = procs.iter().map(|p| p.pid.to_string()).collect();
+    } else if procs.len() == unreadable.len() {
+        // the process exists, what it runs cannot be seen (no CAP_SYS_PTRACE): as before a
+        // kubelet was known, not checked
         Check::new(
             NAME,
-            Status::Ok,
-            format!(
-                "kubelet (pid {}) runs the payload kubelet {}",
-                pids.join(", "),
-                target.payload_version
-            ),
+            Status::Skipped,
+            format!("not checked: {}", unreadable.join("; ")),
         )
-        .evidence(evidence)
+        .fix("run `k8s-nokmem verify` as root (it needs CAP_SYS_PTRACE to read /proc/PID/exe)")
+    } else {
+        let pids: Vec<String> = procs
+            .iter()
+            .filter(|p| p.exe.is_ok())
+            .map(|p| p.pid.to_string())
+            .collect();
+        let mut summary = format!(
+            "kubelet (pid {}) runs the payload kubelet {} ({})",
+            pids.join(", "),
+            target.payload_version,
+            units.how()
+        );
+        if !unreadable.is_empty() {
+            summary.push_str(&format!("; not checked: {}", unreadable.join("; ")));
+        }
+        Check::new(NAME, Status::Ok, summary).evidence(evidence)
     }
 }
 

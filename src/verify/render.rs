@@ -303,9 +303,22 @@ pub fn prometheus(report: &Report) -> String {
     out
 }
 
+/// Why the textfile was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum TextfileError {
+    /// A directory holds the name: no rename can replace it, and it is not ours to remove.
+    #[error("'{}' is a directory, so the Prometheus textfile cannot be written there", path.display())]
+    Directory { path: PathBuf },
+    #[error(transparent)]
+    Write(#[from] FileError),
+}
+
 /// Write `DIR/k8s_nokmem.prom` atomically (temp file in DIR, then rename), mode 0644.
-pub fn write_textfile(dir: &Path, report: &Report) -> Result<PathBuf, FileError> {
+pub fn write_textfile(dir: &Path, report: &Report) -> Result<PathBuf, TextfileError> {
     let path = dir.join(TEXTFILE_NAME);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+        return Err(TextfileError::Directory { path });
+    }
     paths::atomic_write_bytes(&path, 0o644, prometheus(report).as_bytes())?;
     Ok(path)
 }

@@ -3,20 +3,18 @@
 //! Linux < 4.6 the slab caches charged to it when the usage reads 0.
 
 use std::ffi::OsStr;
-use std::io;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
+
+use crate::verify::bounded::{self, read_at, ReadError};
 
 /// kmem in use by a memory cgroup (0 when not accounted).
 pub const MEMORY_KMEM_USAGE: &str = "memory.kmem.usage_in_bytes";
 /// Per-cgroup slab caches: entries while kmem is active, EIO (3.10) or only the header
 /// (4.4) when it is off.
 pub const MEMORY_KMEM_SLABINFO: &str = "memory.kmem.slabinfo";
-
-const FILE_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::CLOEXEC);
 
 /// The kmem state of one cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +44,13 @@ pub(super) fn read_kmem(
     buf: &mut Vec<u8>,
     shown: impl Fn() -> PathBuf,
 ) -> Kmem {
-    let usage = match read_at(parent, &Path::new(dir).join(MEMORY_KMEM_USAGE), buf, 64) {
+    let usage = match read_at(
+        parent,
+        &Path::new(dir).join(MEMORY_KMEM_USAGE),
+        buf,
+        64,
+        bounded::NUMBER_MAX,
+    ) {
         Ok(()) => match parse_u64(buf) {
             Some(v) => v,
             None => {
@@ -57,12 +61,11 @@ pub(super) fn read_kmem(
                 ))
             }
         },
-        Err(Errno::NOENT) => return Kmem::Absent,
+        Err(ReadError::Os(Errno::NOENT)) => return Kmem::Absent,
         Err(e) => {
             return Kmem::Unreadable(format!(
-                "failed to read '{}': {}",
+                "failed to read '{}': {e}",
                 shown().join(MEMORY_KMEM_USAGE).display(),
-                io::Error::from(e)
             ))
         }
     };
@@ -80,6 +83,7 @@ pub(super) fn read_kmem(
         &Path::new(dir).join(MEMORY_KMEM_SLABINFO),
         buf,
         4096,
+        bounded::SLABINFO_MAX,
     ) {
         Ok(()) => match slab_entries(buf) {
             0 => Kmem::Off,
@@ -89,37 +93,11 @@ pub(super) fn read_kmem(
             },
         },
         // 3.10 answers EIO while kmem is off; an older kernel may lack the file
-        Err(Errno::IO) | Err(Errno::NOENT) => Kmem::Off,
+        Err(ReadError::Os(Errno::IO | Errno::NOENT)) => Kmem::Off,
         Err(e) => Kmem::Unreadable(format!(
-            "failed to read '{}': {}",
+            "failed to read '{}': {e}",
             shown().join(MEMORY_KMEM_SLABINFO).display(),
-            io::Error::from(e)
         )),
-    }
-}
-
-/// Read a small file relative to a directory with plain reads of `chunk` bytes. A short
-/// read ends it: a regular file and a cgroup file (seq_file) return less than asked only
-/// at the end, and skipping the read that returns 0 saves a syscall per file.
-fn read_at(dir: BorrowedFd<'_>, path: &Path, buf: &mut Vec<u8>, chunk: usize) -> Result<(), Errno> {
-    buf.clear();
-    let fd = rustix::fs::openat(dir, path, FILE_FLAGS, Mode::empty())?;
-    loop {
-        let len = buf.len();
-        buf.resize(len + chunk, 0);
-        match rustix::io::read(&fd, &mut buf[len..]) {
-            Ok(n) => {
-                buf.truncate(len + n);
-                if n < chunk {
-                    return Ok(());
-                }
-            }
-            Err(Errno::INTR) => buf.truncate(len),
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
-        }
     }
 }
 

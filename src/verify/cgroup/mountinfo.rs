@@ -179,7 +179,8 @@ pub fn layout(mounts: &[Mount], cgroup_root: &Path) -> Layout {
 /// Read `PROC/self/mountinfo` and classify it.
 pub fn read_layout(proc_root: &Path, cgroup_root: &Path) -> Result<Layout, CgroupError> {
     let path = proc_root.join(MOUNTINFO);
-    let text = crate::paths::read_to_string(&path).map_err(CgroupError::Mountinfo)?;
+    let text = crate::verify::bounded::read_to_string(&path, crate::verify::bounded::MOUNTINFO_MAX)
+        .map_err(CgroupError::Mountinfo)?;
     let mounts = parse_mountinfo(&text).map_err(|(line, value)| CgroupError::BadMountinfo {
         path,
         line,

@@ -1,10 +1,10 @@
 //! What the kernel itself counts, from procfs under the proc root: the memory controller's
 //! `num_cgroups` (live and zombie) in `/proc/cgroups`, the uptime and the boot time.
 
-use std::fs;
 use std::path::Path;
 
 use super::CgroupError;
+use crate::verify::bounded;
 
 /// Controllers and their cgroup counts, under the proc root.
 pub const PROC_CGROUPS: &str = "cgroups";
@@ -36,7 +36,8 @@ pub fn parse_proc_cgroups(text: &str) -> Result<u64, (usize, String)> {
 /// The memory controller's `num_cgroups` (live and zombie) from `PROC/cgroups`.
 pub fn read_memory_cgroup_count(proc_root: &Path) -> Result<u64, CgroupError> {
     let path = proc_root.join(PROC_CGROUPS);
-    let text = crate::paths::read_to_string(&path).map_err(CgroupError::ProcCgroups)?;
+    let text =
+        bounded::read_to_string(&path, bounded::PROC_TEXT_MAX).map_err(CgroupError::ProcCgroups)?;
     parse_proc_cgroups(&text).map_err(|(line, value)| {
         if line == 0 {
             CgroupError::NoMemoryController { path }
@@ -48,13 +49,14 @@ pub fn read_memory_cgroup_count(proc_root: &Path) -> Result<u64, CgroupError> {
 
 /// Seconds since boot from `PROC/uptime`.
 pub fn read_uptime(proc_root: &Path) -> Option<f64> {
-    let text = fs::read_to_string(proc_root.join(PROC_UPTIME)).ok()?;
+    let text =
+        bounded::read_to_string(&proc_root.join(PROC_UPTIME), bounded::PROC_TEXT_MAX).ok()?;
     text.split_whitespace().next()?.parse().ok()
 }
 
 /// When this boot began: `btime` in `PROC/stat` (seconds since the epoch).
 pub fn read_boot_time(proc_root: &Path) -> Option<i64> {
-    let text = fs::read_to_string(proc_root.join(PROC_STAT)).ok()?;
+    let text = bounded::read_to_string(&proc_root.join(PROC_STAT), bounded::PROC_TEXT_MAX).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse().ok())

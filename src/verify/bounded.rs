@@ -1,0 +1,171 @@
+//! Reading the node's small files (cgroup and procfs files) the way a root process reading a
+//! tree that may not be what it seems must: only regular files (a FIFO planted at a name
+//! would block the open or the read forever; a device could be anything), opened without
+//! blocking, and never more than a bound (a huge or sparse file would take all memory).
+//! cgroupfs and procfs files are regular files whose size reads 0, so the size is not asked
+//! in advance: reading stops at the bound.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{FileType, Mode, OFlags, CWD};
+use rustix::io::Errno;
+
+use crate::paths::{FileError, WrapIo};
+
+/// Read-only, close-on-exec, and an open that never waits (a FIFO without a writer).
+const FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY);
+
+/// Bounds of the files verify reads: a kmem usage (a number), a cgroup's slabinfo (one line
+/// per slab cache), procfs text (`/proc/cgroups`, the command line, the release, uptime,
+/// stat) and the mount table (thousands of mounts on a busy node).
+pub const NUMBER_MAX: usize = 4 << 10;
+pub const SLABINFO_MAX: usize = 1 << 20;
+pub const PROC_TEXT_MAX: usize = 1 << 20;
+pub const MOUNTINFO_MAX: usize = 64 << 20;
+
+/// Why a file was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    Os(Errno),
+    /// Not a regular file: what it is.
+    NotRegular(&'static str),
+    /// Longer than this many bytes.
+    TooLarge(usize),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Os(e) => write!(f, "{}", io::Error::from(*e)),
+            ReadError::NotRegular(kind) => write!(f, "it is a {kind}, not a regular file"),
+            ReadError::TooLarge(limit) => {
+                write!(
+                    f,
+                    "it holds more than {limit} bytes, more than such a file can"
+                )
+            }
+        }
+    }
+}
+
+impl From<ReadError> for io::Error {
+    fn from(e: ReadError) -> io::Error {
+        match e {
+            ReadError::Os(errno) => errno.into(),
+            other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+        }
+    }
+}
+
+fn kind(ft: FileType) -> &'static str {
+    match ft {
+        FileType::Fifo => "FIFO",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Directory => "directory",
+        FileType::Symlink => "symlink",
+        _ => "special file",
+    }
+}
+
+/// Open `path` (relative to `dir`) if it is a regular file.
+fn open_regular(dir: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, ReadError> {
+    let fd = rustix::fs::openat(dir, path, FLAGS, Mode::empty()).map_err(ReadError::Os)?;
+    let stat = rustix::fs::fstat(&fd).map_err(ReadError::Os)?;
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => Ok(fd),
+        other => Err(ReadError::NotRegular(kind(other))),
+    }
+}
+
+/// Read the regular file `path` (relative to `dir`) into `buf`, in plain reads of `chunk`
+/// bytes, at most `limit` bytes. A short read ends it: a regular file and a cgroup file
+/// (seq_file) return less than asked only at the end, and skipping the read that returns 0
+/// saves a syscall per file.
+pub fn read_at(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    buf: &mut Vec<u8>,
+    chunk: usize,
+    limit: usize,
+) -> Result<(), ReadError> {
+    buf.clear();
+    let fd = open_regular(dir, path)?;
+    loop {
+        let len = buf.len();
+        if len > limit {
+            buf.clear();
+            return Err(ReadError::TooLarge(limit));
+        }
+        buf.resize(len + chunk, 0);
+        match rustix::io::read(&fd, &mut buf[len..]) {
+            Ok(n) => {
+                buf.truncate(len + n);
+                if n < chunk {
+                    return if buf.len() > limit {
+                        buf.clear();
+                        Err(ReadError::TooLarge(limit))
+                    } else {
+                        Ok(())
+                    };
+                }
+            }
+            Err(Errno::INTR) => buf.truncate(len),
+            Err(e) => {
+                buf.truncate(len);
+                return Err(ReadError::Os(e));
+            }
+        }
+    }
+}
+
+/// Read a whole regular text file of at most `limit` bytes; the error names the file.
+pub fn read_to_string(path: &Path, limit: usize) -> Result<String, FileError> {
+    let mut buf = Vec::new();
+    read_at(CWD.as_fd(), path, &mut buf, 64 << 10, limit)
+        .map_err(io::Error::from)
+        .with_path("read", path)?;
+    String::from_utf8(buf)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        .with_path("read", path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn regular_files_within_the_bound_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small");
+        fs::write(&small, "42\n").unwrap();
+        assert_eq!(read_to_string(&small, 3).unwrap(), "42\n");
+        let err = read_to_string(&small, 2).unwrap_err();
+        assert!(
+            format!("{}: {}", err, err.source).contains("more than 2 bytes"),
+            "{err:?}"
+        );
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(CWD, &fifo, FileType::Fifo, Mode::from(0o600), 0).unwrap();
+        let err = read_to_string(&fifo, 10).unwrap_err();
+        assert!(err.source.to_string().contains("FIFO"), "{err:?}");
+        assert!(read_to_string(dir.path(), 10)
+            .unwrap_err()
+            .source
+            .to_string()
+            .contains("directory"));
+        // a sparse file far beyond the bound: refused after reading the bound, not read whole
+        let big = dir.path().join("big");
+        fs::File::create(&big).unwrap().set_len(4 << 30).unwrap();
+        let started = std::time::Instant::now();
+        assert!(read_to_string(&big, PROC_TEXT_MAX).is_err());
+        assert!(started.elapsed().as_secs() < 2);
+    }
+}
