@@ -617,18 +617,22 @@ fn version_skew_refuses_by_default_and_warn_overrides() {
         "refusing to replace a 1.19 kubelet with a 1.20 one",
         "nothing was changed",
         "check out kubernetes v1.19.16 in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`",
-        "set `version-skew = warn` under [kubelet] in /etc/k8s-nokmem/k8s-nokmem.conf",
+        "set `version-skew = warn` under [kubelet] in a drop-in, /etc/k8s-nokmem/conf.d/50-local.conf",
     ] {
         assert!(err.contains(want), "missing '{want}' in:\n{err}");
     }
     assert_same(&before, &n.snapshot(), "skew refused");
     n.write(
-        "etc/k8s-nokmem/k8s-nokmem.conf",
+        "etc/k8s-nokmem/conf.d/50-local.conf",
         b"[kubelet]\nversion-skew = warn\n",
         0o644,
     );
     let log = n.ok(&["install"]);
-    assert!(log.contains("warn: version skew"), "{log}");
+    assert!(
+        log.contains("warn: version skew")
+            && log.contains("version-skew = warn at /etc/k8s-nokmem/conf.d/50-local.conf:2"),
+        "{log}"
+    );
     assert_installed(&n);
 }
 
