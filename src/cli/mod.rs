@@ -2,7 +2,6 @@
 //! each exposing `run(self, &Ctx) -> anyhow::Result<Outcome>`.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -128,8 +127,8 @@ where
     Args::try_parse_from(argv)
 }
 
-/// `k8s-nokmem: <level>: <msg>` on stderr, no timestamp (dpkg and journald add their own).
-pub fn init_logging(args: &Args) {
+/// `k8s-nokmem: <level>: <msg>` on stderr at the level of `-q`/`-v` (see [`crate::logging`]).
+pub fn init_logging(args: &Args, style: crate::logging::Style) {
     let base = args.command.default_level();
     let level = match (args.verbose, args.quiet) {
         (0, 0) => base,
@@ -137,22 +136,7 @@ pub fn init_logging(args: &Args) {
         (1, _) => base.max(LevelFilter::Debug),
         _ => LevelFilter::Trace,
     };
-    let mut builder = env_logger::Builder::new();
-    builder
-        .filter_module("k8s_nokmem", level)
-        .filter_level(LevelFilter::Warn.min(level))
-        .format(|buf, record| {
-            writeln!(
-                buf,
-                "k8s-nokmem: {}: {}",
-                record.level().as_str().to_lowercase(),
-                record.args()
-            )
-        });
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        builder.parse_filters(&spec);
-    }
-    let _ = builder.try_init();
+    crate::logging::init(level, style);
 }
 
 /// Dispatch to the subcommand.

@@ -132,7 +132,9 @@ impl NodeRoot {
             .arg(&self.path)
             .env_remove("RUST_LOG")
             .env_remove("DPKG_ROOT")
-            .env_remove("K8S_NOKMEM_FAILPOINT");
+            .env_remove("K8S_NOKMEM_FAILPOINT")
+            .env_remove("K8S_NOKMEM_LOG_PREFIX")
+            .env_remove("JOURNAL_STREAM");
         cmd
     }
 

@@ -1,0 +1,115 @@
+//! Log priorities for journald: under our units (`K8S_NOKMEM_LOG_PREFIX=sd-daemon`, set in
+//! systemd/*.service) or with stderr being journald's stream (`$JOURNAL_STREAM` = stderr's
+//! device:inode, systemd >= 231), every stderr line starts with its sd-daemon priority
+//! (sd-daemon(3): `<3>` error, `<4>` warning, `<6>` info, `<7>` debug), which journald parses
+//! so that `journalctl -p warning` selects by it; elsewhere (a terminal, apt's term.log) the
+//! lines are plain.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Stdio;
+
+use common::node::NodeRoot;
+
+/// Every line starts with `<N>` and the level word that goes with N.
+fn assert_prefixed(log: &str) {
+    assert!(!log.is_empty());
+    let mut level = "";
+    for line in log.lines() {
+        let (prefix, rest) = line.split_at(3.min(line.len()));
+        let want = match prefix {
+            "<3>" => "error",
+            "<4>" => "warn",
+            "<6>" => "info",
+            "<7>" => "debug",
+            _ => panic!("line without a priority: '{line}' in:\n{log}"),
+        };
+        // continuation lines (causes, notes, a command's output) keep their record's level
+        if let Some(word) = rest
+            .strip_prefix("k8s-nokmem: ")
+            .and_then(|r| r.split(':').next())
+        {
+            level = word;
+        }
+        assert_eq!(level, want, "line '{line}' in:\n{log}");
+    }
+}
+
+#[test]
+fn under_our_units_every_line_carries_its_priority() {
+    let n = NodeRoot::new();
+    // info lines, and a warning (an unknown key)
+    n.write(
+        "etc/k8s-nokmem/conf.d/50-local.conf",
+        b"[services]\nsetle = 5s\n",
+        0o644,
+    );
+    let out = n
+        .helper(&["install", "-v"])
+        .env("K8S_NOKMEM_LOG_PREFIX", "sd-daemon")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_prefixed(&log);
+    for want in [
+        "<6>k8s-nokmem: info: install [1/12] preflight: ok (",
+        "<4>k8s-nokmem: warn: config '/etc/k8s-nokmem/conf.d/50-local.conf' under root",
+        "<7>k8s-nokmem: debug: ",
+    ] {
+        assert!(log.contains(want), "missing '{want}' in:\n{log}");
+    }
+    assert!(log.contains("(did you mean [services] settle?)"), "{log}");
+    // an error report: the error, its causes and notes, all at error priority
+    n.write(
+        "etc/k8s-nokmem/conf.d/50-local.conf",
+        b"[services]\nsettle: 5s\n",
+        0o644,
+    );
+    let out = n
+        .helper(&["install"])
+        .env("K8S_NOKMEM_LOG_PREFIX", "sd-daemon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_prefixed(&log);
+    assert!(log.contains("<3>k8s-nokmem: error: install "), "{log}");
+    assert!(
+        log.lines().filter(|l| l.starts_with("<3>")).count() >= 2,
+        "{log}"
+    );
+    // and without the variable, plain lines
+    let out = n.helper(&["install"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.starts_with("k8s-nokmem: "), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with('<')), "{log}");
+}
+
+/// Run `status` with stderr into a file and `JOURNAL_STREAM` set to `stream(file)`.
+fn run_with_journal_stream(n: &NodeRoot, stream: impl Fn(&std::fs::Metadata) -> String) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stderr");
+    let file = std::fs::File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    let status = n
+        .helper(&["config", "-v"])
+        .env("JOURNAL_STREAM", stream(&meta))
+        .stdout(Stdio::null())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read_to_string(&path).unwrap()
+}
+
+#[test]
+fn journal_stream_naming_stderr_turns_priorities_on() {
+    let n = NodeRoot::new();
+    let log = run_with_journal_stream(&n, |m| format!("{}:{}", m.dev(), m.ino()));
+    assert_prefixed(&log);
+    // a JOURNAL_STREAM inherited from a parent whose stderr was the journal, while ours is not
+    let log = run_with_journal_stream(&n, |m| format!("{}:{}", m.dev(), m.ino() + 1));
+    assert!(log.starts_with("k8s-nokmem: debug: "), "{log}");
+}
