@@ -87,14 +87,14 @@ fn under_our_units_every_line_carries_its_priority() {
     assert!(!log.lines().any(|l| l.starts_with('<')), "{log}");
 }
 
-/// Run `status` with stderr into a file and `JOURNAL_STREAM` set to `stream(file)`.
+/// Run `status -v` with stderr into a file and `JOURNAL_STREAM` set to `stream(file)`.
 fn run_with_journal_stream(n: &NodeRoot, stream: impl Fn(&std::fs::Metadata) -> String) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stderr");
     let file = std::fs::File::create(&path).unwrap();
     let meta = file.metadata().unwrap();
     let status = n
-        .helper(&["config", "-v"])
+        .helper(&["status", "-v"])
         .env("JOURNAL_STREAM", stream(&meta))
         .stdout(Stdio::null())
         .stderr(file)
