@@ -1,30 +1,17 @@
 //! The config as the helper reads it on a node (a fake root with the real `dpkg-divert
 //! --root`, as in tests/swap.rs): bounded durations, the strict syntax, drop-ins in
 //! /etc/k8s-nokmem/conf.d/ and `k8s-nokmem config`. Every refused file exits 2 naming its
-//! file, line, key and the fix, with the node unchanged.
+//! file, line, key and the fix, with the node unchanged (install's "nothing was changed").
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Output;
 
-use common::node::{diff, Entry, NodeRoot};
+use common::node::{assert_same, stderr, NodeRoot};
 
 const CONFFILE: &str = "etc/k8s-nokmem/k8s-nokmem.conf";
 const DROPIN: &str = "etc/k8s-nokmem/conf.d/50-local.conf";
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_same(before: &BTreeMap<String, Entry>, after: &BTreeMap<String, Entry>, what: &str) {
-    assert!(
-        before == after,
-        "{what}: tree changed:\n{}",
-        diff(before, after)
-    );
-}
 
 /// Exit 2 by the helper's own error path: no panic, no signal.
 fn assert_refused(out: &Output, case: &str) {
@@ -171,6 +158,27 @@ fn a_typo_that_would_change_what_runs_is_refused_with_the_fix() {
             1,
             "apply",
             "put it under its section",
+        ),
+        (
+            "open section",
+            "[kubelet\npath = /usr/bin/kubelet\n",
+            1,
+            "[kubelet",
+            "such as [services]",
+        ),
+        (
+            "bad value",
+            "[kubelet]\n\nversion-skew = maybe\n",
+            3,
+            "version-skew",
+            "expected 'warn' or 'refuse'",
+        ),
+        (
+            "bad duration",
+            "[services]\ntimeout = soon\n",
+            2,
+            "timeout",
+            "such as 90s, 2m or 500ms",
         ),
     ];
     for (case, text, line, key, fix) in cases {

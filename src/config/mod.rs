@@ -381,11 +381,10 @@ impl Config {
                 self.target_mut(name, |t| t.restart = restart);
             }
             ("kubelet", "version-skew") => {
-                self.version_skew = match v {
-                    "warn" => SkewPolicy::Warn,
-                    "refuse" => SkewPolicy::Refuse,
-                    _ => return Err(at.bad("'warn' or 'refuse'")),
-                };
+                self.version_skew = values::one_of(
+                    at,
+                    &[("warn", SkewPolicy::Warn), ("refuse", SkewPolicy::Refuse)],
+                )?;
             }
             ("services", "order") => {
                 let default = default_of("services", "order").unwrap_or_default();
@@ -394,27 +393,30 @@ impl Config {
             ("services", "timeout") => self.service_timeout = values::duration(at, MIN_WAIT)?,
             ("services", "settle") => self.service_settle = values::duration(at, MIN_WAIT)?,
             ("verify", "kernel-wide-kmem") => {
-                self.verify.kernel_wide_kmem = match v {
-                    "problem" => Severity::Problem,
-                    "warning" => Severity::Warning,
-                    "ignore" => Severity::Ignore,
-                    _ => return Err(at.bad("'problem', 'warning' or 'ignore'")),
-                };
+                self.verify.kernel_wide_kmem = values::one_of(
+                    at,
+                    &[
+                        ("problem", Severity::Problem),
+                        ("warning", Severity::Warning),
+                        ("ignore", Severity::Ignore),
+                    ],
+                )?;
             }
             ("kernel", "cmdline") => {
-                self.kernel_cmdline = match v {
-                    "auto" => CmdlineMode::Auto,
-                    "manage" => CmdlineMode::Manage,
-                    "leave" => CmdlineMode::Leave,
-                    _ => return Err(at.bad("'auto', 'manage' or 'leave'")),
-                };
+                self.kernel_cmdline = values::one_of(
+                    at,
+                    &[
+                        ("auto", CmdlineMode::Auto),
+                        ("manage", CmdlineMode::Manage),
+                        ("leave", CmdlineMode::Leave),
+                    ],
+                )?;
             }
             ("services", "apply") => {
-                self.apply = match v {
-                    "restart" => Apply::Restart,
-                    "reboot" => Apply::Reboot,
-                    _ => return Err(at.bad("'restart' or 'reboot'")),
-                };
+                self.apply = values::one_of(
+                    at,
+                    &[("restart", Apply::Restart), ("reboot", Apply::Reboot)],
+                )?;
             }
             // 0s: do not wait for pods at boot
             ("verify", "boot-wait") => {

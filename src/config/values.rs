@@ -42,6 +42,20 @@ pub(super) fn units(at: &Located<'_>, default: &str) -> Result<Vec<String>, Conf
     }
 }
 
+/// One of the named `choices`; the error lists them: `'warn' or 'refuse'`.
+pub(super) fn one_of<T: Copy>(at: &Located<'_>, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+    if let Some((_, value)) = choices.iter().find(|(name, _)| *name == at.value) {
+        return Ok(*value);
+    }
+    let names: Vec<String> = choices.iter().map(|(n, _)| format!("'{n}'")).collect();
+    let expected = match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(at.bad(&expected))
+}
+
 /// A duration from `min` to [`MAX_DURATION`]; the error names the range.
 pub(super) fn duration(at: &Located<'_>, min: Duration) -> Result<Duration, ConfigError> {
     match parse_duration(at.value) {

@@ -233,6 +233,20 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
     }
 }
 
+/// A run's stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Two snapshots are equal, else fail with their difference.
+pub fn assert_same(before: &BTreeMap<String, Entry>, after: &BTreeMap<String, Entry>, what: &str) {
+    assert!(
+        before == after,
+        "{what}: tree changed:\n{}",
+        diff(before, after)
+    );
+}
+
 /// Lines in which two snapshots differ, for assertion messages.
 pub fn diff(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> String {
     let mut lines = Vec::new();
