@@ -179,9 +179,15 @@ fn journald_files_each_line_at_its_priority() {
     );
     tb.boot();
     // the unit as shipped (verify may find a problem on this kernel: any result)
-    tb.run(&["systemctl", "start", unit]);
+    let problem = !tb.run(&["systemctl", "start", unit]).status.success();
     let entries = journal_entries(&tb, unit);
     assert_filed_by_priority(&entries, unit);
+    // the result line, at the level of the worst finding: a failed unit is an error
+    let result = entries
+        .iter()
+        .find(|(_, m)| m.contains(": verify: "))
+        .unwrap_or_else(|| panic!("no result line: {entries:#?}"));
+    assert!(!problem || result.0 == "3", "{result:?}");
     assert!(
         entries
             .iter()
@@ -193,6 +199,10 @@ fn journald_files_each_line_at_its_priority() {
     ));
     assert!(
         shown.contains("unknown key 'zombie-warn-percnt'"),
+        "{shown}"
+    );
+    assert!(
+        !problem || shown.contains("k8s-nokmem: error: verify: "),
         "{shown}"
     );
 
