@@ -6,7 +6,8 @@
 //! - a comment after a value (`settle = 5s # longer`) is an error: comments go on their own line;
 //! - there are no escapes and no quotes: `\` and `"` are part of the value;
 //! - a key set twice in a section of one file is an error naming both lines;
-//! - a key before any `[section]` is an error.
+//! - a key before any `[section]` is an error;
+//! - a control character other than a tab (a stray CR inside a line, a NUL) is an error.
 //!
 //! Pure over `&str`; the reader in `mod.rs` adds the file name.
 
@@ -43,6 +44,12 @@ pub fn parse(text: &str) -> Result<Vec<Entry<'_>>, SyntaxError> {
         let trimmed = raw.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
             continue;
+        }
+        if let Some(c) = trimmed.chars().find(|c| c.is_control() && *c != '\t') {
+            return err(
+                format!("a control character (U+{:04X}) in '{}'", u32::from(c), trimmed.escape_default()),
+                "remove it: a path or unit name never holds one (a stray CR or NUL from an editor or a script)".into(),
+            );
         }
         if let Some(rest) = trimmed.strip_prefix('[') {
             let name = match rest.strip_suffix(']') {
@@ -233,6 +240,13 @@ mod tests {
                 2,
                 "is not a key name",
                 "letters, digits",
+            ),
+            (
+                "carriage return inside a value",
+                "[runc]\npath = /usr/bin/ru\rnc\n",
+                2,
+                "control character (U+000D) in 'path = /usr/bin/ru\\rnc'",
+                "remove it",
             ),
         ];
         for (case, text, line, what, fix) in cases {
