@@ -9,6 +9,7 @@ pub mod dpkg;
 pub mod gobin;
 pub mod journal;
 pub mod lock;
+pub mod logging;
 pub mod manifest;
 pub mod notes;
 pub mod outcome;

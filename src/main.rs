@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use k8s_nokmem::cli;
+use k8s_nokmem::logging::Style;
 
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args_os()) {
@@ -16,24 +17,28 @@ fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { cli::EXIT_ERROR } else { 0 });
         }
     };
-    cli::init_logging(&args);
+    let style = Style::detect();
+    cli::init_logging(&args, style);
     match cli::run(args) {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(err) => {
-            print_error_chain(&err);
+            print_error_chain(&err, style);
             ExitCode::from(cli::EXIT_ERROR)
         }
     }
 }
 
-/// Print the top error, then one `-> cause` line per source, then any `note:` lines.
-fn print_error_chain(err: &anyhow::Error) {
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "k8s-nokmem: error: {err}");
+/// Print the top error, then one `-> cause` line per source, then any `note:` lines; under
+/// journald every line at error priority.
+fn print_error_chain(err: &anyhow::Error, style: Style) {
+    let mut text = format!("k8s-nokmem: error: {err}");
     for cause in err.chain().skip(1) {
-        let _ = writeln!(stderr, "  -> {cause}");
+        text.push_str(&format!("\n  -> {cause}"));
     }
     for note in k8s_nokmem::notes::of(err) {
-        let _ = writeln!(stderr, "note: {note}");
+        text.push_str(&format!("\nnote: {note}"));
     }
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(style.lines(log::Level::Error, &text).as_bytes());
 }

@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 
 /// The helper's configuration file (an INI conffile).
 pub const CONFIG_FILE: &str = "/etc/k8s-nokmem/k8s-nokmem.conf";
+/// The drop-in an operator's own settings go in (any `conf.d/*.conf` is read after the
+/// conffile; never edit the conffile: unattended-upgrades holds back a package whose
+/// edited conffile a new release changes).
+pub const EXAMPLE_DROPIN: &str = "/etc/k8s-nokmem/conf.d/50-local.conf";
 /// Where the package ships the nokmem payload and its MANIFEST.
 pub const PAYLOAD_DIR: &str = "/usr/lib/k8s-nokmem";
 /// The payload MANIFEST.

@@ -1,7 +1,8 @@
 //! The swap transaction against a fake node root with the real `dpkg-divert --root`:
 //! install, idempotent re-install, remove restoring byte-identical originals, missing and
-//! symlinked targets, foreign diversions, bad config and payload, a failpoint at every step
-//! (error: rollback to an identical tree; abort: the next run converges), and the lock.
+//! symlinked targets, foreign diversions, a bad payload (a bad config: tests/config.rs), a
+//! failpoint at every step (error: rollback to an identical tree; abort: the next run
+//! converges), and the lock.
 //! Services are skipped under `--root`; their behaviour is unit-tested with the fake in
 //! src/cli/install.rs.
 
@@ -10,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 
-use common::node::{self, diff, sha256, Entry, NodeRoot};
+use common::node::{self, assert_same, sha256, stderr, Entry, NodeRoot};
 
 const KUBELET_LINE: &str =
     "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem";
@@ -26,18 +27,6 @@ const UPGRADE_STEPS: usize = 6;
 const NEW_KUBELET: &[u8] = b"#!/bin/sh\necho nokmem kubelet v1.20.3\n";
 /// Where an upgrade keeps the previous kubelet payload until it commits.
 const KUBELET_ASIDE: &str = "usr/bin/.kubelet.k8s-nokmem-prev";
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_same(before: &BTreeMap<String, Entry>, after: &BTreeMap<String, Entry>, what: &str) {
-    assert!(
-        before == after,
-        "{what}: tree changed:\n{}",
-        diff(before, after)
-    );
-}
 
 /// The payload is in place, the originals are aside byte for byte, both diversions ours.
 fn assert_installed(n: &NodeRoot) {
@@ -203,39 +192,6 @@ fn another_packages_diversion_is_refused_and_nothing_changes() {
     );
     assert!(err.contains("note: "), "{err}");
     assert_same(&before, &n.snapshot(), "refused install");
-}
-
-#[test]
-fn bad_config_names_file_line_and_key_and_nothing_changes() {
-    let cases = [
-        (
-            "[kubelet]\n\nversion-skew = maybe\n",
-            "line 3",
-            "version-skew",
-        ),
-        ("[services]\ntimeout = soon\n", "line 2", "timeout"),
-        (
-            "[kubelet\npath = /usr/bin/kubelet\n",
-            "at line",
-            "syntax error",
-        ),
-    ];
-    for (text, line, key) in cases {
-        let n = NodeRoot::new();
-        n.write("etc/k8s-nokmem/k8s-nokmem.conf", text.as_bytes(), 0o644);
-        let before = n.snapshot();
-        let out = n.run(&["install"]);
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(2), "case {key}: {err}");
-        assert!(
-            err.contains("/etc/k8s-nokmem/k8s-nokmem.conf")
-                && err.contains(line)
-                && err.contains(key)
-                && err.contains("nothing was changed"),
-            "case {key}: {err}"
-        );
-        assert_same(&before, &n.snapshot(), key);
-    }
 }
 
 #[test]
@@ -617,18 +573,22 @@ fn version_skew_refuses_by_default_and_warn_overrides() {
         "refusing to replace a 1.19 kubelet with a 1.20 one",
         "nothing was changed",
         "check out kubernetes v1.19.16 in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`",
-        "set `version-skew = warn` under [kubelet] in /etc/k8s-nokmem/k8s-nokmem.conf",
+        "set `version-skew = warn` under [kubelet] in a drop-in, /etc/k8s-nokmem/conf.d/50-local.conf",
     ] {
         assert!(err.contains(want), "missing '{want}' in:\n{err}");
     }
     assert_same(&before, &n.snapshot(), "skew refused");
     n.write(
-        "etc/k8s-nokmem/k8s-nokmem.conf",
+        "etc/k8s-nokmem/conf.d/50-local.conf",
         b"[kubelet]\nversion-skew = warn\n",
         0o644,
     );
     let log = n.ok(&["install"]);
-    assert!(log.contains("warn: version skew"), "{log}");
+    assert!(
+        log.contains("warn: version skew")
+            && log.contains("version-skew = warn at /etc/k8s-nokmem/conf.d/50-local.conf:2"),
+        "{log}"
+    );
     assert_installed(&n);
 }
 

@@ -999,7 +999,7 @@ fn real_cgroup_v1_tree_reports_the_kernel_wide_rule_and_the_cgroup() {
 /// be ignored there with a warning, silently changing what the unit does).
 #[test]
 fn units_use_only_directives_systemd_229_knows() {
-    const KNOWN_229: [&str; 27] = [
+    const KNOWN_229: [&str; 28] = [
         "Description",
         "Documentation",
         "After",
@@ -1027,6 +1027,7 @@ fn units_use_only_directives_systemd_229_knows() {
         "ReadOnlyDirectories",
         "ReadWriteDirectories",
         "PrivateNetwork",
+        "Environment",
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     for unit in [

@@ -2,7 +2,6 @@
 //! each exposing `run(self, &Ctx) -> anyhow::Result<Outcome>`.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -11,6 +10,7 @@ use log::LevelFilter;
 use crate::config::Config;
 use crate::paths::Root;
 
+mod config;
 mod inspect;
 mod install;
 mod recover;
@@ -29,6 +29,10 @@ Everyday:
   k8s-nokmem status         what is diverted and running
   k8s-nokmem verify         is kmem accounting really off for pod cgroups?
   k8s-nokmem inspect BIN    does this Go binary enable kmem?
+  k8s-nokmem config         each setting's value and the file:line it comes from
+
+Settings: /etc/k8s-nokmem/k8s-nokmem.conf, then /etc/k8s-nokmem/conf.d/*.conf (a later key
+wins). Set yours in a drop-in such as conf.d/50-local.conf; do not edit the conffile.
 
 Exit codes: 0 ok, 1 problem found, 2 could not run or unknown.
 Logs go to stderr (RUST_LOG overrides -v/-q); results go to stdout.";
@@ -51,7 +55,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR", global = true)]
     pub root: Option<PathBuf>,
 
-    /// Read settings from FILE instead of /etc/k8s-nokmem/k8s-nokmem.conf (under --root)
+    /// Read settings from FILE alone instead of /etc/k8s-nokmem/k8s-nokmem.conf and
+    /// /etc/k8s-nokmem/conf.d/*.conf (under --root)
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
@@ -73,6 +78,8 @@ pub enum Command {
     Verify(verify::Verify),
     /// Tell from a Go binary's bytes whether it switches kmem accounting on
     Inspect(inspect::Inspect),
+    /// Show each setting's effective value and where it came from (file:line or default)
+    Config(config::ShowConfig),
 }
 
 impl Command {
@@ -84,6 +91,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Verify(_) => "verify",
             Command::Inspect(_) => "inspect",
+            Command::Config(_) => "config",
         }
     }
 
@@ -119,8 +127,8 @@ where
     Args::try_parse_from(argv)
 }
 
-/// `k8s-nokmem: <level>: <msg>` on stderr, no timestamp (dpkg and journald add their own).
-pub fn init_logging(args: &Args) {
+/// `k8s-nokmem: <level>: <msg>` on stderr at the level of `-q`/`-v` (see [`crate::logging`]).
+pub fn init_logging(args: &Args, style: crate::logging::Style) {
     let base = args.command.default_level();
     let level = match (args.verbose, args.quiet) {
         (0, 0) => base,
@@ -128,22 +136,7 @@ pub fn init_logging(args: &Args) {
         (1, _) => base.max(LevelFilter::Debug),
         _ => LevelFilter::Trace,
     };
-    let mut builder = env_logger::Builder::new();
-    builder
-        .filter_module("k8s_nokmem", level)
-        .filter_level(LevelFilter::Warn.min(level))
-        .format(|buf, record| {
-            writeln!(
-                buf,
-                "k8s-nokmem: {}: {}",
-                record.level().as_str().to_lowercase(),
-                record.args()
-            )
-        });
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        builder.parse_filters(&spec);
-    }
-    let _ = builder.try_init();
+    crate::logging::init(level, style);
 }
 
 /// Dispatch to the subcommand.
@@ -165,6 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Command::Status(cmd) => cmd.run(&ctx),
         Command::Verify(cmd) => cmd.run(&ctx),
         Command::Inspect(cmd) => cmd.run(&ctx),
+        Command::Config(cmd) => cmd.run(&ctx),
     }
 }
 

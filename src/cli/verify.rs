@@ -156,7 +156,15 @@ impl Verify {
             .filter(|c| c.status >= Status::Warning)
             .map(|c| format!("{} {}", c.name, c.status))
             .collect();
-        info!(
+        // at the level of the worst finding, so that `journalctl -p warning` on the verify
+        // unit shows a node with a problem
+        let level = match report.checks.iter().map(|c| c.status).max() {
+            Some(Status::Problem) => log::Level::Error,
+            Some(Status::Unknown | Status::Warning) => log::Level::Warn,
+            _ => log::Level::Info,
+        };
+        log::log!(
+            level,
             "verify: {} ({} ms)",
             if findings.is_empty() {
                 "all ok".to_string()

@@ -220,14 +220,17 @@ fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<(
         "version skew: the payload kubelet is {}, package '{pkg}' has {installed}",
         f.target.payload_version
     );
-    let file = config
-        .file
-        .as_deref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| paths::CONFIG_FILE.to_string());
+    // where the policy was set (file:line), else where to set it: a drop-in
+    let set_at = config
+        .sources
+        .get("kubelet", "version-skew")
+        .map(|s| format!("{}:{}", s.origin.path.display(), s.origin.line));
     match config.version_skew {
         SkewPolicy::Warn => {
-            warn!("{msg}; installing anyway ([kubelet] version-skew = warn in {file})");
+            warn!(
+                "{msg}; installing anyway ([kubelet] version-skew = warn at {})",
+                set_at.as_deref().unwrap_or("(unknown)")
+            );
             Ok(())
         }
         SkewPolicy::Refuse => {
@@ -245,7 +248,13 @@ fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<(
             );
             Err(with_note(
                 err,
-                format!("or accept the skew: set `version-skew = warn` under [kubelet] in {file}"),
+                match &set_at {
+                    Some(at) => format!("or accept the skew: set `version-skew = warn` at {at}"),
+                    None => format!(
+                        "or accept the skew: set `version-skew = warn` under [kubelet] in a drop-in, {}",
+                        paths::EXAMPLE_DROPIN
+                    ),
+                },
             ))
         }
     }

@@ -182,9 +182,14 @@ pub fn watch_with<M: ServiceManager + ?Sized>(
     window: Duration,
     healthz: &str,
 ) -> Result<(), SystemdError> {
-    let Some(until) = started.iter().map(|s| s.at + window).max() else {
+    if started.is_empty() {
         return Ok(());
-    };
+    }
+    // a window past what `Instant` can hold waits as long as it can, never panics
+    let until = started
+        .iter()
+        .filter_map(|s| s.at.checked_add(window))
+        .max();
     let mut last_healthz: Option<(Instant, Healthz)> = None;
     let asks_healthz = started.iter().any(|s| s.state.unit == KUBELET_UNIT);
     let mut kubelet_pid = 0;
@@ -214,7 +219,10 @@ pub fn watch_with<M: ServiceManager + ?Sized>(
             }
             last_healthz = Some((Instant::now(), answer));
         }
-        let left = until.saturating_duration_since(Instant::now());
+        let left = match until {
+            Some(until) => until.saturating_duration_since(Instant::now()),
+            None => window,
+        };
         if left.is_zero() {
             break;
         }
@@ -472,6 +480,17 @@ mod tests {
             "{took:?}"
         );
         assert!(watch(&sd, &[], Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn a_window_past_instants_range_does_not_panic() {
+        let sd = FakeSystemd::with_active(&["docker.service"]);
+        let started = [Started::now(sd.unit_state("docker.service"))];
+        let mut restarted = sd.unit_state("docker.service");
+        restarted.main_pid += 7;
+        sd.set_state(restarted);
+        let err = watch_with(&sd, &started, Duration::MAX, "127.0.0.1:1").unwrap_err();
+        assert!(err.to_string().contains("did not stay up"), "{err}");
     }
 
     #[test]

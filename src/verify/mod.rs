@@ -508,7 +508,14 @@ pub fn wait_for_pods(settings: &Settings) -> Duration {
         debug!("wait for pods: {uptime:.0} s since boot, beyond boot-wait: not waiting");
         return Duration::ZERO;
     }
-    let deadline = start + Duration::from_secs_f64(budget);
+    // boot-wait is bounded (a day); checked all the same, so that no value can panic here
+    let Some(deadline) = Duration::try_from_secs_f64(budget)
+        .ok()
+        .and_then(|b| start.checked_add(b))
+    else {
+        debug!("wait for pods: a boot-wait of {budget} s is out of range: not waiting");
+        return Duration::ZERO;
+    };
     while !cgroup::pods_present(&memory.path) {
         if Instant::now() >= deadline {
             info!(

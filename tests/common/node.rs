@@ -132,7 +132,9 @@ impl NodeRoot {
             .arg(&self.path)
             .env_remove("RUST_LOG")
             .env_remove("DPKG_ROOT")
-            .env_remove("K8S_NOKMEM_FAILPOINT");
+            .env_remove("K8S_NOKMEM_FAILPOINT")
+            .env_remove("K8S_NOKMEM_LOG_PREFIX")
+            .env_remove("JOURNAL_STREAM");
         cmd
     }
 
@@ -260,6 +262,20 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
         };
         out.insert(rel, e);
     }
+}
+
+/// A run's stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Two snapshots are equal, else fail with their difference.
+pub fn assert_same(before: &BTreeMap<String, Entry>, after: &BTreeMap<String, Entry>, what: &str) {
+    assert!(
+        before == after,
+        "{what}: tree changed:\n{}",
+        diff(before, after)
+    );
 }
 
 /// Lines in which two snapshots differ, for assertion messages.
