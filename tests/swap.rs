@@ -600,6 +600,51 @@ fn an_older_helpers_interrupted_upgrade_no_longer_blocks_install_or_remove() {
     }
 }
 
+/// Issue 15 item 12: a journal whose `begun` is past its last step (or `done` past `begun`)
+/// is an error naming the file and the fix, for every command that reads it; no panic, and
+/// nothing changes.
+#[test]
+fn a_journal_with_impossible_counters_is_a_clear_error_not_a_panic() {
+    for (begun, done, want) in [
+        (9, 6, "9 steps begun, but it has 7 steps"),
+        (3, 5, "5 steps done, but only 3 begun"),
+    ] {
+        let (n, _, _) = node_before_upgrade();
+        legacy_upgrade_journal(&n, 2);
+        let path = n.abs("var/lib/k8s-nokmem/journal.json");
+        let mut journal: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        journal["begun"] = begun.into();
+        journal["done"] = done.into();
+        n.write(
+            "var/lib/k8s-nokmem/journal.json",
+            serde_json::to_string_pretty(&journal).unwrap().as_bytes(),
+            0o644,
+        );
+        let before = n.snapshot();
+        for command in ["install", "remove", "recover"] {
+            let out = n.run(&[command]);
+            let err = stderr(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} ({begun}/{done}): {err}"
+            );
+            assert!(
+                !err.contains("panicked") && out.status.signal().is_none(),
+                "{command} ({begun}/{done}) panicked: {err}"
+            );
+            assert!(
+                err.contains("var/lib/k8s-nokmem/journal.json' is inconsistent: ")
+                    && err.contains(want)
+                    && err.contains("away after checking the node with `k8s-nokmem status`"),
+                "{command} ({begun}/{done}): {err}"
+            );
+        }
+        assert_same(&before, &n.snapshot(), "inconsistent journal");
+    }
+}
+
 #[test]
 fn version_skew_refuses_by_default_and_warn_overrides() {
     let n = NodeRoot::new();
