@@ -926,3 +926,166 @@ fn apply_reboot_swaps_with_no_service_restarted_and_flags_reboot_required() {
     assert_eq!(tb.sh_ok("cat /run/reboot-required.pkgs"), "k8s-nokmem\n");
     assert_eq!(services(&tb), booted);
 }
+
+/// Issue 15 item 4: a remove killed once it stopped the services (`unplace:abort`); docker
+/// is started again meanwhile and now hangs in its stop (`ExecStop` longer than
+/// `[services] timeout`). `recover` fails on that stop and keeps the journal, but starts
+/// every service the remove stopped; once docker stops normally, `recover` finishes the
+/// remove.
+#[test]
+fn a_recovery_whose_stop_times_out_still_starts_what_the_remove_stopped() {
+    let Some(tb) = testbed(
+        "a_recovery_whose_stop_times_out_still_starts_what_the_remove_stopped",
+        PAYLOAD_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    helper_ok(&tb, &["install"]);
+    let out = tb.run_env(
+        &[HELPER, "remove"],
+        &[("K8S_NOKMEM_FAILPOINT", "unplace:abort")],
+        std::time::Duration::from_secs(120),
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("failpoint: aborting"), "{log}");
+    for unit in UNITS {
+        assert_ne!(
+            tb.unit_prop(unit, "ActiveState"),
+            "active",
+            "{unit} after the killed remove"
+        );
+    }
+    // docker comes back (socket activation, an operator) and its stop now takes 8 s,
+    // against a 6 s timeout
+    tb.write(
+        "/etc/systemd/system/docker.service.d/hang.conf",
+        "[Service]\nExecStop=/bin/sleep 8\nTimeoutStopSec=60\n",
+        0o644,
+    );
+    tb.sh_ok("systemctl daemon-reload && systemctl start docker.service");
+    tb.write(
+        "/etc/k8s-nokmem/k8s-nokmem.conf",
+        CONFIG.replace("timeout = 30s", "timeout = 6s"),
+        0o644,
+    );
+    let (out, log) = helper(&tb, &["recover"]);
+    assert_eq!(out.status.code(), Some(2), "recover:\n{log}");
+    for want in [
+        "recover [3/10] stop 'docker.service': FAILED",
+        "recover [8/10] start 'docker.service': ok",
+        "recover [9/10] start 'kubelet.service': ok",
+        "step 3/10 'stop docker.service' failed; the services it stopped were started again ('docker.service', 'kubelet.service')",
+        "did not finish within 6s",
+    ] {
+        assert!(log.contains(want), "the log lacks \"{want}\":\n{log}");
+    }
+    for unit in UNITS {
+        assert_eq!(
+            tb.unit_prop(unit, "ActiveState"),
+            "active",
+            "{unit} after the failed recovery\n{log}\n{}",
+            tb.journal(unit)
+        );
+    }
+    assert!(tb.path("/var/lib/k8s-nokmem/journal.json").exists());
+    // docker stops in time again: the next recover finishes the remove
+    tb.sh_ok("rm -r /etc/systemd/system/docker.service.d && systemctl daemon-reload");
+    let log = helper_ok(&tb, &["recover"]);
+    assert!(
+        log.contains("interrupted remove transaction resolved"),
+        "{log}"
+    );
+    assert!(!tb.path("/var/lib/k8s-nokmem/journal.json").exists());
+    assert_originals(&tb, &orig_runc, "after the recovered remove");
+}
+
+/// A kubelet that cannot run yet (kubeadm's node before `kubeadm join`: no config), under
+/// the stand-in unit's `Restart=always` / `RestartSec=10`: it crash-loops.
+const UNJOINED_KUBELET: &[u8] =
+    b"#!/bin/sh\necho 'kubelet: failed to load kubelet config file /var/lib/kubelet/config.yaml' >&2\nexit 1\n";
+/// The payload kubelet on that node: it cannot run either, until the join.
+const UNJOINED_PAYLOAD: &[u8] =
+    b"#!/bin/sh\necho 'payload kubelet: failed to load kubelet config file' >&2\nexit 1\n";
+
+/// Wait until `unit` is `activating/auto-restart` (restarting after a failure), at most
+/// `secs`.
+fn wait_for_restarting(tb: &nspawn::Testbed, unit: &str, secs: u64) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let p = tb.unit_props(unit, &["ActiveState", "SubState"]);
+        if p["ActiveState"] == "activating" && p["SubState"] == "auto-restart" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unit} never went back to its crash loop: {p:?}\n{}",
+            tb.journal(unit)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Issue 15 item 10: on a node whose kubelet crash-loops before install (kubeadm before
+/// `kubeadm join`), install succeeds: the payload is in place and diverted, kubelet is back
+/// in its crash loop (running the payload), docker is up, and the log says kubelet was
+/// failing before and is no worse. Remove restores the originals the same way.
+#[test]
+fn a_kubelet_crash_looping_before_install_does_not_block_it() {
+    let Some(root) =
+        nspawn::root_or_skip("a_kubelet_crash_looping_before_install_does_not_block_it")
+    else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    tb.write("/usr/bin/kubelet", UNJOINED_KUBELET, 0o755);
+    write_payload(&tb, PAYLOAD_RUNC, UNJOINED_PAYLOAD);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    wait_for_restarting(&tb, "kubelet.service", 30);
+    assert_eq!(tb.unit_prop("docker.service", "ActiveState"), "active");
+    let orig_runc = tb.read("/usr/sbin/runc");
+
+    let (out, log) = helper(&tb, &["install"]);
+    assert_eq!(out.status.code(), Some(0), "install:\n{log}");
+    for want in [
+        "'kubelet.service' is failing before the swap (activating/auto-restart",
+        "stop 'kubelet.service': ok",
+        "start 'kubelet.service': ok",
+        "'kubelet.service' was activating/auto-restart before the swap and is activating/auto-restart 6 s after its start: no worse than before",
+        "'docker.service' stayed up for 6 s, and 'kubelet.service', failing before the swap, no worse",
+    ] {
+        assert!(log.contains(want), "install log lacks \"{want}\":\n{log}");
+    }
+    assert_content(&tb, "/usr/bin/kubelet", UNJOINED_PAYLOAD, "after install");
+    assert_content(&tb, "/usr/sbin/runc", PAYLOAD_RUNC, "after install");
+    assert_content(
+        &tb,
+        "/usr/bin/kubelet.distrib",
+        UNJOINED_KUBELET,
+        "after install",
+    );
+    assert_eq!(diversions(&tb), vec![KUBELET_LINE, RUNC_LINE]);
+    assert!(tb.path("/var/lib/k8s-nokmem/state.json").exists());
+    assert!(!tb.path("/var/lib/k8s-nokmem/journal.json").exists());
+    assert_eq!(tb.unit_prop("docker.service", "ActiveState"), "active");
+    // back in its crash loop, now on the payload: not worse
+    wait_for_restarting(&tb, "kubelet.service", 30);
+    let journal = tb.journal("kubelet.service");
+    assert!(
+        journal.contains("payload kubelet: failed to load kubelet config file"),
+        "kubelet did not run the payload:\n{journal}"
+    );
+
+    let (out, log) = helper(&tb, &["remove"]);
+    assert_eq!(out.status.code(), Some(0), "remove:\n{log}");
+    assert!(log.contains("no worse than before"), "{log}");
+    assert_content(&tb, "/usr/bin/kubelet", UNJOINED_KUBELET, "after remove");
+    assert_content(&tb, "/usr/sbin/runc", &orig_runc, "after remove");
+    assert!(diversions(&tb).is_empty(), "{:?}", diversions(&tb));
+    assert_eq!(tb.unit_prop("docker.service", "ActiveState"), "active");
+    wait_for_restarting(&tb, "kubelet.service", 30);
+}

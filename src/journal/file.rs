@@ -1,6 +1,7 @@
 //! The journal file: `journal.json` while a transaction runs (written atomically before
 //! each step), `last-transaction.json` once it is finished.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -81,6 +82,12 @@ pub struct Journal {
     /// The failure, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Units that were failing before the transaction (`kubelet.service` ->
+    /// `activating/auto-restart`): their starts are judged against that state ([`Node`]).
+    ///
+    /// [`Node`]: super::Node
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failing: BTreeMap<String, String>,
 }
 
 impl Journal {
@@ -95,6 +102,7 @@ impl Journal {
             done: 0,
             phase: Phase::Forward,
             error: None,
+            failing: BTreeMap::new(),
         }
     }
 

@@ -1,10 +1,11 @@
 //! Planning: which units a swap stops and starts (only running ones, in the configured
 //! order, a socket with its service), and the steps of an install and of a remove.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use log::info;
+use log::{info, warn};
 
 use super::preflight::{previous_of, Found};
 use crate::config::Config;
@@ -14,17 +15,32 @@ use crate::paths::Root;
 use crate::systemd::ServiceManager;
 use crate::targets::{Original, State};
 
+/// The units a swap stops and starts, and those of them that were failing before it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Running {
+    pub units: Vec<String>,
+    /// Units crash-looping now (`activating/auto-restart`), unit -> that state: stopped and
+    /// started like the others, then judged against that state, not by the settle window
+    /// (a kubelet before `kubeadm join`).
+    pub failing: BTreeMap<String, String>,
+}
+
 /// Keep the units that run now (try-restart semantics: a stopped or failed unit is not
-/// started by us; it gets the new binary whenever it starts). Without a manager all are
-/// kept, for the log's "skipped" lines.
+/// started by us; it gets the new binary whenever it starts). A unit restarting after a
+/// failure is kept and noted as failing. Without a manager all are kept, for the log's
+/// "skipped" lines.
 pub fn running(
     manager: Option<&dyn ServiceManager>,
     units: Vec<String>,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Running> {
     let Some(manager) = manager else {
-        return Ok(units);
+        return Ok(Running {
+            units,
+            ..Running::default()
+        });
     };
     let mut out = Vec::new();
+    let mut failing = BTreeMap::new();
     for unit in units {
         let state = manager.state(&unit).with_context(|| {
             format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
@@ -32,7 +48,15 @@ pub fn running(
         match (state.load_state.as_str(), state.active_state.as_str()) {
             ("not-found", _) => info!("'{unit}' does not exist on this node: nothing to restart"),
             ("masked", _) => info!("'{unit}' is masked: left alone"),
-            (_, "active" | "activating" | "reloading") => {
+            (_, active @ ("active" | "activating" | "reloading")) => {
+                if active == "activating" && state.sub_state == "auto-restart" {
+                    let was = format!("{active}/{}", state.sub_state);
+                    warn!(
+                        "'{unit}' is failing before the swap ({was}, Result={}): it is restarted like the others and must come back no worse (restarting or up), not stay up; see `journalctl -u {unit}`",
+                        state.result
+                    );
+                    failing.insert(unit.clone(), was);
+                }
                 // its socket (docker.socket) stops before it and starts after it, so that
                 // socket activation cannot start it mid-swap
                 if let Some(socket) = active_socket(manager, &unit)? {
@@ -43,12 +67,19 @@ pub fn running(
                 }
                 out.push(unit)
             }
+            (_, "failed") => warn!(
+                "'{unit}' is failed (Result={}) before the swap: left alone; it runs the new binary when it starts; see `journalctl -u {unit}`",
+                state.result
+            ),
             (_, other) => {
                 info!("'{unit}' is {other}: not restarted; it runs the new binary when it starts")
             }
         }
     }
-    Ok(out)
+    Ok(Running {
+        units: out,
+        failing,
+    })
 }
 
 /// The units in start order: the stop order reversed, except that a socket starts right

@@ -1,6 +1,8 @@
-//! The session every transaction runs in: the lock (one run at a time), the test
-//! failpoint, the service policy (act on services, or why not), the D-Bus connection to
-//! systemd, and the services a node's steps act on (minus what `policy-rc.d` forbids).
+//! The session every transaction runs in: the root check (a dpkg database), the lock (one
+//! run at a time) and dpkg's frontend lock (not while apt or dpkg runs, unless dpkg runs
+//! us), the test failpoint, the service policy (act on services, or why not), the D-Bus
+//! connection to systemd, and the services a node's steps act on (minus what `policy-rc.d`
+//! forbids).
 
 use anyhow::{anyhow, Context};
 use log::{debug, info, warn};

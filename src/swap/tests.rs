@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::journal;
 use crate::paths::{self, Root};
 use crate::systemd::fake::{FakeSystemd, Fault, Op};
+use crate::systemd::ServiceManager;
 use crate::targets::State;
 
 const ORIG_KUBELET: &[u8] = b"original kubelet";
@@ -467,4 +468,153 @@ fn the_record_step_stamps_when_each_payload_was_placed() {
     node.install(&sd).unwrap();
     assert!(swapped_at("kubelet").unwrap() >= t1);
     assert_eq!(swapped_at("runc"), Some(t0 - 3600));
+}
+
+/// The journal a remove killed right after journalling its first unplace leaves
+/// (`K8S_NOKMEM_FAILPOINT=unplace:abort`): both services stopped, no file touched.
+fn interrupted_remove(node: &TestNode, sd: &FakeSystemd) {
+    use super::plan::{remove_steps, Swapped};
+    let state = State::load(&node.root).unwrap();
+    let swapped: Vec<Swapped> = crate::divert::DpkgDivert::new(&node.root)
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.is_ours())
+        .map(|d| {
+            let (name, t) = state
+                .targets
+                .iter()
+                .find(|(_, t)| t.path == d.path)
+                .unwrap();
+            Swapped {
+                name: name.clone(),
+                ours: vec![t.payload_sha256.clone()],
+                original: Some(t.original.clone()),
+                payload: None,
+                diversion: d,
+            }
+        })
+        .collect();
+    let units: Vec<String> = UNITS.iter().map(|u| u.to_string()).collect();
+    let steps = remove_steps(&units, &swapped, journal::now());
+    let at = steps.iter().position(|s| s.name() == "unplace").unwrap();
+    let mut j = journal::Journal::new(journal::Transaction::Remove, steps);
+    j.begun = at + 1;
+    j.done = at;
+    j.save(&node.root).unwrap();
+    for unit in UNITS {
+        sd.stop(unit, std::time::Duration::from_secs(1)).unwrap();
+    }
+}
+
+/// Issue 15 item 4: finishing an interrupted remove (the next install or remove) starts
+/// every service it stopped even when a step fails (here docker, started again meanwhile,
+/// whose stop times out): no unit that ran before stays stopped; the journal is kept, and
+/// once the stop works the remove finishes.
+#[test]
+fn finishing_an_interrupted_remove_starts_what_it_stopped_even_when_a_step_fails() {
+    for next in ["remove", "install"] {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS);
+        node.install(&sd).unwrap();
+        interrupted_remove(&node, &sd);
+        // docker came back meanwhile (socket activation, an operator), and its stop hangs
+        sd.start("docker.service", std::time::Duration::from_secs(1))
+            .unwrap();
+        sd.add_fault(Op::Stop, "docker.service", Fault::Timeout, Some(1));
+        sd.clear_calls();
+        let err = match next {
+            "remove" => node.remove(&sd),
+            _ => node.install(&sd),
+        }
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("failed to resolve the interrupted remove transaction")
+                && msg.contains("step 3/10 'stop docker.service' failed; the services it stopped were started again ('docker.service', 'kubelet.service')")
+                && msg.contains("did not finish within"),
+            "{next}: {msg}"
+        );
+        for unit in UNITS {
+            assert_eq!(
+                sd.unit_state(unit).active_state,
+                "active",
+                "{next}: {unit} after the failed recovery: {:?}",
+                sd.call_lines()
+            );
+        }
+        assert!(
+            journal::Journal::load(&node.root).unwrap().is_some(),
+            "{next}: the journal must stay for the next run"
+        );
+        // the stop works again: the remove is finished, then the command runs
+        sd.clear_calls();
+        match next {
+            "remove" => {
+                node.remove(&sd).unwrap();
+                assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+            }
+            _ => {
+                node.install(&sd).unwrap();
+                assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+            }
+        }
+        assert!(journal::Journal::load(&node.root).unwrap().is_none());
+        for unit in UNITS {
+            assert_eq!(sd.unit_state(unit).active_state, "active", "{next}: {unit}");
+        }
+    }
+}
+
+/// kubelet restarting after a failure (`activating/auto-restart`), as before `kubeadm join`.
+fn crash_looping_kubelet(sd: FakeSystemd) -> FakeSystemd {
+    let mut state = sd.unit_state("kubelet.service");
+    state.active_state = "activating".into();
+    state.sub_state = "auto-restart".into();
+    state.result = "exit-code".into();
+    state.main_pid = 0;
+    sd.with_state(state)
+}
+
+/// Issue 15 item 10: a unit that was failing before the swap is stopped and started like
+/// the others but judged against that state: its start that leaves it restarting again is
+/// no failure, and it is not required to stay up; one that systemd gave up on (failed) is
+/// worse, and rolled back.
+#[test]
+fn a_unit_failing_before_the_swap_is_judged_against_that_state() {
+    let node = TestNode::new();
+    let sd = crash_looping_kubelet(FakeSystemd::with_active(&UNITS))
+        .with_dies_after_start("kubelet.service");
+    node.install(&sd).unwrap();
+    assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+    assert_eq!(
+        sd.call_lines(),
+        vec![
+            "stop kubelet.service",
+            "stop docker.service",
+            "start docker.service",
+            "start kubelet.service"
+        ]
+    );
+    let last = journal::Journal::load_last(&node.root).unwrap().unwrap();
+    assert_eq!(
+        last.failing.get("kubelet.service").map(String::as_str),
+        Some("activating/auto-restart"),
+        "{last:?}"
+    );
+
+    // worse than before: the start leaves it failed (systemd gave up): rolled back
+    let node = TestNode::new();
+    let sd = crash_looping_kubelet(FakeSystemd::with_active(&UNITS)).with_fault_times(
+        Op::Start,
+        "kubelet.service",
+        Fault::failed("exit-code"),
+        1,
+    );
+    let err = format!("{:#}", node.install(&sd).unwrap_err());
+    assert!(
+        err.contains("'start kubelet.service' failed") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
 }
