@@ -3,16 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use super::preflight::{previous_of, Found};
 use crate::config::Config;
 use crate::divert::Diversion;
 use crate::journal::{foreign_aside, Step};
 use crate::paths::Root;
-use crate::systemd::ServiceManager;
+use crate::systemd::settle::went_down;
+use crate::systemd::{ServiceManager, UnitState};
 use crate::targets::{Original, State};
 
 /// The units a swap stops and starts, and those of them that were failing before it.
@@ -45,6 +47,13 @@ pub fn running(
         let state = manager.state(&unit).with_context(|| {
             format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
         })?;
+        let (state, restarted) = unless_just_started(manager, state)?;
+        if let Some(restarted) = restarted {
+            warn!(
+                "'{unit}' is failing before the swap ({restarted}): it is restarted like the others and must come back no worse (restarting or up), not stay up; see `journalctl -u {unit}`"
+            );
+            failing.insert(unit.clone(), "restarting".to_string());
+        }
         match (state.load_state.as_str(), state.active_state.as_str()) {
             ("not-found", _) => info!("'{unit}' does not exist on this node: nothing to restart"),
             ("masked", _) => info!("'{unit}' is masked: left alone"),
@@ -80,6 +89,54 @@ pub fn running(
         units: out,
         failing,
     })
+}
+
+/// How long a unit must have been active to count as up before the swap: a crash-looping
+/// unit is `active` for a moment after each restart (kubelet before `kubeadm join` fails
+/// within a second of each start).
+pub const JUST_STARTED: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(250);
+
+/// A unit that became active less than [`JUST_STARTED`] ago is watched until it has been
+/// up that long: the state to judge it by, and (when it exited and was restarted
+/// meanwhile, still `active`) why it counts as failing.
+fn unless_just_started(
+    manager: &dyn ServiceManager,
+    state: UnitState,
+) -> anyhow::Result<(UnitState, Option<String>)> {
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let age = Duration::from_micros(
+        u64::try_from(now_us.saturating_sub(u128::from(state.active_enter_usec)))
+            .unwrap_or(u64::MAX),
+    );
+    if state.active_state != "active" || state.active_enter_usec == 0 || age >= JUST_STARTED {
+        return Ok((state, None));
+    }
+    let unit = state.unit.clone();
+    info!(
+        "'{unit}' became active {} ms ago: watching it until it has been up for {} s, in case it is restarting in a loop",
+        age.as_millis(),
+        JUST_STARTED.as_secs()
+    );
+    let until = Instant::now() + (JUST_STARTED - age);
+    loop {
+        std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
+        let now = manager.state(&unit).with_context(|| {
+            format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
+        })?;
+        if let Some(why) = went_down(&state, &now) {
+            debug!("'{unit}' before the swap: {why}");
+            // still active (restarted between two polls): restarting all the same
+            let restarted = (now.active_state == "active").then_some(why);
+            return Ok((now, restarted));
+        }
+        if Instant::now() >= until {
+            return Ok((now, None));
+        }
+    }
 }
 
 /// The units in start order: the stop order reversed, except that a socket starts right

@@ -618,3 +618,54 @@ fn a_unit_failing_before_the_swap_is_judged_against_that_state() {
     );
     assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
 }
+
+/// Issue 15 item 10: a crash-looping unit caught in the moment it is `active` after a
+/// restart (it became active just now) is watched until it has been up for
+/// `JUST_STARTED`: when it falls back into its loop it counts as failing, as one found
+/// restarting does; a unit up for long is not waited for.
+#[test]
+fn a_unit_caught_active_between_two_crashes_counts_as_failing() {
+    let node = TestNode::new();
+    let sd = FakeSystemd::with_active(&UNITS).with_dies_after_start("kubelet.service");
+    let mut state = sd.unit_state("kubelet.service");
+    state.active_enter_usec = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    sd.set_state(state.clone());
+    let t0 = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+            let mut crashed = state.clone();
+            crashed.active_state = "activating".into();
+            crashed.sub_state = "auto-restart".into();
+            crashed.result = "exit-code".into();
+            crashed.main_pid = 0;
+            sd.set_state(crashed);
+        });
+        node.install(&sd).unwrap();
+    });
+    assert!(
+        t0.elapsed() < super::plan::JUST_STARTED + std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+    let last = journal::Journal::load_last(&node.root).unwrap().unwrap();
+    assert_eq!(
+        last.failing.get("kubelet.service").map(String::as_str),
+        Some("activating/auto-restart"),
+        "{last:?}"
+    );
+    // up for long: no wait, and a failure after the start is a failure
+    let node = TestNode::new();
+    let sd = FakeSystemd::with_active(&UNITS).with_dies_after_start("kubelet.service");
+    let t0 = std::time::Instant::now();
+    assert!(node.install(&sd).is_err());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+}
