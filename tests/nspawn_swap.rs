@@ -480,6 +480,20 @@ fn sighup_while_docker_stops_does_not_cut_the_install_short() {
     assert_eq!(main_cmdline(&tb, "kubelet.service"), "sleep 2000001");
 }
 
+/// Run `k8s-nokmem <command>` with an abort failpoint armed (`place:abort`): it must die
+/// there. Its log.
+fn killed_at(tb: &nspawn::Testbed, command: &str, failpoint: &str) -> String {
+    let out = tb.run_env(
+        &[HELPER, command],
+        &[("K8S_NOKMEM_FAILPOINT", failpoint)],
+        std::time::Duration::from_secs(120),
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("failpoint: aborting"), "{log}");
+    log
+}
+
 /// Issue 10 item 5: an install that dies between its diversions and its payload (abort, as
 /// SIGKILL or the OOM killer would) leaves no /usr/bin/kubelet; at the next boot
 /// k8s-nokmem-recover.service puts the originals back before docker and kubelet start,
@@ -505,14 +519,7 @@ fn an_install_killed_mid_way_is_resolved_at_boot_before_the_services() {
         &format!("/etc/systemd/system/sysinit.target.wants/{unit}"),
         &format!("/lib/systemd/system/{unit}"),
     );
-    let out = tb.run_env(
-        &[HELPER, "install"],
-        &[("K8S_NOKMEM_FAILPOINT", "place:abort")],
-        std::time::Duration::from_secs(120),
-    );
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{log}");
-    assert!(log.contains("failpoint: aborting"), "{log}");
+    let log = killed_at(&tb, "install", "place:abort");
     assert!(
         !tb.path("/usr/bin/kubelet").exists(),
         "the kill was meant to leave no /usr/bin/kubelet:\n{log}"
@@ -942,14 +949,7 @@ fn a_recovery_whose_stop_times_out_still_starts_what_the_remove_stopped() {
     };
     let orig_runc = tb.read("/usr/sbin/runc");
     helper_ok(&tb, &["install"]);
-    let out = tb.run_env(
-        &[HELPER, "remove"],
-        &[("K8S_NOKMEM_FAILPOINT", "unplace:abort")],
-        std::time::Duration::from_secs(120),
-    );
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{log}");
-    assert!(log.contains("failpoint: aborting"), "{log}");
+    killed_at(&tb, "remove", "unplace:abort");
     for unit in UNITS {
         assert_ne!(
             tb.unit_prop(unit, "ActiveState"),

@@ -76,21 +76,20 @@ impl TestNode {
 }
 
 const UNITS: [&str; 2] = ["kubelet.service", "docker.service"];
+/// The service calls of a swap of both binaries: stops in order, starts in reverse.
+const SWAP_CALLS: [&str; 4] = [
+    "stop kubelet.service",
+    "stop docker.service",
+    "start docker.service",
+    "start kubelet.service",
+];
 
 #[test]
 fn services_stop_in_order_start_in_reverse_and_a_rerun_restarts_nothing() {
     let node = TestNode::new();
     let sd = FakeSystemd::with_active(&UNITS);
     node.install(&sd).unwrap();
-    assert_eq!(
-        sd.call_lines(),
-        vec![
-            "stop kubelet.service",
-            "stop docker.service",
-            "start docker.service",
-            "start kubelet.service"
-        ]
-    );
+    assert_eq!(sd.call_lines(), SWAP_CALLS);
     assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
     let after = sd.unit_state("kubelet.service");
     sd.clear_calls();
@@ -373,15 +372,7 @@ fn remove_restarts_the_services_on_the_originals() {
     node.install(&sd).unwrap();
     sd.clear_calls();
     node.remove(&sd).unwrap();
-    assert_eq!(
-        sd.call_lines(),
-        vec![
-            "stop kubelet.service",
-            "stop docker.service",
-            "start docker.service",
-            "start kubelet.service"
-        ]
-    );
+    assert_eq!(sd.call_lines(), SWAP_CALLS);
     assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
     sd.clear_calls();
     node.remove(&sd).unwrap();
@@ -576,6 +567,17 @@ fn crash_looping_kubelet(sd: FakeSystemd) -> FakeSystemd {
     sd.with_state(state)
 }
 
+/// The last transaction's journal records kubelet as restarting before it.
+#[track_caller]
+fn assert_kubelet_journalled_failing(node: &TestNode) {
+    let last = journal::Journal::load_last(&node.root).unwrap().unwrap();
+    assert_eq!(
+        last.failing.get("kubelet.service").map(String::as_str),
+        Some("activating/auto-restart"),
+        "{last:?}"
+    );
+}
+
 /// Issue 15 item 10: a unit that was failing before the swap is stopped and started like
 /// the others but judged against that state: its start that leaves it restarting again is
 /// no failure, and it is not required to stay up; one that systemd gave up on (failed) is
@@ -587,21 +589,8 @@ fn a_unit_failing_before_the_swap_is_judged_against_that_state() {
         .with_dies_after_start("kubelet.service");
     node.install(&sd).unwrap();
     assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
-    assert_eq!(
-        sd.call_lines(),
-        vec![
-            "stop kubelet.service",
-            "stop docker.service",
-            "start docker.service",
-            "start kubelet.service"
-        ]
-    );
-    let last = journal::Journal::load_last(&node.root).unwrap().unwrap();
-    assert_eq!(
-        last.failing.get("kubelet.service").map(String::as_str),
-        Some("activating/auto-restart"),
-        "{last:?}"
-    );
+    assert_eq!(sd.call_lines(), SWAP_CALLS);
+    assert_kubelet_journalled_failing(&node);
 
     // worse than before: the start leaves it failed (systemd gave up): rolled back
     let node = TestNode::new();
@@ -652,12 +641,7 @@ fn a_unit_caught_active_between_two_crashes_counts_as_failing() {
         t0.elapsed()
     );
     assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
-    let last = journal::Journal::load_last(&node.root).unwrap().unwrap();
-    assert_eq!(
-        last.failing.get("kubelet.service").map(String::as_str),
-        Some("activating/auto-restart"),
-        "{last:?}"
-    );
+    assert_kubelet_journalled_failing(&node);
     // up for long: no wait, and a failure after the start is a failure
     let node = TestNode::new();
     let sd = FakeSystemd::with_active(&UNITS).with_dies_after_start("kubelet.service");
