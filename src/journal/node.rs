@@ -63,7 +63,7 @@ pub struct Settled {
 impl std::fmt::Display for Settled {
     /// `every started service stayed up for 6 s (6003 ms)`, or with failing units
     /// `'docker.service' stayed up for 6 s, and 'kubelet.service', failing before the swap,
-    /// is no worse (6003 ms)`.
+    /// no worse (6003 ms)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let quoted = |units: &[String]| {
             units
