@@ -1,14 +1,23 @@
 //! One run at a time: an exclusive `flock` on `R/var/lib/k8s-nokmem/lock`, held for the
 //! whole run and released by the kernel when the process ends (also on kill -9). The holder
 //! writes its pid into the file so that a second run can name it.
+//!
+//! And not while apt or dpkg runs ([`DpkgLock`]): a hand-run install or remove changes what
+//! dpkg manages (diversions, files of other packages), so it takes dpkg's frontend lock
+//! (`R/var/lib/dpkg/lock-frontend`) the way dpkg and apt take it (an `fcntl` write lock on
+//! the whole file, without waiting) and holds it for the run, and refuses while dpkg's
+//! database lock (`lock`, all that apt < 1.7 and dpkg < 1.19.1 take) is held by another
+//! process. From dpkg's maintainer scripts dpkg holds both: the caller skips this.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg};
+use nix::libc;
 use rustix::fs::{Mode, OFlags};
 
 use crate::paths::{FileError, WrapIo};
@@ -28,6 +37,8 @@ pub enum LockError {
     },
     #[error("another k8s-nokmem run holds the lock '{}' ({})", path.display(), holder(*pid))]
     Busy { path: PathBuf, pid: Option<u32> },
+    #[error("dpkg's lock '{}' is held by another process ({}): apt or dpkg is running", path.display(), holder(*pid))]
+    DpkgBusy { path: PathBuf, pid: Option<u32> },
 }
 
 fn holder(pid: Option<u32>) -> String {
@@ -99,6 +110,91 @@ fn open_lock_file(path: &Path) -> Result<File, FileError> {
         .with_path("use lock file", path);
     }
     Ok(file)
+}
+
+/// dpkg's admin directory, where its locks are.
+pub const DPKG_ADMIN_DIR: &str = "/var/lib/dpkg";
+/// The lock frontends (apt >= 1.7, dpkg >= 1.19.1) hold for their whole run.
+pub const DPKG_FRONTEND_LOCK: &str = "lock-frontend";
+/// dpkg's database lock.
+pub const DPKG_DB_LOCK: &str = "lock";
+
+/// dpkg's frontend lock, held (see the module docs); dropping it releases it.
+#[derive(Debug)]
+pub struct DpkgLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DpkgLock {
+    /// Take the frontend lock in `admin_dir` (creating the file as dpkg does), then check
+    /// that nobody else holds the database lock; without waiting.
+    pub fn acquire(admin_dir: &Path) -> Result<DpkgLock, LockError> {
+        let path = admin_dir.join(DPKG_FRONTEND_LOCK);
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let file = rustix::fs::open(&path, flags, Mode::from_raw_mode(0o640))
+            .map(File::from)
+            .map_err(io::Error::from)
+            .with_path("open dpkg's frontend lock", &path)?;
+        let meta = file
+            .metadata()
+            .with_path("inspect dpkg's frontend lock", &path)?;
+        if !meta.is_file() {
+            return Err(io::Error::other("not a plain file"))
+                .with_path("use dpkg's frontend lock", &path)?;
+        }
+        match fcntl(
+            file.as_raw_fd(),
+            FcntlArg::F_SETLK(&whole_file(libc::F_WRLCK)),
+        ) {
+            Ok(_) => {}
+            Err(Errno::EAGAIN | Errno::EACCES) => {
+                return Err(LockError::DpkgBusy {
+                    pid: fcntl_holder(&file),
+                    path,
+                })
+            }
+            Err(source) => return Err(LockError::Flock { path, source }),
+        }
+        let db = admin_dir.join(DPKG_DB_LOCK);
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if let Ok(db_file) = rustix::fs::open(&db, flags, Mode::empty()).map(File::from) {
+            let mut probe = whole_file(libc::F_WRLCK);
+            match fcntl(db_file.as_raw_fd(), FcntlArg::F_GETLK(&mut probe)) {
+                Ok(_) if i32::from(probe.l_type) == libc::F_UNLCK => {}
+                Ok(_) => {
+                    return Err(LockError::DpkgBusy {
+                        pid: u32::try_from(probe.l_pid).ok().filter(|p| *p > 0),
+                        path: db,
+                    })
+                }
+                Err(source) => return Err(LockError::Flock { path: db, source }),
+            }
+        }
+        Ok(DpkgLock { _file: file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A write or read lock (`l_type`) on the whole file, as dpkg takes it.
+fn whole_file(l_type: libc::c_int) -> libc::flock {
+    // SAFETY: flock is a plain C struct; all-zero is a valid value (F_RDLCK is 0, SEEK_SET 0)
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = l_type as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl
+}
+
+/// The pid of the process holding a lock that conflicts with a write lock on `file`.
+fn fcntl_holder(file: &File) -> Option<u32> {
+    let mut probe = whole_file(libc::F_WRLCK);
+    fcntl(file.as_raw_fd(), FcntlArg::F_GETLK(&mut probe)).ok()?;
+    (i32::from(probe.l_type) != libc::F_UNLCK)
+        .then(|| u32::try_from(probe.l_pid).ok().filter(|p| *p > 0))
+        .flatten()
 }
 
 /// Whether someone holds the lock at `path` (for `status`), and their pid.

@@ -480,6 +480,20 @@ fn sighup_while_docker_stops_does_not_cut_the_install_short() {
     assert_eq!(main_cmdline(&tb, "kubelet.service"), "sleep 2000001");
 }
 
+/// Run `k8s-nokmem <command>` with an abort failpoint armed (`place:abort`): it must die
+/// there. Its log.
+fn killed_at(tb: &nspawn::Testbed, command: &str, failpoint: &str) -> String {
+    let out = tb.run_env(
+        &[HELPER, command],
+        &[("K8S_NOKMEM_FAILPOINT", failpoint)],
+        std::time::Duration::from_secs(120),
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("failpoint: aborting"), "{log}");
+    log
+}
+
 /// Issue 10 item 5: an install that dies between its diversions and its payload (abort, as
 /// SIGKILL or the OOM killer would) leaves no /usr/bin/kubelet; at the next boot
 /// k8s-nokmem-recover.service puts the originals back before docker and kubelet start,
@@ -505,14 +519,7 @@ fn an_install_killed_mid_way_is_resolved_at_boot_before_the_services() {
         &format!("/etc/systemd/system/sysinit.target.wants/{unit}"),
         &format!("/lib/systemd/system/{unit}"),
     );
-    let out = tb.run_env(
-        &[HELPER, "install"],
-        &[("K8S_NOKMEM_FAILPOINT", "place:abort")],
-        std::time::Duration::from_secs(120),
-    );
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{log}");
-    assert!(log.contains("failpoint: aborting"), "{log}");
+    let log = killed_at(&tb, "install", "place:abort");
     assert!(
         !tb.path("/usr/bin/kubelet").exists(),
         "the kill was meant to leave no /usr/bin/kubelet:\n{log}"
@@ -987,4 +994,199 @@ fn apply_reboot_swaps_with_no_service_restarted_and_flags_reboot_required() {
     helper_ok(&tb, &["install"]);
     assert_eq!(tb.sh_ok("cat /run/reboot-required.pkgs"), "k8s-nokmem\n");
     assert_eq!(services(&tb), booted);
+}
+
+/// Issue 15 item 4: a remove killed once it stopped the services (`unplace:abort`); docker
+/// is started again meanwhile and now hangs in its stop (`ExecStop` longer than
+/// `[services] timeout`). `recover` fails on that stop and keeps the journal, but starts
+/// every service the remove stopped; once docker stops normally, `recover` finishes the
+/// remove.
+#[test]
+fn a_recovery_whose_stop_times_out_still_starts_what_the_remove_stopped() {
+    let Some(tb) = testbed(
+        "a_recovery_whose_stop_times_out_still_starts_what_the_remove_stopped",
+        PAYLOAD_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    helper_ok(&tb, &["install"]);
+    killed_at(&tb, "remove", "unplace:abort");
+    for unit in UNITS {
+        assert_ne!(
+            tb.unit_prop(unit, "ActiveState"),
+            "active",
+            "{unit} after the killed remove"
+        );
+    }
+    // docker comes back (socket activation, an operator) and its stop now takes 8 s,
+    // against a 6 s timeout
+    tb.write(
+        "/etc/systemd/system/docker.service.d/hang.conf",
+        "[Service]\nExecStop=/bin/sleep 8\nTimeoutStopSec=60\n",
+        0o644,
+    );
+    tb.sh_ok("systemctl daemon-reload && systemctl start docker.service");
+    tb.write(
+        "/etc/k8s-nokmem/k8s-nokmem.conf",
+        CONFIG.replace("timeout = 30s", "timeout = 6s"),
+        0o644,
+    );
+    let (out, log) = helper(&tb, &["recover"]);
+    assert_eq!(out.status.code(), Some(2), "recover:\n{log}");
+    for want in [
+        "recover [3/10] stop 'docker.service': FAILED",
+        "recover [8/10] start 'docker.service': ok",
+        "recover [9/10] start 'kubelet.service': ok",
+        "step 3/10 'stop docker.service' failed; the services it stopped were started again ('docker.service', 'kubelet.service')",
+        "did not finish within 6s",
+    ] {
+        assert!(log.contains(want), "the log lacks \"{want}\":\n{log}");
+    }
+    for unit in UNITS {
+        assert_eq!(
+            tb.unit_prop(unit, "ActiveState"),
+            "active",
+            "{unit} after the failed recovery\n{log}\n{}",
+            tb.journal(unit)
+        );
+    }
+    assert!(tb.path("/var/lib/k8s-nokmem/journal.json").exists());
+    // docker stops in time again: the next recover finishes the remove
+    tb.sh_ok("rm -r /etc/systemd/system/docker.service.d && systemctl daemon-reload");
+    let log = helper_ok(&tb, &["recover"]);
+    assert!(
+        log.contains("interrupted remove transaction resolved"),
+        "{log}"
+    );
+    assert!(!tb.path("/var/lib/k8s-nokmem/journal.json").exists());
+    assert_originals(&tb, &orig_runc, "after the recovered remove");
+}
+
+/// A kubelet that cannot run yet (kubeadm's node before `kubeadm join`: no config), under
+/// the stand-in unit's `Restart=always` / `RestartSec=10`: it crash-loops.
+const UNJOINED_KUBELET: &[u8] =
+    b"#!/bin/sh\necho 'kubelet: failed to load kubelet config file /var/lib/kubelet/config.yaml' >&2\nexit 1\n";
+/// The payload kubelet on that node: it cannot run either, until the join.
+const UNJOINED_PAYLOAD: &[u8] =
+    b"#!/bin/sh\necho 'payload kubelet: failed to load kubelet config file' >&2\nexit 1\n";
+
+/// Wait until `unit` is `activating/auto-restart` (restarting after a failure), at most
+/// `secs`.
+fn wait_for_restarting(tb: &nspawn::Testbed, unit: &str, secs: u64) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let p = tb.unit_props(unit, &["ActiveState", "SubState"]);
+        if p["ActiveState"] == "activating" && p["SubState"] == "auto-restart" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unit} never went back to its crash loop: {p:?}\n{}",
+            tb.journal(unit)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A crash-looping kubelet as it is for a moment after each restart: up for 2 s, then it
+/// fails (restarted 1 s later, by a drop-in).
+const UNJOINED_SLOW_KUBELET: &[u8] =
+    b"#!/bin/sh\necho 'kubelet: starting; no config yet' >&2\nsleep 2\nexit 1\n";
+const UNJOINED_SLOW_PAYLOAD: &[u8] =
+    b"#!/bin/sh\necho 'payload kubelet: failed to load kubelet config file' >&2\nsleep 2\nexit 1\n";
+
+/// Issue 15 item 10: on a node whose kubelet crash-loops before install (kubeadm before
+/// `kubeadm join`), install succeeds: the payload is in place and diverted, kubelet is back
+/// in its crash loop (running the payload), docker is up, and the log says kubelet was
+/// failing before and is no worse. Remove restores the originals the same way.
+#[test]
+fn a_kubelet_crash_looping_before_install_does_not_block_it() {
+    crash_looping_kubelet_case(
+        "a_kubelet_crash_looping_before_install_does_not_block_it",
+        UNJOINED_KUBELET,
+        UNJOINED_PAYLOAD,
+        None,
+    );
+}
+
+/// Issue 15 item 10: the same, with install run in the moment the crash-looping kubelet is
+/// `active` after a restart: it is watched until it has been up for 5 s, falls back into
+/// its loop meanwhile, and counts as failing.
+#[test]
+fn a_kubelet_caught_up_between_two_crashes_does_not_block_install() {
+    crash_looping_kubelet_case(
+        "a_kubelet_caught_up_between_two_crashes_does_not_block_install",
+        UNJOINED_SLOW_KUBELET,
+        UNJOINED_SLOW_PAYLOAD,
+        Some("RestartSec=1"),
+    );
+}
+
+fn crash_looping_kubelet_case(test: &str, kubelet: &[u8], payload: &[u8], restart: Option<&str>) {
+    let Some(root) = nspawn::root_or_skip(test) else {
+        return;
+    };
+    let mut tb = nspawn::Testbed::new(&root);
+    nspawn::write_stand_in_services(&tb);
+    tb.write("/usr/bin/kubelet", kubelet, 0o755);
+    if let Some(restart) = restart {
+        tb.write(
+            "/etc/systemd/system/kubelet.service.d/restart.conf",
+            format!("[Service]\n{restart}\n"),
+            0o644,
+        );
+    }
+    write_payload(&tb, PAYLOAD_RUNC, payload);
+    tb.write("/etc/k8s-nokmem/k8s-nokmem.conf", CONFIG, 0o644);
+    tb.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    tb.boot();
+    wait_for_restarting(&tb, "kubelet.service", 30);
+    if restart.is_some() {
+        // right after a restart: active, and about to fail again
+        wait_for_state(&tb, "kubelet.service", "active", 30);
+    }
+    assert_eq!(tb.unit_prop("docker.service", "ActiveState"), "active");
+    let orig_runc = tb.read("/usr/sbin/runc");
+
+    let (out, log) = helper(&tb, &["install"]);
+    assert_eq!(out.status.code(), Some(0), "install:\n{log}");
+    let mut wants = vec![
+        "'kubelet.service' is failing before the swap (",
+        "stop 'kubelet.service': ok",
+        "start 'kubelet.service': ok",
+        "6 s after its start: no worse than before",
+        "'docker.service' stayed up for 6 s, and 'kubelet.service', failing before the swap, no worse",
+    ];
+    if restart.is_some() {
+        wants.push("'kubelet.service' became active ");
+    } else {
+        wants.push("'kubelet.service' was activating/auto-restart before the swap and is activating/auto-restart 6 s after its start");
+    }
+    for want in wants {
+        assert!(log.contains(want), "install log lacks \"{want}\":\n{log}");
+    }
+    assert_content(&tb, "/usr/bin/kubelet", payload, "after install");
+    assert_content(&tb, "/usr/sbin/runc", PAYLOAD_RUNC, "after install");
+    assert_content(&tb, "/usr/bin/kubelet.distrib", kubelet, "after install");
+    assert_eq!(diversions(&tb), vec![KUBELET_LINE, RUNC_LINE]);
+    assert!(tb.path("/var/lib/k8s-nokmem/state.json").exists());
+    assert!(!tb.path("/var/lib/k8s-nokmem/journal.json").exists());
+    assert_eq!(tb.unit_prop("docker.service", "ActiveState"), "active");
+    // back in its crash loop, now on the payload: not worse
+    wait_for_restarting(&tb, "kubelet.service", 30);
+    let journal = tb.journal("kubelet.service");
+    assert!(
+        journal.contains("payload kubelet: failed to load kubelet config file"),
+        "kubelet did not run the payload:\n{journal}"
+    );
+
+    let (out, log) = helper(&tb, &["remove"]);
+    assert_eq!(out.status.code(), Some(0), "remove:\n{log}");
+    assert!(log.contains("no worse than before"), "{log}");
+    assert_content(&tb, "/usr/bin/kubelet", kubelet, "after remove");
+    assert_content(&tb, "/usr/sbin/runc", &orig_runc, "after remove");
+    assert!(diversions(&tb).is_empty(), "{:?}", diversions(&tb));
+    assert_eq!(tb.unit_prop("docker.service", "ActiveState"), "active");
+    wait_for_restarting(&tb, "kubelet.service", 30);
 }

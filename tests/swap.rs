@@ -376,6 +376,136 @@ fn a_second_run_fails_naming_the_lock_and_its_holder() {
     n.ok(&["install"]);
 }
 
+/// Issue 15 item 12: `--root DIR` without a dpkg database is refused, and nothing is created
+/// under DIR.
+#[test]
+fn a_root_without_a_dpkg_database_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
+    std::fs::write(dir.path().join("usr/bin/kubelet"), node::ORIG_KUBELET).unwrap();
+    let before = node::NodeRoot::listing(dir.path());
+    for command in ["install", "remove", "recover"] {
+        let out = common::run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_k8s-nokmem"))
+                .args([command, "--root"])
+                .arg(dir.path())
+                .env_remove("DPKG_ROOT")
+                .env_remove("K8S_NOKMEM_FAILPOINT"),
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+        assert!(
+            err.contains(&format!(
+                "is not the root of a Debian system: it has no dpkg database ('{}/var/lib/dpkg' is not a directory)",
+                dir.path().display()
+            )) && err.contains("note: give --root"),
+            "{command}: {err}"
+        );
+        assert_eq!(
+            node::NodeRoot::listing(dir.path()),
+            before,
+            "{command} created something"
+        );
+    }
+}
+
+/// A process that holds an `fcntl` write lock on `path` (as dpkg and apt take theirs) until
+/// it is killed; its pid.
+struct FcntlHolder(std::process::Child);
+
+impl FcntlHolder {
+    fn hold(path: &std::path::Path) -> FcntlHolder {
+        use std::io::BufRead;
+        let script = "import fcntl, os, sys\n\
+                      fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o640)\n\
+                      fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+                      print('locked', flush=True)\n\
+                      sys.stdin.read()\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("failed to start python3 ({e}): run `apt-get install python3`")
+            });
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "locked",
+            "python3 could not lock {}",
+            path.display()
+        );
+        FcntlHolder(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for FcntlHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 15 item 12: while another process holds dpkg's frontend lock (or its database
+/// lock) a hand-run install or remove refuses, naming the lock and its holder, and changes
+/// nothing; run from a maintainer script (dpkg sets DPKG_MAINTSCRIPT_*, and is the one
+/// holding the lock) it proceeds.
+#[test]
+fn a_hand_run_waits_for_dpkg_but_a_maintainer_script_run_proceeds() {
+    for lock in ["lock-frontend", "lock"] {
+        let n = NodeRoot::new();
+        let holder = FcntlHolder::hold(&n.abs(&format!("var/lib/dpkg/{lock}")));
+        let before = n.snapshot();
+        for command in ["install", "remove"] {
+            let out = n.run(&[command]);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{command} ({lock}): {err}");
+            assert!(
+                err.contains(&format!(
+                    "dpkg's lock '{}/var/lib/dpkg/{lock}' is held by another process (pid {}): apt or dpkg is running",
+                    n.path.display(),
+                    holder.pid()
+                )) && err.contains(&format!("{command} refused: nothing was changed"))
+                    && err.contains("note: wait for apt or dpkg to finish"),
+                "{command} ({lock}): {err}"
+            );
+        }
+        assert_same(&before, &n.snapshot(), "refused while dpkg runs");
+        assert!(!n.exists("var/lib/k8s-nokmem/state.json"));
+
+        // from dpkg's postinst and prerm: dpkg holds the lock, the helper proceeds
+        for (command, script) in [("install", "postinst"), ("remove", "prerm")] {
+            let out = common::run(
+                n.helper(&[command])
+                    .env("DPKG_MAINTSCRIPT_PACKAGE", "k8s-nokmem")
+                    .env("DPKG_MAINTSCRIPT_NAME", script),
+            );
+            assert!(
+                out.status.success(),
+                "{command} from {script} ({lock}): {}",
+                stderr(&out)
+            );
+        }
+        assert_same(
+            &before,
+            &n.snapshot(),
+            "install then remove from the scripts",
+        );
+        drop(holder);
+        n.ok(&["install"]);
+        assert_installed(&n);
+    }
+}
+
 #[test]
 fn an_upgrade_replaces_only_the_changed_binary() {
     let n = NodeRoot::new();
@@ -553,6 +683,51 @@ fn an_older_helpers_interrupted_upgrade_no_longer_blocks_install_or_remove() {
             }
             assert!(!n.exists("var/lib/k8s-nokmem/journal.json"));
         }
+    }
+}
+
+/// Issue 15 item 12: a journal whose `begun` is past its last step (or `done` past `begun`)
+/// is an error naming the file and the fix, for every command that reads it; no panic, and
+/// nothing changes.
+#[test]
+fn a_journal_with_impossible_counters_is_a_clear_error_not_a_panic() {
+    for (begun, done, want) in [
+        (9, 6, "9 steps begun, but it has 7 steps"),
+        (3, 5, "5 steps done, but only 3 begun"),
+    ] {
+        let (n, _, _) = node_before_upgrade();
+        legacy_upgrade_journal(&n, 2);
+        let path = n.abs("var/lib/k8s-nokmem/journal.json");
+        let mut journal: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        journal["begun"] = begun.into();
+        journal["done"] = done.into();
+        n.write(
+            "var/lib/k8s-nokmem/journal.json",
+            serde_json::to_string_pretty(&journal).unwrap().as_bytes(),
+            0o644,
+        );
+        let before = n.snapshot();
+        for command in ["install", "remove", "recover"] {
+            let out = n.run(&[command]);
+            let err = stderr(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} ({begun}/{done}): {err}"
+            );
+            assert!(
+                !err.contains("panicked") && out.status.signal().is_none(),
+                "{command} ({begun}/{done}) panicked: {err}"
+            );
+            assert!(
+                err.contains("var/lib/k8s-nokmem/journal.json' is inconsistent: ")
+                    && err.contains(want)
+                    && err.contains("away after checking the node with `k8s-nokmem status`"),
+                "{command} ({begun}/{done}): {err}"
+            );
+        }
+        assert_same(&before, &n.snapshot(), "inconsistent journal");
     }
 }
 

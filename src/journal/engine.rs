@@ -25,6 +25,7 @@ pub fn run(
     let n = steps.len();
     let fail_at = failpoint.and_then(|f| f.index_in(&steps).map(|i| (i, f.mode)));
     let mut journal = Journal::new(command, steps);
+    journal.failing = node.failing();
     // list the diversions now, before any service stops (see Node::diversions)
     node.diversions()
         .context("failed to list diversions; nothing was changed")?;
@@ -64,13 +65,11 @@ pub fn run(
             && !matches!(journal.steps.get(i + 1), Some(Step::Start { .. }));
         let result = match result {
             Ok(did) if last_start => match node.settle_started() {
-                Ok(Some(took)) => {
+                Ok(Some(settled)) => {
                     info!(
-                        "{command} [{}/{n}] {}: {did} ({ms} ms); every started service stayed up for {} s ({} ms)",
+                        "{command} [{}/{n}] {}: {did} ({ms} ms); {settled}",
                         i + 1,
                         step.label(),
-                        node.settle.as_secs_f32(),
-                        took.as_millis()
                     );
                     continue;
                 }
@@ -286,18 +285,17 @@ pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
         "found the journal of an interrupted {} transaction (pid {}, {} of {n} steps begun, {}) at {shown}",
         journal.command, journal.pid, journal.begun, journal.phase
     );
+    node.set_failing(journal.failing.clone());
     let result = if journal.command == Transaction::Remove {
         info!("finishing the interrupted remove: the originals come back");
-        journal.phase = Phase::Recovering;
-        journal.save(&node.root)?;
+        mark_recovering(node, &mut journal);
         finish_forward(node, &journal)
     } else {
         info!(
             "undoing the interrupted {}: the node goes back to what it ran before",
             journal.command
         );
-        journal.phase = Phase::Recovering;
-        journal.save(&node.root)?;
+        mark_recovering(node, &mut journal);
         rollback(node, &journal).map(|undone| {
             for e in undone.services_failed {
                 warn!("{e}");
@@ -323,7 +321,19 @@ pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
     }
 }
 
-/// Apply every step of a remove journal again, in order.
+/// Journal that recovery began. A journal that cannot be written does not stop it: the
+/// services the interrupted run stopped must come back either way, and the journal as it is
+/// still says what to resolve.
+fn mark_recovering(node: &Node<'_>, journal: &mut Journal) {
+    journal.phase = Phase::Recovering;
+    if let Err(e) = journal.save(&node.root) {
+        warn!("failed to mark the journal as being recovered ({e:#}); recovering anyway");
+    }
+}
+
+/// Apply every step of a remove journal again, in order. When a step fails the file work
+/// stops there, but every later start step is still taken: a unit the interrupted run (or
+/// this one) stopped never stays down because a later step failed.
 fn finish_forward(node: &Node<'_>, journal: &Journal) -> anyhow::Result<()> {
     let n = journal.steps.len();
     for (j, step) in journal.steps.iter().enumerate() {
@@ -334,9 +344,51 @@ fn finish_forward(node: &Node<'_>, journal: &Journal) -> anyhow::Result<()> {
             Ok(did) => info!("recover [{}/{n}] {}: {did} ({ms} ms)", j + 1, step.label()),
             Err(e) => {
                 error!("recover [{}/{n}] {}: FAILED ({ms} ms)", j + 1, step.label());
-                return Err(e.context(format!("step {}/{n} '{}'", j + 1, step.plain())));
+                let head = format!("step {}/{n} '{}' failed", j + 1, step.plain());
+                let starts = start_again(node, &journal.steps, j + 1);
+                return Err(e.context(format!("{head}{starts}")));
             }
         }
     }
     Ok(())
+}
+
+/// After a failure: take every start step of `steps[from..]` anyway (logged as `recover`
+/// steps); what became of them, for the error (empty when there were none).
+fn start_again(node: &Node<'_>, steps: &[Step], from: usize) -> String {
+    let n = steps.len();
+    let (mut started, mut failed) = (Vec::new(), Vec::new());
+    for (j, step) in steps.iter().enumerate().skip(from) {
+        let Step::Start { unit } = step else {
+            continue;
+        };
+        let t0 = Instant::now();
+        let result = node.apply(step);
+        let ms = t0.elapsed().as_millis();
+        match result {
+            Ok(did) => {
+                info!("recover [{}/{n}] {}: {did} ({ms} ms)", j + 1, step.label());
+                started.push(format!("'{unit}'"));
+            }
+            Err(e) => {
+                error!(
+                    "recover [{}/{n}] {}: FAILED ({ms} ms): {e:#}",
+                    j + 1,
+                    step.label()
+                );
+                failed.push(format!("{e:#}"));
+            }
+        }
+    }
+    match (started.is_empty(), failed.is_empty()) {
+        (true, true) => String::new(),
+        (false, true) => format!(
+            "; the services it stopped were started again ({})",
+            started.join(", ")
+        ),
+        (_, false) => format!(
+            "; and the services it stopped did not all start again: {}",
+            failed.join("; ")
+        ),
+    }
 }

@@ -1,10 +1,11 @@
 //! The journal file: `journal.json` while a transaction runs (written atomically before
 //! each step), `last-transaction.json` once it is finished.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 
 use super::Step;
 use crate::notes::with_note;
@@ -81,6 +82,12 @@ pub struct Journal {
     /// The failure, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Units that were failing before the transaction (`kubelet.service` ->
+    /// `activating/auto-restart`): their starts are judged against that state ([`Node`]).
+    ///
+    /// [`Node`]: super::Node
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failing: BTreeMap<String, String>,
 }
 
 impl Journal {
@@ -95,6 +102,7 @@ impl Journal {
             done: 0,
             phase: Phase::Forward,
             error: None,
+            failing: BTreeMap::new(),
         }
     }
 
@@ -122,18 +130,44 @@ impl Journal {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let journal = serde_json::from_str(&text)
+        let move_away = || {
+            format!(
+                "move '{}' away after checking the node with `k8s-nokmem status`",
+                path.display()
+            )
+        };
+        let journal: Journal = serde_json::from_str(&text)
             .with_context(|| format!("failed to parse journal '{}'", path.display()))
-            .map_err(|e| {
-                with_note(
-                    e,
-                    format!(
-                        "move '{}' away after checking the node with `k8s-nokmem status`",
-                        path.display()
-                    ),
-                )
-            })?;
+            .map_err(|e| with_note(e, move_away()))?;
+        if let Some(why) = journal.inconsistency() {
+            return Err(with_note(
+                anyhow!("journal '{}' is inconsistent: {why}", path.display()),
+                move_away(),
+            ));
+        }
         Ok(Some(journal))
+    }
+
+    /// What makes the counters impossible (pure): a journal no run of ours writes, which
+    /// neither recovery nor `status` can act on.
+    pub fn inconsistency(&self) -> Option<String> {
+        let n = self.steps.len();
+        if self.version != 1 {
+            return Some(format!(
+                "version {} (this helper reads version 1)",
+                self.version
+            ));
+        }
+        if self.begun > n {
+            return Some(format!("{} steps begun, but it has {n} steps", self.begun));
+        }
+        if self.done > self.begun {
+            return Some(format!(
+                "{} steps done, but only {} begun",
+                self.done, self.begun
+            ));
+        }
+        None
     }
 
     /// Write the journal atomically (temp file, fsync, rename, fsync directory).

@@ -21,7 +21,13 @@
 //!   could need a payload that changed since (an interrupted upgrade);
 //! - a `remove` journal is finished: its steps are applied again from the start. They are
 //!   idempotent and need only the originals, not the payload (which `apt remove` may have
-//!   deleted meanwhile).
+//!   deleted meanwhile). When one fails, the file work stops there but every later start
+//!   step is still taken, so no unit the remove stopped stays down; the journal stays.
+//!
+//! Units that were failing before the transaction (restarting after a failure: kubelet
+//! before `kubeadm join`) are journalled (`failing`): their starts, in the run and in any
+//! later resolution, are judged against that state (restarting or up again is fine) rather
+//! than by the settle window.
 //!
 //! Either way every target the transaction touched is then consistent (its original in
 //! place and no diversion, or for an upgrade its previous payload; its services started)
@@ -51,7 +57,7 @@ mod step;
 pub use engine::{recover, run};
 pub use failpoint::{FailAt, FailMode, Failpoint, FAILPOINT_ENV};
 pub use file::{now, Journal, Phase, Transaction, JOURNAL_FILE, LAST_FILE};
-pub use node::{Did, Node, Services};
+pub use node::{Did, Node, Services, Settled};
 pub use step::{foreign_aside, Step};
 
 #[cfg(test)]

@@ -3,18 +3,19 @@
 //! operations are in [`files`].
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use log::info;
+use anyhow::{anyhow, Context};
+use log::{info, warn};
 
 use super::Step;
 use crate::divert::{Added, Diversion, DivertCache};
 use crate::notes::with_note;
 use crate::paths::{self, Root};
 use crate::policy::SkipReason;
-use crate::systemd::{ServiceAction, ServiceManager, Started};
+use crate::systemd::{ServiceAction, ServiceManager, Started, SystemdError};
 
 mod files;
 
@@ -47,6 +48,49 @@ impl std::fmt::Display for Did {
     }
 }
 
+/// What the settle window after a run of starts found ([`Node::settle_started`]).
+#[derive(Debug)]
+pub struct Settled {
+    /// The window (`[services] settle`) and how long watching took.
+    pub window: Duration,
+    pub took: Duration,
+    /// The units that stayed up for it.
+    pub watched: Vec<String>,
+    /// The units failing before the swap, found no worse than then.
+    pub judged: Vec<String>,
+}
+
+impl std::fmt::Display for Settled {
+    /// `every started service stayed up for 6 s (6003 ms)`, or with failing units
+    /// `'docker.service' stayed up for 6 s, and 'kubelet.service', failing before the swap,
+    /// no worse (6003 ms)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted = |units: &[String]| {
+            units
+                .iter()
+                .map(|u| format!("'{u}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let secs = self.window.as_secs_f32();
+        let ms = self.took.as_millis();
+        match (self.watched.is_empty(), self.judged.is_empty()) {
+            (_, true) => write!(f, "every started service stayed up for {secs} s ({ms} ms)"),
+            (true, false) => write!(
+                f,
+                "{}, failing before the swap, no worse after {secs} s ({ms} ms)",
+                quoted(&self.judged)
+            ),
+            (false, false) => write!(
+                f,
+                "{} stayed up for {secs} s, and {}, failing before the swap, no worse ({ms} ms)",
+                quoted(&self.watched),
+                quoted(&self.judged)
+            ),
+        }
+    }
+}
+
 /// The node a transaction acts on: files and diversions under a root, and services.
 pub struct Node<'a> {
     pub root: Root,
@@ -56,6 +100,11 @@ pub struct Node<'a> {
     pub settle: Duration,
     /// The units this run's start steps started, as they were right after their job.
     started: RefCell<Vec<Started>>,
+    /// Units that were failing before the transaction (unit -> `activating/auto-restart`):
+    /// a start of one is judged against that state, not by the settle window.
+    failing: RefCell<BTreeMap<String, String>>,
+    /// The failing units this run started: checked at the end of the settle window.
+    judged: RefCell<Vec<String>>,
     /// Temp files this run staged (a leftover of another run is never renamed into place).
     staged: RefCell<Vec<PathBuf>>,
     /// Our diversions, listed once (see [`DivertCache`]).
@@ -70,6 +119,8 @@ impl<'a> Node<'a> {
             timeout,
             settle: crate::config::DEFAULT_SETTLE,
             started: RefCell::new(Vec::new()),
+            failing: RefCell::new(BTreeMap::new()),
+            judged: RefCell::new(Vec::new()),
             staged: RefCell::new(Vec::new()),
             diversions: DivertCache::new(root),
         }
@@ -79,6 +130,22 @@ impl<'a> Node<'a> {
     pub fn with_settle(mut self, settle: Duration) -> Node<'a> {
         self.settle = settle;
         self
+    }
+
+    /// The units that were failing before the transaction (see [`Node::failing`]).
+    pub fn with_failing(self, failing: BTreeMap<String, String>) -> Node<'a> {
+        self.set_failing(failing);
+        self
+    }
+
+    /// Units failing before the transaction, unit -> the state it was in; journalled, so
+    /// that a later run resolving it judges their starts the same way.
+    pub fn failing(&self) -> BTreeMap<String, String> {
+        self.failing.borrow().clone()
+    }
+
+    pub fn set_failing(&self, failing: BTreeMap<String, String>) {
+        *self.failing.borrow_mut() = failing;
     }
 
     /// Remember a unit a start step started, as it is now, for [`Node::settle_started`].
@@ -105,23 +172,64 @@ impl<'a> Node<'a> {
     }
 
     /// Wait until every unit started since the last call has stayed up for the settle
-    /// window, all watched together; `None` when none was started.
-    pub fn settle_started(&self) -> anyhow::Result<Option<Duration>> {
+    /// window, all watched together; `None` when none was started. A unit that was failing
+    /// before is not watched: at the end of the window it must be no worse than it was
+    /// (up, or starting or restarting again), see [`Node::judge_failing`].
+    pub fn settle_started(&self) -> anyhow::Result<Option<Settled>> {
         let started = std::mem::take(&mut *self.started.borrow_mut());
+        let judged = std::mem::take(&mut *self.judged.borrow_mut());
         let Services::Act { manager, .. } = &self.services else {
             return Ok(None);
         };
-        if started.is_empty() {
+        let t0 = Instant::now();
+        if !started.is_empty() {
+            manager.settle(&started, self.settle).map_err(|e| {
+                with_note(
+                    anyhow::Error::from(e),
+                    "a service that exits or restarts right after it started runs a binary that does not work on this node (a flag, the cgroup driver, a library); its journal says why",
+                )
+            })?;
+        } else if !judged.is_empty() {
+            std::thread::sleep(self.settle);
+        }
+        if started.is_empty() && judged.is_empty() {
             return Ok(None);
         }
-        let t0 = Instant::now();
-        manager.settle(&started, self.settle).map_err(|e| {
-            with_note(
-                anyhow::Error::from(e),
-                "a service that exits or restarts right after it started runs a binary that does not work on this node (a flag, the cgroup driver, a library); its journal says why",
-            )
-        })?;
-        Ok(Some(t0.elapsed()))
+        self.judge_failing(*manager, &judged)?;
+        Ok(Some(Settled {
+            window: self.settle,
+            took: t0.elapsed(),
+            watched: started.into_iter().map(|s| s.state.unit).collect(),
+            judged,
+        }))
+    }
+
+    /// Each unit that was failing before the transaction and was started again must be no
+    /// worse than it was: up, or (re)starting as before; `failed` or stopped is worse.
+    fn judge_failing(&self, manager: &dyn ServiceManager, judged: &[String]) -> anyhow::Result<()> {
+        for unit in judged {
+            let before = self.failing.borrow().get(unit).cloned().unwrap_or_default();
+            let now = manager
+                .state(unit)
+                .with_context(|| format!("failed to read the state of '{unit}' after its start"))?;
+            let state = format!("{}/{}", now.active_state, now.sub_state);
+            if no_worse(&now.active_state) {
+                warn!(
+                    "'{unit}' was {before} before the swap and is {state} {} s after its start: no worse than before (it was failing already, so it was not required to stay up); see `journalctl -u {unit}`",
+                    self.settle.as_secs_f32()
+                );
+                continue;
+            }
+            return Err(with_note(
+                anyhow!(
+                    "'{unit}' was {before} before the swap, but is {state} (Result={}) {} s after its start: systemd no longer restarts it",
+                    now.result,
+                    self.settle.as_secs_f32()
+                ),
+                format!("see `journalctl -u {unit}` for why it fails"),
+            ));
+        }
+        Ok(())
     }
 
     /// The diversions on the root ([`DivertCache`]: listed once, then kept up to date).
@@ -146,6 +254,17 @@ impl<'a> Node<'a> {
         } else {
             manager.start(unit, self.timeout)
         };
+        let failing = self.failing.borrow().get(unit).cloned();
+        let result = match (result, failing) {
+            (Err(e), Some(before)) if !stop => match back_as_before(&e) {
+                Some(now) => {
+                    info!("note: '{unit}' was {before} before the swap and is {now} again right after its start: as before");
+                    return Ok(Did::OkBecause(format!("{now} again, as before the swap")));
+                }
+                None => Err(e),
+            },
+            (result, _) => result,
+        };
         let action = result.with_context(|| format!("failed to {verb} '{unit}'"))?;
         if let Some(note) = action.note(unit) {
             info!("note: {note}");
@@ -165,7 +284,13 @@ impl<'a> Node<'a> {
             Step::Stop { unit } => self.service(true, unit),
             Step::Start { unit } => {
                 let did = self.service(false, unit)?;
-                self.watch(unit, &did)?;
+                if self.failing.borrow().contains_key(unit) {
+                    if !matches!(did, Did::Skipped(_)) {
+                        self.judged.borrow_mut().push(unit.clone());
+                    }
+                } else {
+                    self.watch(unit, &did)?;
+                }
                 Ok(did)
             }
             Step::Divert {
@@ -310,5 +435,29 @@ impl<'a> Node<'a> {
                 })
             }
         }
+    }
+}
+
+/// Whether a unit in `active_state` is no worse than one that was failing (restarting):
+/// up, or starting or restarting again.
+fn no_worse(active_state: &str) -> bool {
+    matches!(active_state, "active" | "activating" | "reloading")
+}
+
+/// A start that "failed" only because the unit went back to restarting, as it was before:
+/// its state (`activating/auto-restart`), else `None`.
+fn back_as_before(err: &SystemdError) -> Option<String> {
+    match err {
+        SystemdError::NotActive {
+            active_state,
+            sub_state,
+            ..
+        }
+        | SystemdError::JobFailed {
+            active_state,
+            sub_state,
+            ..
+        } if no_worse(active_state) => Some(format!("{active_state}/{sub_state}")),
+        _ => None,
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use log::info;
 
-use super::plan::{install_steps, running, units_for};
+use super::plan::{install_steps, running, units_for, Running};
 use super::preflight::{preflight, Found};
 use super::session::{log_skipped_restarts, preflight_failed, Session};
 use crate::config::{Apply, Config};
@@ -67,9 +67,11 @@ pub fn install(
         Apply::Restart => units_for(config, changed.iter().map(|f| &f.target.restart)),
         Apply::Reboot => Vec::new(),
     };
-    let units = running(manager, units)?;
+    let Running { units, failing } = running(manager, units)?;
     let services = session.services(root, manager, &units)?;
-    let node = Node::new(root, services, config.service_timeout).with_settle(config.service_settle);
+    let node = Node::new(root, services, config.service_timeout)
+        .with_settle(config.service_settle)
+        .with_failing(failing);
     let steps = install_steps(root, &changed, &units, new_state, state)?;
     journal::run(
         &node,

@@ -1,38 +1,71 @@
 //! Planning: which units a swap stops and starts (only running ones, in the configured
 //! order, a socket with its service), and the steps of an install and of a remove.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use log::info;
+use log::{debug, info, warn};
 
 use super::preflight::{previous_of, Found};
 use crate::config::Config;
 use crate::divert::Diversion;
 use crate::journal::{foreign_aside, Step};
 use crate::paths::Root;
-use crate::systemd::ServiceManager;
+use crate::systemd::settle::went_down;
+use crate::systemd::{ServiceManager, UnitState};
 use crate::targets::{Original, State};
 
+/// The units a swap stops and starts, and those of them that were failing before it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Running {
+    pub units: Vec<String>,
+    /// Units crash-looping now (`activating/auto-restart`), unit -> that state: stopped and
+    /// started like the others, then judged against that state, not by the settle window
+    /// (a kubelet before `kubeadm join`).
+    pub failing: BTreeMap<String, String>,
+}
+
 /// Keep the units that run now (try-restart semantics: a stopped or failed unit is not
-/// started by us; it gets the new binary whenever it starts). Without a manager all are
-/// kept, for the log's "skipped" lines.
+/// started by us; it gets the new binary whenever it starts). A unit restarting after a
+/// failure is kept and noted as failing. Without a manager all are kept, for the log's
+/// "skipped" lines.
 pub fn running(
     manager: Option<&dyn ServiceManager>,
     units: Vec<String>,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Running> {
     let Some(manager) = manager else {
-        return Ok(units);
+        return Ok(Running {
+            units,
+            ..Running::default()
+        });
     };
     let mut out = Vec::new();
+    let mut failing = BTreeMap::new();
     for unit in units {
         let state = manager.state(&unit).with_context(|| {
             format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
         })?;
+        let (state, restarted) = unless_just_started(manager, state)?;
+        if let Some(restarted) = restarted {
+            warn!(
+                "'{unit}' is failing before the swap ({restarted}): it is restarted like the others and must come back no worse (restarting or up), not stay up; see `journalctl -u {unit}`"
+            );
+            failing.insert(unit.clone(), "restarting".to_string());
+        }
         match (state.load_state.as_str(), state.active_state.as_str()) {
             ("not-found", _) => info!("'{unit}' does not exist on this node: nothing to restart"),
             ("masked", _) => info!("'{unit}' is masked: left alone"),
-            (_, "active" | "activating" | "reloading") => {
+            (_, active @ ("active" | "activating" | "reloading")) => {
+                if active == "activating" && state.sub_state == "auto-restart" {
+                    let was = format!("{active}/{}", state.sub_state);
+                    warn!(
+                        "'{unit}' is failing before the swap ({was}, Result={}): it is restarted like the others and must come back no worse (restarting or up), not stay up; see `journalctl -u {unit}`",
+                        state.result
+                    );
+                    failing.insert(unit.clone(), was);
+                }
                 // its socket (docker.socket) stops before it and starts after it, so that
                 // socket activation cannot start it mid-swap
                 if let Some(socket) = active_socket(manager, &unit)? {
@@ -43,12 +76,67 @@ pub fn running(
                 }
                 out.push(unit)
             }
+            (_, "failed") => warn!(
+                "'{unit}' is failed (Result={}) before the swap: left alone; it runs the new binary when it starts; see `journalctl -u {unit}`",
+                state.result
+            ),
             (_, other) => {
                 info!("'{unit}' is {other}: not restarted; it runs the new binary when it starts")
             }
         }
     }
-    Ok(out)
+    Ok(Running {
+        units: out,
+        failing,
+    })
+}
+
+/// How long a unit must have been active to count as up before the swap: a crash-looping
+/// unit is `active` for a moment after each restart (kubelet before `kubeadm join` fails
+/// within a second of each start).
+pub const JUST_STARTED: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(250);
+
+/// A unit that became active less than [`JUST_STARTED`] ago is watched until it has been
+/// up that long: the state to judge it by, and (when it exited and was restarted
+/// meanwhile, still `active`) why it counts as failing.
+fn unless_just_started(
+    manager: &dyn ServiceManager,
+    state: UnitState,
+) -> anyhow::Result<(UnitState, Option<String>)> {
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let age = Duration::from_micros(
+        u64::try_from(now_us.saturating_sub(u128::from(state.active_enter_usec)))
+            .unwrap_or(u64::MAX),
+    );
+    if state.active_state != "active" || state.active_enter_usec == 0 || age >= JUST_STARTED {
+        return Ok((state, None));
+    }
+    let unit = state.unit.clone();
+    info!(
+        "'{unit}' became active {} ms ago: watching it until it has been up for {} s, in case it is restarting in a loop",
+        age.as_millis(),
+        JUST_STARTED.as_secs()
+    );
+    let until = Instant::now() + (JUST_STARTED - age);
+    loop {
+        std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
+        let now = manager.state(&unit).with_context(|| {
+            format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
+        })?;
+        if let Some(why) = went_down(&state, &now) {
+            debug!("'{unit}' before the swap: {why}");
+            // still active (restarted between two polls): restarting all the same
+            let restarted = (now.active_state == "active").then_some(why);
+            return Ok((now, restarted));
+        }
+        if Instant::now() >= until {
+            return Ok((now, None));
+        }
+    }
 }
 
 /// The units in start order: the stop order reversed, except that a socket starts right

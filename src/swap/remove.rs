@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use log::{info, warn};
 
-use super::plan::{remove_steps, running, units_for, Swapped};
+use super::plan::{remove_steps, running, units_for, Running, Swapped};
 use super::session::{log_skipped_restarts, preflight_failed, Session};
 use crate::config::Config;
 use crate::divert::DpkgDivert;
@@ -89,9 +89,11 @@ pub fn remove(
                 .unwrap_or_default()
         })
         .collect();
-    let units = running(manager, units_for(config, restart.iter()))?;
+    let Running { units, failing } = running(manager, units_for(config, restart.iter()))?;
     let services = session.services(root, manager, &units)?;
-    let node = Node::new(root, services, config.service_timeout).with_settle(config.service_settle);
+    let node = Node::new(root, services, config.service_timeout)
+        .with_settle(config.service_settle)
+        .with_failing(failing);
 
     let steps = remove_steps(&units, &swapped, journal::now());
     journal::run(

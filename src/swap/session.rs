@@ -1,14 +1,16 @@
-//! The session every transaction runs in: the lock (one run at a time), the test
-//! failpoint, the service policy (act on services, or why not), the D-Bus connection to
-//! systemd, and the services a node's steps act on (minus what `policy-rc.d` forbids).
+//! The session every transaction runs in: the root check (a dpkg database), the lock (one
+//! run at a time) and dpkg's frontend lock (not while apt or dpkg runs, unless dpkg runs
+//! us), the test failpoint, the service policy (act on services, or why not), the D-Bus
+//! connection to systemd, and the services a node's steps act on (minus what `policy-rc.d`
+//! forbids).
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use log::{debug, info, warn};
 
 use crate::config::Config;
 use crate::journal::{self, Failpoint, Node, Services};
-use crate::lock::{Lock, LOCK_FILE};
-use crate::notes::WithNote;
+use crate::lock::{DpkgLock, Lock, DPKG_ADMIN_DIR, LOCK_FILE};
+use crate::notes::{with_note, WithNote};
 use crate::paths::{self, Root};
 use crate::policy::{self, ServicePolicy, Verdict};
 use crate::systemd::ServiceManager;
@@ -17,6 +19,8 @@ use crate::systemd::ServiceManager;
 /// lives), the failpoint and the service policy.
 pub struct Session {
     _lock: Lock,
+    /// dpkg's frontend lock, when not run from dpkg's maintainer scripts.
+    _dpkg_lock: Option<DpkgLock>,
     pub failpoint: Option<Failpoint>,
     pub policy: ServicePolicy,
 }
@@ -26,6 +30,17 @@ impl Session {
     /// `command` and says to wait when another run holds it.
     pub fn open(root: &Root, command: &str) -> anyhow::Result<Session> {
         let failpoint = Failpoint::from_env()?;
+        let admin = root.join(DPKG_ADMIN_DIR);
+        if !admin.is_dir() {
+            return Err(with_note(
+                anyhow!(
+                    "{command}: '{}' is not the root of a Debian system: it has no dpkg database ('{}' is not a directory); nothing was changed",
+                    root.path().display(),
+                    admin.display()
+                ),
+                "give --root (or DPKG_ROOT) the root of a Debian or Ubuntu tree (a debootstrap or mounted image), where dpkg keeps var/lib/dpkg",
+            ));
+        }
         let dir = root.join(paths::STATE_DIR);
         paths::create_dir_all(&dir, 0o755)
             .with_context(|| format!("failed to prepare the state directory for {command}"))?;
@@ -33,8 +48,25 @@ impl Session {
             .map_err(anyhow::Error::from)
             .note("wait for the other run to finish (dpkg may be running it); `k8s-nokmem status` shows the node")?;
         debug!("holding lock '{}'", lock.path().display());
+        let dpkg_lock = match from_maintainer_script() {
+            Some((package, script)) => {
+                debug!("run from {package}'s {script}: dpkg holds its own locks");
+                None
+            }
+            None => {
+                let dpkg_lock = DpkgLock::acquire(&admin)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("{command} refused: nothing was changed"))
+                    .note(format!(
+                        "wait for apt or dpkg to finish, then run `k8s-nokmem {command}` again; installing or removing the package runs it anyway"
+                    ))?;
+                debug!("holding dpkg's lock '{}'", dpkg_lock.path().display());
+                Some(dpkg_lock)
+            }
+        };
         Ok(Session {
             _lock: lock,
+            _dpkg_lock: dpkg_lock,
             failpoint,
             policy: ServicePolicy::detect(root),
         })
@@ -113,6 +145,16 @@ impl Session {
         }
         Ok(Services::Act { manager, forbidden })
     }
+}
+
+/// The package and script when dpkg runs us from a maintainer script (it sets both
+/// variables, and holds its locks meanwhile).
+fn from_maintainer_script() -> Option<(String, String)> {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    Some((
+        var("DPKG_MAINTSCRIPT_PACKAGE")?,
+        var("DPKG_MAINTSCRIPT_NAME")?,
+    ))
 }
 
 /// `<command> step 1 'preflight' failed: nothing was changed`, with the cause under it.

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::journal;
 use crate::paths::{self, Root};
 use crate::systemd::fake::{FakeSystemd, Fault, Op};
+use crate::systemd::ServiceManager;
 use crate::targets::State;
 
 const ORIG_KUBELET: &[u8] = b"original kubelet";
@@ -75,21 +76,20 @@ impl TestNode {
 }
 
 const UNITS: [&str; 2] = ["kubelet.service", "docker.service"];
+/// The service calls of a swap of both binaries: stops in order, starts in reverse.
+const SWAP_CALLS: [&str; 4] = [
+    "stop kubelet.service",
+    "stop docker.service",
+    "start docker.service",
+    "start kubelet.service",
+];
 
 #[test]
 fn services_stop_in_order_start_in_reverse_and_a_rerun_restarts_nothing() {
     let node = TestNode::new();
     let sd = FakeSystemd::with_active(&UNITS);
     node.install(&sd).unwrap();
-    assert_eq!(
-        sd.call_lines(),
-        vec![
-            "stop kubelet.service",
-            "stop docker.service",
-            "start docker.service",
-            "start kubelet.service"
-        ]
-    );
+    assert_eq!(sd.call_lines(), SWAP_CALLS);
     assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
     let after = sd.unit_state("kubelet.service");
     sd.clear_calls();
@@ -372,15 +372,7 @@ fn remove_restarts_the_services_on_the_originals() {
     node.install(&sd).unwrap();
     sd.clear_calls();
     node.remove(&sd).unwrap();
-    assert_eq!(
-        sd.call_lines(),
-        vec![
-            "stop kubelet.service",
-            "stop docker.service",
-            "start docker.service",
-            "start kubelet.service"
-        ]
-    );
+    assert_eq!(sd.call_lines(), SWAP_CALLS);
     assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
     sd.clear_calls();
     node.remove(&sd).unwrap();
@@ -540,5 +532,198 @@ fn a_strangers_answer_on_kubelets_healthz_port_does_not_fail_the_install() {
     assert!(
         took >= std::time::Duration::from_secs(2),
         "the settle window was not watched: {took:?}"
+    );
+}
+
+/// The journal a remove killed right after journalling its first unplace leaves
+/// (`K8S_NOKMEM_FAILPOINT=unplace:abort`): both services stopped, no file touched.
+fn interrupted_remove(node: &TestNode, sd: &FakeSystemd) {
+    use super::plan::{remove_steps, Swapped};
+    let state = State::load(&node.root).unwrap();
+    let swapped: Vec<Swapped> = crate::divert::DpkgDivert::new(&node.root)
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.is_ours())
+        .map(|d| {
+            let (name, t) = state
+                .targets
+                .iter()
+                .find(|(_, t)| t.path == d.path)
+                .unwrap();
+            Swapped {
+                name: name.clone(),
+                ours: vec![t.payload_sha256.clone()],
+                original: Some(t.original.clone()),
+                payload: None,
+                diversion: d,
+            }
+        })
+        .collect();
+    let units: Vec<String> = UNITS.iter().map(|u| u.to_string()).collect();
+    let steps = remove_steps(&units, &swapped, journal::now());
+    let at = steps.iter().position(|s| s.name() == "unplace").unwrap();
+    let mut j = journal::Journal::new(journal::Transaction::Remove, steps);
+    j.begun = at + 1;
+    j.done = at;
+    j.save(&node.root).unwrap();
+    for unit in UNITS {
+        sd.stop(unit, std::time::Duration::from_secs(1)).unwrap();
+    }
+}
+
+/// Issue 15 item 4: finishing an interrupted remove (the next install or remove) starts
+/// every service it stopped even when a step fails (here docker, started again meanwhile,
+/// whose stop times out): no unit that ran before stays stopped; the journal is kept, and
+/// once the stop works the remove finishes.
+#[test]
+fn finishing_an_interrupted_remove_starts_what_it_stopped_even_when_a_step_fails() {
+    for next in ["remove", "install"] {
+        let node = TestNode::new();
+        let sd = FakeSystemd::with_active(&UNITS);
+        node.install(&sd).unwrap();
+        interrupted_remove(&node, &sd);
+        // docker came back meanwhile (socket activation, an operator), and its stop hangs
+        sd.start("docker.service", std::time::Duration::from_secs(1))
+            .unwrap();
+        sd.add_fault(Op::Stop, "docker.service", Fault::Timeout, Some(1));
+        sd.clear_calls();
+        let err = match next {
+            "remove" => node.remove(&sd),
+            _ => node.install(&sd),
+        }
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("failed to resolve the interrupted remove transaction")
+                && msg.contains("step 3/10 'stop docker.service' failed; the services it stopped were started again ('docker.service', 'kubelet.service')")
+                && msg.contains("did not finish within"),
+            "{next}: {msg}"
+        );
+        for unit in UNITS {
+            assert_eq!(
+                sd.unit_state(unit).active_state,
+                "active",
+                "{next}: {unit} after the failed recovery: {:?}",
+                sd.call_lines()
+            );
+        }
+        assert!(
+            journal::Journal::load(&node.root).unwrap().is_some(),
+            "{next}: the journal must stay for the next run"
+        );
+        // the stop works again: the remove is finished, then the command runs
+        sd.clear_calls();
+        match next {
+            "remove" => {
+                node.remove(&sd).unwrap();
+                assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+            }
+            _ => {
+                node.install(&sd).unwrap();
+                assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+            }
+        }
+        assert!(journal::Journal::load(&node.root).unwrap().is_none());
+        for unit in UNITS {
+            assert_eq!(sd.unit_state(unit).active_state, "active", "{next}: {unit}");
+        }
+    }
+}
+
+/// kubelet restarting after a failure (`activating/auto-restart`), as before `kubeadm join`.
+fn crash_looping_kubelet(sd: FakeSystemd) -> FakeSystemd {
+    let mut state = sd.unit_state("kubelet.service");
+    state.active_state = "activating".into();
+    state.sub_state = "auto-restart".into();
+    state.result = "exit-code".into();
+    state.main_pid = 0;
+    sd.with_state(state)
+}
+
+/// The last transaction's journal records kubelet as restarting before it.
+#[track_caller]
+fn assert_kubelet_journalled_failing(node: &TestNode) {
+    let last = journal::Journal::load_last(&node.root).unwrap().unwrap();
+    assert_eq!(
+        last.failing.get("kubelet.service").map(String::as_str),
+        Some("activating/auto-restart"),
+        "{last:?}"
+    );
+}
+
+/// Issue 15 item 10: a unit that was failing before the swap is stopped and started like
+/// the others but judged against that state: its start that leaves it restarting again is
+/// no failure, and it is not required to stay up; one that systemd gave up on (failed) is
+/// worse, and rolled back.
+#[test]
+fn a_unit_failing_before_the_swap_is_judged_against_that_state() {
+    let node = TestNode::new();
+    let sd = crash_looping_kubelet(FakeSystemd::with_active(&UNITS))
+        .with_dies_after_start("kubelet.service");
+    node.install(&sd).unwrap();
+    assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+    assert_eq!(sd.call_lines(), SWAP_CALLS);
+    assert_kubelet_journalled_failing(&node);
+
+    // worse than before: the start leaves it failed (systemd gave up): rolled back
+    let node = TestNode::new();
+    let sd = crash_looping_kubelet(FakeSystemd::with_active(&UNITS)).with_fault_times(
+        Op::Start,
+        "kubelet.service",
+        Fault::failed("exit-code"),
+        1,
+    );
+    let err = format!("{:#}", node.install(&sd).unwrap_err());
+    assert!(
+        err.contains("'start kubelet.service' failed") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+}
+
+/// Issue 15 item 10: a crash-looping unit caught in the moment it is `active` after a
+/// restart (it became active just now) is watched until it has been up for
+/// `JUST_STARTED`: when it falls back into its loop it counts as failing, as one found
+/// restarting does; a unit up for long is not waited for.
+#[test]
+fn a_unit_caught_active_between_two_crashes_counts_as_failing() {
+    let node = TestNode::new();
+    let sd = FakeSystemd::with_active(&UNITS).with_dies_after_start("kubelet.service");
+    let mut state = sd.unit_state("kubelet.service");
+    state.active_enter_usec = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    sd.set_state(state.clone());
+    let t0 = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+            let mut crashed = state.clone();
+            crashed.active_state = "activating".into();
+            crashed.sub_state = "auto-restart".into();
+            crashed.result = "exit-code".into();
+            crashed.main_pid = 0;
+            sd.set_state(crashed);
+        });
+        node.install(&sd).unwrap();
+    });
+    assert!(
+        t0.elapsed() < super::plan::JUST_STARTED + std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
+    assert_kubelet_journalled_failing(&node);
+    // up for long: no wait, and a failure after the start is a failure
+    let node = TestNode::new();
+    let sd = FakeSystemd::with_active(&UNITS).with_dies_after_start("kubelet.service");
+    let t0 = std::time::Instant::now();
+    assert!(node.install(&sd).is_err());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
     );
 }

@@ -16,9 +16,14 @@ pub const ORIG_RUNC: &[u8] = b"#!/bin/sh\necho original runc 1.0.0-rc92\n";
 pub const PAYLOAD_KUBELET: &[u8] = b"#!/bin/sh\necho nokmem kubelet v1.20.2\n";
 pub const PAYLOAD_RUNC: &[u8] = b"#!/bin/sh\necho nokmem runc 1.1.5\n";
 
-/// Paths left out of snapshots: the helper's own state dir (lock, journal, state) and the
-/// backup dpkg-divert writes next to its database.
-pub const NOT_SNAPSHOTTED: [&str; 2] = ["var/lib/k8s-nokmem", "var/lib/dpkg/diversions-old"];
+/// Paths left out of snapshots: the helper's own state dir (lock, journal, state), the
+/// backup dpkg-divert writes next to its database, and dpkg's frontend lock a hand-run
+/// takes (an empty file, created as dpkg creates it).
+pub const NOT_SNAPSHOTTED: [&str; 3] = [
+    "var/lib/k8s-nokmem",
+    "var/lib/dpkg/diversions-old",
+    "var/lib/dpkg/lock-frontend",
+];
 
 pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -224,6 +229,23 @@ impl NodeRoot {
             .env("PATH", bin.path())
             .env("DPKG_ROOT", &self.path);
         super::run(&mut cmd)
+    }
+
+    /// Every path under `dir`, sorted (nothing left out).
+    pub fn listing(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for entry in fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if fs::symlink_metadata(&path).unwrap().is_dir() {
+                    todo.push(path.clone());
+                }
+                out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Every path under the root (minus [`NOT_SNAPSHOTTED`]) with its kind, mode and sha256.
