@@ -676,6 +676,105 @@ fn apt_purge(c: &mut Ctx) {
     assert!(!ours.is_empty(), "k8s-nokmem.list was empty before purge");
 }
 
+/// A kubelet drop-in that points kubelet at a config file that does not exist yet, as on a
+/// kubeadm node before `kubeadm join` writes /var/lib/kubelet/config.yaml: the real kubelet
+/// exits 1 and systemd restarts it (`Restart=always`, `RestartSec=2`). Dropping the guard
+/// (also on a failed assertion) takes the drop-in away and starts kubelet healthy again.
+struct NotJoined<'a>(&'a Testbed);
+
+const NOT_JOINED_DROPIN: &str = "/etc/systemd/system/kubelet.service.d/50-e2e-not-joined.conf";
+
+impl<'a> NotJoined<'a> {
+    fn crash_loop(tb: &'a Testbed) -> NotJoined<'a> {
+        tb.sh_ok(&format!(
+            "mkdir -p \"$(dirname {NOT_JOINED_DROPIN})\" && printf '%s\\n' '[Service]' 'ExecStart=' \
+             'ExecStart=/usr/bin/kubelet $KUBELET_ARGS --config=/var/lib/kubelet/e2e-not-joined.yaml' \
+             >{NOT_JOINED_DROPIN} && systemctl daemon-reload && systemctl restart kubelet.service"
+        ));
+        NotJoined(tb)
+    }
+}
+
+impl Drop for NotJoined<'_> {
+    fn drop(&mut self) {
+        self.0.sh(&format!(
+            "rm -f {NOT_JOINED_DROPIN}; systemctl daemon-reload; systemctl reset-failed kubelet.service; \
+             systemctl restart kubelet.service"
+        ));
+    }
+}
+
+/// Issue 15 item 10: a node whose kubelet crash-loops before the install (kubeadm before
+/// `kubeadm join`) can install the package. `apt-get install` configures it, the payload is
+/// in place and diverted, the install says kubelet was failing before the swap, and
+/// kubelet.service is back in its crash-loop, now running the payload (not worse, and not
+/// judged against "must stay up"). Then the package is purged again for the next scenario.
+fn apt_install_while_kubelet_crash_loops(c: &mut Ctx) {
+    // the kubelet the payload was built for (1.21 is underneath since the upgrade scenario)
+    c.apt("install --allow-downgrades kubelet=1.20.2-e2e1");
+    c.orig_kubelet = c.sha("/usr/bin/kubelet");
+    let _crashing = NotJoined::crash_loop(&c.tb);
+    c.wait_for(
+        "kubelet.service crash-looping (NRestarts >= 2)",
+        120,
+        "[ \"$(systemctl show -p NRestarts --value kubelet.service)\" -ge 2 ]",
+    );
+    let log = c.apt("install k8s-nokmem");
+    println!("e2e:   apt-get install k8s-nokmem with kubelet crash-looping:");
+    for l in log.lines().filter(|l| l.contains("k8s-nokmem:")) {
+        println!("e2e:     {l}");
+    }
+    assert!(
+        c.pkg_version("k8s-nokmem")
+            .starts_with("install ok installed"),
+        "k8s-nokmem after apt-get install: {}\n{log}",
+        c.pkg_version("k8s-nokmem")
+    );
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.payload_kubelet,
+        "/usr/bin/kubelet should be the payload"
+    );
+    assert!(
+        c.diversions().contains(KUBELET_DIVERSION),
+        "kubelet not diverted:\n{}",
+        c.diversions()
+    );
+    assert!(
+        log.contains("failing before the swap"),
+        "the install should say kubelet was failing before the swap:\n{log}"
+    );
+    // back in its crash-loop: systemd restarts it again, and each run is the payload
+    c.wait_for(
+        "kubelet.service back in its crash-loop (auto-restart)",
+        120,
+        "[ \"$(systemctl show -p SubState --value kubelet.service)\" = auto-restart ]",
+    );
+    let running = c.wait_for(
+        "a kubelet.service main process to look at",
+        120,
+        "pid=$(systemctl show -p MainPID --value kubelet.service); [ \"$pid\" -gt 0 ] && \
+         sha256sum /proc/$pid/exe | cut -c1-64 | grep .",
+    );
+    assert_eq!(
+        running.trim(),
+        c.payload_kubelet,
+        "the crash-looping kubelet should now run the payload"
+    );
+    drop(_crashing);
+    c.wait_for(
+        "kubelet.service active without the not-joined drop-in",
+        60,
+        "systemctl is-active -q kubelet.service",
+    );
+    c.apt("purge k8s-nokmem");
+    assert_eq!(
+        c.sha("/usr/bin/kubelet"),
+        c.orig_kubelet,
+        "original kubelet back after purge"
+    );
+}
+
 /// Reinstall, reboot: k8s-nokmem-verify.service ran at boot and left its result.
 fn reinstall_and_reboot(c: &mut Ctx) {
     // kubelet 1.21 (from the upgrade underneath) against the 1.20 payload: version-skew
@@ -1184,6 +1283,10 @@ const SCENARIOS: &[Scenario] = &[
         remove_takes_dropin_away,
     ),
     ("apt-purge", apt_purge),
+    (
+        "apt-install-while-kubelet-crash-loops",
+        apt_install_while_kubelet_crash_loops,
+    ),
     ("reinstall-and-reboot", reinstall_and_reboot),
     ("kill9-dpkg-while-stopping-then-configure-a", kill9_at_stop),
     ("kill9-dpkg-while-starting-then-configure-a", kill9_at_start),
