@@ -47,6 +47,47 @@ impl Judged {
     }
 }
 
+/// How this run's swap reaches the running services: `[services] apply`, decided before
+/// anything is stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Stop the services of the changed binaries, swap, start them again.
+    pub restart: bool,
+    /// After a swap with no service stopped: flag reboot-required (the services run the
+    /// binaries they started with until the node reboots).
+    pub flag: bool,
+    /// Why, for the log and the reboot-required line.
+    pub why: String,
+}
+
+impl Applied {
+    /// `[services] apply = restart`.
+    pub fn restart() -> Applied {
+        Applied {
+            restart: true,
+            flag: false,
+            why: "[services] apply = restart".to_string(),
+        }
+    }
+
+    /// `[services] apply = reboot`.
+    pub fn reboot() -> Applied {
+        Applied {
+            restart: false,
+            flag: true,
+            why: "[services] apply = reboot: the services run the binaries they started with until the node reboots".to_string(),
+        }
+    }
+
+    /// The fixed modes of `[services] apply`.
+    pub fn of(apply: Apply) -> Applied {
+        match apply {
+            Apply::Restart => Applied::restart(),
+            Apply::Reboot => Applied::reboot(),
+        }
+    }
+}
+
 /// Identifies the state file as last written (the swap's last step rewrites it).
 pub fn state_stamp(root: &Root) -> Option<(u64, i64, i64)> {
     let m = std::fs::metadata(State::path(root)).ok()?;
@@ -57,9 +98,15 @@ pub fn state_stamp(root: &Root) -> Option<(u64, i64, i64)> {
 /// ([`Judged::Here`]); or, for an image, the command line from its own files and what its
 /// kernels need, the verdict deferred to its first boot. `swapped` says whether this run
 /// changed a binary.
-pub fn after_install(root: &Root, config: &Config, swapped: bool, judged: &Judged) {
+pub fn after_install(
+    root: &Root,
+    config: &Config,
+    applied: &Applied,
+    swapped: bool,
+    judged: &Judged,
+) {
     let why = match judged {
-        Judged::Here => return after_install_here(root, config, swapped),
+        Judged::Here => return after_install_here(root, config, applied, swapped),
         Judged::Image(why) => why,
     };
     // the image's cgroup layout is known only when it boots: unknown, and the parameter is
@@ -151,19 +198,16 @@ pub fn image_effect(
 }
 
 /// [`after_install`] on the node itself.
-fn after_install_here(root: &Root, config: &Config, swapped: bool) {
+fn after_install_here(root: &Root, config: &Config, applied: &Applied, swapped: bool) {
     let v1 = verify::v1_memory(&config.verify.proc_root, &config.verify.cgroup_root);
     apply_cmdline(root, cmdline::managed(config.kernel_cmdline, v1));
     let report = verify::run(&verify::settings_for(root, config));
-    if config.apply == Apply::Reboot && swapped {
-        flag(
-            root,
-            "[services] apply = reboot: the services run the old binaries until the node reboots",
-        );
+    if applied.flag && swapped {
+        flag(root, &applied.why);
     }
     match report.action {
         Action::Reboot => {
-            if config.apply == Apply::Restart {
+            if applied.restart {
                 info!(
                     "install: a reboot is still needed: {}",
                     report.reboot_required.reason
@@ -190,13 +234,26 @@ pub fn after_verify(root: &Root, report: &Report) {
     }
 }
 
-/// After remove: our drop-in goes, grub.cfg is regenerated.
-pub fn after_remove(root: &Root) {
+/// After remove: our drop-in goes, grub.cfg is regenerated; on the node, when services
+/// still run k8s-nokmem's binaries (`running`, left running by `applied`), the reboot that
+/// starts them on the originals is flagged, as install flags the one that starts the
+/// payload.
+pub fn after_remove(root: &Root, applied: &Applied, running: &[String], judged: &Judged) {
     if let Err(e) = cmdline::remove(root) {
         warn!(
             "kernel cmdline: {}\nnote: delete {} by hand and run update-grub",
             verify::error_chain(&e),
             root.describe(cmdline::DROPIN)
+        );
+    }
+    if applied.flag && !running.is_empty() && *judged == Judged::Here {
+        flag(
+            root,
+            &format!(
+                "{}; {} still run k8s-nokmem's binaries",
+                applied.why,
+                running.join(", ")
+            ),
         );
     }
 }

@@ -64,13 +64,16 @@ impl TestNode {
     fn install(&self, sd: &FakeSystemd) -> anyhow::Result<()> {
         let session = Session::open(&self.root, "install")?;
         let config = Config::load(&self.root, None)?;
-        install(&self.root, &session, &config, Some(sd))
+        let applied = effect::Applied::of(config.apply);
+        install(&self.root, &session, &config, &applied, Some(sd))
     }
 
-    fn remove(&self, sd: &FakeSystemd) -> anyhow::Result<()> {
+    /// Remove; the running units left on k8s-nokmem's binaries.
+    fn remove(&self, sd: &FakeSystemd) -> anyhow::Result<Vec<String>> {
         let session = Session::open(&self.root, "remove")?;
         let config = Config::load(&self.root, None)?;
-        remove(&self.root, &session, &config, Some(sd))
+        let applied = effect::Applied::of(config.apply);
+        remove(&self.root, &session, &config, &applied, Some(sd))
     }
 }
 
@@ -128,6 +131,61 @@ fn apply_reboot_swaps_with_no_service_stopped_or_started() {
         "{:?}",
         sd.call_lines()
     );
+}
+
+/// `[services] apply = reboot` governs remove as it does install: the originals go back
+/// underneath the running services (nothing stopped or started), byte for byte, and on the
+/// node the reboot that starts them is flagged, once. In an image nothing is flagged.
+#[test]
+fn apply_reboot_removes_with_no_service_stopped_and_flags_the_reboot() {
+    let node = TestNode::new();
+    let sd = FakeSystemd::with_active(&UNITS);
+    node.install(&sd).unwrap();
+    node.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[services]\napply = reboot\n",
+    );
+    sd.clear_calls();
+    let before = sd.unit_state("docker.service");
+    let left = node.remove(&sd).unwrap();
+    let stops_or_starts: Vec<String> = sd
+        .call_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("stop ") || l.starts_with("start "))
+        .collect();
+    assert!(stops_or_starts.is_empty(), "{stops_or_starts:?}");
+    assert_eq!(sd.unit_state("docker.service"), before, "not restarted");
+    assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+    assert_eq!(node.read("usr/sbin/runc"), ORIG_RUNC);
+    assert!(!node.dir.path().join("usr/bin/kubelet.distrib").exists());
+    assert_eq!(
+        fs::read_to_string(node.dir.path().join("var/lib/dpkg/diversions")).unwrap(),
+        ""
+    );
+    assert_eq!(left, vec!["kubelet.service", "docker.service"]);
+
+    let config = Config::load(&node.root, None).unwrap();
+    let applied = effect::Applied::of(config.apply);
+    let image = effect::Judged::Image(crate::policy::SkipReason::SystemdNotRunning);
+    effect::after_remove(&node.root, &applied, &left, &image);
+    assert!(!crate::reboot::read(&node.root).required, "image: no flag");
+    for _ in 0..2 {
+        effect::after_remove(&node.root, &applied, &left, &effect::Judged::Here);
+    }
+    let flag = crate::reboot::read(&node.root);
+    assert!(flag.required && flag.by_us, "{flag:?}");
+    assert_eq!(flag.packages, vec!["k8s-nokmem"], "listed once");
+
+    // restart (the default) restarts and flags nothing
+    let node = TestNode::new();
+    node.install(&sd).unwrap();
+    sd.clear_calls();
+    let left = node.remove(&sd).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(sd.call_lines().len(), 4, "{:?}", sd.call_lines());
+    let applied = effect::Applied::of(Config::load(&node.root, None).unwrap().apply);
+    effect::after_remove(&node.root, &applied, &left, &effect::Judged::Here);
+    assert!(!crate::reboot::read(&node.root).required);
 }
 
 #[test]
@@ -501,8 +559,9 @@ fn install_flags_reboot_required_on_the_node_only_when_a_reboot_helps() {
             let sd = FakeSystemd::with_active(&UNITS);
             node.install(&sd).unwrap();
             let config = Config::load(&node.root, None).unwrap();
+            let applied = effect::Applied::of(config.apply);
             for _ in 0..2 {
-                effect::after_install(&node.root, &config, true, &judged);
+                effect::after_install(&node.root, &config, &applied, true, &judged);
             }
             let flag = crate::reboot::read(&node.root);
             let want = flagged && judged == effect::Judged::Here;
