@@ -134,6 +134,8 @@ pub struct Config {
     /// `crate::systemd::settle`).
     pub service_settle: Duration,
     pub version_skew: SkewPolicy,
+    /// `[runc] containerd-skew`: a payload runc the node's containerd does not support.
+    pub containerd_skew: SkewPolicy,
     pub verify: VerifyConfig,
     /// `[kernel] cmdline`.
     pub kernel_cmdline: CmdlineMode,
@@ -161,6 +163,7 @@ impl Default for Config {
             service_timeout: Duration::from_secs(90),
             service_settle: DEFAULT_SETTLE,
             version_skew: SkewPolicy::Refuse,
+            containerd_skew: SkewPolicy::Refuse,
             verify: VerifyConfig {
                 kernel_wide_kmem: Severity::Problem,
                 boot_wait: Duration::from_secs(120),
@@ -278,6 +281,13 @@ impl Config {
             }
             ("kubelet", "version-skew") => {
                 self.version_skew = match v {
+                    "warn" => SkewPolicy::Warn,
+                    "refuse" => SkewPolicy::Refuse,
+                    _ => return Err(at.bad("'warn' or 'refuse'")),
+                };
+            }
+            ("runc", "containerd-skew") => {
+                self.containerd_skew = match v {
                     "warn" => SkewPolicy::Warn,
                     "refuse" => SkewPolicy::Refuse,
                     _ => return Err(at.bad("'warn' or 'refuse'")),

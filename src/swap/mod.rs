@@ -14,6 +14,7 @@ use crate::paths::Root;
 use crate::policy::SkipReason;
 use crate::signals::Deferred;
 
+pub mod containerd;
 pub mod effect;
 mod install;
 pub mod plan;
