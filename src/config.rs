@@ -104,6 +104,9 @@ pub enum Apply {
     Restart,
     /// Swap with no service stopped, flag reboot-required for the fleet's reboot engine.
     Reboot,
+    /// Restart where a restart puts the fix in effect now (Linux < 4.6 with a clean
+    /// kubepods), else as `reboot`; decided from verify's evidence before anything stops.
+    Auto,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -316,7 +319,8 @@ impl Config {
                 self.apply = match v {
                     "restart" => Apply::Restart,
                     "reboot" => Apply::Reboot,
-                    _ => return Err(at.bad("'restart' or 'reboot'")),
+                    "auto" => Apply::Auto,
+                    _ => return Err(at.bad("'restart', 'reboot' or 'auto'")),
                 };
             }
             ("verify", "boot-wait") => self.verify.boot_wait = duration(at)?,
@@ -544,7 +548,8 @@ mod tests {
         assert_eq!(c.apply, Apply::Reboot);
         let err = Config::parse("[services]\napply = later\n", "t").unwrap_err();
         assert!(
-            err.to_string().ends_with("expected 'restart' or 'reboot'"),
+            err.to_string()
+                .ends_with("expected 'restart', 'reboot' or 'auto'"),
             "{err}"
         );
         let err = Config::parse("[kernel]\ncmdline = grub\n", "t").unwrap_err();

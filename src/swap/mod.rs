@@ -59,7 +59,7 @@ pub fn run_install(root: &Root, config_path: Option<&Path>) -> anyhow::Result<()
         Config::load(root, config_path).map_err(|e| session::preflight_failed("install", e))?;
     let connected = session.connect()?;
     let judged = effect::Judged::of(&session.policy);
-    let applied = effect::Applied::of(config.apply);
+    let applied = effect::Applied::decide(root, &config, &judged);
     let before = effect::state_stamp(root);
     install(root, &session, &config, &applied, connected.as_deref())?;
     let swapped = effect::state_stamp(root) != before;
@@ -73,7 +73,7 @@ pub fn run_remove(root: &Root, config_path: Option<&Path>) -> anyhow::Result<()>
     let config = config_or_default(root, config_path, "removing");
     let connected = session.connect()?;
     let judged = effect::Judged::of(&session.policy);
-    let applied = effect::Applied::of(config.apply);
+    let applied = effect::Applied::decide(root, &config, &judged);
     let running = remove(root, &session, &config, &applied, connected.as_deref())?;
     effect::after_remove(root, &applied, &running, &judged);
     Ok(())

@@ -572,3 +572,204 @@ fn install_flags_reboot_required_on_the_node_only_when_a_reboot_helps() {
         }
     }
 }
+
+/// How fixed a node is by the rule's verdict: in effect, pods to recreate, a reboot, an
+/// operator's action.
+fn rank(action: crate::verify::Action) -> u8 {
+    use crate::verify::Action::*;
+    match action {
+        None => 0,
+        RecreatePods => 1,
+        Reboot => 2,
+        Operator => 3,
+    }
+}
+
+/// The node right after an install, as verify's rule sees it: the payload in place, the
+/// pods that ran before it now from before the swap, the running kubelet the payload only
+/// if the services were restarted (a restart recreates no pod cgroup: kubelet keeps them).
+fn after_install_model(
+    i: &crate::verify::effect::Inputs,
+    restarted: bool,
+) -> crate::verify::effect::Inputs {
+    let mut a = i.clone();
+    a.payload_kubelet = Some(true);
+    a.running_old_kubelet = !restarted;
+    a.rebooted_since_swap = Some(false);
+    if let Some(active) = a.active.as_mut() {
+        active.before_swap += active.not_swapped;
+        active.not_swapped = 0;
+    }
+    a
+}
+
+/// Every combination of the evidence the rule reads on a node about to be swapped.
+fn evidence_grid() -> Vec<crate::verify::effect::Inputs> {
+    use crate::cmdline::{Loader, NextBoot};
+    use crate::verify::effect::{Active, Inputs};
+    let mut out = Vec::new();
+    for release in [
+        None,
+        Some((3, 10)),
+        Some((4, 4)),
+        Some((5, 4)),
+        Some((6, 1)),
+    ] {
+        for v1_memory in [Some(true), Some(false), None] {
+            for cmdline_nokmem in [false, true] {
+                for kubepods in [0, 3] {
+                    for pods in [0, 4] {
+                        for kernel in [0, 7] {
+                            for walked in [true, false] {
+                                for (managed, loader, param) in [
+                                    (true, Loader::Grub, true),
+                                    (true, Loader::Grub, false),
+                                    (false, Loader::Grub, false),
+                                    (
+                                        true,
+                                        Loader::Other {
+                                            file: "/boot/firmware/cmdline.txt".into(),
+                                            line: "append it".into(),
+                                        },
+                                        false,
+                                    ),
+                                ] {
+                                    out.push(Inputs {
+                                        release,
+                                        v1_memory,
+                                        cmdline_nokmem,
+                                        kernel_wide_ignored: false,
+                                        active: walked.then_some(Active {
+                                            kubepods,
+                                            not_swapped: pods,
+                                            kernel,
+                                            ..Active::default()
+                                        }),
+                                        payload_kubelet: Some(false),
+                                        running_old_kubelet: false,
+                                        rebooted_since_swap: None,
+                                        boot_time: Some(1000),
+                                        cmdline_managed: managed,
+                                        loader,
+                                        next_boot: NextBoot {
+                                            dropin: managed,
+                                            grub_cfg_has_param: param,
+                                            grub_cfg_written: Some(2000),
+                                        },
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The reason `auto` may be the default: on every combination of evidence, verify's own
+/// rule ([`crate::verify::effect::decide`]) finds the node after an `auto` install at least
+/// as fixed as after a `restart` install, and where `auto` restarts nothing it flags the
+/// reboot. And the comparison has teeth: never restarting leaves some node less fixed
+/// (Linux < 4.6 with a clean kubepods: the old kubelet keeps creating kmem pods).
+#[test]
+fn auto_never_leaves_a_node_less_fixed_than_restart() {
+    use crate::verify::effect::decide;
+    let grid = evidence_grid();
+    let (mut restarts, mut holds_back) = (0, 0);
+    for i in &grid {
+        let applied = effect::auto(Some(i));
+        let with_restart = decide(&after_install_model(i, true));
+        let with_auto = decide(&after_install_model(i, applied.restart));
+        assert!(
+            rank(with_auto.action) <= rank(with_restart.action),
+            "auto ({}) leaves {:?} where restart leaves {:?}: {i:?}",
+            applied.why,
+            with_auto,
+            with_restart
+        );
+        assert!(applied.restart || applied.flag, "{i:?}");
+        if applied.restart {
+            restarts += 1;
+        } else {
+            holds_back += 1;
+        }
+    }
+    assert!(restarts > 0 && holds_back > 0, "{restarts} {holds_back}");
+    assert!(
+        grid.iter().any(|i| {
+            rank(decide(&after_install_model(i, false)).action)
+                > rank(decide(&after_install_model(i, true)).action)
+        }),
+        "never restarting must lose somewhere, or this test proves nothing"
+    );
+    assert!(effect::auto(None).restart, "no evidence: as restart");
+}
+
+/// `apply = auto` on recorded nodes, through the install transaction with the fake
+/// systemd: services restarted only on Linux < 4.6 with a clean kubepods; elsewhere none
+/// stopped, the reboot flagged, and the log's reason says which and why.
+#[test]
+fn auto_restarts_only_where_the_restart_puts_the_fix_in_effect() {
+    let cases = [
+        ("4.4-nokmem", true, "with a clean kubepods hierarchy"),
+        ("4.4-kmem", true, "with a clean kubepods hierarchy"),
+        (
+            "3.10-eio",
+            true,
+            "on Linux 3.10 with a clean kubepods hierarchy",
+        ),
+        (
+            "4.4-kubepods",
+            false,
+            "kubepods or its QoS cgroups account kmem",
+        ),
+        (
+            "5.4-kmem",
+            false,
+            "until the node boots with cgroup.memory=nokmem",
+        ),
+        (
+            "nokmem-cmdline",
+            false,
+            "booted with cgroup.memory=nokmem, kmem is off kernel-wide",
+        ),
+        ("v2-only", false, "no cgroup v1 memory controller"),
+    ];
+    for (tree, restarted, why) in cases {
+        let recorded = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/cgroup")
+            .join(tree);
+        let config_text = format!(
+            "[services]\napply = auto\n[verify]\nproc-root = {}\ncgroup-root = {}\n",
+            recorded.join("proc").display(),
+            recorded.join("sys/fs/cgroup").display()
+        );
+        let node = TestNode::new();
+        node.write("etc/k8s-nokmem/k8s-nokmem.conf", config_text.as_bytes());
+        let sd = FakeSystemd::with_active(&UNITS);
+        let session = Session::open(&node.root, "install").unwrap();
+        let config = Config::load(&node.root, None).unwrap();
+        let applied = effect::Applied::decide(&node.root, &config, &effect::Judged::Here);
+        assert_eq!(applied.restart, restarted, "{tree}: {}", applied.why);
+        assert!(applied.why.contains(why), "{tree}: {}", applied.why);
+        install(&node.root, &session, &config, &applied, Some(&sd)).unwrap();
+        drop(session);
+        assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet", "{tree}");
+        let calls = sd.call_lines();
+        if restarted {
+            assert_eq!(calls.len(), 4, "{tree}: {calls:?}");
+        } else {
+            assert!(
+                !calls
+                    .iter()
+                    .any(|l| l.starts_with("stop ") || l.starts_with("start ")),
+                "{tree}: {calls:?}"
+            );
+            effect::after_install(&node.root, &config, &applied, true, &effect::Judged::Here);
+            let flag = crate::reboot::read(&node.root);
+            assert!(flag.required && flag.by_us, "{tree}: {flag:?}");
+        }
+    }
+}
