@@ -99,7 +99,9 @@ pub fn remove(
     let (units, left) = if applied.restart || manager.is_none() {
         (wanted, Vec::new())
     } else {
-        (Vec::new(), wanted)
+        // a socket runs no binary of ours
+        let services = wanted.into_iter().filter(|u| !u.ends_with(".socket"));
+        (Vec::new(), services.collect())
     };
     let services = session.services(root, manager, &units)?;
     let node = Node::new(root, services, config.service_timeout).with_settle(config.service_settle);

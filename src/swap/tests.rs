@@ -163,6 +163,29 @@ fn apply_reboot_removes_with_no_service_stopped_and_flags_the_reboot() {
         ""
     );
     assert_eq!(left, vec!["kubelet.service", "docker.service"]);
+    // with an active docker.socket: still only the services are named, nothing stopped
+    let socket_node = TestNode::new();
+    let with_socket =
+        FakeSystemd::with_active(&["kubelet.service", "docker.service", "docker.socket"]);
+    socket_node.install(&with_socket).unwrap();
+    socket_node.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[services]\napply = reboot\n",
+    );
+    with_socket.clear_calls();
+    assert_eq!(
+        socket_node.remove(&with_socket).unwrap(),
+        vec!["kubelet.service", "docker.service"]
+    );
+    assert!(
+        !with_socket
+            .call_lines()
+            .iter()
+            .any(|l| l.starts_with("stop ") || l.starts_with("start ")),
+        "{:?}",
+        with_socket.call_lines()
+    );
+    assert_eq!(socket_node.read("usr/sbin/runc"), ORIG_RUNC);
 
     let config = Config::load(&node.root, None).unwrap();
     let applied = effect::Applied::of(config.apply);
