@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Containers killed by an upgrade of the runc payload, with [services] apply = restart and
-# with apply = reboot (issue 11: goal 0), on the e2e node of tests/e2e/main.rs: the testbed
-# root booted with systemd-nspawn, dockerd, a real kubelet 1.20 running N static pods, the
-# .deb installed from a local signed apt repository.
+# Containers killed by an upgrade of the runc payload, with [services] apply = restart, with
+# apply = reboot (issue 11: goal 0) and with apply = auto on each kernel case (issue 17), on
+# the e2e node of tests/e2e/main.rs: the testbed root booted with systemd-nspawn, dockerd, a
+# real kubelet 1.20 running N static pods, the .deb installed from a local signed apt
+# repository.
 #
 #   benches/upgrade-kills.sh [--pods N] [--keep]
 #
 # For each mode: install k8s-nokmem v1 (apply = restart), wait for every pod, set the mode,
 # snapshot `docker ps`, `apt-get install k8s-nokmem=v3` (v3: the same .deb with a changed
 # runc, tests/e2e/make-variants.sh), wait 10 s, count the containers of the snapshot that no
-# longer run, then wait until every pod runs again. Prints one `bench:` line per mode and
-# the counts. The test fails when apply = reboot kills any container.
+# longer run, then wait until every pod runs again. `auto` decides from the kernel and the
+# cgroups, so it runs on this node's kernel and on the recorded 4.4 (clean kubepods: it
+# restarts, as restart does), 4.4 (kmem-active kubepods) and 5.4 nodes of
+# tests/fixtures/cgroup ([verify] proc-root/cgroup-root point at them; the docker it
+# restarts or not is this node's). Prints one `bench:` line per mode and kernel case and
+# the counts. The test fails when apply = reboot, or auto on the kmem-active 4.4 or the 5.4
+# case, kills any container.
 #
 # Artifacts as tests/e2e/run.sh builds them: the original kubelet .debs
 # (tests/e2e/build-kubelet-debs.sh, cached), the testbed root (scripts/testbed-root.sh,
@@ -25,7 +31,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --pods) pods=${2:?--pods N}; shift ;;
     --keep) keep=1 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "upgrade-kills: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift

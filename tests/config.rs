@@ -274,7 +274,12 @@ fn a_dropin_overrides_the_shipped_conffile_and_config_says_where_each_value_is_f
             "/etc/k8s-nokmem/conf.d/50-local.conf"
         ])
     );
-    let skew = &json["settings"].as_array().unwrap()[4];
+    let skew = json["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["section"] == "kubelet" && s["key"] == "version-skew")
+        .expect("no [kubelet] version-skew in `config --json`");
     assert_eq!(
         (&skew["key"], &skew["value"], &skew["file"]),
         (

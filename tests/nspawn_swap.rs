@@ -1190,3 +1190,106 @@ fn crash_looping_kubelet_case(test: &str, kubelet: &[u8], payload: &[u8], restar
     assert_eq!(tb.unit_prop("docker.service", "ActiveState"), "active");
     wait_for_restarting(&tb, "kubelet.service", 30);
 }
+
+/// `[services] apply = reboot` governs `apt remove` too (issue 17): the originals go back
+/// underneath the running services, none is stopped or started, the running kubelet keeps
+/// the payload until the reboot, and the reboot is flagged once.
+#[test]
+fn apply_reboot_removes_with_no_service_restarted_and_flags_reboot_required() {
+    let Some(tb) = testbed(
+        "apply_reboot_removes_with_no_service_restarted_and_flags_reboot_required",
+        PAYLOAD_KUBELET,
+    ) else {
+        return;
+    };
+    let orig_runc = tb.read("/usr/sbin/runc");
+    helper_ok(&tb, &["install"]);
+    assert_eq!(
+        main_cmdline(&tb, "kubelet.service"),
+        "sleep 2000001",
+        "install (apply = restart) runs the payload"
+    );
+    tb.write(
+        "/etc/k8s-nokmem/k8s-nokmem.conf",
+        format!("{CONFIG}apply = reboot\n"),
+        0o644,
+    );
+    // whatever install's own rule flagged, the flag must come from remove
+    tb.sh_ok("rm -f /run/reboot-required /run/reboot-required.pkgs");
+    let installed = services(&tb);
+    let log = helper_ok(&tb, &["remove"]);
+    assert!(
+        !log.contains("stop '") && !log.contains("start '"),
+        "apply = reboot: remove touched a service:\n{log}"
+    );
+    assert!(
+        log.contains("kubelet.service, docker.service keep running k8s-nokmem's binaries until the node reboots"),
+        "{log}"
+    );
+    assert_content(
+        &tb,
+        "/usr/bin/kubelet",
+        nspawn::ORIG_KUBELET,
+        "after remove",
+    );
+    assert_content(&tb, "/usr/sbin/runc", &orig_runc, "after remove");
+    assert!(diversions(&tb).is_empty(), "{:?}", diversions(&tb));
+    assert_eq!(
+        services(&tb),
+        installed,
+        "start timestamps changed: a service was restarted"
+    );
+    assert_eq!(
+        main_cmdline(&tb, "kubelet.service"),
+        "sleep 2000001",
+        "the running kubelet keeps the payload until the reboot"
+    );
+    assert_eq!(
+        tb.sh_ok("cat /run/reboot-required.pkgs"),
+        "k8s-nokmem\n",
+        "flagged once:\n{log}"
+    );
+    assert_eq!(
+        tb.sh_ok("cat /run/reboot-required"),
+        "*** System restart required ***\n"
+    );
+}
+
+/// `[services] apply = auto` on this machine's kernel (>= 4.6: kmem is kernel-wide until
+/// booted with the parameter, or no cgroup v1 memory controller at all): a restart would
+/// change nothing but the containers, so install stops nothing, flags the reboot and says
+/// why (issue 17). Where auto restarts (Linux < 4.6, clean kubepods) is tested on recorded
+/// nodes in src/swap/tests.rs.
+#[test]
+fn apply_auto_on_a_kernel_wide_kmem_kernel_swaps_with_no_service_restarted() {
+    let Some(tb) = testbed(
+        "apply_auto_on_a_kernel_wide_kmem_kernel_swaps_with_no_service_restarted",
+        PAYLOAD_KUBELET,
+    ) else {
+        return;
+    };
+    tb.write(
+        "/etc/k8s-nokmem/k8s-nokmem.conf",
+        format!("{CONFIG}apply = auto\n"),
+        0o644,
+    );
+    let booted = services(&tb);
+    let log = helper_ok(&tb, &["install"]);
+    assert!(
+        log.contains("[services] apply = auto: no service stopped, reboot flagged: ")
+            && (log.contains("whatever the binaries: a restart would only kill the containers")
+                || log.contains("no cgroup v1 memory controller")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("stop '") && !log.contains("start '"),
+        "apply = auto touched a service:\n{log}"
+    );
+    assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
+    assert_eq!(services(&tb), booted, "a service was restarted");
+    assert_eq!(
+        tb.sh_ok("cat /run/reboot-required.pkgs"),
+        "k8s-nokmem\n",
+        "flagged once:\n{log}"
+    );
+}

@@ -767,6 +767,64 @@ fn version_skew_refuses_by_default_and_warn_overrides() {
     assert_installed(&n);
 }
 
+/// A Docker 18.09 node (Ubuntu 16.04's containerd 1.2) and the default payload runc 1.1.5:
+/// containerd 1.2's tags pin runc v1.0.0-rc5+ (v1.2.0, 58592df) to v1.0.0-rc10 (v1.2.12 ..
+/// v1.2.14, vendor.conf), so install refuses before changing anything, naming both versions
+/// and `[runc] containerd-skew`; with `warn` it installs.
+#[test]
+fn a_runc_the_nodes_containerd_does_not_support_is_refused_and_warn_overrides() {
+    let n = NodeRoot::new();
+    n.dpkg_package(
+        "containerd",
+        "1.2.6-0ubuntu1~16.04.6",
+        &["/usr", "/usr/bin", "/usr/bin/containerd"],
+    );
+    let before = n.snapshot();
+    let out = n.run(&["install"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for want in [
+        "containerd 1.2.6-0ubuntu1~16.04.6 (package 'containerd') does not support the payload runc 1.1.5",
+        "containerd 1.2 ships and tests runc v1.0.0-rc5 to v1.0.0-rc10",
+        "[runc] containerd-skew = refuse, the default",
+        "nothing was changed",
+        "check out that runc tag (e.g. v1.0.0-rc10) in DIR and run `scripts/build-deb.sh -- --runc-src DIR`",
+        "set `containerd-skew = warn` under [runc] in /etc/k8s-nokmem/k8s-nokmem.conf",
+    ] {
+        assert!(err.contains(want), "missing '{want}' in:\n{err}");
+    }
+    assert_same(&before, &n.snapshot(), "containerd skew refused");
+    assert!(n.diversions().is_empty());
+
+    n.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[runc]\ncontainerd-skew = warn\n",
+        0o644,
+    );
+    let log = n.ok(&["install"]);
+    assert!(
+        log.contains("warn: containerd 1.2.6-0ubuntu1~16.04.6 (package 'containerd') does not support the payload runc 1.1.5")
+            && log.contains("installing anyway ([runc] containerd-skew = warn in"),
+        "{log}"
+    );
+    assert_installed(&n);
+}
+
+/// A containerd 1.6 node (Debian 12's docker.io: containerd 1.6.20, runc 1.1.5) takes the
+/// default payload runc 1.1.5 with no word above debug.
+#[test]
+fn a_runc_the_nodes_containerd_supports_installs() {
+    let n = NodeRoot::new();
+    n.dpkg_package(
+        "containerd",
+        "1.6.20~ds1-1+b1",
+        &["/usr", "/usr/bin", "/usr/bin/containerd"],
+    );
+    let log = n.ok(&["install"]);
+    assert!(!log.contains("containerd"), "{log}");
+    assert_installed(&n);
+}
+
 /// The files in `usr/bin` whose name starts with `prefix`.
 fn named_like(n: &NodeRoot, prefix: &str) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(n.abs("usr/bin"))

@@ -31,9 +31,10 @@ const HELPER_PATH: &str = "/usr/sbin/k8s-nokmem";
 pub const TARGET_NAMES: [&str; 2] = ["runc", "kubelet"];
 
 /// Every key the helper reads, with its default as the conffile writes it (commented out).
-pub const KEYS: [(&str, &str, &str); 16] = [
+pub const KEYS: [(&str, &str, &str); 17] = [
     ("runc", "path", "auto"),
     ("runc", "restart", "docker.service"),
+    ("runc", "containerd-skew", "refuse"),
     ("kubelet", "path", "auto"),
     ("kubelet", "restart", "kubelet.service"),
     ("kubelet", "version-skew", "refuse"),
@@ -146,6 +147,9 @@ pub enum Apply {
     Restart,
     /// Swap with no service stopped, flag reboot-required for the fleet's reboot engine.
     Reboot,
+    /// Restart where a restart puts the fix in effect now (Linux < 4.6 with a clean
+    /// kubepods), else as `reboot`; decided from verify's evidence before anything stops.
+    Auto,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +180,8 @@ pub struct Config {
     /// `crate::systemd::settle`).
     pub service_settle: Duration,
     pub version_skew: SkewPolicy,
+    /// `[runc] containerd-skew`: a payload runc the node's containerd does not support.
+    pub containerd_skew: SkewPolicy,
     pub verify: VerifyConfig,
     /// `[kernel] cmdline`.
     pub kernel_cmdline: CmdlineMode,
@@ -203,6 +209,7 @@ impl Default for Config {
             service_timeout: Duration::from_secs(90),
             service_settle: DEFAULT_SETTLE,
             version_skew: SkewPolicy::Refuse,
+            containerd_skew: SkewPolicy::Refuse,
             verify: VerifyConfig {
                 kernel_wide_kmem: Severity::Problem,
                 boot_wait: Duration::from_secs(120),
@@ -386,6 +393,12 @@ impl Config {
                     &[("warn", SkewPolicy::Warn), ("refuse", SkewPolicy::Refuse)],
                 )?;
             }
+            ("runc", "containerd-skew") => {
+                self.containerd_skew = values::one_of(
+                    at,
+                    &[("warn", SkewPolicy::Warn), ("refuse", SkewPolicy::Refuse)],
+                )?;
+            }
             ("services", "order") => {
                 let default = default_of("services", "order").unwrap_or_default();
                 self.service_order = values::units(at, default)?;
@@ -415,7 +428,11 @@ impl Config {
             ("services", "apply") => {
                 self.apply = values::one_of(
                     at,
-                    &[("restart", Apply::Restart), ("reboot", Apply::Reboot)],
+                    &[
+                        ("restart", Apply::Restart),
+                        ("reboot", Apply::Reboot),
+                        ("auto", Apply::Auto),
+                    ],
                 )?;
             }
             // 0s: do not wait for pods at boot

@@ -42,7 +42,8 @@ fn kernel_cmdline_and_apply() {
     assert_eq!(c.apply, Apply::Reboot);
     let err = Config::parse("[services]\napply = later\n", "t").unwrap_err();
     assert!(
-        err.to_string().ends_with("expected 'restart' or 'reboot'"),
+        err.to_string()
+            .ends_with("expected 'restart', 'reboot' or 'auto'"),
         "{err}"
     );
     let err = Config::parse("[kernel]\ncmdline = grub\n", "t").unwrap_err();

@@ -20,6 +20,7 @@ use crate::paths::Root;
 use crate::policy::{ServicePolicy, SkipReason};
 use crate::reboot;
 use crate::targets::State;
+use crate::verify::effect::Inputs;
 use crate::verify::{self, Action, Report};
 use crate::verify::{parse_release, KERNEL_WIDE_KMEM_SINCE};
 
@@ -47,6 +48,130 @@ impl Judged {
     }
 }
 
+/// How this run's swap reaches the running services: `[services] apply`, decided before
+/// anything is stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Stop the services of the changed binaries, swap, start them again.
+    pub restart: bool,
+    /// After a swap with no service stopped: flag reboot-required (the services run the
+    /// binaries they started with until the node reboots).
+    pub flag: bool,
+    /// Why, for the log and the reboot-required line.
+    pub why: String,
+}
+
+impl Applied {
+    /// `[services] apply = restart`.
+    pub fn restart() -> Applied {
+        Applied {
+            restart: true,
+            flag: false,
+            why: "[services] apply = restart".to_string(),
+        }
+    }
+
+    /// `[services] apply = reboot`.
+    pub fn reboot() -> Applied {
+        Applied {
+            restart: false,
+            flag: true,
+            why: "[services] apply = reboot: the services run the binaries they started with until the node reboots".to_string(),
+        }
+    }
+
+    /// `[services] apply` for this run: `restart` and `reboot` as set; `auto` decided from
+    /// the node's evidence ([`auto`]) when this machine is the node, before anything stops.
+    /// In an image build services are never touched: `auto` is `restart`, which the
+    /// session's policy skips.
+    pub fn decide(root: &Root, config: &Config, judged: &Judged) -> Applied {
+        match (config.apply, judged) {
+            (Apply::Restart, _) => Applied::restart(),
+            (Apply::Reboot, _) => Applied::reboot(),
+            (Apply::Auto, Judged::Image(why)) => Applied {
+                restart: true,
+                flag: false,
+                why: format!("[services] apply = auto: {why}: an image build, no service runs"),
+            },
+            (Apply::Auto, Judged::Here) => {
+                let report = verify::run(&verify::settings_for(root, config));
+                let applied = auto(report.inputs.as_ref());
+                info!("{}", applied.why);
+                applied
+            }
+        }
+    }
+
+    /// The fixed modes; `auto` without evidence restarts, as `restart` would.
+    pub fn of(apply: Apply) -> Applied {
+        match apply {
+            Apply::Restart => Applied::restart(),
+            Apply::Reboot => Applied::reboot(),
+            Apply::Auto => auto(None),
+        }
+    }
+}
+
+/// `[services] apply = auto` from verify's evidence (pure). A restart of docker kills every
+/// container on the node; it makes the fix effective now only on Linux < 4.6 with a clean
+/// kubepods hierarchy: kmem is then on only where a binary switches it on, and the pods the
+/// payload kubelet creates after the restart are free of it. On Linux >= 4.6 (kmem is
+/// kernel-wide until booted with `cgroup.memory=nokmem`, whatever the binaries), on < 4.6
+/// with a kmem-active kubepods (every pod inherits it until the node reboots), and where
+/// there is no cgroup v1 memory controller, a restart changes nothing but the containers:
+/// swap with no service stopped and flag the reboot that starts the services on the new
+/// binaries. Evidence that cannot be read: restart, as `restart` would.
+pub fn auto(inputs: Option<&Inputs>) -> Applied {
+    let restart = |why: String| Applied {
+        restart: true,
+        flag: false,
+        why: format!("[services] apply = auto: restarting: {why}"),
+    };
+    let reboot = |why: String| Applied {
+        restart: false,
+        flag: true,
+        why: format!("[services] apply = auto: no service stopped, reboot flagged: {why}"),
+    };
+    let Some(i) = inputs else {
+        return restart(
+            "the node's evidence could not be read, so as [services] apply = restart would".into(),
+        );
+    };
+    if i.v1_memory == Some(false) {
+        return reboot(
+            "no cgroup v1 memory controller: this leak does not apply and a restart would only kill the containers; the services take the new binaries when the node reboots".into(),
+        );
+    }
+    let (Some(release), Some(active)) = (i.release, i.active) else {
+        return restart(
+            "the kernel release or the kmem-active cgroups could not be read, so as [services] apply = restart would".into(),
+        );
+    };
+    let (major, minor) = release;
+    if release >= KERNEL_WIDE_KMEM_SINCE {
+        let kmem = if i.cmdline_nokmem {
+            format!("booted with {}, kmem is off kernel-wide", cmdline::PARAM)
+        } else {
+            format!(
+                "kmem is accounted in every memory cgroup until the node boots with {}",
+                cmdline::PARAM
+            )
+        };
+        return reboot(format!(
+            "on Linux {major}.{minor} {kmem}, whatever the binaries: a restart would only kill the containers"
+        ));
+    }
+    if active.kubepods > 0 {
+        return reboot(format!(
+            "on Linux {major}.{minor} kubepods or its QoS cgroups account kmem ({} cgroups), and every pod created under them inherits it until the node reboots: a restart would only kill the containers",
+            active.kubepods
+        ));
+    }
+    restart(format!(
+        "on Linux {major}.{minor} with a clean kubepods hierarchy the pods the payload kubelet creates after the restart are free of kmem: the restart puts the fix in effect now"
+    ))
+}
+
 /// Identifies the state file as last written (the swap's last step rewrites it).
 pub fn state_stamp(root: &Root) -> Option<(u64, i64, i64)> {
     let m = std::fs::metadata(State::path(root)).ok()?;
@@ -57,9 +182,15 @@ pub fn state_stamp(root: &Root) -> Option<(u64, i64, i64)> {
 /// ([`Judged::Here`]); or, for an image, the command line from its own files and what its
 /// kernels need, the verdict deferred to its first boot. `swapped` says whether this run
 /// changed a binary.
-pub fn after_install(root: &Root, config: &Config, swapped: bool, judged: &Judged) {
+pub fn after_install(
+    root: &Root,
+    config: &Config,
+    applied: &Applied,
+    swapped: bool,
+    judged: &Judged,
+) {
     let why = match judged {
-        Judged::Here => return after_install_here(root, config, swapped),
+        Judged::Here => return after_install_here(root, config, applied, swapped),
         Judged::Image(why) => why,
     };
     // the image's cgroup layout is known only when it boots: unknown, and the parameter is
@@ -151,19 +282,16 @@ pub fn image_effect(
 }
 
 /// [`after_install`] on the node itself.
-fn after_install_here(root: &Root, config: &Config, swapped: bool) {
+fn after_install_here(root: &Root, config: &Config, applied: &Applied, swapped: bool) {
     let v1 = verify::v1_memory(&config.verify.proc_root, &config.verify.cgroup_root);
     apply_cmdline(root, cmdline::managed(config.kernel_cmdline, v1));
     let report = verify::run(&verify::settings_for(root, config));
-    if config.apply == Apply::Reboot && swapped {
-        flag(
-            root,
-            "[services] apply = reboot: the services run the old binaries until the node reboots",
-        );
+    if applied.flag && swapped {
+        flag(root, &applied.why);
     }
     match report.action {
         Action::Reboot => {
-            if config.apply == Apply::Restart {
+            if applied.restart {
                 info!(
                     "install: a reboot is still needed: {}",
                     report.reboot_required.reason
@@ -190,13 +318,26 @@ pub fn after_verify(root: &Root, report: &Report) {
     }
 }
 
-/// After remove: our drop-in goes, grub.cfg is regenerated.
-pub fn after_remove(root: &Root) {
+/// After remove: our drop-in goes, grub.cfg is regenerated; on the node, when services
+/// still run k8s-nokmem's binaries (`running`, left running by `applied`), the reboot that
+/// starts them on the originals is flagged, as install flags the one that starts the
+/// payload.
+pub fn after_remove(root: &Root, applied: &Applied, running: &[String], judged: &Judged) {
     if let Err(e) = cmdline::remove(root) {
         warn!(
             "kernel cmdline: {}\nnote: delete {} by hand and run update-grub",
             verify::error_chain(&e),
             root.describe(cmdline::DROPIN)
+        );
+    }
+    if applied.flag && !running.is_empty() && *judged == Judged::Here {
+        flag(
+            root,
+            &format!(
+                "{}; {} still run k8s-nokmem's binaries",
+                applied.why,
+                running.join(", ")
+            ),
         );
     }
 }

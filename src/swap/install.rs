@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use log::info;
 
+use super::effect::Applied;
 use super::plan::{install_steps, running, units_for, Running};
 use super::preflight::{preflight, Found};
 use super::session::{log_skipped_restarts, preflight_failed, Session};
-use crate::config::{Apply, Config};
+use crate::config::Config;
 use crate::dpkg::Dpkg;
 use crate::journal::{self, Node, Transaction};
 use crate::paths::Root;
@@ -17,11 +18,13 @@ use crate::systemd::ServiceManager;
 use crate::targets::{InPlace, Original, PackageVersion, State, TargetState};
 
 /// The install transaction on `root` with `manager` acting on services (None: no service
-/// actions, as decided by the session's policy).
+/// actions, as decided by the session's policy); `applied` says whether the services of
+/// changed binaries are restarted.
 pub fn install(
     root: &Root,
     session: &Session,
     config: &Config,
+    applied: &Applied,
     manager: Option<&dyn ServiceManager>,
 ) -> anyhow::Result<()> {
     session.resolve_interrupted(root, manager, config)?;
@@ -62,10 +65,12 @@ pub fn install(
         return Ok(());
     }
 
-    // [services] apply = reboot: no service is stopped; the node's reboot starts the new ones
-    let units = match config.apply {
-        Apply::Restart => units_for(config, changed.iter().map(|f| &f.target.restart)),
-        Apply::Reboot => Vec::new(),
+    // not restarted ([services] apply): no service is stopped; the node's reboot starts
+    // the new ones
+    let units = if applied.restart {
+        units_for(config, changed.iter().map(|f| &f.target.restart))
+    } else {
+        Vec::new()
     };
     let Running { units, failing } = running(manager, units)?;
     let services = session.services(root, manager, &units)?;

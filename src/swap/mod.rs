@@ -14,6 +14,7 @@ use crate::paths::Root;
 use crate::policy::SkipReason;
 use crate::signals::Deferred;
 
+pub mod containerd;
 pub mod effect;
 mod install;
 pub mod plan;
@@ -57,10 +58,12 @@ pub fn run_install(root: &Root, config_path: Option<&Path>) -> anyhow::Result<()
     let config =
         Config::load(root, config_path).map_err(|e| session::preflight_failed("install", e))?;
     let connected = session.connect()?;
+    let judged = effect::Judged::of(&session.policy);
+    let applied = effect::Applied::decide(root, &config, &judged);
     let before = effect::state_stamp(root);
-    install(root, &session, &config, connected.as_deref())?;
+    install(root, &session, &config, &applied, connected.as_deref())?;
     let swapped = effect::state_stamp(root) != before;
-    effect::after_install(root, &config, swapped, &effect::Judged::of(&session.policy));
+    effect::after_install(root, &config, &applied, swapped, &judged);
     Ok(())
 }
 
@@ -69,8 +72,10 @@ pub fn run_remove(root: &Root, config_path: Option<&Path>) -> anyhow::Result<()>
     let (_signals, session) = begin(root, "remove", "")?;
     let config = config_or_default(root, config_path, "removing");
     let connected = session.connect()?;
-    remove(root, &session, &config, connected.as_deref())?;
-    effect::after_remove(root);
+    let judged = effect::Judged::of(&session.policy);
+    let applied = effect::Applied::decide(root, &config, &judged);
+    let running = remove(root, &session, &config, &applied, connected.as_deref())?;
+    effect::after_remove(root, &applied, &running, &judged);
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context};
 use log::{debug, info, warn};
 
+use super::containerd;
 use crate::config::{Config, SkewPolicy};
 use crate::divert::{Diversion, DpkgDivert};
 use crate::dpkg::{self, Dpkg};
@@ -99,6 +100,7 @@ pub fn preflight(root: &Root, config: &Config) -> anyhow::Result<Vec<Found>> {
         }
     }
     check_skew(config, &dpkg, &found)?;
+    check_containerd(root, config, &dpkg, &found)?;
     check_space(root, &found)?;
     Ok(found)
 }
@@ -252,6 +254,74 @@ fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<(
                     Some(at) => format!("or accept the skew: set `version-skew = warn` at {at}"),
                     None => format!(
                         "or accept the skew: set `version-skew = warn` under [kubelet] in a drop-in, {}",
+                        paths::EXAMPLE_DROPIN
+                    ),
+                },
+            ))
+        }
+    }
+}
+
+/// Warn or refuse when the payload runc is about to be placed and the node's containerd
+/// release does not support it ([`containerd::TABLE`]). No containerd found, or one the table
+/// does not know: skipped with a note.
+fn check_containerd(
+    root: &Root,
+    config: &Config,
+    dpkg: &Dpkg,
+    found: &[Found],
+) -> anyhow::Result<()> {
+    let Some(f) = found
+        .iter()
+        .find(|f| f.target.name == "runc" && !(f.ours && f.now == InPlace::Payload))
+    else {
+        return Ok(());
+    };
+    let runc = &f.target.payload_version;
+    let node = containerd::find(root, dpkg)?;
+    let verdict = node.as_ref().map(|c| containerd::judge(c, runc));
+    let (Some(c), Some(containerd::Verdict::Unsupported(row))) = (&node, &verdict) else {
+        containerd::log_verdict(node.as_ref(), runc, verdict.as_ref());
+        return Ok(());
+    };
+    let (major, minor) = row.containerd;
+    let msg = format!(
+        "containerd {} ({}) does not support the payload runc {runc}: containerd {major}.{minor} ships and tests runc {}",
+        c.version,
+        c.from,
+        row.range()
+    );
+    // where the policy was set (file:line), else where to set it: a drop-in
+    let set_at = config
+        .sources
+        .get("runc", "containerd-skew")
+        .map(|s| format!("{}:{}", s.origin.path.display(), s.origin.line));
+    match config.containerd_skew {
+        SkewPolicy::Warn => {
+            warn!(
+                "{msg}; installing anyway ([runc] containerd-skew = warn at {})",
+                set_at.as_deref().unwrap_or("(unknown)")
+            );
+            Ok(())
+        }
+        SkewPolicy::Refuse => {
+            let err = anyhow!(
+                "{msg}: refusing to place it under this containerd ([runc] containerd-skew = refuse, the default)"
+            );
+            let err = with_note(
+                err,
+                format!(
+                    "build k8s-nokmem with a runc this containerd supports ({}): check out that runc tag (e.g. {}) in DIR and run `scripts/build-deb.sh -- --runc-src DIR`, then install that package",
+                    row.range(),
+                    row.upto
+                ),
+            );
+            Err(with_note(
+                err,
+                match &set_at {
+                    Some(at) => format!("or accept the skew: set `containerd-skew = warn` at {at}"),
+                    None => format!(
+                        "or accept the skew: set `containerd-skew = warn` under [runc] in a drop-in, {}",
                         paths::EXAMPLE_DROPIN
                     ),
                 },

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use log::{info, warn};
 
+use super::effect::Applied;
 use super::plan::{remove_steps, running, units_for, Running, Swapped};
 use super::session::{log_skipped_restarts, preflight_failed, Session};
 use crate::config::Config;
@@ -19,13 +20,16 @@ use crate::paths::{self, Root};
 use crate::systemd::ServiceManager;
 use crate::targets::State;
 
-/// The remove transaction on `root`.
+/// The remove transaction on `root`. With `applied` not restarting, no service is stopped
+/// or started: the originals are put back underneath the running services. Returns the
+/// running units left on k8s-nokmem's binaries that way (empty when they were restarted).
 pub fn remove(
     root: &Root,
     session: &Session,
     config: &Config,
+    applied: &Applied,
     manager: Option<&dyn ServiceManager>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     session.resolve_interrupted(root, manager, config)?;
 
     let started = Instant::now();
@@ -78,7 +82,7 @@ pub fn remove(
             "remove [1/1] preflight: ok, nothing to do: nothing is swapped ({} ms)",
             started.elapsed().as_millis()
         );
-        return Ok(());
+        return Ok(Vec::new());
     }
     let restart: Vec<Vec<String>> = swapped
         .iter()
@@ -89,7 +93,19 @@ pub fn remove(
                 .unwrap_or_default()
         })
         .collect();
-    let Running { units, failing } = running(manager, units_for(config, restart.iter()))?;
+    let Running {
+        units: wanted,
+        failing,
+    } = running(manager, units_for(config, restart.iter()))?;
+    // not restarted ([services] apply): the running services keep k8s-nokmem's binaries
+    // until the node reboots
+    let (units, left) = if applied.restart || manager.is_none() {
+        (wanted, Vec::new())
+    } else {
+        // a socket runs no binary of ours
+        let services = wanted.into_iter().filter(|u| !u.ends_with(".socket"));
+        (Vec::new(), services.collect())
+    };
     let services = session.services(root, manager, &units)?;
     let node = Node::new(root, services, config.service_timeout)
         .with_settle(config.service_settle)
@@ -104,5 +120,12 @@ pub fn remove(
         session.failpoint.as_ref(),
     )?;
     log_skipped_restarts(&node.services, &units, "running k8s-nokmem's binaries");
-    Ok(())
+    if !left.is_empty() {
+        info!(
+            "services not restarted ({}): {} keep running k8s-nokmem's binaries until the node reboots",
+            applied.why,
+            left.join(", ")
+        );
+    }
+    Ok(left)
 }

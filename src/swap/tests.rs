@@ -65,13 +65,16 @@ impl TestNode {
     fn install(&self, sd: &FakeSystemd) -> anyhow::Result<()> {
         let session = Session::open(&self.root, "install")?;
         let config = Config::load(&self.root, None)?;
-        install(&self.root, &session, &config, Some(sd))
+        let applied = effect::Applied::of(config.apply);
+        install(&self.root, &session, &config, &applied, Some(sd))
     }
 
-    fn remove(&self, sd: &FakeSystemd) -> anyhow::Result<()> {
+    /// Remove; the running units left on k8s-nokmem's binaries.
+    fn remove(&self, sd: &FakeSystemd) -> anyhow::Result<Vec<String>> {
         let session = Session::open(&self.root, "remove")?;
         let config = Config::load(&self.root, None)?;
-        remove(&self.root, &session, &config, Some(sd))
+        let applied = effect::Applied::of(config.apply);
+        remove(&self.root, &session, &config, &applied, Some(sd))
     }
 }
 
@@ -128,6 +131,84 @@ fn apply_reboot_swaps_with_no_service_stopped_or_started() {
         "{:?}",
         sd.call_lines()
     );
+}
+
+/// `[services] apply = reboot` governs remove as it does install: the originals go back
+/// underneath the running services (nothing stopped or started), byte for byte, and on the
+/// node the reboot that starts them is flagged, once. In an image nothing is flagged.
+#[test]
+fn apply_reboot_removes_with_no_service_stopped_and_flags_the_reboot() {
+    let node = TestNode::new();
+    let sd = FakeSystemd::with_active(&UNITS);
+    node.install(&sd).unwrap();
+    node.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[services]\napply = reboot\n",
+    );
+    sd.clear_calls();
+    let before = sd.unit_state("docker.service");
+    let left = node.remove(&sd).unwrap();
+    let stops_or_starts: Vec<String> = sd
+        .call_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("stop ") || l.starts_with("start "))
+        .collect();
+    assert!(stops_or_starts.is_empty(), "{stops_or_starts:?}");
+    assert_eq!(sd.unit_state("docker.service"), before, "not restarted");
+    assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
+    assert_eq!(node.read("usr/sbin/runc"), ORIG_RUNC);
+    assert!(!node.dir.path().join("usr/bin/kubelet.distrib").exists());
+    assert_eq!(
+        fs::read_to_string(node.dir.path().join("var/lib/dpkg/diversions")).unwrap(),
+        ""
+    );
+    assert_eq!(left, vec!["kubelet.service", "docker.service"]);
+    // with an active docker.socket: still only the services are named, nothing stopped
+    let socket_node = TestNode::new();
+    let with_socket =
+        FakeSystemd::with_active(&["kubelet.service", "docker.service", "docker.socket"]);
+    socket_node.install(&with_socket).unwrap();
+    socket_node.write(
+        "etc/k8s-nokmem/k8s-nokmem.conf",
+        b"[services]\napply = reboot\n",
+    );
+    with_socket.clear_calls();
+    assert_eq!(
+        socket_node.remove(&with_socket).unwrap(),
+        vec!["kubelet.service", "docker.service"]
+    );
+    assert!(
+        !with_socket
+            .call_lines()
+            .iter()
+            .any(|l| l.starts_with("stop ") || l.starts_with("start ")),
+        "{:?}",
+        with_socket.call_lines()
+    );
+    assert_eq!(socket_node.read("usr/sbin/runc"), ORIG_RUNC);
+
+    let config = Config::load(&node.root, None).unwrap();
+    let applied = effect::Applied::of(config.apply);
+    let image = effect::Judged::Image(crate::policy::SkipReason::SystemdNotRunning);
+    effect::after_remove(&node.root, &applied, &left, &image);
+    assert!(!crate::reboot::read(&node.root).required, "image: no flag");
+    for _ in 0..2 {
+        effect::after_remove(&node.root, &applied, &left, &effect::Judged::Here);
+    }
+    let flag = crate::reboot::read(&node.root);
+    assert!(flag.required && flag.by_us, "{flag:?}");
+    assert_eq!(flag.packages, vec!["k8s-nokmem"], "listed once");
+
+    // restart (the default) restarts and flags nothing
+    let node = TestNode::new();
+    node.install(&sd).unwrap();
+    sd.clear_calls();
+    let left = node.remove(&sd).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(sd.call_lines().len(), 4, "{:?}", sd.call_lines());
+    let applied = effect::Applied::of(Config::load(&node.root, None).unwrap().apply);
+    effect::after_remove(&node.root, &applied, &left, &effect::Judged::Here);
+    assert!(!crate::reboot::read(&node.root).required);
 }
 
 #[test]
@@ -493,8 +574,9 @@ fn install_flags_reboot_required_on_the_node_only_when_a_reboot_helps() {
             let sd = FakeSystemd::with_active(&UNITS);
             node.install(&sd).unwrap();
             let config = Config::load(&node.root, None).unwrap();
+            let applied = effect::Applied::of(config.apply);
             for _ in 0..2 {
-                effect::after_install(&node.root, &config, true, &judged);
+                effect::after_install(&node.root, &config, &applied, true, &judged);
             }
             let flag = crate::reboot::read(&node.root);
             let want = flagged && judged == effect::Judged::Here;
@@ -589,7 +671,7 @@ fn finishing_an_interrupted_remove_starts_what_it_stopped_even_when_a_step_fails
         sd.add_fault(Op::Stop, "docker.service", Fault::Timeout, Some(1));
         sd.clear_calls();
         let err = match next {
-            "remove" => node.remove(&sd),
+            "remove" => node.remove(&sd).map(drop),
             _ => node.install(&sd),
         }
         .unwrap_err();
@@ -726,4 +808,205 @@ fn a_unit_caught_active_between_two_crashes_counts_as_failing() {
         "{:?}",
         t0.elapsed()
     );
+}
+
+/// How fixed a node is by the rule's verdict: in effect, pods to recreate, a reboot, an
+/// operator's action.
+fn rank(action: crate::verify::Action) -> u8 {
+    use crate::verify::Action::*;
+    match action {
+        None => 0,
+        RecreatePods => 1,
+        Reboot => 2,
+        Operator => 3,
+    }
+}
+
+/// The node right after an install, as verify's rule sees it: the payload in place, the
+/// pods that ran before it now from before the swap, the running kubelet the payload only
+/// if the services were restarted (a restart recreates no pod cgroup: kubelet keeps them).
+fn after_install_model(
+    i: &crate::verify::effect::Inputs,
+    restarted: bool,
+) -> crate::verify::effect::Inputs {
+    let mut a = i.clone();
+    a.payload_kubelet = Some(true);
+    a.running_old_kubelet = !restarted;
+    a.rebooted_since_swap = Some(false);
+    if let Some(active) = a.active.as_mut() {
+        active.before_swap += active.not_swapped;
+        active.not_swapped = 0;
+    }
+    a
+}
+
+/// Every combination of the evidence the rule reads on a node about to be swapped.
+fn evidence_grid() -> Vec<crate::verify::effect::Inputs> {
+    use crate::cmdline::{Loader, NextBoot};
+    use crate::verify::effect::{Active, Inputs};
+    let mut out = Vec::new();
+    for release in [
+        None,
+        Some((3, 10)),
+        Some((4, 4)),
+        Some((5, 4)),
+        Some((6, 1)),
+    ] {
+        for v1_memory in [Some(true), Some(false), None] {
+            for cmdline_nokmem in [false, true] {
+                for kubepods in [0, 3] {
+                    for pods in [0, 4] {
+                        for kernel in [0, 7] {
+                            for walked in [true, false] {
+                                for (managed, loader, param) in [
+                                    (true, Loader::Grub, true),
+                                    (true, Loader::Grub, false),
+                                    (false, Loader::Grub, false),
+                                    (
+                                        true,
+                                        Loader::Other {
+                                            file: "/boot/firmware/cmdline.txt".into(),
+                                            line: "append it".into(),
+                                        },
+                                        false,
+                                    ),
+                                ] {
+                                    out.push(Inputs {
+                                        release,
+                                        v1_memory,
+                                        cmdline_nokmem,
+                                        kernel_wide_ignored: false,
+                                        active: walked.then_some(Active {
+                                            kubepods,
+                                            not_swapped: pods,
+                                            kernel,
+                                            ..Active::default()
+                                        }),
+                                        payload_kubelet: Some(false),
+                                        running_old_kubelet: false,
+                                        rebooted_since_swap: None,
+                                        boot_time: Some(1000),
+                                        cmdline_managed: managed,
+                                        loader,
+                                        next_boot: NextBoot {
+                                            dropin: managed,
+                                            grub_cfg_has_param: param,
+                                            grub_cfg_written: Some(2000),
+                                        },
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The reason `auto` may be the default: on every combination of evidence, verify's own
+/// rule ([`crate::verify::effect::decide`]) finds the node after an `auto` install at least
+/// as fixed as after a `restart` install, and where `auto` restarts nothing it flags the
+/// reboot. And the comparison has teeth: never restarting leaves some node less fixed
+/// (Linux < 4.6 with a clean kubepods: the old kubelet keeps creating kmem pods).
+#[test]
+fn auto_never_leaves_a_node_less_fixed_than_restart() {
+    use crate::verify::effect::decide;
+    let grid = evidence_grid();
+    let (mut restarts, mut holds_back) = (0, 0);
+    for i in &grid {
+        let applied = effect::auto(Some(i));
+        let with_restart = decide(&after_install_model(i, true));
+        let with_auto = decide(&after_install_model(i, applied.restart));
+        assert!(
+            rank(with_auto.action) <= rank(with_restart.action),
+            "auto ({}) leaves {:?} where restart leaves {:?}: {i:?}",
+            applied.why,
+            with_auto,
+            with_restart
+        );
+        assert!(applied.restart || applied.flag, "{i:?}");
+        if applied.restart {
+            restarts += 1;
+        } else {
+            holds_back += 1;
+        }
+    }
+    assert!(restarts > 0 && holds_back > 0, "{restarts} {holds_back}");
+    assert!(
+        grid.iter().any(|i| {
+            rank(decide(&after_install_model(i, false)).action)
+                > rank(decide(&after_install_model(i, true)).action)
+        }),
+        "never restarting must lose somewhere, or this test proves nothing"
+    );
+    assert!(effect::auto(None).restart, "no evidence: as restart");
+}
+
+/// `apply = auto` on recorded nodes, through the install transaction with the fake
+/// systemd: services restarted only on Linux < 4.6 with a clean kubepods; elsewhere none
+/// stopped, the reboot flagged, and the log's reason says which and why.
+#[test]
+fn auto_restarts_only_where_the_restart_puts_the_fix_in_effect() {
+    let cases = [
+        ("4.4-nokmem", true, "with a clean kubepods hierarchy"),
+        ("4.4-kmem", true, "with a clean kubepods hierarchy"),
+        (
+            "3.10-eio",
+            true,
+            "on Linux 3.10 with a clean kubepods hierarchy",
+        ),
+        (
+            "4.4-kubepods",
+            false,
+            "kubepods or its QoS cgroups account kmem",
+        ),
+        (
+            "5.4-kmem",
+            false,
+            "until the node boots with cgroup.memory=nokmem",
+        ),
+        (
+            "nokmem-cmdline",
+            false,
+            "booted with cgroup.memory=nokmem, kmem is off kernel-wide",
+        ),
+        ("v2-only", false, "no cgroup v1 memory controller"),
+    ];
+    for (tree, restarted, why) in cases {
+        let recorded = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/cgroup")
+            .join(tree);
+        let config_text = format!(
+            "[services]\napply = auto\n[verify]\nproc-root = {}\ncgroup-root = {}\n",
+            recorded.join("proc").display(),
+            recorded.join("sys/fs/cgroup").display()
+        );
+        let node = TestNode::new();
+        node.write("etc/k8s-nokmem/k8s-nokmem.conf", config_text.as_bytes());
+        let sd = FakeSystemd::with_active(&UNITS);
+        let session = Session::open(&node.root, "install").unwrap();
+        let config = Config::load(&node.root, None).unwrap();
+        let applied = effect::Applied::decide(&node.root, &config, &effect::Judged::Here);
+        assert_eq!(applied.restart, restarted, "{tree}: {}", applied.why);
+        assert!(applied.why.contains(why), "{tree}: {}", applied.why);
+        install(&node.root, &session, &config, &applied, Some(&sd)).unwrap();
+        drop(session);
+        assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet", "{tree}");
+        let calls = sd.call_lines();
+        if restarted {
+            assert_eq!(calls.len(), 4, "{tree}: {calls:?}");
+        } else {
+            assert!(
+                !calls
+                    .iter()
+                    .any(|l| l.starts_with("stop ") || l.starts_with("start ")),
+                "{tree}: {calls:?}"
+            );
+            effect::after_install(&node.root, &config, &applied, true, &effect::Judged::Here);
+            let flag = crate::reboot::read(&node.root);
+            assert!(flag.required && flag.by_us, "{tree}: {flag:?}");
+        }
+    }
 }

@@ -193,6 +193,9 @@ pub struct Report {
     pub reboot_required: RebootRequired,
     /// What puts the fix in effect: none, recreate-pods, reboot, operator.
     pub action: Action,
+    /// The evidence the rule judged (`[services] apply = auto` decides from it too).
+    #[serde(skip)]
+    pub inputs: Option<effect::Inputs>,
 }
 
 impl Report {
@@ -355,7 +358,7 @@ pub fn run(settings: &Settings) -> Report {
     checks.extend(node::checks(settings, &mut metrics));
 
     // is the fix in effect, and what will put it in effect
-    let effect = effect_of(
+    let (effect, inputs) = effect_of(
         settings,
         rule,
         &release,
@@ -386,6 +389,7 @@ pub fn run(settings: &Settings) -> Report {
         metrics,
         reboot_required: effect.reboot_required(),
         action: effect.action,
+        inputs: Some(inputs),
     }
 }
 
@@ -402,7 +406,7 @@ fn effect_of(
     swap: Option<i64>,
     checks: &[Check],
     metrics: &Metrics,
-) -> Effect {
+) -> (Effect, effect::Inputs) {
     let version = release.as_ref().ok().map(|(_, v)| *v);
     // Linux < 4.6 ignores the parameter (unless backported): judge by the cgroups alone
     let counted_as = match rule {
@@ -437,7 +441,7 @@ fn effect_of(
         next_boot: crate::cmdline::next_boot(&settings.root),
     };
     debug!("verify effect inputs: {inputs:?}");
-    effect::decide(&inputs)
+    (effect::decide(&inputs), inputs)
 }
 
 /// Run one step, logging one line with its duration.
@@ -557,6 +561,7 @@ mod tests {
                 reason: String::new(),
             },
             action: Action::None,
+            inputs: None,
         };
         assert_eq!(report.first_fix().map(|c| c.name), Some("c"));
     }

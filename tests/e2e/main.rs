@@ -1091,6 +1091,25 @@ impl Ctx {
              grep -qx 'apply = {apply}' /etc/k8s-nokmem/k8s-nokmem.conf"
         ));
     }
+
+    /// Point `[verify] proc-root`/`cgroup-root` at a recorded node of tests/fixtures/cgroup
+    /// copied in under /var/lib/e2e-nodes (what `apply = auto` judges), or back at the
+    /// node's own (None).
+    fn set_kernel_case(&self, tree: Option<&str>) {
+        let (proc_root, cgroup_root, hash) = match tree {
+            Some(t) => (
+                format!("/var/lib/e2e-nodes/{t}/proc"),
+                format!("/var/lib/e2e-nodes/{t}/sys/fs/cgroup"),
+                "",
+            ),
+            None => ("/proc".to_string(), "/sys/fs/cgroup".to_string(), "#"),
+        };
+        self.sh(&format!(
+            "sed -i -E -e 's|^#?proc-root = .*|{hash}proc-root = {proc_root}|' \
+             -e 's|^#?cgroup-root = .*|{hash}cgroup-root = {cgroup_root}|' /etc/k8s-nokmem/k8s-nokmem.conf && \
+             grep -qx '{hash}proc-root = {proc_root}' /etc/k8s-nokmem/k8s-nokmem.conf"
+        ));
+    }
 }
 
 /// The node boots with grub (stand-in update-grub, see UPDATE_GRUB): grub.cfg without the
@@ -1434,8 +1453,12 @@ fn killed(before: &[String], after: &[String]) -> usize {
 }
 
 /// benches/upgrade-kills.sh: containers killed by an upgrade of the runc payload (v1 -> v3 of
-/// make-variants.sh) with `[services] apply = restart` and with `apply = reboot`, on the e2e
-/// node with `E2E_BENCH_PODS` static pods (default 5). Runs only with `E2E_BENCH=upgrade-kills`.
+/// make-variants.sh) with `[services] apply = restart`, `apply = reboot` and `apply = auto`,
+/// on the e2e node with `E2E_BENCH_PODS` static pods (default 5). `auto` decides from the
+/// kernel and cgroups, so it runs once per kernel case: this node's own kernel, and the
+/// recorded 4.4 (clean kubepods), 4.4 (kmem-active kubepods) and 5.4 nodes of
+/// tests/fixtures/cgroup that `[verify] proc-root`/`cgroup-root` point it at. Runs only with
+/// `E2E_BENCH=upgrade-kills`.
 #[test]
 #[ignore = "benchmark on a booted node: run benches/upgrade-kills.sh"]
 fn upgrade_kills() {
@@ -1476,8 +1499,29 @@ fn upgrade_kills() {
     let (v1, v3) = (c.v1.clone(), c.v3.clone());
     let runc_v3 = payload_sha(&c.art.path("k8s-nokmem-v3.deb"), "runc");
     assert_ne!(runc_v3, c.payload_runc, "v3 must ship a different runc");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup");
+    let nodes = c.tb.path("/var/lib/e2e-nodes");
+    std::fs::create_dir_all(&nodes).unwrap();
+    for tree in ["4.4-nokmem", "4.4-kubepods", "5.4-kmem"] {
+        let out = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(fixtures.join(tree))
+            .arg(&nodes)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cp -a {tree}: {}", nspawn::show(&out));
+    }
+    // (mode, kernel case: a recorded node, or None for this node's own kernel)
+    let cases: [(&str, Option<&str>); 6] = [
+        ("restart", None),
+        ("reboot", None),
+        ("auto", None),
+        ("auto", Some("4.4-nokmem")),
+        ("auto", Some("4.4-kubepods")),
+        ("auto", Some("5.4-kmem")),
+    ];
     let mut rows = Vec::new();
-    for apply in ["restart", "reboot"] {
+    for (apply, tree) in cases {
         // from v1 (installed with apply = restart), then the measured upgrade to v3
         if c.pkg_version("k8s-nokmem")
             .starts_with("install ok installed")
@@ -1488,6 +1532,7 @@ fn upgrade_kills() {
         assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "v1's runc");
         all_running(&c);
         c.set_apply(apply);
+        c.set_kernel_case(tree);
         let before = c.running_containers();
         let docker = c.unit_state("docker.service");
         let t = Instant::now();
@@ -1501,12 +1546,17 @@ fn upgrade_kills() {
         all_running(&c);
         let back = t.elapsed().as_secs_f64();
         let restarted = c.unit_state("docker.service").0 != docker.0;
+        c.set_kernel_case(None);
+        let mode = match tree {
+            Some(t) => format!("{apply} (kernel case {t})"),
+            None => format!("{apply} (this node's kernel)"),
+        };
         println!(
-            "bench: upgrade-kills: apply = {apply}: {k} of {} containers killed ({pods} pods), docker {}; apt-get install {upgrade:.1} s, all pods running {back:.1} s after it began",
+            "bench: upgrade-kills: apply = {mode}: {k} of {} containers killed ({pods} pods), docker {}; apt-get install {upgrade:.1} s, all pods running {back:.1} s after it began",
             before.len(),
             if restarted { "restarted" } else { "not restarted" }
         );
-        rows.push((apply, k, before.len()));
+        rows.push((mode, k, before.len()));
     }
     c.set_apply("restart");
     println!(
@@ -1516,9 +1566,16 @@ fn upgrade_kills() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    assert_eq!(
-        rows.iter().find(|r| r.0 == "reboot").map(|r| r.1),
-        Some(0),
-        "apply = reboot must kill no container"
-    );
+    let kills = |mode: &str| rows.iter().find(|r| r.0 == mode).map(|r| r.1);
+    for mode in [
+        "reboot (this node's kernel)",
+        "auto (kernel case 4.4-kubepods)",
+        "auto (kernel case 5.4-kmem)",
+    ] {
+        assert_eq!(
+            kills(mode),
+            Some(0),
+            "apply = {mode} must kill no container"
+        );
+    }
 }
