@@ -789,7 +789,7 @@ fn a_runc_the_nodes_containerd_does_not_support_is_refused_and_warn_overrides() 
         "[runc] containerd-skew = refuse, the default",
         "nothing was changed",
         "check out that runc tag (e.g. v1.0.0-rc10) in DIR and run `scripts/build-deb.sh -- --runc-src DIR`",
-        "set `containerd-skew = warn` under [runc] in /etc/k8s-nokmem/k8s-nokmem.conf",
+        "set `containerd-skew = warn` under [runc] in a drop-in, /etc/k8s-nokmem/conf.d/50-local.conf",
     ] {
         assert!(err.contains(want), "missing '{want}' in:\n{err}");
     }
@@ -797,14 +797,14 @@ fn a_runc_the_nodes_containerd_does_not_support_is_refused_and_warn_overrides() 
     assert!(n.diversions().is_empty());
 
     n.write(
-        "etc/k8s-nokmem/k8s-nokmem.conf",
+        "etc/k8s-nokmem/conf.d/50-local.conf",
         b"[runc]\ncontainerd-skew = warn\n",
         0o644,
     );
     let log = n.ok(&["install"]);
     assert!(
         log.contains("warn: containerd 1.2.6-0ubuntu1~16.04.6 (package 'containerd') does not support the payload runc 1.1.5")
-            && log.contains("installing anyway ([runc] containerd-skew = warn in"),
+            && log.contains("installing anyway ([runc] containerd-skew = warn at /etc/k8s-nokmem/conf.d/50-local.conf:2)"),
         "{log}"
     );
     assert_installed(&n);
