@@ -75,6 +75,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("sh", "dash"),
     ("/bin/sh", "dash"),
     ("touch", "coreutils"),
+    ("mkfifo", "coreutils"),
     ("cp", "coreutils"),
     ("rm", "coreutils"),
     ("sha256sum", "coreutils"),
@@ -252,7 +253,12 @@ fn every_tool_the_tests_call_is_installed_by_install_deps() {
             let Some(tool) = piece.split('"').next() else {
                 continue;
             };
-            if NOT_DEBIAN.contains(&tool) {
+            // a program's name or path, not a string that merely mentions `Command::new("`
+            let is_name = !tool.is_empty()
+                && tool
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._/+-".contains(c));
+            if !is_name || NOT_DEBIAN.contains(&tool) {
                 continue;
             }
             match TOOLS.iter().find(|(t, _)| *t == tool) {
