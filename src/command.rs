@@ -29,6 +29,12 @@ pub enum CommandError {
         #[source]
         source: std::io::Error,
     },
+    #[error("failed to wait for `{cmd}`")]
+    Wait {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("`{cmd}` failed ({status}): {stderr}")]
     Failed {
         cmd: String,

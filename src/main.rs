@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use k8s_nokmem::cli;
 use k8s_nokmem::logging::Style;
+use k8s_nokmem::notes;
 
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args_os()) {
@@ -28,16 +29,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Print the top error, then one `-> cause` line per source, then any `note:` lines; under
-/// journald every line at error priority.
+/// Print the error chain and its notes (see `notes`); under journald every line at error
+/// priority.
 fn print_error_chain(err: &anyhow::Error, style: Style) {
-    let mut text = format!("k8s-nokmem: error: {err}");
-    for cause in err.chain().skip(1) {
-        text.push_str(&format!("\n  -> {cause}"));
-    }
-    for note in k8s_nokmem::notes::of(err) {
-        text.push_str(&format!("\nnote: {note}"));
-    }
+    let text = notes::error_report(err.as_ref(), &notes::of(err));
     let _ = std::io::stderr()
         .lock()
         .write_all(style.lines(log::Level::Error, &text).as_bytes());

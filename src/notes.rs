@@ -1,9 +1,68 @@
-//! `note:` lines attached to an error: the next step a user can take.
+//! How an error reaches a user: its cause chain, and the `note:` lines attached to it.
 //!
-//! Attach with `.note("run `k8s-nokmem status`")` on a result or [`with_note`] on an error; the
-//! printer in `main` prints each note after the cause chain.
+//! The chain is the error, then each `source()` under it, shown one way everywhere: on its
+//! own (`main`, a log line, `status`) as the top error and one `  -> cause` line per source
+//! ([`error_lines`], zincati's `log_error_chain`, cargo-deb's `cause:` lines); where an
+//! error is one field of something else (a verify check's summary, a JSON string, the
+//! node-problem-detector line) as `error: cause: cause` on one line ([`error_chain`]).
+//! Never show an error with `{e}` or `{e:#}` alone where it has a source: thiserror's
+//! `Display` is the top message only, and `{:#}` does not change that.
+//!
+//! Attach notes with `.note("run `k8s-nokmem status`")` on a result or [`with_note`] on an
+//! error; the printer in `main` prints each note after the cause chain.
 
+use std::error::Error;
 use std::fmt;
+
+/// The causes under `err`, outermost first. A cause whose message the one above already
+/// ends with is left out (zbus's `I/O error: No such file or directory (os error 2)` over
+/// the `io::Error` it wraps), so no line only repeats the one before.
+pub fn causes<'a>(err: &'a (dyn Error + 'a)) -> impl Iterator<Item = String> + 'a {
+    let mut above = err.to_string();
+    let mut next = err.source();
+    std::iter::from_fn(move || loop {
+        let cause = next?;
+        next = cause.source();
+        let text = cause.to_string();
+        if above.ends_with(&text) {
+            continue;
+        }
+        above = text.clone();
+        return Some(text);
+    })
+}
+
+/// `err`, then one `  -> cause` line per cause: an error shown on its own.
+pub fn error_lines(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    for cause in causes(err) {
+        text.push_str("\n  -> ");
+        text.push_str(&cause);
+    }
+    text
+}
+
+/// `err` and its causes on one line, `failed to x: cause: cause`: an error shown as one
+/// field of something else.
+pub fn error_chain(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    for cause in causes(err) {
+        text.push_str(": ");
+        text.push_str(&cause);
+    }
+    text
+}
+
+/// What `main` prints for a failed command: `k8s-nokmem: error: ` and the [`error_lines`],
+/// then one `note: ` line per note.
+pub fn error_report(err: &dyn Error, notes: &[String]) -> String {
+    let mut text = format!("k8s-nokmem: error: {}", error_lines(err));
+    for note in notes {
+        text.push_str("\nnote: ");
+        text.push_str(note);
+    }
+    text
+}
 
 /// Extension to add a note to any `anyhow::Result`.
 pub trait WithNote<T> {
@@ -70,5 +129,38 @@ mod tests {
         let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
         assert_eq!(chain, vec!["failed to do x", "root cause"]);
         assert_eq!(of(&err), vec!["try y", "or z"]);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to connect to the system bus")]
+    struct Connect(#[source] Wrapper);
+
+    /// zbus's shape: the wrapped error is both in the message and the source.
+    #[derive(Debug, thiserror::Error)]
+    #[error("I/O error: {0}")]
+    struct Wrapper(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_is_shown_once_in_both_layouts() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = Connect(Wrapper(io));
+        assert_eq!(
+            error_lines(&err),
+            "failed to connect to the system bus\n  -> I/O error: entity not found"
+        );
+        assert_eq!(
+            error_chain(&err),
+            "failed to connect to the system bus: I/O error: entity not found"
+        );
+        let err = anyhow::Error::new(err).context("failed to read the services");
+        let err = with_note(err, "run `k8s-nokmem status`");
+        assert_eq!(
+            error_report(err.as_ref(), &of(&err)),
+            "k8s-nokmem: error: failed to read the services\n  -> failed to connect to the system bus\n  -> I/O error: entity not found\nnote: run `k8s-nokmem status`"
+        );
+        assert_eq!(
+            error_lines(&Wrapper(std::io::Error::other("x"))),
+            "I/O error: x"
+        );
     }
 }

@@ -94,10 +94,8 @@ pub fn flag(root: &Root, why: &str) -> Result<(), FileError> {
             Ok((s, _)) if s.success() => debug!("`{NOTIFIER}`: ok"),
             Ok((s, _)) => warn!("`{NOTIFIER}` failed ({s}); the reboot-required files are written"),
             Err(e) => warn!(
-                "{e} ({}); the reboot-required files are written",
-                std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
+                "{}; the reboot-required files are written",
+                crate::notes::error_chain(&e)
             ),
         }
     }

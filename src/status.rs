@@ -13,16 +13,17 @@ use crate::dpkg::Dpkg;
 use crate::journal::Journal;
 use crate::lock::{self, LOCK_FILE};
 use crate::manifest::Manifest;
+use crate::notes::error_chain;
 use crate::outcome::Outcome;
 use crate::paths::{self, Root};
 use crate::policy::ServicePolicy;
-use crate::systemd::{ServiceManager, UnitState};
+use crate::systemd::{ServiceManager, SystemdError, UnitState};
 use crate::targets::{self, Original, State, TargetState, Underneath};
 
 /// How services can be read.
 pub enum Services<'a> {
     Manager(&'a dyn ServiceManager),
-    Unreachable(String),
+    Unreachable(&'a SystemdError),
     Skipped(ServicePolicy),
 }
 
@@ -105,24 +106,24 @@ fn describe(o: &Original, payload: Option<&str>) -> String {
 pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) -> Report {
     let mut problems = Vec::new();
     let mut unknown = Vec::new();
-    let config = Config::load(root, config_path)
-        .map_err(anyhow::Error::from)
-        .unwrap_or_else(|e| {
-            problems.push(format!("{e:#}"));
-            Config::default()
-        });
-    let manifest = Manifest::installed(root).map_err(|e| debug!("{e:#}")).ok();
+    let config = Config::load(root, config_path).unwrap_or_else(|e| {
+        problems.push(error_chain(&e));
+        Config::default()
+    });
+    let manifest = Manifest::installed(root)
+        .map_err(|e| debug!("{}", error_chain(&e)))
+        .ok();
     let diversions: Vec<Diversion> = match DpkgDivert::new(root).list() {
         Ok(d) => d,
         Err(e) => {
-            unknown.push(format!("cannot list diversions: {e}"));
+            unknown.push(format!("cannot list diversions: {}", error_chain(&e)));
             Vec::new()
         }
     };
     let state = match State::load(root) {
         Ok(s) => Some(s),
         Err(e) => {
-            problems.push(format!("{e:#}"));
+            problems.push(error_chain(&e));
             None
         }
     };
@@ -156,7 +157,7 @@ pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) 
             &Dpkg::new(root),
         ) {
             Ok(ts) => ts.into_iter().for_each(|t| add(t.name, t.path)),
-            Err(e) => unknown.push(format!("{e:#}")),
+            Err(e) => unknown.push(error_chain(&e)),
         }
     } else if !wanted.is_empty() {
         unknown.push(format!(
@@ -189,7 +190,11 @@ pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) 
                 warnings.extend(u.warning(&r.name, &recorded.divert_to));
                 r.underneath = Some(u);
             }
-            Err(e) => unknown.push(format!("cannot ask dpkg about {}'s package: {e}", r.name)),
+            Err(e) => unknown.push(format!(
+                "cannot ask dpkg about {}'s package: {}",
+                r.name,
+                error_chain(&e)
+            )),
         }
     }
     let swapped = reports.iter().filter(|r| r.diverted_by_us).count();
@@ -209,7 +214,7 @@ pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) 
 
     let lock_holder = lock::holder_of(&root.join(Path::new(paths::STATE_DIR).join(LOCK_FILE)));
     let interrupted = Journal::load(root).unwrap_or_else(|e| {
-        problems.push(format!("{e:#}"));
+        problems.push(error_chain(e.as_ref()));
         None
     });
     if let Some(pid) = lock_holder {
@@ -243,13 +248,19 @@ pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) 
                         }
                         units.push(s);
                     }
-                    Err(e) => unknown.push(format!("cannot read '{unit}' over D-Bus: {e}")),
+                    Err(e) => unknown.push(format!(
+                        "cannot read '{unit}' over D-Bus: {}",
+                        error_chain(&e)
+                    )),
                 }
             }
             None
         }
         Services::Unreachable(e) => {
-            unknown.push(format!("systemd runs but D-Bus is unreachable: {e}"));
+            unknown.push(format!(
+                "systemd runs but D-Bus is unreachable: {}",
+                error_chain(e)
+            ));
             None
         }
         Services::Skipped(ServicePolicy::Skip(reason)) => Some(format!("not read: {reason}")),
@@ -309,7 +320,7 @@ fn target_report(
     let (now, aside) = match (probe(path), probe(&divert_to)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            unknown.push(format!("{e}"));
+            unknown.push(error_chain(&e));
             (Original::Missing, Original::Missing)
         }
     };

@@ -51,8 +51,12 @@ pub enum TargetError {
         #[source]
         source: DpkgError,
     },
-    #[error("state file '{}' is not valid ({msg}); move it away and run the command again: it is rebuilt from the diversions", path.display())]
-    BadState { path: PathBuf, msg: String },
+    #[error("state file '{}' is not valid; move it away and run the command again: it is rebuilt from the diversions", path.display())]
+    BadState {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("the {name} path {path:?} holds a newline, which dpkg-divert refuses (its database keeps one path a line); set [{name}] path in the config to the binary's real path")]
     Newline { name: String, path: PathBuf },
 }
@@ -404,9 +408,10 @@ impl PackageVersion {
         PackageVersion::of(dpkg, &target.path)
             .map_err(|e| {
                 log::warn!(
-                    "{} package of '{}' not recorded: {e}",
+                    "{} package of '{}' not recorded: {}",
                     target.name,
-                    target.path.display()
+                    target.path.display(),
+                    crate::notes::error_chain(&e)
                 )
             })
             .ok()
@@ -490,9 +495,9 @@ impl State {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
             Err(e) => return Err(FileError::new("read", &path, e).into()),
         };
-        serde_json::from_str(&text).map_err(|e| TargetError::BadState {
+        serde_json::from_str(&text).map_err(|source| TargetError::BadState {
             path: path.clone(),
-            msg: e.to_string(),
+            source,
         })
     }
 
@@ -507,9 +512,9 @@ impl State {
             version: 1,
             targets: self.targets.clone(),
         })
-        .map_err(|e| TargetError::BadState {
+        .map_err(|source| TargetError::BadState {
             path: path.clone(),
-            msg: e.to_string(),
+            source,
         })?;
         text.push('\n');
         paths::atomic_write_bytes(&path, 0o644, text.as_bytes())?;

@@ -25,7 +25,7 @@ impl Status {
         };
         let report = match &manager {
             Some(Ok(m)) => collect(root, path, Services::Manager(m.as_ref())),
-            Some(Err(e)) => collect(root, path, Services::Unreachable(format!("{e:#}"))),
+            Some(Err(e)) => collect(root, path, Services::Unreachable(e)),
             None => collect(root, path, Services::Skipped(policy)),
         };
         if self.json {

@@ -38,12 +38,20 @@ pub fn remove(
         .map_err(|e| preflight_failed("remove", e))?;
     // removal must not be blocked by a damaged state file: the diversions are the truth
     let state = State::load(root).unwrap_or_else(|e| {
-        warn!("{e}; going by the diversions alone");
+        warn!(
+            "{}; going by the diversions alone",
+            crate::notes::error_chain(&e)
+        );
         State::default()
     });
     // the payload may be gone already (a forced removal): then only recorded sha256s count
     let manifest = Manifest::installed(root)
-        .map_err(|e| warn!("{e}: k8s-nokmem's files are recognised from the state file only"))
+        .map_err(|e| {
+            warn!(
+                "{}: k8s-nokmem's files are recognised from the state file only",
+                crate::notes::error_chain(&e)
+            )
+        })
         .ok();
 
     let mut swapped = Vec::new();

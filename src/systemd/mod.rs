@@ -24,6 +24,8 @@
 
 use std::time::Duration;
 
+use crate::command::CommandError;
+
 mod dbus;
 /// A recording test double; compiled only for the unit tests, never shipped.
 #[cfg(test)]
@@ -76,11 +78,12 @@ pub fn connect() -> Result<Box<dyn ServiceManager>, SystemdError> {
         Err(SystemdError::Connect(bus))
             if std::env::var_os("DBUS_SYSTEM_BUS_ADDRESS").is_none() =>
         {
-            log::debug!("no system bus ({bus}); trying systemctl");
-            let systemctl = Systemctl::probe().map_err(|private| SystemdError::NoBus {
-                bus: bus.to_string(),
-                private,
-            })?;
+            log::debug!(
+                "no system bus ({}); trying systemctl",
+                crate::notes::error_chain(&bus)
+            );
+            let systemctl =
+                Systemctl::probe().map_err(|private| SystemdError::NoBus { bus, private })?;
             log::info!(
                 "no system bus: talking to systemd through systemctl (its private socket {PRIVATE_SOCKET})"
             );
@@ -111,13 +114,19 @@ pub struct UnitState {
 pub enum SystemdError {
     #[error("failed to connect to the system bus")]
     Connect(#[source] zbus::Error),
-    #[error("failed to reach systemd: no system bus ({bus}), and `systemctl` (systemd's private socket {PRIVATE_SOCKET}) failed too ({private}); start dbus (`systemctl start dbus.socket`) or run as root")]
-    NoBus { bus: String, private: String },
-    #[error("`systemctl {verb} {unit}` failed: {why}")]
+    /// `bus` is the cause; `private` (a second, independent one) is shown in the message.
+    #[error("failed to reach systemd: no system bus, and `systemctl` (systemd's private socket {PRIVATE_SOCKET}) failed too ({}); start dbus (`systemctl start dbus.socket`) or run as root", crate::notes::error_chain(private))]
+    NoBus {
+        #[source]
+        bus: zbus::Error,
+        private: CommandError,
+    },
+    #[error("`systemctl {verb} {unit}` failed")]
     Systemctl {
         verb: &'static str,
         unit: String,
-        why: String,
+        #[source]
+        source: CommandError,
     },
     #[error("D-Bus call {method}('{unit}') failed")]
     Call {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use log::{debug, trace};
 
 use super::{ServiceAction, ServiceManager, SystemdError, UnitState};
-use crate::command::Cmd;
+use crate::command::{self, Cmd, CommandError};
 
 const SYSTEMCTL: &str = "systemctl";
 const PROPS: &str =
@@ -31,42 +31,33 @@ pub struct Systemctl {}
 
 impl Systemctl {
     /// Check that `systemctl` reaches systemd (`systemctl show -p Version`).
-    pub fn probe() -> Result<Systemctl, String> {
-        let (out, _) = Cmd::new(SYSTEMCTL)
+    pub fn probe() -> Result<Systemctl, CommandError> {
+        let (out, shown) = Cmd::new(SYSTEMCTL)
             .args(["show", "-p", "Version"])
             .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{e}: {}", error_source(&e)))?;
+            .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if out.status.success() && stdout.starts_with("Version=") {
             debug!("systemctl reaches systemd {}", stdout.trim());
             Ok(Systemctl {})
         } else {
-            Err(format!(
-                "`{SYSTEMCTL} show -p Version` failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            Err(command::failed(shown, &out, ""))
         }
     }
 
     fn show(&self, unit: &str) -> Result<(UnitState, String), SystemdError> {
-        let (out, _) = Cmd::new(SYSTEMCTL)
+        let (out, shown) = Cmd::new(SYSTEMCTL)
             .args(["show", "-p", PROPS, "--", unit])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| failed("show", unit, format!("{e}: {}", error_source(&e))))?;
+            .map_err(|e| failed("show", unit, e))?;
         let text = String::from_utf8_lossy(&out.stdout);
         trace!(
             "systemctl show '{unit}': {}",
             text.trim().replace('\n', " ")
         );
         if !out.status.success() {
-            return Err(failed(
-                "show",
-                unit,
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
+            return Err(failed("show", unit, command::failed(shown, &out, "")));
         }
         Ok(parse_show(unit, &text))
     }
@@ -84,13 +75,13 @@ impl Systemctl {
             _ => {}
         }
         let started = Instant::now();
-        let (mut child, _) = Cmd::new(SYSTEMCTL)
+        let (mut child, shown) = Cmd::new(SYSTEMCTL)
             .args(["--job-mode=replace", verb, "--", unit])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| failed(verb, unit, format!("{e}: {}", error_source(&e))))?;
+            .map_err(|e| failed(verb, unit, e))?;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
@@ -106,7 +97,10 @@ impl Systemctl {
                         timeout,
                     });
                 }
-                Err(e) => return Err(failed(verb, unit, e.to_string())),
+                Err(source) => {
+                    let e = CommandError::Wait { cmd: shown, source };
+                    return Err(failed(verb, unit, e));
+                }
             }
         };
         let stderr = child
@@ -188,19 +182,12 @@ pub fn parse_show(unit: &str, text: &str) -> (UnitState, String) {
     (state, service_type)
 }
 
-fn failed(verb: &'static str, unit: &str, why: String) -> SystemdError {
+fn failed(verb: &'static str, unit: &str, source: CommandError) -> SystemdError {
     SystemdError::Systemctl {
         verb,
         unit: unit.to_string(),
-        why,
+        source,
     }
-}
-
-/// The cause under a [`crate::command::CommandError`] (why it could not start).
-fn error_source(e: &crate::command::CommandError) -> String {
-    std::error::Error::source(e)
-        .map(ToString::to_string)
-        .unwrap_or_default()
 }
 
 /// systemctl's message on one line.
@@ -245,14 +232,19 @@ mod tests {
     #[test]
     fn no_bus_error_names_both_ways() {
         let err = SystemdError::NoBus {
-            bus: "no bus here".into(),
-            private: "`systemctl show -p Version` failed".into(),
+            bus: zbus::Error::Failure("no bus here".into()),
+            private: CommandError::Failed {
+                cmd: "systemctl show -p Version".into(),
+                status: "exit status: 1".into(),
+                stderr: "Failed to connect to bus".into(),
+            },
         };
-        let msg = err.to_string();
+        let msg = crate::notes::error_chain(&err);
         assert!(
-            msg.contains("no system bus (no bus here)")
-                && msg.contains("/run/systemd/private) failed too")
-                && msg.contains("systemctl start dbus.socket"),
+            msg.contains("no system bus, and")
+                && msg.contains("/run/systemd/private) failed too (`systemctl show -p Version` failed (exit status: 1): Failed to connect to bus)")
+                && msg.contains("systemctl start dbus.socket")
+                && msg.ends_with(": no bus here"),
             "{msg}"
         );
     }

@@ -31,6 +31,8 @@ mod node;
 pub mod render;
 mod running;
 
+/// A check's summary holds an error on one line (see `notes`).
+pub use crate::notes::error_chain;
 pub use causes::Cause;
 pub use cgroup::{Kind, Qos, Setup, MEMCG_ID_LIMIT};
 pub use effect::{Action, Effect, RebootRequired};
@@ -457,18 +459,6 @@ fn step<T, E: std::error::Error>(name: &str, f: impl FnOnce() -> Result<T, E>) -
     result
 }
 
-/// An error and its causes on one line: `failed to x: cause: cause`.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
-    }
-    s
-}
-
 /// When the payload was swapped in: the latest `swapped_at` of the targets in
 /// `R/var/lib/k8s-nokmem/state.json` (stamped by the install's record step), else the
 /// file's mtime (state files from before that stamp; the record step is the install's last
@@ -490,7 +480,7 @@ fn swap_time(root: &Root) -> Option<i64> {
             .map(|t| t as i64)
             .or(from_file),
         Err(e) => {
-            debug!("{e}: using the state file's mtime");
+            debug!("{}: using the state file's mtime", error_chain(&e));
             from_file
         }
     }

@@ -327,7 +327,7 @@ fn diversion_check(root: &Root, targets: &[Target], diversions: &[Diversion]) ->
                 "{} is not diverted: the next upgrade of its package overwrites the payload",
                 root.describe(&t.path)
             )),
-            Err(e) => bad.push(e.to_string()),
+            Err(e) => bad.push(error_chain(&e)),
         }
     }
     let evidence = Evidence::Diversions(evidence::Diversions { diversions: lines });

@@ -392,7 +392,7 @@ impl Node<'_> {
     /// The current state minus the targets we no longer divert.
     pub(in crate::journal) fn state_without_undiverted(&self) -> anyhow::Result<State> {
         let mut state = State::load(&self.root).unwrap_or_else(|e| {
-            warn!("{e}: rewriting it");
+            warn!("{}: rewriting it", crate::notes::error_chain(&e));
             State::default()
         });
         let ours: Vec<_> = self
