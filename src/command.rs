@@ -174,14 +174,11 @@ struct KernelSigaction {
 /// Async-signal-safe: system calls only, no allocation.
 fn default_signals() -> std::io::Result<()> {
     use nix::libc;
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     // SAFETY: plain system calls on stack values of the kernel's layout; the kernel
     // writes at most `sizeof(struct sigaction)` (<= ours) into `old`.
     unsafe {
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         let dfl = KernelSigaction::default();
         for signo in 1..=LAST_SIGNAL {
             if signo == libc::SIGKILL || signo == libc::SIGSTOP {

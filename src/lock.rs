@@ -12,13 +12,12 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg};
+use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg, OFlag};
 use nix::libc;
-use rustix::fs::{Mode, OFlags};
+use nix::sys::stat::Mode;
 
 use crate::paths::{FileError, WrapIo};
 
@@ -97,8 +96,8 @@ impl Lock {
 /// anything but a plain file of its own (a hard link to another file has more than one
 /// name): the pid is written into it.
 fn open_lock_file(path: &Path) -> Result<File, FileError> {
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let file = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644))
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let file = nix::fcntl::open(path, flags, Mode::from_bits_retain(0o644))
         .map(File::from)
         .map_err(io::Error::from)
         .with_path("open lock file", path)?;
@@ -131,8 +130,8 @@ impl DpkgLock {
     /// that nobody else holds the database lock; without waiting.
     pub fn acquire(admin_dir: &Path) -> Result<DpkgLock, LockError> {
         let path = admin_dir.join(DPKG_FRONTEND_LOCK);
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let file = rustix::fs::open(&path, flags, Mode::from_raw_mode(0o640))
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let file = nix::fcntl::open(&path, flags, Mode::from_bits_retain(0o640))
             .map(File::from)
             .map_err(io::Error::from)
             .with_path("open dpkg's frontend lock", &path)?;
@@ -143,10 +142,7 @@ impl DpkgLock {
             return Err(io::Error::other("not a plain file"))
                 .with_path("use dpkg's frontend lock", &path)?;
         }
-        match fcntl(
-            file.as_raw_fd(),
-            FcntlArg::F_SETLK(&whole_file(libc::F_WRLCK)),
-        ) {
+        match fcntl(&file, FcntlArg::F_SETLK(&whole_file(libc::F_WRLCK))) {
             Ok(_) => {}
             Err(Errno::EAGAIN | Errno::EACCES) => {
                 return Err(LockError::DpkgBusy {
@@ -157,10 +153,10 @@ impl DpkgLock {
             Err(source) => return Err(LockError::Flock { path, source }),
         }
         let db = admin_dir.join(DPKG_DB_LOCK);
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        if let Ok(db_file) = rustix::fs::open(&db, flags, Mode::empty()).map(File::from) {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        if let Ok(db_file) = nix::fcntl::open(&db, flags, Mode::empty()).map(File::from) {
             let mut probe = whole_file(libc::F_WRLCK);
-            match fcntl(db_file.as_raw_fd(), FcntlArg::F_GETLK(&mut probe)) {
+            match fcntl(&db_file, FcntlArg::F_GETLK(&mut probe)) {
                 Ok(_) if i32::from(probe.l_type) == libc::F_UNLCK => {}
                 Ok(_) => {
                     return Err(LockError::DpkgBusy {
@@ -191,7 +187,7 @@ fn whole_file(l_type: libc::c_int) -> libc::flock {
 /// The pid of the process holding a lock that conflicts with a write lock on `file`.
 fn fcntl_holder(file: &File) -> Option<u32> {
     let mut probe = whole_file(libc::F_WRLCK);
-    fcntl(file.as_raw_fd(), FcntlArg::F_GETLK(&mut probe)).ok()?;
+    fcntl(file, FcntlArg::F_GETLK(&mut probe)).ok()?;
     (i32::from(probe.l_type) != libc::F_UNLCK)
         .then(|| u32::try_from(probe.l_pid).ok().filter(|p| *p > 0))
         .flatten()
@@ -205,8 +201,8 @@ pub fn holder_of(path: &Path) -> Option<Option<u32>> {
 impl Lock {
     /// Try a shared lock without creating the file: `Err(pid)` when an exclusive one is held.
     fn acquire_shared_probe(path: &Path) -> Result<(), Option<u32>> {
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let Ok(file) = rustix::fs::open(path, flags, Mode::empty()).map(File::from) else {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let Ok(file) = nix::fcntl::open(path, flags, Mode::empty()).map(File::from) else {
             return Ok(());
         };
         match Flock::lock(file, FlockArg::LockSharedNonblock) {

@@ -34,7 +34,7 @@ impl Style {
     pub fn detect() -> Style {
         // dev_t and ino_t are not u64 on every target
         #[allow(clippy::unnecessary_cast)]
-        let stderr = rustix::fs::fstat(std::io::stderr())
+        let stderr = nix::sys::stat::fstat(std::io::stderr())
             .ok()
             .map(|st| (st.st_dev as u64, st.st_ino as u64));
         Style::from_env(

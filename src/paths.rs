@@ -7,8 +7,10 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, CWD};
-use rustix::io::Errno;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, AT_FDCWD};
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
 
 use sha2::{Digest, Sha256};
 
@@ -169,16 +171,16 @@ pub fn sha256_reading(
 
 /// Flags of a directory we create, rename or remove files in: never reached through a
 /// symlink at its last component (the directories above are root's: /usr/bin, /var/lib).
-const DIR_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
 /// Flags of every file the helper creates: a new inode or nothing, never through a link.
-const CREATE_FLAGS: OFlags = OFlags::WRONLY
-    .union(OFlags::CREATE)
-    .union(OFlags::EXCL)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
+const CREATE_FLAGS: OFlag = OFlag::O_WRONLY
+    .union(OFlag::O_CREAT)
+    .union(OFlag::O_EXCL)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
 /// How many random temp names to try before giving up (a collision means someone plants
 /// names in the directory).
 const TEMP_TRIES: usize = 8;
@@ -196,7 +198,7 @@ pub struct Dir {
 impl Dir {
     /// Open `path` as a directory, refusing a symlink (`O_DIRECTORY|O_NOFOLLOW`).
     pub fn open(path: &Path) -> Result<Dir, FileError> {
-        match rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty()) {
+        match nix::fcntl::openat(AT_FDCWD, path, DIR_FLAGS, Mode::empty()) {
             Ok(fd) => Ok(Dir {
                 fd,
                 path: path.to_path_buf(),
@@ -240,11 +242,11 @@ impl Dir {
     /// error (`O_CREAT|O_EXCL|O_NOFOLLOW`), never an existing file or a link's target.
     pub fn create_new(&self, name: &OsStr, mode: u32) -> Result<File, FileError> {
         let shown = self.shown(name);
-        let fd = rustix::fs::openat(&self.fd, name, CREATE_FLAGS, Mode::from_raw_mode(0o600))
+        let fd = nix::fcntl::openat(&self.fd, name, CREATE_FLAGS, Mode::from_bits_retain(0o600))
             .map_err(io::Error::from)
             .with_path("create", &shown)?;
-        if let Err(e) = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)) {
-            let _ = rustix::fs::unlinkat(&self.fd, name, AtFlags::empty());
+        if let Err(e) = nix::sys::stat::fchmod(&fd, Mode::from_bits_retain(mode)) {
+            let _ = nix::unistd::unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir);
             return Err(io::Error::from(e)).with_path("set mode of", &shown);
         }
         Ok(File::from(fd))
@@ -273,7 +275,7 @@ impl Dir {
     /// Rename `from` to `to` in this directory (a link at `to` is replaced, not followed),
     /// then fsync the directory.
     pub fn rename(&self, from: &OsStr, to: &OsStr) -> Result<(), FileError> {
-        rustix::fs::renameat(&self.fd, from, &self.fd, to)
+        nix::fcntl::renameat(&self.fd, from, &self.fd, to)
             .map_err(io::Error::from)
             .with_path("rename into place", &self.shown(to))?;
         self.sync()
@@ -282,19 +284,19 @@ impl Dir {
     /// Remove `name` (a link is removed, not followed), then fsync the directory. A name
     /// that is already gone is success (false).
     pub fn remove(&self, name: &OsStr) -> Result<bool, FileError> {
-        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+        match nix::unistd::unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) => {
                 self.sync()?;
                 Ok(true)
             }
-            Err(Errno::NOENT) => Ok(false),
+            Err(Errno::ENOENT) => Ok(false),
             Err(e) => Err(io::Error::from(e)).with_path("remove", &self.shown(name)),
         }
     }
 
     /// fsync the directory, so that the names changed in it survive a power loss.
     pub fn sync(&self) -> Result<(), FileError> {
-        rustix::fs::fsync(&self.fd)
+        nix::unistd::fsync(&self.fd)
             .map_err(io::Error::from)
             .with_path("fsync directory", &self.path)
     }
@@ -354,7 +356,7 @@ pub fn create_replacing(path: &Path, mode: u32) -> Result<File, FileError> {
 pub fn rename(from: &Path, to: &Path) -> Result<(), FileError> {
     let (from_dir, from_name) = Dir::of(from)?;
     let (to_dir, to_name) = Dir::of(to)?;
-    rustix::fs::renameat(&from_dir.fd, from_name, &to_dir.fd, to_name)
+    nix::fcntl::renameat(&from_dir.fd, from_name, &to_dir.fd, to_name)
         .map_err(io::Error::from)
         .with_path("rename into place", to)?;
     to_dir.sync()?;

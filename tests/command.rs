@@ -146,3 +146,52 @@ fn every_program_is_started_through_cmd() {
         found.join("\n")
     );
 }
+
+/// A SIGHUP that arrives during `install` (an ssh session dropped under `apt upgrade`) is
+/// held back and reported when the transaction is over, also where /proc is not mounted (a
+/// chroot or an image build): the helper asks the kernel (`sigpending(2)`), not
+/// /proc/thread-self/status. The `dpkg-divert` first on `$PATH` sends the signal to its
+/// parent, the helper, then runs the real one; the helper runs in a mount namespace of its
+/// own with an empty tmpfs on /proc. Needs root (`unshare -m`).
+#[test]
+fn a_signal_held_back_is_reported_without_proc() {
+    if !common::root_or_skip("a_signal_held_back_is_reported_without_proc (unshare -m)") {
+        return;
+    }
+    let n = NodeRoot::new();
+    let bin = tempfile::tempdir().unwrap();
+    let wrapper = bin.path().join("dpkg-divert");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nkill -HUP \"$PPID\"\nexec /usr/bin/dpkg-divert \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // the helper's command line and environment, run by `sh` after the mounts
+    let helper = n.helper(&["install"]);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "sh", "-ec"])
+        .arg("mount --make-rprivate /; mount -t tmpfs k8s-nokmem-test /proc; exec \"$@\"")
+        .arg("sh")
+        .arg(helper.get_program())
+        .args(helper.get_args());
+    for (key, value) in helper.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd.env("PATH", &path);
+    let out = common::run(&mut cmd);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(n.read("usr/bin/kubelet"), node::PAYLOAD_KUBELET, "{log}");
+    assert!(
+        log.contains("SIGHUP arrived during `k8s-nokmem install`: held back until the transaction was over; exiting now"),
+        "the held-back SIGHUP is not reported:\n{log}"
+    );
+}

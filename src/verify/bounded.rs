@@ -6,19 +6,20 @@
 //! in advance: reading stops at the bound.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{FileType, Mode, OFlags, CWD};
-use rustix::io::Errno;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, AT_FDCWD};
+use nix::sys::stat::{Mode, SFlag};
 
 use crate::paths::{FileError, WrapIo};
 
 /// Read-only, close-on-exec, and an open that never waits (a FIFO without a writer).
-const FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::CLOEXEC)
-    .union(OFlags::NONBLOCK)
-    .union(OFlags::NOCTTY);
+const FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_NOCTTY);
 
 /// Bounds of the files verify reads: a kmem usage (a number), a cgroup's slabinfo (one line
 /// per slab cache), procfs text (`/proc/cgroups`, the command line, the release, uptime,
@@ -62,25 +63,27 @@ impl From<ReadError> for io::Error {
     }
 }
 
-fn kind(ft: FileType) -> &'static str {
-    match ft {
-        FileType::Fifo => "FIFO",
-        FileType::Socket => "socket",
-        FileType::CharacterDevice => "character device",
-        FileType::BlockDevice => "block device",
-        FileType::Directory => "directory",
-        FileType::Symlink => "symlink",
+/// What a file of `st_mode` is, when it is not a regular file.
+fn kind(st_mode: u32) -> &'static str {
+    match SFlag::from_bits_truncate(st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFIFO => "FIFO",
+        SFlag::S_IFSOCK => "socket",
+        SFlag::S_IFCHR => "character device",
+        SFlag::S_IFBLK => "block device",
+        SFlag::S_IFDIR => "directory",
+        SFlag::S_IFLNK => "symlink",
         _ => "special file",
     }
 }
 
 /// Open `path` (relative to `dir`) if it is a regular file.
 fn open_regular(dir: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, ReadError> {
-    let fd = rustix::fs::openat(dir, path, FLAGS, Mode::empty()).map_err(ReadError::Os)?;
-    let stat = rustix::fs::fstat(&fd).map_err(ReadError::Os)?;
-    match FileType::from_raw_mode(stat.st_mode) {
-        FileType::RegularFile => Ok(fd),
-        other => Err(ReadError::NotRegular(kind(other))),
+    let fd = nix::fcntl::openat(dir, path, FLAGS, Mode::empty()).map_err(ReadError::Os)?;
+    let stat = nix::sys::stat::fstat(&fd).map_err(ReadError::Os)?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG {
+        Ok(fd)
+    } else {
+        Err(ReadError::NotRegular(kind(stat.st_mode)))
     }
 }
 
@@ -104,7 +107,7 @@ pub fn read_at(
             return Err(ReadError::TooLarge(limit));
         }
         buf.resize(len + chunk, 0);
-        match rustix::io::read(&fd, &mut buf[len..]) {
+        match nix::unistd::read(&fd, &mut buf[len..]) {
             Ok(n) => {
                 buf.truncate(len + n);
                 if n < chunk {
@@ -116,7 +119,7 @@ pub fn read_at(
                     };
                 }
             }
-            Err(Errno::INTR) => buf.truncate(len),
+            Err(Errno::EINTR) => buf.truncate(len),
             Err(e) => {
                 buf.truncate(len);
                 return Err(ReadError::Os(e));
@@ -128,7 +131,7 @@ pub fn read_at(
 /// Read a whole regular text file of at most `limit` bytes; the error names the file.
 pub fn read_to_string(path: &Path, limit: usize) -> Result<String, FileError> {
     let mut buf = Vec::new();
-    read_at(CWD.as_fd(), path, &mut buf, 64 << 10, limit)
+    read_at(AT_FDCWD, path, &mut buf, 64 << 10, limit)
         .map_err(io::Error::from)
         .with_path("read", path)?;
     String::from_utf8(buf)
@@ -153,7 +156,7 @@ mod tests {
             "{err:?}"
         );
         let fifo = dir.path().join("fifo");
-        rustix::fs::mknodat(CWD, &fifo, FileType::Fifo, Mode::from(0o600), 0).unwrap();
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_retain(0o600)).unwrap();
         let err = read_to_string(&fifo, 10).unwrap_err();
         assert!(err.source.to_string().contains("FIFO"), "{err:?}");
         assert!(read_to_string(dir.path(), 10)

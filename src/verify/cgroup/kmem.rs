@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::io::Errno;
+use nix::errno::Errno;
 
 use crate::verify::bounded::{self, read_at, ReadError};
 
@@ -61,7 +61,7 @@ pub(super) fn read_kmem(
                 ))
             }
         },
-        Err(ReadError::Os(Errno::NOENT)) => return Kmem::Absent,
+        Err(ReadError::Os(Errno::ENOENT)) => return Kmem::Absent,
         Err(e) => {
             return Kmem::Unreadable(format!(
                 "failed to read '{}': {e}",
@@ -93,7 +93,7 @@ pub(super) fn read_kmem(
             },
         },
         // 3.10 answers EIO while kmem is off; an older kernel may lack the file
-        Err(ReadError::Os(Errno::IO | Errno::NOENT)) => Kmem::Off,
+        Err(ReadError::Os(Errno::EIO | Errno::ENOENT)) => Kmem::Off,
         Err(e) => Kmem::Unreadable(format!(
             "failed to read '{}': {e}",
             shown().join(MEMORY_KMEM_SLABINFO).display(),

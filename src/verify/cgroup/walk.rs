@@ -4,12 +4,15 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
-use rustix::io::Errno;
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, AT_FDCWD};
+use nix::sys::stat::{fstatat, Mode, SFlag};
 
 use super::kmem::{read_kmem, Kmem};
 use super::names::{classify, pod_uid, qos_of, Kind, Place, KUBEPODS, KUBEPODS_SLICE};
@@ -80,27 +83,27 @@ struct Pending {
     parent_idx: Option<usize>,
 }
 
-const DIR_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::CLOEXEC)
-    .union(OFlags::NOFOLLOW);
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_NOFOLLOW);
 
 /// Walk the hierarchy at `root`: count every directory, check every Kubernetes and docker
 /// cgroup. A directory that disappears during the walk (a container that just ended) is
 /// skipped; an unreadable hierarchy root is an error.
 pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
     let shown = |rel: &str| root.join(rel.trim_start_matches('/'));
-    let root_fd = rustix::fs::openat(
-        rustix::fs::CWD,
+    let root_fd = nix::fcntl::openat(
+        AT_FDCWD,
         root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| CgroupError::Walk(FileError::new("open directory", root, e.into())))?;
     let mut walk = Walk::default();
     // the topmost kmem-active ancestor of each cgroup (same order as walk.cgroups)
     let mut tops: Vec<Option<usize>> = Vec::new();
-    let root_dir = Dir::new(root_fd)
+    let root_dir = Dir::from_fd(root_fd)
         .map_err(|e| CgroupError::Walk(FileError::new("open directory", root, e.into())))?;
     let mut stack = vec![Pending {
         parent: Rc::new(root_dir),
@@ -116,10 +119,10 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
         let walk_err = |action, e: Errno| {
             CgroupError::Walk(FileError::new(action, &shown(&dir.rel), e.into()))
         };
-        let parent = dir.parent.fd().map_err(|e| walk_err("open directory", e))?;
-        let st = match rustix::fs::statat(parent, dir.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let parent = dir.parent.as_fd();
+        let st = match fstatat(parent, dir.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
-            Err(Errno::NOENT) if !is_root => continue,
+            Err(Errno::ENOENT) if !is_root => continue,
             Err(e) => return Err(walk_err("stat", e)),
         };
         walk.dirs += 1;
@@ -163,25 +166,25 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
         if st.st_nlink == 2 {
             continue;
         }
-        let fd = match rustix::fs::openat(parent, dir.name.as_os_str(), DIR_FLAGS, Mode::empty()) {
+        let fd = match nix::fcntl::openat(parent, dir.name.as_os_str(), DIR_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::NOENT) if !is_root => continue,
+            Err(Errno::ENOENT) if !is_root => continue,
             Err(e) => return Err(walk_err("open directory", e)),
         };
-        let mut entries = Dir::new(fd).map_err(|e| walk_err("read directory", e))?;
+        let mut entries = Dir::from_fd(fd).map_err(|e| walk_err("read directory", e))?;
         let mut children = Vec::new();
         let mut unknown = Vec::new();
-        for entry in entries.by_ref() {
+        for entry in entries.iter() {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
             }
             match entry.file_type() {
-                FileType::Directory => children.push(OsStr::from_bytes(name).to_os_string()),
+                Some(Type::Directory) => children.push(OsStr::from_bytes(name).to_os_string()),
                 // a file system without d_type
-                FileType::Unknown => unknown.push(entry.file_name().to_owned()),
-                _ => {}
+                None => unknown.push(entry.file_name().to_owned()),
+                Some(_) => {}
             }
         }
         for name in unknown {
@@ -209,10 +212,8 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
 }
 
 fn dir_fd_is_dir(dir: &Dir, name: &std::ffi::CStr) -> bool {
-    dir.fd().is_ok_and(|fd| {
-        rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
-            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
-    })
+    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
 }
 
 /// True when at least one pod cgroup exists (the boot check waits for this).
