@@ -725,6 +725,16 @@ mod tests {
         fs::write(State::path(&root), "{not json").unwrap();
         let err = State::load(&root).unwrap_err();
         assert!(err.to_string().contains("state.json"), "{err}");
+        // serde's reason is the cause, shown with the chain
+        assert!(
+            matches!(&err, TargetError::BadState { source, .. } if source.is_syntax()),
+            "{err:?}"
+        );
+        let shown = crate::notes::error_chain(&err);
+        assert!(
+            shown.ends_with("key must be a string at line 1 column 2"),
+            "{shown}"
+        );
     }
 
     /// A state file written before the original's package was recorded still loads.

@@ -10,7 +10,7 @@ use log::{error, info, warn};
 use super::{
     FailMode, Failpoint, Journal, Node, Phase, Step, Transaction, FAILPOINT_ENV, JOURNAL_FILE,
 };
-use crate::notes::with_note;
+use crate::notes::{error_chain, with_note};
 use crate::paths;
 
 /// Run a planned transaction (`steps[0]` must be [`Step::Preflight`], already checked;
@@ -100,7 +100,10 @@ pub fn run(
         .save(&node.root)
         .and_then(|_| journal.finish(&node.root, Phase::Done))
     {
-        warn!("failed to close the journal ({e:#}); the next run will redo this transaction");
+        warn!(
+            "failed to close the journal ({}); the next run will redo this transaction",
+            error_chain(e.as_ref())
+        );
         return Ok(());
     }
     // committed: the previous payloads kept for a rollback go (a leftover is removed by
@@ -113,7 +116,10 @@ pub fn run(
         } = step
         {
             if let Err(e) = node.remove_synced(&node.aside_of(path)) {
-                warn!("failed to delete the previous payload kept aside: {e:#}");
+                warn!(
+                    "failed to delete the previous payload kept aside: {}",
+                    error_chain(e.as_ref())
+                );
             }
         }
     }
@@ -165,7 +171,7 @@ fn fail(
     let n = journal.steps.len();
     let label = journal.steps[i].plain();
     journal.phase = Phase::RollingBack;
-    journal.error = Some(format!("{err:#}"));
+    journal.error = Some(error_chain(err.as_ref()));
     let _ = journal.save(&node.root);
     let head = format!("{command} step {}/{n} '{label}' failed", i + 1);
     match rollback(node, journal) {
@@ -192,7 +198,8 @@ fn fail(
             journal.phase = Phase::RollbackFailed;
             let _ = journal.save(&node.root);
             let err = err.context(format!(
-                "{head}, then rollback failed: {rb:#}; journal kept at {}",
+                "{head}, then rollback failed: {}; journal kept at {}",
+                error_chain(rb.as_ref()),
                 node.root
                     .describe(Path::new(paths::STATE_DIR).join(JOURNAL_FILE))
             ));
@@ -229,11 +236,12 @@ fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<Undone> {
             // rollback guarantees: it goes on
             Err(e) if is_service => {
                 error!(
-                    "rollback [{}/{n}] {}: FAILED ({ms} ms): {e:#}",
+                    "rollback [{}/{n}] {}: FAILED ({ms} ms): {}",
                     j + 1,
-                    step.label()
+                    step.label(),
+                    error_chain(e.as_ref())
                 );
-                undone.services_failed.push(format!("{e:#}"));
+                undone.services_failed.push(error_chain(e.as_ref()));
             }
             Err(e) => {
                 error!(
@@ -327,7 +335,10 @@ pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
 fn mark_recovering(node: &Node<'_>, journal: &mut Journal) {
     journal.phase = Phase::Recovering;
     if let Err(e) = journal.save(&node.root) {
-        warn!("failed to mark the journal as being recovered ({e:#}); recovering anyway");
+        warn!(
+            "failed to mark the journal as being recovered ({}); recovering anyway",
+            error_chain(e.as_ref())
+        );
     }
 }
 
@@ -372,11 +383,12 @@ fn start_again(node: &Node<'_>, steps: &[Step], from: usize) -> String {
             }
             Err(e) => {
                 error!(
-                    "recover [{}/{n}] {}: FAILED ({ms} ms): {e:#}",
+                    "recover [{}/{n}] {}: FAILED ({ms} ms): {}",
                     j + 1,
-                    step.label()
+                    step.label(),
+                    error_chain(e.as_ref())
                 );
-                failed.push(format!("{e:#}"));
+                failed.push(error_chain(e.as_ref()));
             }
         }
     }

@@ -268,7 +268,7 @@ pub fn find(root: &Root, dpkg: &Dpkg) -> anyhow::Result<Option<Containerd>> {
                 }
             }
             Ok((out, shown)) => debug!("`{shown}`: {}", out.status),
-            Err(e) => debug!("{bin}: {e}"),
+            Err(e) => debug!("{bin}: {}", crate::notes::error_chain(&e)),
         }
     }
     Ok(None)

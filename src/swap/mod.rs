@@ -44,8 +44,8 @@ fn begin(root: &Root, command: &'static str, detail: &str) -> anyhow::Result<(De
 fn config_or_default(root: &Root, config_path: Option<&Path>, doing: &str) -> Config {
     Config::load(root, config_path).unwrap_or_else(|e| {
         warn!(
-            "{:#}; {doing} with the default settings",
-            anyhow::Error::from(e)
+            "{}; {doing} with the default settings",
+            crate::notes::error_chain(&e)
         );
         Config::default()
     })

@@ -254,7 +254,10 @@ fn job_event(msg: &zbus::Message) -> Option<JobEvent> {
             Some(event)
         }
         Err(e) => {
-            trace!("D-Bus <- JobRemoved with unexpected arguments: {e}");
+            trace!(
+                "D-Bus <- JobRemoved with unexpected arguments: {}",
+                crate::notes::error_chain(&e)
+            );
             None
         }
     }

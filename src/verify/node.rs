@@ -76,7 +76,7 @@ fn journal_check(root: &Root) -> Option<Check> {
             })),
         ),
         Err(e) => Some(
-            Check::new("transaction", Status::Unknown, format!("{e:#}"))
+            Check::new("transaction", Status::Unknown, error_chain(e.as_ref()))
                 .fix(fix)
                 .evidence(Evidence::Transaction(evidence::Transaction::Unreadable {
                     journal: shown,

@@ -205,7 +205,10 @@ fn root_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
                 continue;
             }
             Err(e) => {
-                debug!("pid {pid} is named kubelet, its status is unreadable ({e}): not counted");
+                debug!(
+                    "pid {pid} is named kubelet, its status is unreadable ({}): not counted",
+                    super::error_chain(&e)
+                );
                 continue;
             }
         }
