@@ -175,7 +175,8 @@ pub fn walk(root: &Path, opts: WalkOptions) -> Result<Walk, CgroupError> {
         let mut children = Vec::new();
         let mut unknown = Vec::new();
         for entry in entries.iter() {
-            let Ok(entry) = entry else { continue };
+            // a read error ends the listing (another read would likely fail the same way)
+            let Ok(entry) = entry else { break };
             let name = entry.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
