@@ -1,12 +1,13 @@
 //! How an error reaches a user: its cause chain, and the `note:` lines attached to it.
 //!
-//! The chain is the error, then each `source()` under it, shown one way everywhere: on its
-//! own (`main`, a log line, `status`) as the top error and one `  -> cause` line per source
-//! ([`error_lines`], zincati's `log_error_chain`, cargo-deb's `cause:` lines); where an
-//! error is one field of something else (a verify check's summary, a JSON string, the
-//! node-problem-detector line) as `error: cause: cause` on one line ([`error_chain`]).
-//! Never show an error with `{e}` or `{e:#}` alone where it has a source: thiserror's
-//! `Display` is the top message only, and `{:#}` does not change that.
+//! The chain is the error, then each `source()` under it ([`causes`]), walked the same way
+//! everywhere and laid out in one of two ways: where the error is the whole message (what
+//! `main` prints for a failed command) as the top error and one `  -> cause` line per
+//! source ([`error_lines`], [`error_report`]; zincati's `log_error_chain`, cargo-deb's
+//! `cause:` lines); where it is part of a line (a log line, a `status` problem, a verify
+//! check's summary, a JSON string, the node-problem-detector line) as `error: cause: cause`
+//! ([`error_chain`]). Never show an error with `{e}` or `{e:#}` where it has a source:
+//! thiserror's `Display` is the top message only, and `{:#}` does not change that.
 //!
 //! Attach notes with `.note("run `k8s-nokmem status`")` on a result or [`with_note`] on an
 //! error; the printer in `main` prints each note after the cause chain.
