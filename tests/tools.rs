@@ -34,6 +34,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("strace", "strace"),
     ("jq", "jq"),
+    ("man", "man-db"),
+    ("bash", "bash"),
     ("grub-mkconfig", "grub-common"),
     ("grub-mkrelpath", "grub-common"),
     ("ansible-playbook", "ansible"),

@@ -11,6 +11,7 @@ use log::LevelFilter;
 use crate::config::Config;
 use crate::paths::Root;
 
+mod completions;
 mod inspect;
 mod install;
 mod recover;
@@ -73,6 +74,9 @@ pub enum Command {
     Verify(verify::Verify),
     /// Tell from a Go binary's bytes whether it switches kmem accounting on
     Inspect(inspect::Inspect),
+    /// Print a shell completion script (the package ships bash's)
+    #[command(hide = true)]
+    Completions(completions::Completions),
 }
 
 impl Command {
@@ -84,6 +88,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Verify(_) => "verify",
             Command::Inspect(_) => "inspect",
+            Command::Completions(_) => "completions",
         }
     }
 
@@ -165,6 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Command::Status(cmd) => cmd.run(&ctx),
         Command::Verify(cmd) => cmd.run(&ctx),
         Command::Inspect(cmd) => cmd.run(&ctx),
+        Command::Completions(cmd) => cmd.run(&ctx),
     }
 }
 
