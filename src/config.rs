@@ -119,7 +119,15 @@ pub struct VerifyConfig {
     /// Warn when zombie memory cgroups exceed this share of the 65535 IDs (percent).
     pub zombie_warn_percent: u8,
     /// node_exporter's textfile collector directory (`verify --textfile` without DIR).
-    pub textfile_dir: PathBuf,
+    pub textfile_dir: TextfileDir,
+}
+
+/// `[verify] textfile-dir`: `auto` (the directory the node's node_exporter reads, see
+/// `crate::verify::textfile`) or a path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextfileDir {
+    Auto,
+    Path(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,7 +175,7 @@ impl Default for Config {
                 cgroup_root: "/sys/fs/cgroup".into(),
                 proc_root: "/proc".into(),
                 zombie_warn_percent: 50,
-                textfile_dir: "/var/lib/node_exporter/textfile_collector".into(),
+                textfile_dir: TextfileDir::Auto,
             },
             kernel_cmdline: CmdlineMode::Auto,
             apply: Apply::Restart,
@@ -312,7 +320,13 @@ impl Config {
             ("verify", "boot-wait") => self.verify.boot_wait = duration(at)?,
             ("verify", "cgroup-root") => self.verify.cgroup_root = abs_path(at)?,
             ("verify", "proc-root") => self.verify.proc_root = abs_path(at)?,
-            ("verify", "textfile-dir") => self.verify.textfile_dir = abs_path(at)?,
+            ("verify", "textfile-dir") => {
+                self.verify.textfile_dir = match v {
+                    "auto" => TextfileDir::Auto,
+                    _ if v.starts_with('/') => TextfileDir::Path(v.into()),
+                    _ => return Err(at.bad("'auto' or an absolute path")),
+                };
+            }
             ("verify", "zombie-warn-percent") => {
                 self.verify.zombie_warn_percent = match v.parse::<u8>() {
                     Ok(p) if (1..=100).contains(&p) => p,

@@ -44,8 +44,9 @@ pub struct Verify {
     #[arg(long)]
     npd: bool,
 
-    /// Also write DIR/k8s_nokmem.prom (Prometheus textfile, atomically). Without DIR: the
-    /// [verify] textfile-dir of the config, and only if that directory exists
+    /// Also write DIR/k8s_nokmem.prom (Prometheus textfile, atomically). Without DIR:
+    /// [verify] textfile-dir (auto: the directory the node's node_exporter reads), if it
+    /// exists
     #[arg(long, value_name = "DIR", num_args = 0..=1)]
     textfile: Option<Option<PathBuf>>,
 
@@ -186,20 +187,28 @@ fn write_state(ctx: &Ctx, report: &verify::Report) -> bool {
     }
 }
 
-/// Write the textfile; no DIR means the configured one, skipped if it does not exist.
+/// Write the textfile; no DIR means `[verify] textfile-dir` (`auto`: the directory the
+/// node's node_exporter reads), skipped with a warning once per boot when there is none.
 fn write_textfile(dir: Option<&Path>, settings: &Settings, report: &verify::Report) -> bool {
     let dir = if let Some(dir) = dir {
         dir.to_path_buf()
     } else {
-        let configured = settings.root.join(&settings.config.verify.textfile_dir);
-        if !configured.is_dir() {
-            info!(
-                "verify textfile: skipped ({} does not exist; [verify] textfile-dir)",
-                settings.root.describe(&settings.config.verify.textfile_dir)
-            );
-            return true;
+        let setting = &settings.config.verify.textfile_dir;
+        match verify::textfile::resolve(&settings.root, &settings.proc_root, setting) {
+            Ok(choice) => {
+                debug!(
+                    "verify textfile: {} (from {})",
+                    settings.root.describe(&choice.dir),
+                    choice.source
+                );
+                verify::textfile::clear_missing(&settings.root);
+                settings.root.join(&choice.dir)
+            }
+            Err(why) => {
+                verify::textfile::report_missing(&settings.root, &why);
+                return true;
+            }
         }
-        configured
     };
     match render::write_textfile(&dir, report) {
         Ok(path) => {

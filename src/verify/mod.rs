@@ -28,6 +28,7 @@ pub mod evidence;
 mod kernel;
 mod node;
 pub mod render;
+pub mod textfile;
 
 pub use causes::Cause;
 pub use cgroup::{Kind, Qos, Setup, MEMCG_ID_LIMIT};
