@@ -218,6 +218,25 @@ fn breaks_names_the_kubelet_packages_outside_the_payload_minor() {
         field("Breaks").trim(),
         "kubelet (<< 1.20), kubelet (>= 1.21~), kubernetes-node (<< 1.20), kubernetes-node (>= 1.21~)"
     );
+    // Setting it is reproducible: the same package twice gives the same bytes.
+    let base = build_deb(&root.debs(), "k8s-nokmem", "1.20.2+nokmem0-1", &[]);
+    let copies: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let c = root.debs().join(format!("{n}.deb"));
+            fs::copy(&base, &c).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            ok(Command::new(repo().join("scripts/lib/kubelet-breaks.sh"))
+                .env_remove("SOURCE_DATE_EPOCH")
+                .arg(KUBELET)
+                .arg(&c));
+            c
+        })
+        .collect();
+    assert!(
+        fs::read(&copies[0]).unwrap() == fs::read(&copies[1]).unwrap(),
+        "two runs of kubelet-breaks.sh on one package differ"
+    );
     // The rest of the control file is what cargo-deb wrote.
     assert_eq!(field("Depends").trim(), deb_metadata("depends"));
     assert_eq!(field("Package").trim(), "k8s-nokmem");

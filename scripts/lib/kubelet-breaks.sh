@@ -40,6 +40,12 @@ deb=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 dpkg-deb -R "$deb" "$tmp/pkg"
+# Reproducible: without SOURCE_DATE_EPOCH, the newest mtime of the packaged files stands in.
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    SOURCE_DATE_EPOCH=$(find "$tmp/pkg" -path "$tmp/pkg/DEBIAN" -prune -o -type f -printf '%T@\n' |
+        sort -n | tail -n1 | cut -d. -f1)
+fi
+export SOURCE_DATE_EPOCH
 # Replace any Breaks field (and its continuation lines), then add ours after Depends
 # (at the end when there is no Depends).
 awk -v breaks="Breaks: $value" '
