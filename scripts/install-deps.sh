@@ -36,7 +36,7 @@ pkgs=(
     lintian shellcheck file xz-utils binutils systemd piuparts
     # tests: arm64 under qemu-user, chroots, a booted systemd, tracing, the e2e repository
     qemu-user-static debootstrap systemd-container strace apt-utils gnupg
-    prometheus jq
+    prometheus jq unattended-upgrades
     # tests: the kernel command line drop-in (grub-mkconfig) and the fleet rollout (ansible)
     grub-common ansible
     # mmdebstrap's Recommends that its foreign-architecture (arm64 guest) build needs at run time

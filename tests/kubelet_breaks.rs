@@ -19,6 +19,10 @@ use std::process::Command;
 use common::{ok, repo, run};
 
 const KUBELET: &str = "1.20.2";
+/// The repository's Origin, allowed in unattended-upgrades' Origins-Pattern.
+const ORIGIN: &str = "k8s-nokmem-test";
+/// unattended-upgrades' script (Debian's unattended-upgrades package).
+const UNATTENDED_UPGRADE: &str = "/usr/bin/unattended-upgrade";
 
 /// A value of `[package.metadata.deb]` in Cargo.toml (`key = "value"`).
 fn deb_metadata(key: &str) -> String {
@@ -100,6 +104,8 @@ impl AptRoot {
             "var/lib/apt/lists/partial",
             "var/cache/apt/archives/partial",
             "var/log",
+            "var/run",
+            "var/log/unattended-upgrades",
             "etc/apt/sources.list.d",
             "etc/apt/preferences.d",
             "etc/apt/apt.conf.d",
@@ -140,6 +146,7 @@ impl AptRoot {
             .current_dir(&repo_dir));
         fs::write(repo_dir.join("Packages"), packages).unwrap();
         let release = ok(Command::new("apt-ftparchive")
+            .args(["-o", &format!("APT::FTPArchive::Release::Origin={ORIGIN}")])
             .args(["release", "."])
             .current_dir(&repo_dir));
         fs::write(repo_dir.join("Release"), release).unwrap();
@@ -172,6 +179,48 @@ impl AptRoot {
             .args(["-o", "Debug::NoLocking=1", "-q"])
             .args(args);
         cmd
+    }
+
+    /// unattended-upgrades' own `main(options, rootdir)` (how its test suite runs it on a
+    /// root; the command line always takes /) in dry-run with debug, allowed the
+    /// repository's origin through ROOT/etc/apt/apt.conf. Its stdout and stderr.
+    fn unattended_upgrade(&self) -> Option<String> {
+        if !Path::new(UNATTENDED_UPGRADE).is_file() {
+            common::cannot_run(&format!(
+                "{UNATTENDED_UPGRADE} is missing; install it with `scripts/install-deps.sh` \
+                 (apt-get install unattended-upgrades)"
+            ));
+            return None;
+        }
+        let r = self.root();
+        fs::write(
+            r.join("etc/apt/apt.conf"),
+            format!(
+                "APT::Architecture \"{arch}\";\n\
+                 APT::Architectures {{ \"{arch}\"; }};\n\
+                 Unattended-Upgrade::Origins-Pattern {{ \"origin={ORIGIN}\"; }};\n",
+                arch = arch(),
+            ),
+        )
+        .unwrap();
+        let script = "import importlib.machinery, importlib.util, sys\n\
+             loader = importlib.machinery.SourceFileLoader('uu', sys.argv[2])\n\
+             uu = importlib.util.module_from_spec(importlib.util.spec_from_loader('uu', loader))\n\
+             loader.exec_module(uu)\n\
+             o = uu.Options()\n\
+             o.dry_run = True\n\
+             o.debug = True\n\
+             sys.exit(uu.main(o, rootdir=sys.argv[1]))\n";
+        let out = run(Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(&r)
+            .arg(UNATTENDED_UPGRADE)
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        Some(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 
     /// `apt-get -s ARGS`: the simulated actions.
@@ -265,6 +314,16 @@ fn apt_keeps_a_kubelet_minor_upgrade_back() {
         "apt-get upgrade must keep kubelet 1.21 back:\n{plan}"
     );
     assert_moves_together(&plan);
+    // unattended-upgrades (2.9, Debian 12) refuses the change that would remove k8s-nokmem.
+    let Some(uu) = root.unattended_upgrade() else {
+        return;
+    };
+    assert!(
+        uu.contains("Checking: kubelet")
+            && uu.contains("pkg k8s-nokmem is marked to be deleted")
+            && uu.contains("No packages found that can be upgraded unattended"),
+        "unattended-upgrade must keep kubelet 1.21 back:\n{uu}"
+    );
     // full-upgrade keeps it back too rather than remove k8s-nokmem (apt 2.6's resolver;
     // README: "Upgrading kubelet").
     let plan = root.simulate(&["full-upgrade"]);
@@ -306,6 +365,11 @@ fn apt_keeps_a_kubelet_minor_upgrade_back() {
         plan.lines()
             .any(|l| l.starts_with("Inst kubelet ") && l.contains("(1.20.3-00")),
         "{plan}"
+    );
+    let uu = root.unattended_upgrade().unwrap();
+    assert!(
+        uu.contains("pkgs that look like they should be upgraded: kubelet"),
+        "unattended-upgrade upgrades kubelet 1.20.3:\n{uu}"
     );
 
     // By hand, dpkg -i unpacks kubelet 1.21 but will not configure it, naming the Breaks.

@@ -36,6 +36,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("jq", "jq"),
     ("man", "man-db"),
     ("bash", "bash"),
+    ("/usr/bin/python3", "python3"),
     ("grub-mkconfig", "grub-common"),
     ("grub-mkrelpath", "grub-common"),
     ("ansible-playbook", "ansible"),
