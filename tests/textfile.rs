@@ -247,3 +247,45 @@ fn the_shipped_conffile_documents_auto() {
     let man = fs::read_to_string(repo().join("debian/k8s-nokmem.8")).unwrap();
     assert!(man.contains(".B [verify] textfile-dir = auto"));
 }
+
+/// The verify unit sees /var read-only except the directories it names: a directory found
+/// elsewhere fails with the drop-in that fixes it. A read-only bind mount in a private
+/// mount namespace (unshare -m) stands in for the unit's sandbox.
+#[test]
+fn a_read_only_directory_names_the_unit_drop_in() {
+    if !common::root_or_skip("a read-only bind mount needs root") {
+        return;
+    }
+    let node = Node::new();
+    let dir = node.mkdir("var/lib/node-exporter-elsewhere");
+    node.process(
+        4100,
+        &[
+            "/usr/bin/prometheus-node-exporter",
+            "--collector.textfile.directory=/var/lib/node-exporter-elsewhere",
+        ],
+        0,
+        "/system.slice/prometheus-node-exporter.service",
+    );
+    let script =
+        "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && shift && exec \"$@\"";
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&dir)
+        .arg(BIN)
+        .args(["verify", "--textfile", "--root"])
+        .arg(&node.root)
+        .arg("--proc-root")
+        .arg(node.node.join("proc"))
+        .arg("--cgroup-root")
+        .arg(node.node.join("sys/fs/cgroup"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("systemctl edit k8s-nokmem-verify.service")
+            && stderr.contains(&format!("ReadWriteDirectories={}", dir.display())),
+        "{stderr}"
+    );
+}

@@ -216,10 +216,20 @@ fn write_textfile(dir: Option<&Path>, settings: &Settings, report: &verify::Repo
             true
         }
         Err(e) => {
-            error!(
-                "{}\nnote: create the directory or point --textfile at node_exporter's --collector.textfile.directory",
-                verify::error_chain(&e)
-            );
+            let note = if e.source.raw_os_error() == Some(nix::errno::Errno::EROFS as i32) {
+                format!(
+                    "'{}' is read-only here: k8s-nokmem-verify.service writes only its \
+                     ReadWriteDirectories=; add it with `systemctl edit \
+                     k8s-nokmem-verify.service` ([Service] ReadWriteDirectories={})",
+                    dir.display(),
+                    dir.display()
+                )
+            } else {
+                "create the directory or point --textfile at node_exporter's \
+                 --collector.textfile.directory"
+                    .to_string()
+            };
+            error!("{}\nnote: {note}", verify::error_chain(&e));
             false
         }
     }
