@@ -76,7 +76,12 @@ impl Node {
 
     /// `verify --textfile` (no DIR): exit code and stderr.
     fn verify(&self) -> (i32, String) {
+        self.verify_with(&[])
+    }
+
+    fn verify_with(&self, extra: &[&str]) -> (i32, String) {
         let out = Command::new(BIN)
+            .args(extra)
             .args(["verify", "--textfile", "--root"])
             .arg(&self.root)
             .arg("--proc-root")
@@ -288,4 +293,31 @@ fn a_read_only_directory_names_the_unit_drop_in() {
             && stderr.contains(&format!("ReadWriteDirectories={}", dir.display())),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_configured_directory_is_used_as_is() {
+    let node = Node::new();
+    node.mkdir(DEBIAN);
+    node.mkdir("srv/chosen");
+    let conf = node.root.join("k.conf");
+    fs::write(&conf, "[verify]\ntextfile-dir = /srv/chosen\n").unwrap();
+    let conf_arg = ["--config", conf.to_str().unwrap()];
+    let (code, stderr) = node.verify_with(&conf_arg);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(node.written("srv/chosen") && !node.written(DEBIAN));
+
+    fs::write(&conf, "[verify]\ntextfile-dir = /srv/gone\n").unwrap();
+    let (code, stderr) = node.verify_with(&conf_arg);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("/srv/gone'")
+            && stderr.contains("does not exist (from [verify] textfile-dir)"),
+        "{stderr}"
+    );
+
+    fs::write(&conf, "[verify]\ntextfile-dir = srv\n").unwrap();
+    let (code, stderr) = node.verify_with(&conf_arg);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("'auto' or an absolute path"), "{stderr}");
 }
