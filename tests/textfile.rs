@@ -321,3 +321,36 @@ fn a_configured_directory_is_used_as_is() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("'auto' or an absolute path"), "{stderr}");
 }
+
+/// node_exporter as a DaemonSet: root in the host's view, but its flag names a path in its
+/// container's mount namespace, not the node's.
+#[test]
+fn a_containerized_node_exporter_is_not_followed() {
+    use std::os::unix::fs::symlink;
+    let node = Node::new();
+    node.mkdir(DEBIAN);
+    node.mkdir("host/textfile");
+    node.process(
+        5000,
+        &[
+            "/bin/node_exporter",
+            "--collector.textfile.directory=/host/textfile",
+        ],
+        0,
+        "/kubepods/besteffort/pod1234/0123456789ab",
+    );
+    let proc = node.node.join("proc");
+    fs::create_dir_all(proc.join("5000/ns")).unwrap();
+    symlink("mnt:[4026532999]", proc.join("5000/ns/mnt")).unwrap();
+    fs::create_dir_all(proc.join("self/ns")).unwrap();
+    symlink("mnt:[4026531840]", proc.join("self/ns/mnt")).unwrap();
+    assert_ok(&node);
+    assert!(!node.written("host/textfile"));
+    assert!(node.written(DEBIAN));
+
+    // The same process in the node's mount namespace is followed.
+    fs::remove_file(proc.join("5000/ns/mnt")).unwrap();
+    symlink("mnt:[4026531840]", proc.join("5000/ns/mnt")).unwrap();
+    assert_ok(&node);
+    assert!(node.written("host/textfile"));
+}

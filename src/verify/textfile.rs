@@ -5,7 +5,8 @@
 //! 1. the `--collector.textfile.directory` of a running node_exporter (argv[0]
 //!    `node_exporter`, or `prometheus-node-exporter` as Debian and Ubuntu name it) that runs
 //!    as root or in a system service's cgroup: no unprivileged user can point the root
-//!    helper at a directory of their choosing. Old releases (Ubuntu 16.04's 0.11) take Go's
+//!    helper at a directory of their choosing; one in another mount namespace (a DaemonSet's
+//!    container) names a path of its own and is skipped. Old releases (Ubuntu 16.04's 0.11) take Go's
 //!    single-dash `-collector.textfile.directory`; both forms, with `=` or a separate value;
 //! 2. the same flag in `ARGS` of `/etc/default/prometheus-node-exporter`, the environment
 //!    file of Debian's and Ubuntu's `prometheus-node-exporter.service`
@@ -180,6 +181,13 @@ fn from_processes(proc_root: &Path) -> Option<(PathBuf, Source)> {
             );
             continue;
         }
+        if !same_mount_namespace(proc_root, &proc_dir) {
+            debug!(
+                "verify textfile: {name} (pid {pid}) runs in a container (another mount \
+                 namespace): its paths are not the node's, ignored"
+            );
+            continue;
+        }
         match flag_value(args.iter().skip(1).map(String::as_str)) {
             Some(dir) => return Some((dir, Source::Process { pid, name })),
             None => debug!("verify textfile: {name} (pid {pid}) has no --{FLAG}"),
@@ -207,6 +215,18 @@ fn trusted(proc_dir: &Path) -> bool {
                 })
             })
             .unwrap_or(false)
+}
+
+/// The process sees the node's file system (a node_exporter DaemonSet's flag names a path
+/// inside its container). Unknown (no ns links, as in a recorded tree) counts as the same.
+fn same_mount_namespace(proc_root: &Path, proc_dir: &Path) -> bool {
+    match (
+        fs::read_link(proc_dir.join("ns/mnt")),
+        fs::read_link(proc_root.join("self/ns/mnt")),
+    ) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => true,
+    }
 }
 
 /// `--collector.textfile.directory[=]DIR` (or one dash), the last one winning as with Go's
