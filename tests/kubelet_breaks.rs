@@ -267,6 +267,20 @@ fn breaks_names_the_kubelet_packages_outside_the_payload_minor() {
         field("Breaks").trim(),
         "kubelet (<< 1.20), kubelet (>= 1.21~), kubernetes-node (<< 1.20), kubernetes-node (>= 1.21~)"
     );
+    // Only the control member changes: the payload (data.tar) is the same bytes.
+    let plain = build_deb(&root.debs(), "k8s-nokmem", "1.20.2+nokmem0-2", &[]);
+    let member =
+        |deb: &Path, name: &str| run(Command::new("ar").arg("p").arg(deb).arg(name)).stdout;
+    let data_before = member(&plain, "data.tar.xz");
+    ok(Command::new(repo().join("scripts/lib/kubelet-breaks.sh"))
+        .arg(KUBELET)
+        .arg(&plain));
+    assert!(!data_before.is_empty() && member(&plain, "data.tar.xz") == data_before);
+    let members = ok(Command::new("ar").arg("t").arg(&plain));
+    assert_eq!(
+        members.lines().collect::<Vec<_>>(),
+        ["debian-binary", "control.tar.xz", "data.tar.xz"]
+    );
     // Setting it is reproducible: the same package twice gives the same bytes.
     let base = build_deb(&root.debs(), "k8s-nokmem", "1.20.2+nokmem0-1", &[]);
     let copies: Vec<PathBuf> = ["a", "b"]
