@@ -86,6 +86,11 @@ fn contents_modes_owner_and_compression() {
                 "-rw-r--r--",
             ),
             ("/usr/share/man/man8/k8s-nokmem.8.gz", "-rw-r--r--"),
+            ("/usr/share/doc/k8s-nokmem/README", "-rw-r--r--"),
+            (
+                "/usr/share/bash-completion/completions/k8s-nokmem",
+                "-rw-r--r--",
+            ),
             ("/usr/share/doc/k8s-nokmem/copyright", "-rw-r--r--"),
             (
                 "/usr/share/doc/k8s-nokmem/changelog.Debian.gz",
@@ -142,6 +147,18 @@ fn contents_modes_owner_and_compression() {
         );
 
         let x = extract(&deb);
+        // Breaks on the kubelet packages of every other minor than the payload's.
+        let manifest = fs::read_to_string(x.path().join("usr/lib/k8s-nokmem/MANIFEST")).unwrap();
+        let m = k8s_nokmem::manifest::Manifest::parse(&manifest, "MANIFEST").unwrap();
+        let kubelet = m
+            .binaries
+            .iter()
+            .find(|b| b.name == "kubelet")
+            .map(|b| b.version.clone())
+            .expect("MANIFEST names the kubelet");
+        let want =
+            ok(Command::new(common::repo().join("scripts/lib/kubelet-breaks.sh")).arg(&kubelet));
+        assert_eq!(field("Breaks"), want.trim(), "{arch}: kubelet {kubelet}");
         let conffiles = fs::read_to_string(x.path().join("DEBIAN/conffiles")).unwrap();
         assert_eq!(conffiles.trim(), "/etc/k8s-nokmem/k8s-nokmem.conf");
         // The payload recorded in the MANIFEST is what the package ships.

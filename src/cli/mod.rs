@@ -10,6 +10,7 @@ use log::LevelFilter;
 use crate::config::Config;
 use crate::paths::Root;
 
+mod completions;
 mod config;
 mod inspect;
 mod install;
@@ -80,6 +81,9 @@ pub enum Command {
     Inspect(inspect::Inspect),
     /// Show each setting's effective value and where it came from (file:line or default)
     Config(config::ShowConfig),
+    /// Print a shell completion script (the package ships bash's)
+    #[command(hide = true)]
+    Completions(completions::Completions),
 }
 
 impl Command {
@@ -92,6 +96,7 @@ impl Command {
             Command::Verify(_) => "verify",
             Command::Inspect(_) => "inspect",
             Command::Config(_) => "config",
+            Command::Completions(_) => "completions",
         }
     }
 
@@ -159,6 +164,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Command::Verify(cmd) => cmd.run(&ctx),
         Command::Inspect(cmd) => cmd.run(&ctx),
         Command::Config(cmd) => cmd.run(&ctx),
+        Command::Completions(cmd) => cmd.run(&ctx),
     }
 }
 

@@ -44,8 +44,9 @@ pub struct Verify {
     #[arg(long)]
     npd: bool,
 
-    /// Also write DIR/k8s_nokmem.prom (Prometheus textfile, atomically). Without DIR: the
-    /// [verify] textfile-dir of the config, and only if that directory exists
+    /// Also write DIR/k8s_nokmem.prom (Prometheus textfile, atomically). Without DIR:
+    /// [verify] textfile-dir (auto: the directory the node's node_exporter reads), if it
+    /// exists
     #[arg(long, value_name = "DIR", num_args = 0..=1)]
     textfile: Option<Option<PathBuf>>,
 
@@ -199,7 +200,8 @@ fn write_state(ctx: &Ctx, report: &verify::Report) -> bool {
     }
 }
 
-/// Write the textfile; no DIR means the configured one, skipped if it does not exist.
+/// Write the textfile; no DIR means `[verify] textfile-dir` (`auto`: the directory the
+/// node's node_exporter reads), skipped with a warning once per boot when there is none.
 /// Ok(Some): not written, a warning for the report (a directory holds its name: every run
 /// would fail the same way until someone removes it); Err: failed (logged).
 fn write_textfile(
@@ -210,15 +212,22 @@ fn write_textfile(
     let dir = if let Some(dir) = dir {
         dir.to_path_buf()
     } else {
-        let configured = settings.root.join(&settings.config.verify.textfile_dir);
-        if !configured.is_dir() {
-            info!(
-                "verify textfile: skipped ({} does not exist; [verify] textfile-dir)",
-                settings.root.describe(&settings.config.verify.textfile_dir)
-            );
-            return Ok(None);
+        let setting = &settings.config.verify.textfile_dir;
+        match verify::textfile::resolve(&settings.root, &settings.proc_root, setting) {
+            Ok(choice) => {
+                debug!(
+                    "verify textfile: {} (from {})",
+                    settings.root.describe(&choice.dir),
+                    choice.source
+                );
+                verify::textfile::clear_missing(&settings.root);
+                settings.root.join(&choice.dir)
+            }
+            Err(why) => {
+                verify::textfile::report_missing(&settings.root, &why);
+                return Ok(None);
+            }
         }
-        configured
     };
     match render::write_textfile(&dir, report) {
         Ok(path) => {
@@ -231,10 +240,25 @@ fn write_textfile(
             Ok(Some(Check::new_warning("textfile", e.to_string(), fix)))
         }
         Err(e) => {
-            error!(
-                "{}\nnote: create the directory or point --textfile at node_exporter's --collector.textfile.directory",
-                verify::error_chain(&e)
+            let read_only = matches!(
+                &e,
+                render::TextfileError::Write(f)
+                    if f.source.raw_os_error() == Some(nix::errno::Errno::EROFS as i32)
             );
+            let note = if read_only {
+                format!(
+                    "'{}' is read-only here: k8s-nokmem-verify.service writes only its \
+                     ReadWriteDirectories=; add it with `systemctl edit \
+                     k8s-nokmem-verify.service` ([Service] ReadWriteDirectories={})",
+                    dir.display(),
+                    dir.display()
+                )
+            } else {
+                "create the directory or point --textfile at node_exporter's \
+                 --collector.textfile.directory"
+                    .to_string()
+            };
+            error!("{}\nnote: {note}", verify::error_chain(&e));
             Err(())
         }
     }

@@ -48,11 +48,7 @@ pub const KEYS: [(&str, &str, &str); 17] = [
     ("verify", "cgroup-root", "/sys/fs/cgroup"),
     ("verify", "proc-root", "/proc"),
     ("verify", "zombie-warn-percent", "50"),
-    (
-        "verify",
-        "textfile-dir",
-        "/var/lib/node_exporter/textfile_collector",
-    ),
+    ("verify", "textfile-dir", "auto"),
 ];
 
 /// The default of a known key, as written in the conffile.
@@ -165,7 +161,15 @@ pub struct VerifyConfig {
     /// Warn when zombie memory cgroups exceed this share of the 65535 IDs (percent).
     pub zombie_warn_percent: u8,
     /// node_exporter's textfile collector directory (`verify --textfile` without DIR).
-    pub textfile_dir: PathBuf,
+    pub textfile_dir: TextfileDir,
+}
+
+/// `[verify] textfile-dir`: `auto` (the directory the node's node_exporter reads, see
+/// `crate::verify::textfile`) or a path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextfileDir {
+    Auto,
+    Path(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -216,7 +220,7 @@ impl Default for Config {
                 cgroup_root: "/sys/fs/cgroup".into(),
                 proc_root: "/proc".into(),
                 zombie_warn_percent: 50,
-                textfile_dir: "/var/lib/node_exporter/textfile_collector".into(),
+                textfile_dir: TextfileDir::Auto,
             },
             kernel_cmdline: CmdlineMode::Auto,
             apply: Apply::Restart,
@@ -441,7 +445,15 @@ impl Config {
             }
             ("verify", "cgroup-root") => self.verify.cgroup_root = values::abs_path(at)?,
             ("verify", "proc-root") => self.verify.proc_root = values::abs_path(at)?,
-            ("verify", "textfile-dir") => self.verify.textfile_dir = values::abs_path(at)?,
+            ("verify", "textfile-dir") => {
+                self.verify.textfile_dir = if at.value == "auto" {
+                    TextfileDir::Auto
+                } else if at.value.starts_with('/') {
+                    TextfileDir::Path(at.value.into())
+                } else {
+                    return Err(at.bad("'auto' or an absolute path"));
+                };
+            }
             ("verify", "zombie-warn-percent") => {
                 self.verify.zombie_warn_percent = match v.parse::<u8>() {
                     Ok(p) if (1..=100).contains(&p) => p,

@@ -30,6 +30,7 @@ mod kernel;
 mod node;
 pub mod render;
 mod running;
+pub mod textfile;
 
 /// A check's summary holds an error on one line (see `notes`).
 pub use crate::notes::error_chain;
