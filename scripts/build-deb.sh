@@ -54,6 +54,27 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 start=$(date +%s)
 
+# Reproducible builds (https://reproducible-builds.org/specs/source-date-epoch/): every
+# date that ends up in the .deb (archive mtimes, the generated changelog entry) is the
+# source's, never the clock's: the commit's time, else the changelog's; an exported
+# SOURCE_DATE_EPOCH wins. Two builds of one commit give the same bytes whatever the
+# time, directory, umask, locale, time zone, user or host (scripts/check-reproducible.sh).
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    # safe.directory: a tree another user owns has the same commit time.
+    if SOURCE_DATE_EPOCH=$(git -c safe.directory="$top" -C "$top" log -1 --format=%ct HEAD 2>/dev/null) &&
+        [ -n "$SOURCE_DATE_EPOCH" ]; then
+        sde_from="commit $(git -c safe.directory="$top" -C "$top" rev-parse --short HEAD)"
+    else
+        SOURCE_DATE_EPOCH=$(dpkg-parsechangelog -l debian/changelog -STimestamp)
+        sde_from="debian/changelog"
+    fi
+else
+    sde_from="the environment"
+fi
+[[ $SOURCE_DATE_EPOCH =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH '$SOURCE_DATE_EPOCH' is not a number of seconds"
+export SOURCE_DATE_EPOCH
+log "SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH (from $sde_from)"
+
 # What the build runs (Go, the cross compilers, cargo-deb, the musl targets): install-deps
 # installs what is missing and returns at once when everything is there.
 if [ "$(id -u)" -eq 0 ]; then
@@ -62,7 +83,42 @@ else
     command -v cargo-deb >/dev/null || die "cargo-deb not found; run: sudo scripts/install-deps.sh"
 fi
 
+# The helper's bytes name neither the builder's $CARGO_HOME (the dependencies' sources,
+# in panic locations) nor this checkout's directory (scripts/lib/rustc-remap.sh, for our
+# crate only). Only these --target (musl) builds see the flags: cargo keeps them apart
+# from the host builds of `cargo test` and `cargo build`, which are not rebuilt.
+cargo_home=$(cd "${CARGO_HOME:-$HOME/.cargo}" 2>/dev/null && pwd -P) || cargo_home=${CARGO_HOME:-$HOME/.cargo}
+helper_env=(
+    RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }--remap-path-prefix=$cargo_home=/cargo"
+    RUSTC_WORKSPACE_WRAPPER="$top/scripts/lib/rustc-remap.sh"
+    K8S_NOKMEM_SRC_DIR="$top"
+)
+
+triple_of() { case "$1" in amd64) echo x86_64-unknown-linux-musl ;; arm64) echo aarch64-unknown-linux-musl ;; esac; }
+
+# build_helper TRIPLE: the static helper for TRIPLE (a no-op when up to date).
+build_helper() {
+    local triple=$1 leak t0
+    t0=$(date +%s)
+    env "${helper_env[@]}" cargo build --release --locked --target "$triple" ||
+        die "cargo build --release --target $triple failed"
+    # Where the build ran must not be in the helper's bytes (a build elsewhere would differ).
+    for leak in "$top" "$cargo_home"; do
+        if grep -q -a -F "$leak" "target/$triple/release/k8s-nokmem"; then
+            die "target/$triple/release/k8s-nokmem contains the build path '$leak': it would differ when built elsewhere (check --remap-path-prefix in scripts/build-deb.sh)"
+        fi
+    done
+    log "helper target/$triple/release/k8s-nokmem in $(( $(date +%s) - t0 )) s"
+}
+
 if [ "$skip_payload" -eq 0 ]; then
+    # The payload's kmem check runs `k8s-nokmem inspect`: the static helper of this host's
+    # architecture, built once here for the .deb too (no separate host release build).
+    host_triple=$(triple_of "$(dpkg --print-architecture)")
+    if [ -z "${K8S_NOKMEM_BIN:-}" ] && [ -n "$host_triple" ]; then
+        build_helper "$host_triple"
+        export K8S_NOKMEM_BIN=$top/target/$host_triple/release/k8s-nokmem
+    fi
     for a in "${arches[@]}"; do
         log "payload for $a"
         scripts/build-payload.sh --arch "$a" --out target/payload "${payload_args[@]}"
@@ -100,21 +156,38 @@ else
     {
         printf 'k8s-nokmem (%s) unstable; urgency=medium\n\n' "$deb_version"
         printf '  * Rebuilt with kubelet %s (see /usr/lib/k8s-nokmem/MANIFEST).\n\n' "$kube_version"
-        printf ' -- %s  %s\n\n' "k8s-nokmem developers <k8s-nokmem@example.org>" "$(date -R)"
+        printf ' -- %s  %s\n\n' "k8s-nokmem developers <k8s-nokmem@example.org>" \
+            "$(LC_ALL=C TZ=UTC date -R -d "@$SOURCE_DATE_EPOCH")"
         cat debian/changelog
     } >target/debian-build/changelog
 fi
 
+# Built-Using (Debian Policy 7.8): the Debian source packages compiled into the payload,
+# as build-payload.sh recorded them per binary: "golang-1.19 (= 1.19.8-2), kubernetes (= ...)".
+built_using_of() { # MANIFEST
+    awk -F' = ' '$1 == "built_using" { print $2 }' "$1" | tr ',' '\n' |
+        sed 's/^[[:space:]]*//; s/[[:space:]]*$//; /^$/d' | LC_ALL=C sort -u |
+        awk '{ out = out (n++ ? ", " : "") $0 } END { print out }'
+}
+
 for a in "${arches[@]}"; do
-    case "$a" in
-        amd64) triple=x86_64-unknown-linux-musl; variant=() ;;
-        arm64) triple=aarch64-unknown-linux-musl; variant=(--variant arm64) ;;
-    esac
-    log "cargo deb for $a ($triple)"
+    triple=$(triple_of "$a")
+    variant=()
+    [ "$a" = amd64 ] || variant=(--variant "$a")
     t0=$(date +%s)
-    cargo deb --locked --target "$triple" "${variant[@]}" --deb-version "$deb_version" \
-        --output target/debian/ >/dev/null
-    log "built target/debian/k8s-nokmem_${deb_version}_${a}.deb in $(( $(date +%s) - t0 )) s"
+    build_helper "$triple"
+    log "cargo deb for $a ($triple)"
+    cargo deb --no-build --locked --target "$triple" "${variant[@]}" \
+        --deb-version "$deb_version" --output target/debian/ >/dev/null
+    deb=target/debian/k8s-nokmem_${deb_version}_${a}.deb
+    built_using=$(built_using_of "target/payload/$a/MANIFEST")
+    if [ -n "$built_using" ]; then
+        python3 scripts/lib/deb-control-field.py "$deb" Built-Using "$built_using" ||
+            die "failed to add Built-Using to '$deb'"
+    else
+        log "warning: target/payload/$a/MANIFEST records no built_using (an older payload): no Built-Using field; rebuild the payload"
+    fi
+    log "built $deb in $(( $(date +%s) - t0 )) s (sha256 $(sha256sum "$deb" | cut -d' ' -f1))"
 done
 log "done in $(( $(date +%s) - start )) s"
 ls -l target/debian/*.deb >&2

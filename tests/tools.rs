@@ -78,6 +78,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("ip", "iproute2"),
     ("/lib/systemd/systemd-binfmt", "systemd"),
+    ("diffoscope", "diffoscope-minimal"),
+    ("taskset", "util-linux"),
+    ("dpkg-parsechangelog", "dpkg-dev"),
+    ("/usr/bin/go", "golang-go"),
 ];
 
 /// Tools that come with the Rust toolchain or are built by the project: not Debian's.
