@@ -90,7 +90,10 @@ fi
 cargo_home=$(cd "${CARGO_HOME:-$HOME/.cargo}" 2>/dev/null && pwd -P) || cargo_home=${CARGO_HOME:-$HOME/.cargo}
 helper_env=(
     RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }--remap-path-prefix=$cargo_home=/cargo"
-    RUSTC_WORKSPACE_WRAPPER="$top/scripts/lib/rustc-remap.sh"
+    # By name, found in PATH: cargo hashes the wrapper's path into every symbol of our
+    # crate (-C metadata), so a path naming this checkout would change the bytes.
+    RUSTC_WORKSPACE_WRAPPER=rustc-remap.sh
+    PATH="$top/scripts/lib:$PATH"
     K8S_NOKMEM_SRC_DIR="$top"
 )
 

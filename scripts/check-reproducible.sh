@@ -146,7 +146,8 @@ for x in "${arches[@]}"; do
         log "$x: identical: $(basename "$da") sha256 $(sha256sum "$da" | cut -d' ' -f1)"
     else
         log "$x: DIFFERENT: $(basename "$da") (A: $(sha256sum "$da" | cut -d' ' -f1), B: $(sha256sum "$db" | cut -d' ' -f1)); diffoscope:"
-        diffoscope --no-progress --text - "$da" "$db" || true
+        diffoscope --no-progress --max-text-report-size 200000 --max-diff-block-lines 40 \
+            --text - "$da" "$db" || true
         rc=1
     fi
 done

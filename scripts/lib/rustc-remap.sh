@@ -1,5 +1,5 @@
 #!/bin/sh
-# RUSTC_WORKSPACE_WRAPPER for scripts/build-deb.sh: compiles this workspace's own crates
+# RUSTC_WORKSPACE_WRAPPER (by name, in PATH) for scripts/build-deb.sh: compiles this workspace's own crates
 # with their source directory remapped to /build/k8s-nokmem, so that the helper's bytes do
 # not depend on where the checkout sits. A workspace wrapper leaves the dependencies'
 # compilation (and cargo's fingerprints of them) alone: moving the checkout rebuilds only
