@@ -22,8 +22,14 @@ the Go build tag 'nokmem' so that they never switch on cgroup v1 kernel-memory (
 accounting (runc's libcontainer/cgroups/fs/kmem.go is replaced by kmem_disabled.go; in
 kubelet that code is the runc copy under vendor/). Writes
 
-  DIR/<arch>/runc, DIR/<arch>/kubelet, DIR/<arch>/MANIFEST   (INI: versions, sources,
-                                                             Go, tags, size, sha256)
+  DIR/<arch>/runc, DIR/<arch>/kubelet, DIR/<arch>/MANIFEST   (INI: versions, sources
+                                                             (.dsc sha256 or commit), Go,
+                                                             tags, build command, the Debian
+                                                             sources compiled in, size, sha256)
+
+Reproducible: the same sources, Go and flags give the same bytes in any directory, with or
+without the cache (-trimpath, -buildid=, GOAMD64=v1, dates from the source, no build time
+in the MANIFEST).
 
 Options:
   --arch A              amd64, arm64 or all (default: all)
@@ -59,9 +65,9 @@ binary (then only its bytes are checked for kmem code).
 
 How each binary is built (GOPATH mode, GO111MODULE=off, no module proxy):
   kubelet  CGO_ENABLED=0 GOARCH=<arch> go build -trimpath -tags=$(IFS=,; echo "${KUBELET_TAGS[*]}")
-           -ldflags "-s -w -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v…"
+           -ldflags "-s -w -buildid= -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v…"
   runc     CGO_ENABLED=1 (libseccomp, static glibc) -tags=$(IFS=,; echo "${RUNC_TAGS[*]}")
-           -ldflags "-s -w -extldflags -static -X main.version=… -X main.gitCommit=…";
+           -ldflags "-s -w -buildid= -extldflags -static -X main.version=… -X main.gitCommit=…";
            for a foreign arch CC=<triplet>-gcc PKG_CONFIG_LIBDIR=/usr/lib/<triplet>/pkgconfig
            (gcc-aarch64-linux-gnu, libseccomp-dev:arm64)
 
