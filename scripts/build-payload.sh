@@ -22,8 +22,14 @@ the Go build tag 'nokmem' so that they never switch on cgroup v1 kernel-memory (
 accounting (runc's libcontainer/cgroups/fs/kmem.go is replaced by kmem_disabled.go; in
 kubelet that code is the runc copy under vendor/). Writes
 
-  DIR/<arch>/runc, DIR/<arch>/kubelet, DIR/<arch>/MANIFEST   (INI: versions, sources,
-                                                             Go, tags, size, sha256)
+  DIR/<arch>/runc, DIR/<arch>/kubelet, DIR/<arch>/MANIFEST   (INI: versions, sources
+                                                             (.dsc sha256 or commit), Go,
+                                                             tags, build command, the Debian
+                                                             sources compiled in, size, sha256)
+
+Reproducible: the same sources, Go and flags give the same bytes in any directory, with or
+without the cache (-trimpath, -buildid=, GOAMD64=v1, dates from the source, no build time
+in the MANIFEST).
 
 Options:
   --arch A              amd64, arm64 or all (default: all)
@@ -59,9 +65,9 @@ binary (then only its bytes are checked for kmem code).
 
 How each binary is built (GOPATH mode, GO111MODULE=off, no module proxy):
   kubelet  CGO_ENABLED=0 GOARCH=<arch> go build -trimpath -tags=$(IFS=,; echo "${KUBELET_TAGS[*]}")
-           -ldflags "-s -w -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v…"
+           -ldflags "-s -w -buildid= -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v…"
   runc     CGO_ENABLED=1 (libseccomp, static glibc) -tags=$(IFS=,; echo "${RUNC_TAGS[*]}")
-           -ldflags "-s -w -extldflags -static -X main.version=… -X main.gitCommit=…";
+           -ldflags "-s -w -buildid= -extldflags -static -X main.version=… -X main.gitCommit=…";
            for a foreign arch CC=<triplet>-gcc PKG_CONFIG_LIBDIR=/usr/lib/<triplet>/pkgconfig
            (gcc-aarch64-linux-gnu, libseccomp-dev:arm64)
 
@@ -150,16 +156,30 @@ TRIM=$(kn_trimpath_flag "$GO_VERSION")
 kn_log "$GO_VERSION, host $HOST_ARCH, cache $KN_CACHE$([ "$KN_NO_CACHE" = 1 ] && echo ' (--no-cache)'), out $OUT_DIR"
 
 # Per "<arch>/<name>": what the MANIFEST and the summary need.
-declare -A M_VERSION M_VOUT M_SOURCE M_TAGS M_CHECK M_KMEM M_HOW M_COMMIT
+declare -A M_VERSION M_VOUT M_SOURCE M_TAGS M_CHECK M_KMEM M_HOW M_COMMIT M_SRCID M_BUILD M_BUILT_USING
 
 # ---------------------------------------------------------------------------------
 # Sources (resolved once, when first needed)
+
+# source_id: the MANIFEST lines that name the source just resolved exactly: the .dsc and
+# its sha256 (Debian), or nothing (a checkout's commit has its own line).
+source_id() {
+    if [ -n "$KN_SRC_DSC" ]; then
+        printf 'source_dsc = %s\nsource_sha256 = %s' "$KN_SRC_DSC" "$KN_SRC_DSC_SHA256"
+    fi
+}
+
+# source_built_using: the Built-Using entry of a Debian source package, or nothing.
+source_built_using() {
+    if [ -n "$KN_SRC_PKG" ]; then printf '%s (= %s)' "$KN_SRC_PKG" "$KN_SRC_DEBVER"; fi
+}
 
 RUNC_READY=''
 runc_source() {
     [ -n "$RUNC_READY" ] && return 0
     if [ -n "$RUNC_SRC_ARG" ]; then kn_local_source "$RUNC_SRC_ARG"; else kn_debian_source runc; fi
     RUNC_DIR=$KN_SRC_DIR RUNC_DIGEST=$KN_SRC_DIGEST RUNC_DESC=$KN_SRC_DESC
+    RUNC_SRCID=$(source_id) RUNC_SRC_USING=$(source_built_using)
     [ -f "$RUNC_DIR/VERSION" ] && [ -f "$RUNC_DIR/main.go" ] ||
         kn_die "'$RUNC_DIR' does not look like a runc tree (no VERSION or main.go)" 2
     RUNC_VERSION=$(tr -d ' \n' <"$RUNC_DIR/VERSION")
@@ -191,6 +211,7 @@ k8s_source() {
     local v
     if [ -n "$K8S_SRC_ARG" ]; then kn_local_source "$K8S_SRC_ARG"; else kn_debian_source kubernetes; fi
     K8S_DIR=$KN_SRC_DIR K8S_DIGEST=$KN_SRC_DIGEST K8S_DESC=$KN_SRC_DESC
+    K8S_SRCID=$(source_id) K8S_SRC_USING=$(source_built_using)
     [ -d "$K8S_DIR/cmd/kubelet" ] && [ -d "$K8S_DIR/vendor" ] ||
         kn_die "'$K8S_DIR' does not look like a Kubernetes tree with vendor/ (no cmd/kubelet or vendor)" 2
     K8S_COMMIT='' K8S_TREE=archive
@@ -219,7 +240,11 @@ k8s_source() {
     [[ $K8S_GITVERSION =~ ^v([0-9]+)\.([0-9]+) ]] ||
         kn_die "Kubernetes version '$K8S_GITVERSION' is not vMAJOR.MINOR…" 2
     K8S_MAJOR=${BASH_REMATCH[1]} K8S_MINOR=${BASH_REMATCH[2]}
-    K8S_BUILDDATE=$(date -u -d "@${KN_SRC_EPOCH:-$(date +%s)}" +%Y-%m-%dT%H:%M:%SZ)
+    # The source's date, never the build's: kubelet --version prints it.
+    KN_SRC_EPOCH=${KN_SRC_EPOCH:-${SOURCE_DATE_EPOCH:-}}
+    [ -n "$KN_SRC_EPOCH" ] ||
+        kn_die "cannot tell the date of '$K8S_DIR' (no debian/changelog or commit); set SOURCE_DATE_EPOCH" 2
+    K8S_BUILDDATE=$(date -u -d "@$KN_SRC_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
     kn_log "[kubelet] source $K8S_DESC ($K8S_DIR), version $K8S_GITVERSION"
     K8S_READY=1
 }
@@ -237,8 +262,23 @@ run_build() { # LABEL LOG CMD...: run a build command, show its log on failure
     fi
 }
 
+# runc_library_files GOPATH ENV... -- GO-LIST-ARGS: one Go file of each package runc
+# imports from outside its own tree and Go's standard library (Debian's runc takes them
+# from /usr/share/gocode), for kn_built_using.
+runc_library_files() {
+    local gopath=$1 env=() dir
+    shift
+    while [ "$1" != -- ]; do env+=("$1"); shift; done
+    shift
+    env "${env[@]}" "$KN_GO" list -deps "$@" -f '{{if not .Standard}}{{.Dir}}{{end}}' \
+        github.com/opencontainers/runc 2>/dev/null | while read -r dir; do
+        case "$dir" in "$gopath"/* | "$RUNC_DIR"/* | '') continue ;; esac
+        find "$dir" -maxdepth 1 -type f -name '*.go' -print -quit
+    done
+}
+
 build_runc() {
-    local arch=$1 out=$2 label="[runc $1]" cc pkgcfg='' gopath gocodes ldflags key_text key seccomp
+    local arch=$1 out=$2 label="[runc $1]" cc pkgcfg='' gopath gocodes ldflags key_text key seccomp built_using
     runc_source
     if [ "$arch" = "$HOST_ARCH" ]; then
         cc=${CC:-gcc}
@@ -251,8 +291,34 @@ build_runc() {
     seccomp=$(if [ -n "$pkgcfg" ]; then export PKG_CONFIG_LIBDIR=$pkgcfg; fi
         pkg-config --modversion libseccomp 2>/dev/null) ||
         kn_die "$label libseccomp for $arch not found by pkg-config (apt-get install libseccomp-dev:$arch)" 2
-    ldflags="-s -w -extldflags -static -X main.version=$RUNC_VERSION -X main.gitCommit=$RUNC_COMMIT"
+    # -buildid= and -trimpath: no build ID or build path in the bytes (reproducible).
+    ldflags="-s -w -buildid= -extldflags -static -X main.version=$RUNC_VERSION -X main.gitCommit=$RUNC_COMMIT"
+    gopath=$KN_WORK/gopath-runc
+    kn_gopath_link "$gopath" github.com/opencontainers/runc "$RUNC_DIR"
+    gocodes=$gopath
+    [ -d /usr/share/gocode/src ] && gocodes="$gopath:/usr/share/gocode"
+    local goenv=(GO111MODULE=off GOPATH="$gocodes" GOFLAGS='' GOPROXY=off GOCACHE="$(kn_gocache)"
+        CGO_ENABLED=1 GOOS=linux GOARCH="$arch" GOAMD64=v1 CC="$cc" ${pkgcfg:+PKG_CONFIG_LIBDIR="$pkgcfg"})
+    local tags
+    tags=$(kn_tags_flag "$GO_VERSION" "${RUNC_TAGS[@]}")
+    # What is compiled in, each named by its Debian source package and exact version: Go,
+    # runc, the Go libraries from /usr/share/gocode, and the static C libraries. Part of the
+    # cache key: a newer library means another binary, never a stale cached one.
+    local libs=()
+    mapfile -t libs < <(runc_library_files "$gopath" "${goenv[@]}" -- -tags "$tags")
+    built_using=$(
+        {
+            printf '%s\n' "$RUNC_SRC_USING"
+            kn_go_built_using
+            kn_built_using "$("$cc" -print-file-name=libc.a)" "$("$cc" -print-libgcc-file-name)" \
+                "$(if [ -n "$pkgcfg" ]; then export PKG_CONFIG_LIBDIR=$pkgcfg; fi
+                    pkg-config --variable=libdir libseccomp)/libseccomp.a" "${libs[@]}"
+        } | LC_ALL=C sort -u | kn_join_lines ', '
+    )
+    M_BUILD[$arch/runc]="${goenv[*]:5:5} go build $TRIM -tags=$tags -ldflags='$ldflags'"
+    M_BUILT_USING[$arch/runc]=$built_using
     key_text="script=$KN_SCRIPT_VERSION
+built_using=$built_using
 what=runc
 source=$RUNC_DIGEST
 arch=$arch
@@ -267,27 +333,31 @@ libseccomp=$seccomp"
         return 0
     fi
     kn_log "$label building ($RUNC_DESC, tags ${RUNC_TAGS[*]}, CC=$cc)"
-    gopath=$KN_WORK/gopath-runc
-    kn_gopath_link "$gopath" github.com/opencontainers/runc "$RUNC_DIR"
-    gocodes=$gopath
-    [ -d /usr/share/gocode/src ] && gocodes="$gopath:/usr/share/gocode"
     # shellcheck disable=SC2086  # $TRIM is one flag or nothing
     run_build "$label" "$KN_WORK/runc-$arch.log" \
-        env GO111MODULE=off GOPATH="$gocodes" GOFLAGS='' GOPROXY=off GOCACHE="$(kn_gocache)" \
-        CGO_ENABLED=1 GOOS=linux GOARCH="$arch" CC="$cc" \
-        ${pkgcfg:+PKG_CONFIG_LIBDIR="$pkgcfg"} \
-        "$KN_GO" build $TRIM -tags "$(kn_tags_flag "$GO_VERSION" "${RUNC_TAGS[@]}")" \
+        env "${goenv[@]}" "$KN_GO" build $TRIM -tags "$tags" \
         -ldflags "$ldflags" -o "$out" github.com/opencontainers/runc
     kn_cache_put "$key" "$key_text" runc "$out"
     BUILD_HOW="built"
 }
 
 build_kubelet() {
-    local arch=$1 out=$2 label="[kubelet $1]" gopath ldflags key_text key
+    local arch=$1 out=$2 label="[kubelet $1]" gopath ldflags key_text key built_using tags
     k8s_source
-    ldflags=$(kn_kubelet_ldflags "$K8S_GITVERSION" "$K8S_MAJOR" "$K8S_MINOR" "$K8S_TREE" \
-        "$K8S_BUILDDATE" "$K8S_COMMIT")
+    # -buildid= and -trimpath: no build ID or build path in the bytes (reproducible).
+    ldflags="$(kn_kubelet_ldflags "$K8S_GITVERSION" "$K8S_MAJOR" "$K8S_MINOR" "$K8S_TREE" \
+        "$K8S_BUILDDATE" "$K8S_COMMIT") -buildid="
+    gopath=$KN_WORK/gopath-k8s
+    kn_gopath_link "$gopath" k8s.io/kubernetes "$K8S_DIR"
+    local goenv=(GO111MODULE=off GOPATH="$gopath" GOFLAGS='' GOPROXY=off GOCACHE="$(kn_gocache)"
+        CGO_ENABLED=0 GOOS=linux GOARCH="$arch" GOAMD64=v1)
+    tags=$(kn_tags_flag "$GO_VERSION" "${KUBELET_TAGS[@]}")
+    # Compiled in: Go and the Kubernetes tree (its vendor/ included; GOPATH is that tree only).
+    built_using=$({ printf '%s\n' "$K8S_SRC_USING"; kn_go_built_using; } | LC_ALL=C sort -u | kn_join_lines ', ')
+    M_BUILD[$arch/kubelet]="${goenv[*]:5:4} go build $TRIM -tags=$tags -ldflags='$ldflags'"
+    M_BUILT_USING[$arch/kubelet]=$built_using
     key_text="script=$KN_SCRIPT_VERSION
+built_using=$built_using
 what=kubelet
 source=$K8S_DIGEST
 arch=$arch
@@ -300,13 +370,9 @@ go=$GO_VERSION"
         return 0
     fi
     kn_log "$label building ($K8S_DESC, tags ${KUBELET_TAGS[*]}; ~7 min cold on 2 cores)"
-    gopath=$KN_WORK/gopath-k8s
-    kn_gopath_link "$gopath" k8s.io/kubernetes "$K8S_DIR"
     # shellcheck disable=SC2086  # $TRIM is one flag or nothing
     run_build "$label" "$KN_WORK/kubelet-$arch.log" \
-        env GO111MODULE=off GOPATH="$gopath" GOFLAGS='' GOPROXY=off GOCACHE="$(kn_gocache)" \
-        CGO_ENABLED=0 GOOS=linux GOARCH="$arch" \
-        "$KN_GO" build $TRIM -tags "$(kn_tags_flag "$GO_VERSION" "${KUBELET_TAGS[@]}")" \
+        env "${goenv[@]}" "$KN_GO" build $TRIM -tags "$tags" \
         -ldflags "$ldflags" -o "$out" k8s.io/kubernetes/cmd/kubelet
     kn_cache_put "$key" "$key_text" kubelet "$out"
     BUILD_HOW="built"
@@ -332,10 +398,11 @@ build_and_check() {
     M_KMEM[$id]=$KN_KMEM_HOW
     if [ "$name" = runc ]; then
         M_VERSION[$id]=$RUNC_VERSION M_SOURCE[$id]=$RUNC_DESC M_TAGS[$id]="${RUNC_TAGS[*]}"
-        M_COMMIT[$id]=$RUNC_COMMIT
+        M_COMMIT[$id]=$RUNC_COMMIT M_SRCID[$id]=$RUNC_SRCID
         want="runc version $RUNC_VERSION"
     else
         M_VERSION[$id]=${K8S_GITVERSION#v} M_SOURCE[$id]=$K8S_DESC M_TAGS[$id]="${KUBELET_TAGS[*]}"
+        M_COMMIT[$id]=$K8S_COMMIT M_SRCID[$id]=$K8S_SRCID
         want="Kubernetes $K8S_GITVERSION"
     fi
     if [ "$name" = kubelet ] && [ "$arch" != "$HOST_ARCH" ]; then
@@ -363,10 +430,13 @@ manifest_section() {
 file = $name
 version = ${M_VERSION[$id]}
 version_output = ${M_VOUT[$id]}
-source = ${M_SOURCE[$id]}${M_COMMIT[$id]:+
+source = ${M_SOURCE[$id]}${M_SRCID[$id]:+
+${M_SRCID[$id]}}${M_COMMIT[$id]:+
 commit = ${M_COMMIT[$id]}}
 go = $GO_VERSION
 tags = ${M_TAGS[$id]}
+build = ${M_BUILD[$id]}
+built_using = ${M_BUILT_USING[$id]}
 arch = $arch
 size = $(kn_size "$file")
 sha256 = $(kn_sha256 "$file")
@@ -404,7 +474,8 @@ install_arch() {
     done
     {
         printf '; k8s-nokmem payload manifest, written by scripts/build-payload.sh\n'
-        printf '[payload]\narch = %s\nbuilt = %s\n' "$arch" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        # No build time: the same sources and flags give the same MANIFEST (reproducible).
+        printf '[payload]\narch = %s\n' "$arch"
         for s in "${sections[@]}"; do
             printf '\n%s\n' "$s"
         done

@@ -34,6 +34,8 @@ pkgs=(
     libseccomp-dev:arm64 dpkg-dev
     # packaging and Debian's judges
     lintian shellcheck file xz-utils binutils systemd piuparts
+    # reproducible builds: scripts/check-reproducible.sh shows a difference with diffoscope
+    diffoscope-minimal
     # tests: arm64 under qemu-user, chroots, a booted systemd, tracing, the e2e repository
     qemu-user-static debootstrap systemd-container strace apt-utils gnupg
     prometheus jq

@@ -41,6 +41,10 @@ if [ "$quick" -eq 0 ]; then
     roots_pid=$!
     step "build the .debs (payload cached)"
     scripts/build-deb.sh
+    # The probes' and rc9's kmem check: the static helper build-deb.sh just built (no
+    # separate host release build of the same code).
+    host_helper=target/$(case "$(dpkg --print-architecture)" in arm64) echo aarch64 ;; *) echo x86_64 ;; esac)-unknown-linux-musl/release/k8s-nokmem
+    if [ -x "$host_helper" ]; then export K8S_NOKMEM_BIN=$top/$host_helper; fi
     step "build the cgroup probes (cached)"
     scripts/build-probes.sh
     step "build runc v1.0.0-rc9 with and without nokmem (cached)"

@@ -1,7 +1,10 @@
 //! The payload MANIFEST (`/usr/lib/k8s-nokmem/MANIFEST`), written by
 //! `scripts/build-payload.sh`: an INI file with a `[payload]` section and one section per
 //! binary (`[runc]`, `[kubelet]`) giving its version, source, Go version, build tags,
-//! architecture, size and sha256.
+//! architecture, size and sha256, and its provenance: the exact source (a Debian source
+//! package's .dsc and its sha256, or a checkout's commit), the build command and the
+//! Debian source packages compiled in (`built_using`, the .deb's `Built-Using`). No build
+//! time: the same sources and flags give the same MANIFEST.
 
 use std::path::Path;
 
@@ -47,6 +50,10 @@ pub struct Binary {
     /// Bare version (`1.20.2`, no leading v).
     pub version: String,
     pub source: String,
+    /// The Debian source package's `.dsc` sha256 (Debian sources).
+    pub source_sha256: Option<String>,
+    /// The checkout's commit (or `debian-<version>` for Debian's runc).
+    pub commit: Option<String>,
     pub go: String,
     pub tags: Vec<String>,
     pub arch: String,
@@ -55,12 +62,15 @@ pub struct Binary {
     pub sha256: String,
     /// How the build checked it runs.
     pub check: String,
+    /// The build command: environment, `go build` and its flags.
+    pub build: String,
+    /// Debian source packages compiled in, as `name (= version)`.
+    pub built_using: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Manifest {
     pub arch: String,
-    pub built: String,
     pub binaries: Vec<Binary>,
 }
 
@@ -117,7 +127,6 @@ impl Manifest {
 
         let payload = section("payload")?;
         let arch = get(payload, "payload", "arch")?;
-        let built = get(payload, "payload", "built").unwrap_or_default();
         let mut binaries = Vec::new();
         for name in BINARY_SECTIONS {
             let props = section(name)?;
@@ -149,18 +158,34 @@ impl Manifest {
                 size,
                 sha256,
                 check: get(props, name, "check").unwrap_or_default(),
+                source_sha256: get(props, name, "source_sha256").ok(),
+                commit: get(props, name, "commit").ok(),
+                build: get(props, name, "build").unwrap_or_default(),
+                built_using: get(props, name, "built_using")
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
             });
         }
-        Ok(Manifest {
-            arch,
-            built,
-            binaries,
-        })
+        Ok(Manifest { arch, binaries })
     }
 
     /// The binary recorded under `name` (`runc` or `kubelet`).
     pub fn binary(&self, name: &str) -> Option<&Binary> {
         self.binaries.iter().find(|b| b.name == name)
+    }
+
+    /// The binary recorded with file name `file` (`kubelet` for `.../kubelet`).
+    pub fn binary_by_file(&self, file: &str) -> Option<&Binary> {
+        self.binaries.iter().find(|b| b.file == file)
+    }
+
+    /// The binary whose recorded sha256 is `sha256` (lowercase hex).
+    pub fn binary_by_sha256(&self, sha256: &str) -> Option<&Binary> {
+        self.binaries.iter().find(|b| b.sha256 == sha256)
     }
 }
 
@@ -168,9 +193,13 @@ impl Manifest {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "; k8s-nokmem payload manifest\n[payload]\narch = arm64\nbuilt = 2026-11-27T23:59:00Z\n\n\
+    const GOOD: &str = "; k8s-nokmem payload manifest\n[payload]\narch = arm64\n\n\
         [runc]\nfile = runc\nversion = 1.1.5\nversion_output = runc version 1.1.5\n\
-        source = debian:runc=1.1.5+ds1-1+deb12u1\ngo = go1.19.8\n\
+        source = debian:runc=1.1.5+ds1-1+deb12u1\nsource_dsc = runc_1.1.5+ds1-1+deb12u1.dsc\n\
+        source_sha256 = 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n\
+        commit = debian-1.1.5+ds1-1+deb12u1\ngo = go1.19.8\n\
+        build = CGO_ENABLED=1 GOOS=linux GOARCH=arm64 go build -trimpath -tags=seccomp,nokmem -ldflags='-s -w -buildid='\n\
+        built_using = glibc (= 2.36-9+deb12u4), golang-1.19 (= 1.19.8-2), runc (= 1.1.5+ds1-1+deb12u1)\n\
         tags = seccomp netgo osusergo static_build nokmem\narch = arm64\nsize = 9437184\n\
         sha256 = AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nkmem = safe\n\
         check = --version under qemu-aarch64-static\n\n\
@@ -188,6 +217,21 @@ mod tests {
         assert_eq!(runc.sha256, "a".repeat(64), "sha256 is lowercased");
         assert!(runc.tags.iter().any(|t| t == "nokmem"));
         assert_eq!(m.binary("kubelet").unwrap().version, "1.20.2");
+        assert_eq!(runc.commit.as_deref(), Some("debian-1.1.5+ds1-1+deb12u1"));
+        assert_eq!(runc.source_sha256.as_deref().map(str::len), Some(64));
+        assert!(runc.build.contains("-trimpath"), "{}", runc.build);
+        assert_eq!(
+            runc.built_using,
+            [
+                "glibc (= 2.36-9+deb12u4)",
+                "golang-1.19 (= 1.19.8-2)",
+                "runc (= 1.1.5+ds1-1+deb12u1)"
+            ]
+        );
+        assert_eq!(m.binary_by_file("kubelet").unwrap().name, "kubelet");
+        assert_eq!(m.binary_by_sha256(&"a".repeat(64)).unwrap().name, "runc");
+        let kubelet = m.binary("kubelet").unwrap();
+        assert!(kubelet.built_using.is_empty() && kubelet.commit.is_none());
     }
 
     #[test]

@@ -146,6 +146,15 @@ fn contents_modes_owner_and_compression() {
             "{arch}: 16.04 has dpkg 1.18.4: {depends}"
         );
 
+        // Built-Using (Debian Policy 7.8): the Go toolchain and the sources compiled in.
+        let built_using = field("Built-Using");
+        for src in ["golang-1.", "kubernetes (= ", "runc (= "] {
+            assert!(
+                built_using.split(", ").any(|b| b.starts_with(src)),
+                "{arch}: Built-Using lacks {src}: '{built_using}'"
+            );
+        }
+
         let x = extract(&deb);
         // Breaks on the kubelet packages of every other minor than the payload's.
         let manifest = fs::read_to_string(x.path().join("usr/lib/k8s-nokmem/MANIFEST")).unwrap();
@@ -159,6 +168,23 @@ fn contents_modes_owner_and_compression() {
         let want =
             ok(Command::new(common::repo().join("scripts/lib/kubelet-breaks.sh")).arg(&kubelet));
         assert_eq!(field("Breaks"), want.trim(), "{arch}: kubelet {kubelet}");
+        // Each payload binary is what the shipped MANIFEST says (inspect's cross-check).
+        let lib = x.path().join("usr/lib/k8s-nokmem");
+        let inspected = run(Command::new(env!("CARGO_BIN_EXE_k8s-nokmem"))
+            .arg("inspect")
+            .arg(lib.join("runc"))
+            .arg(lib.join("kubelet")));
+        let text = String::from_utf8_lossy(&inspected.stdout);
+        assert!(
+            inspected.status.success()
+                && text
+                    .matches("]: matches: sha256 ok, go ok, tags ok")
+                    .count()
+                    == 2,
+            "{arch}: inspect against the MANIFEST ({}):\n{text}{}",
+            inspected.status,
+            String::from_utf8_lossy(&inspected.stderr)
+        );
         let conffiles = fs::read_to_string(x.path().join("DEBIAN/conffiles")).unwrap();
         assert_eq!(conffiles.trim(), "/etc/k8s-nokmem/k8s-nokmem.conf");
         // The payload recorded in the MANIFEST is what the package ships.

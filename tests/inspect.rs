@@ -638,3 +638,134 @@ fn other_word_sizes_and_byte_orders_are_read() {
         assert_eq!(r.tags, None, "{arch}");
     }
 }
+
+/// A payload directory as build-payload.sh writes it: the nokmem program as `runc`, and a
+/// MANIFEST whose `[runc]` section is `runc_section` (a `[kubelet]` one too: the format
+/// has both).
+fn payload_dir(nokmem: &Built, runc_section: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(&nokmem.path, dir.path().join("runc")).unwrap();
+    let manifest = format!(
+        "[payload]\narch = amd64\n\n[runc]\n{runc_section}\n\n[kubelet]\nfile = kubelet\n\
+         version = 1.20.2\nsize = 1\nsha256 = {}\n",
+        "b".repeat(64)
+    );
+    fs::write(dir.path().join("MANIFEST"), manifest).unwrap();
+    dir
+}
+
+/// The `[runc]` section that tells the truth about `b` (CGO_ENABLED=0, -tags nokmem, no
+/// -trimpath), with `replace` applied.
+fn true_section(b: &Built, replace: (&str, &str)) -> String {
+    let (go, _) = oracle(&b.path);
+    let sha = hex::encode(Sha256::digest(fs::read(&b.path).unwrap()));
+    format!(
+        "file = runc\nversion = 1.1.5\nsource = debian:runc=1.1.5+ds1-1\ngo = {go}\n\
+         tags = nokmem\narch = amd64\nsize = 1\nsha256 = {sha}\n\
+         build = CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -tags=nokmem -ldflags='-s -w'\n\
+         built_using = golang-1.19 (= 1.19.8-2), runc (= 1.1.5+ds1-1)"
+    )
+    .replace(replace.0, replace.1)
+}
+
+/// `inspect` on a payload binary checks it against the MANIFEST beside it (or the one
+/// given with --manifest): the Go version, tags, arch, -trimpath and cgo in its build info
+/// and its sha256 must be what the MANIFEST says; a difference is named and exits 1.
+#[test]
+fn a_payload_binary_is_cross_checked_against_its_manifest() {
+    let Some(progs) = programs() else { return };
+    let b = progs
+        .iter()
+        .find(|b| b.prog == Prog::Nokmem && b.arch == "amd64" && b.link == Link::Stripped)
+        .unwrap();
+    let (go, _) = oracle(&b.path);
+
+    let good = payload_dir(b, &true_section(b, ("", "")));
+    let runc = good.path().join("runc");
+    let out = inspect(&[&runc], false);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let want = format!(
+        "  MANIFEST '{}' [runc]: matches: sha256 ok, go ok, tags ok, arch ok, -trimpath ok, CGO_ENABLED ok",
+        good.path().join("MANIFEST").display()
+    );
+    assert!(text.lines().any(|l| l == want), "want {want:?} in:\n{text}");
+    let json = json_of(&inspect(&[&runc], true));
+    assert_eq!(json[0]["manifest"]["ok"], true, "{json:#?}");
+    assert_eq!(json[0]["manifest"]["section"], "runc", "{json:#?}");
+
+    let cases = [
+        (
+            ("tags = nokmem", "tags = nokmem seccomp"),
+            "MISMATCH tags: MANIFEST 'nokmem,seccomp', binary 'nokmem'".to_string(),
+        ),
+        (
+            ("go = go", "go = go1.99.0-was-"),
+            format!(
+                "MISMATCH go: MANIFEST 'go1.99.0-was-{}', binary '{go}'",
+                &go[2..]
+            ),
+        ),
+        (
+            ("go build -tags", "go build -trimpath -tags"),
+            "MISMATCH -trimpath: MANIFEST 'true', binary 'false'".to_string(),
+        ),
+        (
+            ("CGO_ENABLED=0", "CGO_ENABLED=1"),
+            "MISMATCH CGO_ENABLED: MANIFEST '1', binary '0'".to_string(),
+        ),
+        (
+            ("arch = amd64\nsize", "arch = arm64\nsize"),
+            "MISMATCH arch".to_string(),
+        ),
+        (("sha256 = ", "sha256 = 0"), "MISMATCH sha256".to_string()),
+    ];
+    for (replace, want) in cases {
+        let mut section = true_section(b, replace);
+        if replace.0 == "sha256 = " {
+            // keep 64 hex digits: drop the last one
+            let at = section.find("sha256 = ").unwrap() + "sha256 = ".len() + 64;
+            section.remove(at);
+        }
+        let dir = payload_dir(b, &section);
+        let out = inspect(&[&dir.path().join("runc")], false);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "case {replace:?}: {text}");
+        assert!(
+            text.contains("[runc]: DIFFERS: ") && text.contains(&want),
+            "case {replace:?}: want {want:?} in:\n{text}"
+        );
+    }
+
+    // --manifest: a copy under another name is found by its sha256.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("runc.distrib");
+    fs::copy(&runc, &copy).unwrap();
+    let manifest = good.path().join("MANIFEST");
+    let out = common::run(
+        Command::new(BIN)
+            .args(["inspect", "--manifest"])
+            .arg(&manifest)
+            .arg(&copy),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("[runc]: matches: "), "{text}");
+    // ... and a binary the MANIFEST does not describe cannot be checked: exit 2, named.
+    let hello = progs.iter().find(|b| b.prog == Prog::Hello).unwrap();
+    let out = common::run(
+        Command::new(BIN)
+            .args(["inspect", "--manifest"])
+            .arg(&manifest)
+            .arg(&hello.path),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "failed to cross-check '{}' against its MANIFEST",
+            hello.path.display()
+        )) && err.contains("has no section with file = "),
+        "{err}"
+    );
+}

@@ -72,6 +72,36 @@ kn_sha256() { sha256sum "$1" | awk '{print $1}'; }
 kn_sha256_text() { printf '%s' "$1" | sha256sum | awk '{print $1}'; }
 kn_size() { stat -c %s "$1"; }
 
+# kn_built_using FILE...: the Debian source packages, with their exact versions, that own
+# FILEs (Debian Policy 7.8 Built-Using entries: "golang-1.19 (= 1.19.8-2)"), one per line,
+# sorted; a file no package owns (a toolchain or a tree outside dpkg) is left out.
+kn_built_using() {
+    [ $# -gt 0 ] || return 0
+    local owners f paths=()
+    # dpkg knows a file by the path its package ships: try it without '..' and resolved.
+    for f in "$@"; do
+        paths+=("$(realpath -s -m "$f")" "$(realpath -m "$f")")
+    done
+    # "pkg[:arch]: /path" (or "pkg1, pkg2: /dir"); diversion notes are skipped.
+    owners=$(LC_ALL=C dpkg-query -S "${paths[@]}" 2>/dev/null |
+        awk -F': ' '!/^diversion by/ && NF >= 2 {n = split($1, p, ", "); for (i = 1; i <= n; i++) print p[i]}' |
+        LC_ALL=C sort -u) || true
+    [ -n "$owners" ] || return 0
+    # shellcheck disable=SC2086  # one package name per word
+    LC_ALL=C dpkg-query -W -f='${source:Package} (= ${source:Version})\n' $owners | LC_ALL=C sort -u
+}
+
+# kn_go_built_using: the Built-Using entry of the Go toolchain (its compiler and standard
+# library are compiled in), or nothing for a Go outside dpkg (--go ~/go1.12/bin/go).
+kn_go_built_using() {
+    local go
+    go=$(readlink -f "$(command -v "$KN_GO")") || return 0
+    kn_built_using "$go"
+}
+
+# kn_join_lines SEP: stdin's non-empty lines joined with SEP.
+kn_join_lines() { awk -v sep="$1" 'NF { out = out (n++ ? sep : "") $0 } END { print out }'; }
+
 # ---------------------------------------------------------------------------------
 # Source trees. Each kn_*_source function sets:
 #   KN_SRC_DIR     absolute path of the tree
@@ -81,10 +111,14 @@ kn_size() { stat -c %s "$1"; }
 #   KN_SRC_COMMIT  git commit (local git checkouts only)
 #   KN_SRC_DIRTY   1 when a local checkout has changes
 #   KN_SRC_EPOCH   a timestamp of the source (changelog or commit), for build dates
+#   KN_SRC_DSC, KN_SRC_DSC_SHA256   the .dsc file name and its sha256 (Debian sources only)
+#   KN_SRC_PKG     the Debian source package name (Debian sources only)
+# KN_SRC_DESC names the source without the directory it sits in (the MANIFEST ships it,
+# and a build elsewhere must give the same bytes); KN_SRC_DIR is logged instead.
 
 kn_reset_source() {
     KN_SRC_DIR='' KN_SRC_DIGEST='' KN_SRC_DESC='' KN_SRC_DEBVER='' KN_SRC_COMMIT=''
-    KN_SRC_DIRTY=0 KN_SRC_EPOCH=''
+    KN_SRC_DIRTY=0 KN_SRC_EPOCH='' KN_SRC_DSC='' KN_SRC_DSC_SHA256='' KN_SRC_PKG=''
 }
 
 # kn_debian_source PKG: the source package PKG from apt's deb-src entries, downloaded
@@ -124,6 +158,7 @@ kn_debian_source() {
     KN_SRC_DEBVER=${ver%.dsc}
     KN_SRC_DIGEST="dsc-sha256:$sha"
     KN_SRC_DESC="debian:$pkg=$KN_SRC_DEBVER"
+    KN_SRC_PKG=$pkg KN_SRC_DSC=$dsc KN_SRC_DSC_SHA256=$sha
     KN_SRC_EPOCH=$(dpkg-parsechangelog -l "$dir/debian/changelog" -STimestamp 2>/dev/null) || KN_SRC_EPOCH=''
 }
 
@@ -174,7 +209,7 @@ kn_local_source() {
             KN_SRC_DIRTY=1
         fi
         KN_SRC_DIGEST="git:$KN_SRC_COMMIT:$changes"
-        KN_SRC_DESC="git:$dir@$KN_SRC_COMMIT"
+        KN_SRC_DESC="git:$KN_SRC_COMMIT"
         if [ "$KN_SRC_DIRTY" = 1 ]; then
             KN_SRC_DESC="$KN_SRC_DESC-dirty"
             kn_warn "'$dir' has uncommitted changes; the MANIFEST says -dirty"
@@ -182,8 +217,10 @@ kn_local_source() {
     else
         kn_warn "'$dir' is not a git checkout: it is identified by file names, sizes and mtimes"
         KN_SRC_DIGEST="dir:$(cd "$dir" && find . -type f -printf '%P\t%s\t%T@\n' | LC_ALL=C sort | sha256sum | awk '{print $1}')"
-        KN_SRC_DESC="dir:$dir"
-        KN_SRC_EPOCH=$(date +%s)
+        KN_SRC_DESC="dir:$(basename "$dir"):${KN_SRC_DIGEST#dir:}"
+        # Not the build's time: SOURCE_DATE_EPOCH, else the newest file's mtime (an
+        # unpacked release tarball keeps its files' times), so a rebuild gives the same bytes.
+        KN_SRC_EPOCH=${SOURCE_DATE_EPOCH:-$(find "$dir" -type f -printf '%T@\n' | sort -n | tail -n1 | cut -d. -f1)}
     fi
 }
 

@@ -1,17 +1,20 @@
-//! `k8s-nokmem inspect [--json] FILE...`: does each Go binary switch kmem accounting on?
+//! `k8s-nokmem inspect [--json] [--manifest PATH] FILE...`: does each Go binary switch kmem
+//! accounting on, and is it what its payload MANIFEST says?
 //!
 //! One line per file (or a JSON array) on stdout; errors on stderr, naming the file. Exit
-//! 0 when every file is safe, 1 when any enables kmem (that outranks errors), 2 when any
-//! could not be inspected.
+//! 0 when every file is safe (and matches its MANIFEST), 1 when any enables kmem or differs
+//! from its MANIFEST (that outranks errors), 2 when any could not be inspected.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::{Ctx, Outcome};
+use crate::gobin::provenance::{self, Check};
 use crate::gobin::{self, Evidence, GobinError, Reason, Report, Verdict};
-use crate::output;
+use crate::manifest::Manifest;
+use crate::{output, paths};
 
 const AFTER_HELP: &str = "\
 Evidence of kmem-enabling code: the string memory.kmem.limit_in_bytes and the source
@@ -19,8 +22,14 @@ file name libcontainer/cgroups/fs/kmem.go (kept in the pclntab even when strippe
 nokmem tag in the build info (Go >= 1.18) and kmem_disabled.go support a 'safe' verdict
 but do not make one. FILE paths are used as given (--root does not apply).
 
-Exit codes: 0 all safe, 1 any enables kmem, 2 any could not be inspected (missing,
-not a file, truncated, not a Go binary) and none enables kmem.";
+A payload binary is also cross-checked against its MANIFEST (the one given with
+--manifest, else a MANIFEST beside the binary, as in /usr/lib/k8s-nokmem/): its
+sha256, and the Go version, build tags, architecture, -trimpath and CGO_ENABLED that
+its own build info records must be what the MANIFEST says it was built with.
+
+Exit codes: 0 all safe (and as their MANIFEST says), 1 any enables kmem or differs
+from its MANIFEST, 2 any could not be inspected (missing, not a file, truncated, not a
+Go binary, MANIFEST unreadable) and none of the above.";
 
 /// Tell from a Go binary's bytes whether it switches kmem accounting on
 #[derive(Debug, clap::Args)]
@@ -30,6 +39,11 @@ pub struct Inspect {
     /// one line per file
     #[arg(long)]
     pub json: bool,
+
+    /// Cross-check each FILE against this payload MANIFEST (the section whose `file` is
+    /// FILE's name, else whose sha256 is FILE's); default: a MANIFEST beside FILE
+    #[arg(long, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
 
     /// Go binaries to inspect (ELF; amd64, arm64 or other; stripped or not)
     #[arg(value_name = "FILE", required = true)]
@@ -50,21 +64,59 @@ struct JsonEntry<'a> {
     evidence: &'a [Evidence],
     nokmem_evidence: &'a [Evidence],
     size: Option<u64>,
+    /// The MANIFEST cross-check, when there was a MANIFEST to check against.
+    manifest: Option<&'a ManifestCheck>,
     error: Option<String>,
+}
+
+/// A binary against its MANIFEST section.
+#[derive(Debug, Serialize)]
+struct ManifestCheck {
+    path: PathBuf,
+    section: String,
+    ok: bool,
+    checks: Vec<Check>,
+}
+
+/// What inspecting one file gave: its report and cross-check, or an error.
+type Inspected = Result<(Report, Option<ManifestCheck>), InspectError>;
+
+#[derive(Debug, thiserror::Error)]
+enum InspectError {
+    #[error(transparent)]
+    Gobin(#[from] GobinError),
+    #[error("failed to cross-check '{}' against its MANIFEST", file.display())]
+    Manifest {
+        file: PathBuf,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+impl InspectError {
+    fn hint(&self) -> String {
+        match self {
+            InspectError::Gobin(e) => e.hint(),
+            InspectError::Manifest { .. } => {
+                "name the payload's MANIFEST with --manifest PATH (e.g. /usr/lib/k8s-nokmem/MANIFEST), or check that it is the one this binary was built with".into()
+            }
+        }
+    }
 }
 
 impl Inspect {
     pub fn run(self, _ctx: &Ctx) -> anyhow::Result<Outcome> {
-        let results: Vec<(PathBuf, Result<Report, GobinError>)> = self
+        let results: Vec<(PathBuf, Inspected)> = self
             .files
             .iter()
-            .map(|path| (path.clone(), gobin::inspect(path)))
+            .map(|path| (path.clone(), inspect_one(path, self.manifest.as_deref())))
             .collect();
 
         let mut outcome = Outcome::Ok;
         for (_, result) in &results {
             let this = match result {
-                Ok(r) if r.verdict == Verdict::EnablesKmem => Outcome::Problem,
+                Ok((r, _)) if r.verdict == Verdict::EnablesKmem => Outcome::Problem,
+                Ok((_, Some(m))) if !m.ok => Outcome::Problem,
                 Ok(_) => Outcome::Ok,
                 Err(err) => {
                     print_error(err);
@@ -82,21 +134,92 @@ impl Inspect {
                 results
                     .iter()
                     .filter_map(|(_, r)| r.as_ref().ok())
-                    .try_for_each(|r| writeln!(out, "{}", human_line(r)))
+                    .try_for_each(|(r, m)| {
+                        writeln!(out, "{}", human_line(r))?;
+                        match m {
+                            Some(m) => writeln!(out, "{}", manifest_line(m)),
+                            None => Ok(()),
+                        }
+                    })
             }
         })?;
         Ok(outcome)
     }
 }
 
-fn write_json(
-    out: &mut dyn Write,
-    results: &[(PathBuf, Result<Report, GobinError>)],
-) -> io::Result<()> {
+/// Inspect `path` and, when there is a MANIFEST for it (`manifest`, else one beside it),
+/// cross-check it.
+fn inspect_one(path: &Path, manifest: Option<&Path>) -> Inspected {
+    let report = gobin::inspect(path)?;
+    let beside = path.parent().map(|d| d.join("MANIFEST"));
+    let manifest_path = match (manifest, beside) {
+        (Some(m), _) => m.to_path_buf(),
+        (None, Some(b)) if b.is_file() => b,
+        _ => return Ok((report, None)),
+    };
+    let explicit = manifest.is_some();
+    let check = cross_check(path, &report, &manifest_path, explicit).map_err(|source| {
+        InspectError::Manifest {
+            file: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok((report, check))
+}
+
+fn cross_check(
+    path: &Path,
+    report: &Report,
+    manifest_path: &Path,
+    explicit: bool,
+) -> anyhow::Result<Option<ManifestCheck>> {
+    use anyhow::Context;
+    let shown = format!("'{}'", manifest_path.display());
+    let manifest = Manifest::load(manifest_path, &shown)?;
+    let sha256 =
+        paths::sha256_file(path).with_context(|| format!("failed to hash '{}'", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let entry = manifest
+        .binary_by_file(&name)
+        .or_else(|| manifest.binary_by_sha256(&sha256));
+    let Some(entry) = entry else {
+        if !explicit {
+            log::debug!(
+                "inspect '{}': the MANIFEST beside it describes no '{name}'",
+                path.display()
+            );
+            return Ok(None);
+        }
+        anyhow::bail!("MANIFEST {shown} has no section with file = {name} or sha256 = {sha256}");
+    };
+    let checks = provenance::cross_check(report, &sha256, entry);
+    Ok(Some(ManifestCheck {
+        path: manifest_path.to_path_buf(),
+        section: entry.name.clone(),
+        ok: provenance::all_match(&checks),
+        checks,
+    }))
+}
+
+/// `  MANIFEST '/usr/lib/k8s-nokmem/MANIFEST' [kubelet]: matches: sha256 ok, go ok, ...`
+fn manifest_line(m: &ManifestCheck) -> String {
+    format!(
+        "  MANIFEST '{}' [{}]: {}: {}",
+        m.path.display(),
+        m.section,
+        if m.ok { "matches" } else { "DIFFERS" },
+        provenance::summary(&m.checks)
+    )
+}
+
+fn write_json(out: &mut dyn Write, results: &[(PathBuf, Inspected)]) -> io::Result<()> {
     let entries: Vec<JsonEntry> = results
         .iter()
         .map(|(path, result)| match result {
-            Ok(r) => JsonEntry {
+            Ok((r, m)) => JsonEntry {
                 path: &r.path,
                 verdict: r.verdict.as_str(),
                 reason: Some(r.reason),
@@ -107,6 +230,7 @@ fn write_json(
                 evidence: &r.evidence,
                 nokmem_evidence: &r.nokmem_evidence,
                 size: Some(r.size),
+                manifest: m.as_ref(),
                 error: None,
             },
             Err(err) => JsonEntry {
@@ -120,6 +244,7 @@ fn write_json(
                 evidence: &[],
                 nokmem_evidence: &[],
                 size: None,
+                manifest: None,
                 error: Some(error_text(err)),
             },
         })
@@ -129,7 +254,7 @@ fn write_json(
 }
 
 /// The error and its causes on one line: `'/x' is truncated: loadable segment 2 ends ...`.
-fn error_text(err: &GobinError) -> String {
+fn error_text(err: &InspectError) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
@@ -141,7 +266,7 @@ fn error_text(err: &GobinError) -> String {
 }
 
 /// Same shape as `main`'s error chain: the error, one `-> cause` line per source, a note.
-fn print_error(err: &GobinError) {
+fn print_error(err: &InspectError) {
     let mut stderr = io::stderr().lock();
     let _ = writeln!(stderr, "k8s-nokmem: error: {err}");
     let mut source = std::error::Error::source(err);
@@ -209,6 +334,7 @@ mod tests {
             go_version: Some("go1.19.8".into()),
             go_releases: None,
             tags: tags.map(|t| t.iter().map(|s| s.to_string()).collect()),
+            build_settings: vec![],
             evidence,
             nokmem_evidence: vec![],
             size: 1,

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 pub mod buildinfo;
 pub mod elf;
+pub mod provenance;
 pub mod scan;
 
 pub use scan::Marker;
@@ -182,6 +183,9 @@ pub struct Report {
     pub go_releases: Option<String>,
     /// Build tags (Go >= 1.18 build info); `None` when the binary does not record them.
     pub tags: Option<Vec<String>>,
+    /// Go's build settings (`-trimpath`, `CGO_ENABLED`, `GOARCH`, ...; Go >= 1.18 build
+    /// info), in the order the binary records them; empty when it records none.
+    pub build_settings: Vec<(String, String)>,
     /// Markers of kmem-enabling code; empty when safe.
     pub evidence: Vec<Evidence>,
     /// Markers of the nokmem code (`kmem_disabled.go`): supporting, not proof.
@@ -336,6 +340,10 @@ fn classify(
         .filter(|v| !v.is_empty())
         .or_else(|| buildinfo::version_from_symtab(&elf));
     let tags = build_info.as_ref().and_then(|b| b.tags());
+    let build_settings = build_info
+        .as_ref()
+        .map(|b| buildinfo::build_settings(&b.modinfo))
+        .unwrap_or_default();
     let mut report = Report {
         path: path.to_path_buf(),
         verdict: Verdict::Safe,
@@ -347,6 +355,7 @@ fn classify(
         },
         go_version,
         tags,
+        build_settings,
         evidence,
         nokmem_evidence,
         size: data.len() as u64,
