@@ -653,6 +653,7 @@ fn unattended_conffile_changed_dropin_kept(c: &mut Ctx) {
     c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
     let before: Vec<_> = UNITS.iter().map(|u| c.unit_state(u)).collect();
     let containers = c.running_containers();
+    let from_version = c.pkg_version("k8s-nokmem");
     c.publish("k8s-nokmem-v4.deb");
 
     let (code, log) = unattended_upgrade_status(c);
@@ -702,8 +703,7 @@ fn unattended_conffile_changed_dropin_kept(c: &mut Ctx) {
         "grep -F 'conffile {CONFFILE}' /var/log/dpkg.log || true"
     ));
     println!(
-        "e2e:   unattended-upgrade {} -> {}: conffile replaced silently{}, apply = reboot from {from}: docker and kubelet not restarted, {} containers kept, reboot flagged",
-        c.v3,
+        "e2e:   unattended-upgrade from '{from_version}' to {}: conffile replaced silently{}, apply = reboot from {from}: docker and kubelet not restarted, {} containers kept, reboot flagged",
         c.v4,
         dpkg_log
             .lines()
@@ -712,9 +712,8 @@ fn unattended_conffile_changed_dropin_kept(c: &mut Ctx) {
             .unwrap_or_default(),
         containers.len()
     );
-    c.sh(&format!(
-        "rm -f {UU_DROPIN} /run/reboot-required /run/reboot-required.pkgs"
-    ));
+    c.remove_dropin(UU_DROPIN);
+    c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
 }
 
 /// Issue 17, the node whose operator edited the conffile (settle = 21s in it) before v5
@@ -1251,7 +1250,15 @@ impl Ctx {
 
     /// Back to the shipped default of `[services] apply`.
     fn clear_apply(&self) {
-        self.sh(&format!("rm -f {APPLY_DROPIN}"));
+        self.remove_dropin(APPLY_DROPIN);
+    }
+
+    /// Remove a drop-in the scenario wrote, and conf.d/ when it is then empty: the package
+    /// does not own it (a purge leaves the operator's drop-ins, and so /etc/k8s-nokmem).
+    fn remove_dropin(&self, path: &str) {
+        self.sh(&format!(
+            "rm -f {path} && rmdir --ignore-fail-on-non-empty /etc/k8s-nokmem/conf.d"
+        ));
     }
 }
 
