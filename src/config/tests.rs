@@ -632,7 +632,11 @@ fn edit_distances() {
 
 #[test]
 fn the_shipped_examples_parse() {
-    let uu = include_str!("../../contrib/unattended-upgrades/k8s-nokmem.conf");
-    let c = Config::parse(uu, "contrib/unattended-upgrades/k8s-nokmem.conf").unwrap();
+    let uu = include_str!("../../contrib/unattended-upgrades/50-unattended-upgrades.conf");
+    let c = Config::parse(
+        uu,
+        "contrib/unattended-upgrades/50-unattended-upgrades.conf",
+    )
+    .unwrap();
     assert_eq!(c.apply, Apply::Reboot);
 }

@@ -43,6 +43,20 @@ const KUBELET_DIVERSION: &str =
     "diversion of /usr/bin/kubelet to /usr/bin/kubelet.distrib by k8s-nokmem";
 const RUNC_DIVERSION: &str = "diversion of /usr/sbin/runc to /usr/sbin/runc.distrib by k8s-nokmem";
 const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 -y";
+/// The shipped conffile; operators set keys in drop-ins next to it, never in it.
+const CONFFILE: &str = "/etc/k8s-nokmem/k8s-nokmem.conf";
+/// Where the scenarios set `[services] apply` (a drop-in read after the conffile).
+const APPLY_DROPIN: &str = "/etc/k8s-nokmem/conf.d/90-e2e-apply.conf";
+/// contrib's drop-in for nodes upgraded by unattended-upgrades, where README puts it.
+const UU_DROPIN: &str = "/etc/k8s-nokmem/conf.d/50-unattended-upgrades.conf";
+const UU_DROPIN_TEXT: &str =
+    include_str!("../../contrib/unattended-upgrades/50-unattended-upgrades.conf");
+/// README's way to let unattended-upgrades upgrade past an edited conffile (keeping it).
+const CONFOLD: &str = "/etc/apt/apt.conf.d/52k8s-nokmem-e2e-confold";
+const CONFOLD_TEXT: &str = "Dpkg::Options {\"--force-confdef\"; \"--force-confold\";};\n";
+/// unattended-upgrade's words for a package it holds back (run() after conffile_prompt()).
+const UU_HELD_BACK: &str =
+    "Package k8s-nokmem has conffile prompt and needs to be upgraded manually";
 
 /// The static pod every scenario keeps running (Guaranteed QoS: a memory limit on its pod
 /// cgroup, which is what makes runc's libcontainer enable kmem there).
@@ -122,6 +136,10 @@ struct Ctx {
     v1: String,
     v2: String,
     v3: String,
+    v4: String,
+    v5: String,
+    /// Version of the last k8s-nokmem .deb published: what `apt-get install` takes.
+    newest: String,
 }
 
 impl Ctx {
@@ -129,13 +147,16 @@ impl Ctx {
         self.tb.sh_ok(script)
     }
 
-    fn publish(&self, deb: &str) {
+    fn publish(&mut self, deb: &str) {
         host_ok(
             Command::new(&self.repo_sh)
                 .arg("publish")
                 .arg(&self.repo)
                 .arg(self.art.path(deb)),
         );
+        if deb.starts_with("k8s-nokmem-") {
+            self.newest = self.art.deb_version(deb);
+        }
     }
 
     fn sha(&self, inside: &str) -> String {
@@ -555,6 +576,238 @@ fn unattended_changed_runc(c: &mut Ctx) {
     c.pod_container("e2e-sleeper", 180);
 }
 
+/// Run unattended-upgrade as the daily job does; returns (exit status, its output).
+fn unattended_upgrade_status(c: &Ctx) -> (Option<i32>, String) {
+    c.apt("update -qq");
+    let out = c.tb.sh("unattended-upgrade -v </dev/null 2>&1");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+impl Ctx {
+    /// `k8s-nokmem config` must show `setting` (`[section] key = value`) from `from`
+    /// (`FILE:LINE`, or `default`).
+    #[track_caller]
+    fn config_from(&self, setting: &str, from: &str) {
+        let text = self.sh("k8s-nokmem config");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{setting} ")) && l.ends_with(&format!("# {from}"))),
+            "`k8s-nokmem config` must show '{setting}' from {from}:\n{text}"
+        );
+    }
+
+    /// (md5 of the conffile on the node, md5 dpkg recorded for it when it was installed).
+    fn conffile_md5(&self) -> (String, String) {
+        let on_disk = self.sh(&format!("md5sum {CONFFILE} | cut -d' ' -f1"));
+        let recorded = self.sh(&format!(
+            "dpkg-query -W -f='${{Conffiles}}\\n' k8s-nokmem | awk '$1 == \"{CONFFILE}\" {{ print $2 }}'"
+        ));
+        (on_disk.trim().to_string(), recorded.trim().to_string())
+    }
+
+    /// The conffile as a published .deb ships it.
+    fn shipped_conffile(&self, deb: &str) -> String {
+        host_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xO \".$2\"")
+                .arg("sh")
+                .arg(self.art.path(deb))
+                .arg(CONFFILE),
+        )
+    }
+}
+
+/// Line number (1-based) of `line` in `text`.
+fn line_of(text: &str, line: &str) -> usize {
+    text.lines()
+        .position(|l| l.trim() == line)
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("no line '{line}' in:\n{text}"))
+}
+
+/// Issue 17: `[services] apply = reboot` set the way README says (contrib's drop-in in
+/// conf.d/, the conffile left as shipped); v4 changes the shipped conffile (and runc). ONE
+/// unattended-upgrade run upgrades with no prompt: dpkg replaces the unedited conffile
+/// silently, unattended-upgrade's conffile_prompt() (2.9.1: the installed md5 equals the one
+/// in dpkg's status) lets it through. The drop-in still decides: `k8s-nokmem config` names it,
+/// docker is not restarted for the new runc, no container dies, the reboot is flagged.
+fn unattended_conffile_changed_dropin_kept(c: &mut Ctx) {
+    let (on_disk, recorded) = c.conffile_md5();
+    assert_eq!(
+        on_disk, recorded,
+        "{CONFFILE} must be as shipped before this scenario (dpkg's recorded md5)"
+    );
+    c.tb.write(UU_DROPIN, UU_DROPIN_TEXT, 0o644);
+    let from = format!("{UU_DROPIN}:{}", line_of(UU_DROPIN_TEXT, "apply = reboot"));
+    c.config_from("[services] apply = reboot", &from);
+    let old_conf = c.sh(&format!("cat {CONFFILE}"));
+    let new_conf = c.shipped_conffile("k8s-nokmem-v4.deb");
+    assert_ne!(old_conf, new_conf, "v4 must ship a changed {CONFFILE}");
+    let new_runc = payload_sha(&c.art.path("k8s-nokmem-v4.deb"), "runc");
+    assert_ne!(new_runc, c.payload_runc, "v4 must ship a different runc");
+    c.pod_container("e2e-sleeper", 180);
+    c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
+    let before: Vec<_> = UNITS.iter().map(|u| c.unit_state(u)).collect();
+    let containers = c.running_containers();
+    let from_version = c.pkg_version("k8s-nokmem");
+    c.publish("k8s-nokmem-v4.deb");
+
+    let (code, log) = unattended_upgrade_status(c);
+    assert_eq!(code, Some(0), "unattended-upgrade exit status:\n{log}");
+    assert!(!log.contains(UU_HELD_BACK), "unattended-upgrade:\n{log}");
+    assert_eq!(
+        c.pkg_version("k8s-nokmem"),
+        format!("install ok installed {}", c.v4),
+        "k8s-nokmem after ONE unattended-upgrade run; its output:\n{log}"
+    );
+    assert_eq!(
+        c.sh(&format!("cat {CONFFILE}")),
+        new_conf,
+        "{CONFFILE}: dpkg must have replaced the unedited conffile with v4's"
+    );
+    c.sh(&format!(
+        "for f in {CONFFILE}.dpkg-dist {CONFFILE}.dpkg-old {CONFFILE}.dpkg-new; do test ! -e $f; done"
+    ));
+    assert_eq!(
+        c.sh(&format!("cat {UU_DROPIN}")),
+        UU_DROPIN_TEXT,
+        "{UU_DROPIN} is the operator's: untouched"
+    );
+    c.config_from("[services] apply = reboot", &from);
+    // and it is in effect: the new runc swapped in with no service stopped or started
+    assert_eq!(c.sha("/usr/sbin/runc"), new_runc, "/usr/sbin/runc is v4's");
+    c.payload_runc = new_runc;
+    for (unit, b) in UNITS.iter().zip(&before) {
+        let a = c.unit_state(unit);
+        assert_eq!(
+            (&a.0, &a.1, a.2.as_str()),
+            (&b.0, &b.1, "active"),
+            "{unit}: apply = reboot (from {from}) must not stop or start it; unattended-upgrade:\n{log}"
+        );
+    }
+    assert_eq!(
+        c.running_containers(),
+        containers,
+        "docker ps: the same containers must still run"
+    );
+    assert_eq!(
+        c.reboot_flag(),
+        (true, vec!["k8s-nokmem".to_string()]),
+        "/run/reboot-required after the upgrade with apply = reboot"
+    );
+    let dpkg_log = c.sh(&format!(
+        "grep -F 'conffile {CONFFILE}' /var/log/dpkg.log || true"
+    ));
+    println!(
+        "e2e:   unattended-upgrade from '{from_version}' to {}: conffile replaced silently{}, apply = reboot from {from}: docker and kubelet not restarted, {} containers kept, reboot flagged",
+        c.v4,
+        dpkg_log
+            .lines()
+            .last()
+            .map(|l| format!(" (dpkg.log: {l})"))
+            .unwrap_or_default(),
+        containers.len()
+    );
+    c.remove_dropin(UU_DROPIN);
+    c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
+}
+
+/// Issue 17, the node whose operator edited the conffile (settle = 21s in it) before v5
+/// changes it. Without Dpkg::Options unattended-upgrade holds k8s-nokmem back: its
+/// dpkg_conffile_prompt() is true unless DPkg::Options holds --force-confold or
+/// --force-confnew, then conffile_prompt() sees installed md5 != dpkg's != the new .deb's;
+/// it says so, blacklists the package, and exits 0 ("No packages found that can be upgraded
+/// unattended"): silent to anything that only reads its status. With README's
+/// `Dpkg::Options {"--force-confdef"; "--force-confold";};` the same run upgrades and keeps
+/// the operator's file (the new one as .dpkg-dist). README's way back to the shipped
+/// conffile (`--reinstall` with --force-confask --force-confnew) then leaves .dpkg-old.
+fn unattended_edited_conffile(c: &mut Ctx) {
+    let (on_disk, recorded) = c.conffile_md5();
+    assert_eq!(on_disk, recorded, "{CONFFILE} as shipped before the edit");
+    c.sh(&format!(
+        "sed -i -E 's/^#settle = .*/settle = 21s/' {CONFFILE} && grep -qx 'settle = 21s' {CONFFILE}"
+    ));
+    let edited = c.sh(&format!("cat {CONFFILE}"));
+    let from = format!("{CONFFILE}:{}", line_of(&edited, "settle = 21s"));
+    c.config_from("[services] settle = 21s", &from);
+    let new_conf = c.shipped_conffile("k8s-nokmem-v5.deb");
+    c.sh(&format!("rm -f {CONFOLD}"));
+    let opts = c.sh("apt-config dump | grep -i '^dpkg::options' || true");
+    assert!(
+        !opts.contains("--force-conf"),
+        "the node must have no --force-conf* in DPkg::Options for this case:\n{opts}"
+    );
+    c.publish("k8s-nokmem-v5.deb");
+
+    let (code, log) = unattended_upgrade_status(c);
+    assert!(
+        log.contains(UU_HELD_BACK),
+        "unattended-upgrade must hold k8s-nokmem back (edited conffile, no Dpkg::Options); exit {code:?}:\n{log}"
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "unattended-upgrade exits 0 when the only upgrade is held back:\n{log}"
+    );
+    assert_eq!(
+        c.pkg_version("k8s-nokmem"),
+        format!("install ok installed {}", c.v4),
+        "k8s-nokmem held back at v4"
+    );
+    assert_eq!(c.sh(&format!("cat {CONFFILE}")), edited, "edited conffile");
+
+    c.tb.write(CONFOLD, CONFOLD_TEXT, 0o644);
+    let (code, log) = unattended_upgrade_status(c);
+    assert_eq!(
+        code,
+        Some(0),
+        "unattended-upgrade with --force-confold:\n{log}"
+    );
+    assert!(!log.contains(UU_HELD_BACK), "unattended-upgrade:\n{log}");
+    assert_eq!(
+        c.pkg_version("k8s-nokmem"),
+        format!("install ok installed {}", c.v5),
+        "k8s-nokmem after unattended-upgrade with {CONFOLD}; its output:\n{log}"
+    );
+    assert_eq!(
+        c.sh(&format!("cat {CONFFILE}")),
+        edited,
+        "--force-confold keeps the operator's {CONFFILE}"
+    );
+    assert_eq!(
+        c.sh(&format!("cat {CONFFILE}.dpkg-dist")),
+        new_conf,
+        "v5's conffile set aside as {CONFFILE}.dpkg-dist"
+    );
+    c.config_from("[services] settle = 21s", &from);
+    println!(
+        "e2e:   edited conffile: unattended-upgrade left k8s-nokmem at {} (\"{UU_HELD_BACK}\", exit 0); with --force-confold it upgraded to {} keeping the edit, the new conffile as .dpkg-dist",
+        c.v4, c.v5
+    );
+
+    // README's way back: keys into a drop-in, the shipped conffile reinstalled
+    c.sh(&format!("rm -f {CONFOLD} {CONFFILE}.dpkg-dist"));
+    c.apt("install --reinstall -o Dpkg::Options::=--force-confask -o Dpkg::Options::=--force-confnew k8s-nokmem");
+    assert_eq!(
+        c.sh(&format!("cat {CONFFILE}")),
+        new_conf,
+        "README's --reinstall puts v5's conffile back"
+    );
+    assert_eq!(
+        c.sh(&format!("cat {CONFFILE}.dpkg-old")),
+        edited,
+        "and keeps the edited one as .dpkg-old"
+    );
+    let (on_disk, recorded) = c.conffile_md5();
+    assert_eq!(on_disk, recorded, "{CONFFILE} as shipped again");
+    c.sh(&format!("rm -f {CONFFILE}.dpkg-old"));
+    c.config_from("[services] settle = 20s", "default");
+}
+
 /// The kubelet package is upgraded underneath the diversion: ours stays, verify says skew.
 fn kubelet_upgraded_underneath(c: &mut Ctx) {
     c.publish("kubelet_1.21.0-e2e1_amd64.deb");
@@ -784,7 +1037,7 @@ fn reinstall_and_reboot(c: &mut Ctx) {
     c.apt("install k8s-nokmem");
     assert_eq!(
         c.pkg_version("k8s-nokmem"),
-        format!("install ok installed {}", c.v3),
+        format!("install ok installed {}", c.newest),
         "reinstalled k8s-nokmem"
     );
     assert_eq!(
@@ -969,7 +1222,7 @@ fn kill9_during_install(c: &mut Ctx, at: &KillPoint) {
     assert!(out.status.success(), "dpkg --configure -a failed:\n{text}");
     assert_eq!(
         c.pkg_version("k8s-nokmem"),
-        format!("install ok installed {}", c.v3),
+        format!("install ok installed {}", c.newest),
         "k8s-nokmem after dpkg --configure -a"
     );
     for unit in UNITS {
@@ -1084,11 +1337,26 @@ impl Ctx {
             .collect()
     }
 
-    /// Set `[services] apply` in the conffile (the shipped line is `#apply = restart`).
+    /// Set `[services] apply` in a drop-in, as README tells operators (an edited conffile
+    /// would hold the package back on the next release that changes it).
     fn set_apply(&self, apply: &str) {
+        self.tb.write(
+            APPLY_DROPIN,
+            format!("# k8s-nokmem e2e\n[services]\napply = {apply}\n"),
+            0o644,
+        );
+    }
+
+    /// Back to the shipped default of `[services] apply`.
+    fn clear_apply(&self) {
+        self.remove_dropin(APPLY_DROPIN);
+    }
+
+    /// Remove a drop-in the scenario wrote, and conf.d/ when it is then empty: the package
+    /// does not own it (a purge leaves the operator's drop-ins, and so /etc/k8s-nokmem).
+    fn remove_dropin(&self, path: &str) {
         self.sh(&format!(
-            "sed -i -E 's/^#?apply = .*/apply = {apply}/' /etc/k8s-nokmem/k8s-nokmem.conf && \
-             grep -qx 'apply = {apply}' /etc/k8s-nokmem/k8s-nokmem.conf"
+            "rm -f {path} && rmdir --ignore-fail-on-non-empty /etc/k8s-nokmem/conf.d"
         ));
     }
 
@@ -1271,7 +1539,8 @@ fn apply_reboot(c: &mut Ctx) {
         report["action"].as_str().unwrap_or("?"),
         check_status(&report, "running-kubelet")
     );
-    c.set_apply("restart");
+    c.config_from("[services] apply = reboot", &format!("{APPLY_DROPIN}:3"));
+    c.clear_apply();
 }
 
 type Scenario = (&'static str, fn(&mut Ctx));
@@ -1292,6 +1561,14 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("unattended-upgrade-same-payload", unattended_same_payload),
     ("unattended-upgrade-changed-runc", unattended_changed_runc),
+    (
+        "unattended-upgrade-conffile-changed-dropin-kept",
+        unattended_conffile_changed_dropin_kept,
+    ),
+    (
+        "unattended-upgrade-edited-conffile-held-back-then-confold",
+        unattended_edited_conffile,
+    ),
     (
         "kubelet-package-upgraded-underneath",
         kubelet_upgraded_underneath,
@@ -1377,6 +1654,9 @@ fn boot_node(art: Artifacts, root: &Path) -> Ctx {
         v1: art.deb_version("k8s-nokmem-v1.deb"),
         v2: art.deb_version("k8s-nokmem-v2.deb"),
         v3: art.deb_version("k8s-nokmem-v3.deb"),
+        v4: art.deb_version("k8s-nokmem-v4.deb"),
+        v5: art.deb_version("k8s-nokmem-v5.deb"),
+        newest: String::new(),
         tb,
         art,
         repo,
@@ -1523,11 +1803,7 @@ fn upgrade_kills() {
     let mut rows = Vec::new();
     for (apply, tree) in cases {
         // from v1 (installed with apply = restart), then the measured upgrade to v3
-        if c.pkg_version("k8s-nokmem")
-            .starts_with("install ok installed")
-        {
-            c.set_apply("restart");
-        }
+        c.set_apply("restart");
         c.apt(&format!("install --allow-downgrades k8s-nokmem={v1}"));
         assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "v1's runc");
         all_running(&c);
@@ -1558,7 +1834,7 @@ fn upgrade_kills() {
         );
         rows.push((mode, k, before.len()));
     }
-    c.set_apply("restart");
+    c.clear_apply();
     println!(
         "bench: upgrade-kills: {}",
         rows.iter()

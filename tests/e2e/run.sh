@@ -14,7 +14,8 @@ Builds what the scenarios need (cached under ${K8S_NOKMEM_CACHE:-/var/cache/k8s-
   - the kmem-enabled "original" kubelet .debs (tests/e2e/build-kubelet-debs.sh);
   - the testbed root (scripts/testbed-root.sh);
   - the k8s-nokmem amd64 .deb (target/debian/, scripts/build-deb.sh --arch amd64 when
-    missing) and two repacked later versions of it: the same payload, and a changed runc;
+    missing) and four repacked later versions of it (tests/e2e/make-variants.sh): the same
+    payload; a changed runc; runc and the shipped conffile changed; the conffile changed again;
   - a static pause binary from tests/e2e/images/pause.c;
 then runs the scenarios (tests/e2e/main.rs, `cargo test --test e2e -- --ignored`) and
 the real-kernel boots under qemu (tests/e2e/qemu.sh) and the booted arm64 node
