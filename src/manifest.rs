@@ -92,8 +92,20 @@ impl Manifest {
         )
     }
 
-    /// Parse MANIFEST text (pure).
+    /// Read and parse a MANIFEST that records any of the binaries, at least one (a runc-only
+    /// build's, as build-rc9.sh writes): what `inspect` cross-checks one binary against.
+    pub fn load_any(path: &Path, shown: &str) -> Result<Manifest, ManifestError> {
+        let text = paths::read_to_string(path).map_err(ManifestError::Read)?;
+        Manifest::parse_sections(&text, shown, false)
+    }
+
+    /// Parse MANIFEST text (pure): the payload's, which records every binary.
     pub fn parse(text: &str, file: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse_sections(text, file, true)
+    }
+
+    /// Parse MANIFEST text; `all`: every binary section must be there, else at least one.
+    fn parse_sections(text: &str, file: &str, all: bool) -> Result<Manifest, ManifestError> {
         let ini = Ini::load_from_str(text).map_err(|e| ManifestError::Syntax {
             file: file.to_string(),
             line: e.line,
@@ -129,7 +141,11 @@ impl Manifest {
         let arch = get(payload, "payload", "arch")?;
         let mut binaries = Vec::new();
         for name in BINARY_SECTIONS {
-            let props = section(name)?;
+            let props = match section(name) {
+                Ok(props) => props,
+                Err(_) if !all => continue,
+                Err(e) => return Err(e),
+            };
             let size_text = get(props, name, "size")?;
             let size = size_text
                 .parse()
@@ -170,6 +186,10 @@ impl Manifest {
                     .collect(),
             });
         }
+        if binaries.is_empty() {
+            // none of the binary sections: name the first one missing
+            section(BINARY_SECTIONS[0])?;
+        }
         Ok(Manifest { arch, binaries })
     }
 
@@ -192,6 +212,27 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A runc-only MANIFEST (build-rc9.sh's) is no payload manifest, but `inspect` can
+    /// cross-check that runc against it; one with no binary at all is refused either way.
+    #[test]
+    fn a_manifest_of_some_binaries_loads_only_for_a_cross_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let runc_only = GOOD.split("\n[kubelet]").next().unwrap().to_string();
+        let path = dir.path().join("MANIFEST");
+        std::fs::write(&path, &runc_only).unwrap();
+        let err = Manifest::load(&path, "M").unwrap_err();
+        assert!(
+            err.to_string().contains("has no [kubelet] section"),
+            "{err}"
+        );
+        let m = Manifest::load_any(&path, "M").unwrap();
+        assert_eq!(m.binaries.len(), 1);
+        assert_eq!(m.binaries[0].name, "runc");
+        std::fs::write(&path, "[payload]\narch = amd64\n").unwrap();
+        let err = Manifest::load_any(&path, "M").unwrap_err();
+        assert!(err.to_string().contains("has no [runc] section"), "{err}");
+    }
 
     const GOOD: &str = "; k8s-nokmem payload manifest\n[payload]\narch = arm64\n\n\
         [runc]\nfile = runc\nversion = 1.1.5\nversion_output = runc version 1.1.5\n\

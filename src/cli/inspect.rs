@@ -175,7 +175,7 @@ fn cross_check(
 ) -> anyhow::Result<Option<ManifestCheck>> {
     use anyhow::Context;
     let shown = format!("'{}'", manifest_path.display());
-    let manifest = Manifest::load(manifest_path, &shown)?;
+    let manifest = Manifest::load_any(manifest_path, &shown)?;
     let sha256 =
         paths::sha256_file(path).with_context(|| format!("failed to hash '{}'", path.display()))?;
     let name = path
