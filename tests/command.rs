@@ -23,28 +23,32 @@ fn masks(status: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// `script` as `dpkg-divert` in `bin`, and a `$PATH` that finds it first.
+fn dpkg_divert_first_on_path(bin: &std::path::Path, script: &str) -> String {
+    let wrapper = bin.join("dpkg-divert");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 #[test]
 fn children_start_with_no_signal_blocked_or_ignored() {
     let n = NodeRoot::new();
     let bin = tempfile::tempdir().unwrap();
     let seen = bin.path().join("seen");
     let groups = bin.path().join("groups");
-    let wrapper = bin.path().join("dpkg-divert");
-    std::fs::write(
-        &wrapper,
-        format!(
+    let path = dpkg_divert_first_on_path(
+        bin.path(),
+        &format!(
             // builtins only: the shell's own state as the helper started it, before it forks
             "#!/bin/sh\nwhile IFS= read -r l; do case \"$l\" in SigBlk:*|SigIgn:*) echo \"$l\" >> '{}';; NSpid:*|NSpgid:*) echo \"$l\" >> '{}';; esac; done < /proc/$$/status\nexec /usr/bin/dpkg-divert \"$@\"\n",
             seen.display(),
             groups.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap_or_default()
     );
 
     let mut cmd = n.helper(&["install"]);
@@ -161,17 +165,9 @@ fn a_signal_held_back_is_reported_without_proc() {
     }
     let n = NodeRoot::new();
     let bin = tempfile::tempdir().unwrap();
-    let wrapper = bin.path().join("dpkg-divert");
-    std::fs::write(
-        &wrapper,
+    let path = dpkg_divert_first_on_path(
+        bin.path(),
         "#!/bin/sh\nkill -HUP \"$PPID\"\nexec /usr/bin/dpkg-divert \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap_or_default()
     );
     // the helper's command line and environment, run by `sh` after the mounts
     let helper = n.helper(&["install"]);

@@ -113,24 +113,14 @@ fn apply_reboot_swaps_with_no_service_stopped_or_started() {
     node.install(&sd).unwrap();
     assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet");
     assert_eq!(node.read("usr/sbin/runc"), b"nokmem runc");
-    let stops_or_starts: Vec<String> = sd
-        .call_lines()
-        .into_iter()
-        .filter(|l| l.starts_with("stop ") || l.starts_with("start "))
-        .collect();
+    let stops_or_starts = sd.stops_and_starts();
     assert!(stops_or_starts.is_empty(), "{stops_or_starts:?}");
     assert_eq!(sd.unit_state("kubelet.service"), before, "not restarted");
     // an upgrade of the payload: still nothing restarted
     node.payload(b"nokmem runc 2", b"nokmem kubelet 2");
     node.install(&sd).unwrap();
     assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet 2");
-    assert!(
-        !sd.call_lines()
-            .iter()
-            .any(|l| l.starts_with("stop ") || l.starts_with("start ")),
-        "{:?}",
-        sd.call_lines()
-    );
+    assert!(sd.stops_and_starts().is_empty(), "{:?}", sd.call_lines());
 }
 
 /// `[services] apply = reboot` governs remove as it does install: the originals go back
@@ -148,11 +138,7 @@ fn apply_reboot_removes_with_no_service_stopped_and_flags_the_reboot() {
     sd.clear_calls();
     let before = sd.unit_state("docker.service");
     let left = node.remove(&sd).unwrap();
-    let stops_or_starts: Vec<String> = sd
-        .call_lines()
-        .into_iter()
-        .filter(|l| l.starts_with("stop ") || l.starts_with("start "))
-        .collect();
+    let stops_or_starts = sd.stops_and_starts();
     assert!(stops_or_starts.is_empty(), "{stops_or_starts:?}");
     assert_eq!(sd.unit_state("docker.service"), before, "not restarted");
     assert_eq!(node.read("usr/bin/kubelet"), ORIG_KUBELET);
@@ -178,10 +164,7 @@ fn apply_reboot_removes_with_no_service_stopped_and_flags_the_reboot() {
         vec!["kubelet.service", "docker.service"]
     );
     assert!(
-        !with_socket
-            .call_lines()
-            .iter()
-            .any(|l| l.starts_with("stop ") || l.starts_with("start ")),
+        with_socket.stops_and_starts().is_empty(),
         "{:?}",
         with_socket.call_lines()
     );
@@ -998,12 +981,7 @@ fn auto_restarts_only_where_the_restart_puts_the_fix_in_effect() {
         if restarted {
             assert_eq!(calls.len(), 4, "{tree}: {calls:?}");
         } else {
-            assert!(
-                !calls
-                    .iter()
-                    .any(|l| l.starts_with("stop ") || l.starts_with("start ")),
-                "{tree}: {calls:?}"
-            );
+            assert!(sd.stops_and_starts().is_empty(), "{tree}: {calls:?}");
             effect::after_install(&node.root, &config, &applied, true, &effect::Judged::Here);
             let flag = crate::reboot::read(&node.root);
             assert!(flag.required && flag.by_us, "{tree}: {flag:?}");

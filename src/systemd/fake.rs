@@ -244,6 +244,15 @@ impl FakeSystemd {
             .collect()
     }
 
+    /// The recorded stop and start requests (`stop kubelet.service`), in order: what a
+    /// swap that restarts nothing must leave empty.
+    pub fn stops_and_starts(&self) -> Vec<String> {
+        self.call_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("stop ") || l.starts_with("start "))
+            .collect()
+    }
+
     /// Forget the recorded requests (e.g. between the two runs of an idempotence test).
     pub fn clear_calls(&self) {
         self.lock().calls.clear();
