@@ -27,8 +27,11 @@ Examples:
 USAGE
 }
 
-log() { printf 'build-deb: %s\n' "$*" >&2; }
-die() { printf 'build-deb: error: %s\n' "$*" >&2; exit 2; }
+KN_PROG=build-deb
+# shellcheck source=scripts/lib/gobuild.sh
+. "$(dirname "$0")/lib/gobuild.sh"
+log() { kn_log "$@"; }
+die() { kn_die "$*" 2; }
 
 arch=all
 revision=1
@@ -99,9 +102,11 @@ helper_env=(
 
 triple_of() { case "$1" in amd64) echo x86_64-unknown-linux-musl ;; arm64) echo aarch64-unknown-linux-musl ;; esac; }
 
-# build_helper TRIPLE: the static helper for TRIPLE (a no-op when up to date).
+# build_helper TRIPLE: the static helper for TRIPLE, built and checked once a run.
+declare -A helper_built=()
 build_helper() {
     local triple=$1 leak t0
+    [ -z "${helper_built[$triple]:-}" ] || return 0
     t0=$(date +%s)
     env "${helper_env[@]}" cargo build --release --locked --target "$triple" ||
         die "cargo build --release --target $triple failed"
@@ -112,6 +117,7 @@ build_helper() {
         fi
     done
     log "helper target/$triple/release/k8s-nokmem in $(( $(date +%s) - t0 )) s"
+    helper_built[$triple]=1
 }
 
 if [ "$skip_payload" -eq 0 ]; then
@@ -190,16 +196,18 @@ for a in "${arches[@]}"; do
     cargo deb --no-build --locked --target "$triple" "${variant[@]}" \
         --deb-version "$deb_version" --output target/debian/ >/dev/null
     deb=target/debian/k8s-nokmem_${deb_version}_${a}.deb
+    # Built-Using (the Debian sources compiled in) and Breaks (the kubelet packages of every
+    # other minor: apt keeps those upgrades back), set in one rewrite of the control member
+    fields=()
     built_using=$(built_using_of "target/payload/$a/MANIFEST")
     if [ -n "$built_using" ]; then
-        python3 scripts/lib/deb-control-field.py "$deb" Built-Using "$built_using" ||
-            die "failed to add Built-Using to '$deb'"
+        fields+=(Built-Using "$built_using")
     else
         log "warning: target/payload/$a/MANIFEST records no built_using (an older payload): no Built-Using field; rebuild the payload"
     fi
-    # Breaks: the kubelet packages of every other minor (apt keeps those upgrades back).
-    scripts/lib/kubelet-breaks.sh "$kube_version" "$deb" ||
-        die "failed to add Breaks to '$deb'"
+    fields+=(Breaks "$(scripts/lib/kubelet-breaks.sh "$kube_version")")
+    python3 scripts/lib/deb-control-field.py "$deb" "${fields[@]}" ||
+        die "failed to set ${fields[0]} and Breaks in '$deb'"
     log "built $deb in $(( $(date +%s) - t0 )) s (sha256 $(sha256sum "$deb" | cut -d' ' -f1))"
 done
 log "done in $(( $(date +%s) - start )) s"

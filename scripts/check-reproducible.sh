@@ -19,8 +19,11 @@
 # is compiled again). Exit status: 0 identical, 1 different, 2 could not build.
 set -euo pipefail
 
-log() { printf 'check-reproducible: %s\n' "$*" >&2; }
-die() { printf 'check-reproducible: error: %s\n' "$*" >&2; exit 2; }
+KN_PROG=check-reproducible
+# shellcheck source=scripts/lib/gobuild.sh
+. "$(dirname "$0")/lib/gobuild.sh"
+log() { kn_log "$@"; }
+die() { kn_die "$*" 2; }
 
 arch=all
 skip_payload=0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Set one field in a .deb's control file, in place, byte for byte reproducibly.
+"""Set fields in a .deb's control file, in place, byte for byte reproducibly.
 
-    scripts/lib/deb-control-field.py DEB FIELD VALUE
+    scripts/lib/deb-control-field.py DEB FIELD VALUE [FIELD VALUE ...]
 
 cargo-deb writes no Built-Using field (Debian Policy 7.8), so scripts/build-deb.sh adds it
 here. Only the control member changes: it is rebuilt with the same member order, modes,
@@ -46,7 +46,7 @@ def set_field(control, field, value):
     return "\n".join(lines).encode()
 
 
-def rebuild_control_tar(compressed, field, value):
+def rebuild_control_tar(compressed, fields):
     raw = lzma.decompress(compressed)
     src = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
     out = io.BytesIO()
@@ -55,7 +55,8 @@ def rebuild_control_tar(compressed, field, value):
     for info in src.getmembers():
         data = src.extractfile(info).read() if info.isfile() else None
         if info.isfile() and info.name in ("./control", "control"):
-            data = set_field(data, field, value)
+            for field, value in fields:
+                data = set_field(data, field, value)
             found = True
         if data is not None:
             info.size = len(data)
@@ -69,17 +70,18 @@ def rebuild_control_tar(compressed, field, value):
 
 
 def main(argv):
-    if len(argv) != 4:
+    if len(argv) < 4 or len(argv) % 2 != 0:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    deb, field, value = argv[1:]
+    deb = argv[1]
+    fields = list(zip(argv[2::2], argv[3::2]))
     with open(deb, "rb") as f:
         members = read_ar(f.read())
     out = bytearray(AR_MAGIC)
     for header, body in members:
         name = header[:16].decode().strip().rstrip("/")
         if name == "control.tar.xz":
-            body = rebuild_control_tar(body, field, value)
+            body = rebuild_control_tar(body, fields)
         elif name.startswith("control.tar"):
             raise ValueError(f"'{deb}': control member '{name}' is not xz")
         out += ar_member(header, body)
