@@ -140,7 +140,8 @@ impl Cmd {
         Ok((out, shown))
     }
 
-    /// Run it with the stdio set up so far (inherited by default) and wait for its exit.
+    /// Run it with the stdio set up so far (stdin /dev/null, stdout and stderr inherited by
+    /// default) and wait for its exit.
     pub fn status(self) -> Result<(ExitStatus, String), CommandError> {
         let (status, shown) = self.run(Command::status)?;
         trace!("`{shown}`: {status}");

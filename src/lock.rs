@@ -111,8 +111,6 @@ fn open_lock_file(path: &Path) -> Result<File, FileError> {
     Ok(file)
 }
 
-/// dpkg's admin directory, where its locks are.
-pub const DPKG_ADMIN_DIR: &str = "/var/lib/dpkg";
 /// The lock frontends (apt >= 1.7, dpkg >= 1.19.1) hold for their whole run.
 pub const DPKG_FRONTEND_LOCK: &str = "lock-frontend";
 /// dpkg's database lock.

@@ -52,11 +52,9 @@ impl Judged {
 /// anything is stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// Stop the services of the changed binaries, swap, start them again.
+    /// Stop the services of the changed binaries, swap, start them again; else swap with
+    /// no service stopped and flag the reboot ([`Applied::flag`]).
     pub restart: bool,
-    /// After a swap with no service stopped: flag reboot-required (the services run the
-    /// binaries they started with until the node reboots).
-    pub flag: bool,
     /// Why, for the log and the reboot-required line.
     pub why: String,
 }
@@ -66,7 +64,6 @@ impl Applied {
     pub fn restart() -> Applied {
         Applied {
             restart: true,
-            flag: false,
             why: "[services] apply = restart".to_string(),
         }
     }
@@ -75,7 +72,6 @@ impl Applied {
     pub fn reboot() -> Applied {
         Applied {
             restart: false,
-            flag: true,
             why: "[services] apply = reboot: the services run the binaries they started with until the node reboots".to_string(),
         }
     }
@@ -90,7 +86,6 @@ impl Applied {
             (Apply::Reboot, _) => Applied::reboot(),
             (Apply::Auto, Judged::Image(why)) => Applied {
                 restart: true,
-                flag: false,
                 why: format!("[services] apply = auto: {why}: an image build, no service runs"),
             },
             (Apply::Auto, Judged::Here) => {
@@ -102,7 +97,14 @@ impl Applied {
         }
     }
 
-    /// The fixed modes; `auto` without evidence restarts, as `restart` would.
+    /// After a swap with no service stopped: flag reboot-required (the services run the
+    /// binaries they started with until the node reboots).
+    pub fn flag(&self) -> bool {
+        !self.restart
+    }
+
+    /// The fixed modes; `auto` without evidence restarts, as `restart` would (tests).
+    #[cfg(test)]
     pub fn of(apply: Apply) -> Applied {
         match apply {
             Apply::Restart => Applied::restart(),
@@ -124,12 +126,10 @@ impl Applied {
 pub fn auto(inputs: Option<&Inputs>) -> Applied {
     let restart = |why: String| Applied {
         restart: true,
-        flag: false,
         why: format!("[services] apply = auto: restarting: {why}"),
     };
     let reboot = |why: String| Applied {
         restart: false,
-        flag: true,
         why: format!("[services] apply = auto: no service stopped, reboot flagged: {why}"),
     };
     let Some(i) = inputs else {
@@ -286,7 +286,7 @@ fn after_install_here(root: &Root, config: &Config, applied: &Applied, swapped: 
     let v1 = verify::v1_memory(&config.verify.proc_root, &config.verify.cgroup_root);
     apply_cmdline(root, cmdline::managed(config.kernel_cmdline, v1));
     let report = verify::run(&verify::settings_for(root, config));
-    if applied.flag && swapped {
+    if applied.flag() && swapped {
         flag(root, &applied.why);
     }
     match report.action {
@@ -330,7 +330,7 @@ pub fn after_remove(root: &Root, applied: &Applied, running: &[String], judged: 
             root.describe(cmdline::DROPIN)
         );
     }
-    if applied.flag && !running.is_empty() && *judged == Judged::Here {
+    if applied.flag() && !running.is_empty() && *judged == Judged::Here {
         flag(
             root,
             &format!(

@@ -222,11 +222,7 @@ fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<(
         "version skew: the payload kubelet is {}, package '{pkg}' has {installed}",
         f.target.payload_version
     );
-    // where the policy was set (file:line), else where to set it: a drop-in
-    let set_at = config
-        .sources
-        .get("kubelet", "version-skew")
-        .map(|s| format!("{}:{}", s.origin.path.display(), s.origin.line));
+    let set_at = set_at(config, "kubelet", "version-skew");
     match config.version_skew {
         SkewPolicy::Warn => {
             warn!(
@@ -250,13 +246,7 @@ fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<(
             );
             Err(with_note(
                 err,
-                match &set_at {
-                    Some(at) => format!("or accept the skew: set `version-skew = warn` at {at}"),
-                    None => format!(
-                        "or accept the skew: set `version-skew = warn` under [kubelet] in a drop-in, {}",
-                        paths::EXAMPLE_DROPIN
-                    ),
-                },
+                accept_skew_note(set_at.as_deref(), "kubelet", "version-skew"),
             ))
         }
     }
@@ -291,11 +281,7 @@ fn check_containerd(
         c.from,
         row.range()
     );
-    // where the policy was set (file:line), else where to set it: a drop-in
-    let set_at = config
-        .sources
-        .get("runc", "containerd-skew")
-        .map(|s| format!("{}:{}", s.origin.path.display(), s.origin.line));
+    let set_at = set_at(config, "runc", "containerd-skew");
     match config.containerd_skew {
         SkewPolicy::Warn => {
             warn!(
@@ -318,15 +304,28 @@ fn check_containerd(
             );
             Err(with_note(
                 err,
-                match &set_at {
-                    Some(at) => format!("or accept the skew: set `containerd-skew = warn` at {at}"),
-                    None => format!(
-                        "or accept the skew: set `containerd-skew = warn` under [runc] in a drop-in, {}",
-                        paths::EXAMPLE_DROPIN
-                    ),
-                },
+                accept_skew_note(set_at.as_deref(), "runc", "containerd-skew"),
             ))
         }
+    }
+}
+
+/// Where a policy key was set (file:line); None: its default.
+fn set_at(config: &Config, section: &str, key: &str) -> Option<String> {
+    config
+        .sources
+        .get(section, key)
+        .map(|s| format!("{}:{}", s.origin.path.display(), s.origin.line))
+}
+
+/// The note that accepts a skew: at the line that set the key, else in a drop-in.
+fn accept_skew_note(set_at: Option<&str>, section: &str, key: &str) -> String {
+    match set_at {
+        Some(at) => format!("or accept the skew: set `{key} = warn` at {at}"),
+        None => format!(
+            "or accept the skew: set `{key} = warn` under [{section}] in a drop-in, {}",
+            paths::EXAMPLE_DROPIN
+        ),
     }
 }
 

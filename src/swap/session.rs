@@ -9,7 +9,7 @@ use log::{debug, info, warn};
 
 use crate::config::Config;
 use crate::journal::{self, Failpoint, Node, Services};
-use crate::lock::{DpkgLock, Lock, DPKG_ADMIN_DIR, LOCK_FILE};
+use crate::lock::{DpkgLock, Lock, LOCK_FILE};
 use crate::notes::{with_note, WithNote};
 use crate::paths::{self, Root};
 use crate::policy::{self, ServicePolicy, Verdict};
@@ -30,7 +30,7 @@ impl Session {
     /// `command` and says to wait when another run holds it.
     pub fn open(root: &Root, command: &str) -> anyhow::Result<Session> {
         let failpoint = Failpoint::from_env()?;
-        let admin = root.join(DPKG_ADMIN_DIR);
+        let admin = root.join(crate::dpkg::ADMINDIR);
         if !admin.is_dir() {
             return Err(with_note(
                 anyhow!(

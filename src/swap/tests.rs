@@ -909,7 +909,7 @@ fn auto_never_leaves_a_node_less_fixed_than_restart() {
             with_auto,
             with_restart
         );
-        assert!(applied.restart || applied.flag, "{i:?}");
+        assert!(applied.restart || applied.flag(), "{i:?}");
         if applied.restart {
             restarts += 1;
         } else {

@@ -29,10 +29,7 @@ pub enum Holder {
     /// Nothing listens there.
     NoListener,
     /// Some socket that can answer is not the process's (or its fds could not be read).
-    Other {
-        listeners: Vec<Listener>,
-        why: String,
-    },
+    Other { why: String },
 }
 
 /// `0100007F` (IPv4) or four such words (IPv6) as the kernel prints them: each 32-bit word
@@ -147,10 +144,7 @@ pub fn held_by(listeners: &[Listener], pid: u32) -> Holder {
     if listeners.is_empty() {
         return Holder::NoListener;
     }
-    let other = |why: String| Holder::Other {
-        listeners: listeners.to_vec(),
-        why,
-    };
+    let other = |why: String| Holder::Other { why };
     if pid == 0 {
         return other("the unit has no main process".to_string());
     }

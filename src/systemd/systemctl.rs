@@ -34,7 +34,6 @@ impl Systemctl {
     pub fn probe() -> Result<Systemctl, CommandError> {
         let (out, shown) = Cmd::new(SYSTEMCTL)
             .args(["show", "-p", "Version"])
-            .stdin(Stdio::null())
             .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if out.status.success() && stdout.starts_with("Version=") {
@@ -48,7 +47,6 @@ impl Systemctl {
     fn show(&self, unit: &str) -> Result<(UnitState, String), SystemdError> {
         let (out, shown) = Cmd::new(SYSTEMCTL)
             .args(["show", "-p", PROPS, "--", unit])
-            .stdin(Stdio::null())
             .output()
             .map_err(|e| failed("show", unit, e))?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -77,7 +75,6 @@ impl Systemctl {
         let started = Instant::now();
         let (mut child, shown) = Cmd::new(SYSTEMCTL)
             .args(["--job-mode=replace", verb, "--", unit])
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -229,7 +229,7 @@ fn root_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
 }
 
 /// The four uids of a `/proc/PID/status` text (real, effective, saved set, file system).
-fn uids(status: &str) -> Option<[u32; 4]> {
+pub(super) fn uids(status: &str) -> Option<[u32; 4]> {
     let line = status.lines().find_map(|l| l.strip_prefix(STATUS_UID))?;
     let mut ids = line.split_whitespace().map(|v| v.parse::<u32>());
     let mut out = [0; 4];

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use log::{debug, info, warn};
 
+use super::{bounded, running};
 use crate::config::TextfileDir;
 use crate::paths::{self, Root};
 
@@ -158,6 +159,7 @@ fn from_processes(proc_root: &Path) -> Option<(PathBuf, Source)> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
+    let ours = fs::read_link(proc_root.join("self/ns/mnt")).ok();
     for pid in pids {
         let proc_dir = proc_root.join(pid.to_string());
         let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
@@ -181,7 +183,7 @@ fn from_processes(proc_root: &Path) -> Option<(PathBuf, Source)> {
             );
             continue;
         }
-        if !same_mount_namespace(proc_root, &proc_dir) {
+        if !same_mount_namespace(&proc_dir, ours.as_deref()) {
             debug!(
                 "verify textfile: {name} (pid {pid}) runs in a container (another mount \
                  namespace): its paths are not the node's, ignored"
@@ -198,16 +200,13 @@ fn from_processes(proc_root: &Path) -> Option<(PathBuf, Source)> {
 
 /// Root (real uid 0) or in a system service's cgroup (only root places processes there).
 fn trusted(proc_dir: &Path) -> bool {
-    let root_uid = fs::read_to_string(proc_dir.join("status"))
+    let read = |name: &str| bounded::read_to_string(&proc_dir.join(name), bounded::PROC_TEXT_MAX);
+    let root_uid = read("status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(|u| u == "0"))
-        })
-        .unwrap_or(false);
+        .and_then(|s| running::uids(&s))
+        .is_some_and(|u| u[0] == 0);
     root_uid
-        || fs::read_to_string(proc_dir.join("cgroup"))
+        || read("cgroup")
             .map(|s| {
                 s.lines().any(|l| {
                     let path = l.splitn(3, ':').nth(2).unwrap_or("");
@@ -219,12 +218,9 @@ fn trusted(proc_dir: &Path) -> bool {
 
 /// The process sees the node's file system (a node_exporter DaemonSet's flag names a path
 /// inside its container). Unknown (no ns links, as in a recorded tree) counts as the same.
-fn same_mount_namespace(proc_root: &Path, proc_dir: &Path) -> bool {
-    match (
-        fs::read_link(proc_dir.join("ns/mnt")),
-        fs::read_link(proc_root.join("self/ns/mnt")),
-    ) {
-        (Ok(theirs), Ok(ours)) => theirs == ours,
+fn same_mount_namespace(proc_dir: &Path, ours: Option<&Path>) -> bool {
+    match (fs::read_link(proc_dir.join("ns/mnt")), ours) {
+        (Ok(theirs), Some(ours)) => theirs == ours,
         _ => true,
     }
 }
