@@ -342,8 +342,9 @@ fn a_containerized_node_exporter_is_not_followed() {
     let proc = node.node.join("proc");
     fs::create_dir_all(proc.join("5000/ns")).unwrap();
     symlink("mnt:[4026532999]", proc.join("5000/ns/mnt")).unwrap();
-    fs::create_dir_all(proc.join("self/ns")).unwrap();
-    symlink("mnt:[4026531840]", proc.join("self/ns/mnt")).unwrap();
+    // the node's mount namespace is init's (verify's own is private under its unit)
+    fs::create_dir_all(proc.join("1/ns")).unwrap();
+    symlink("mnt:[4026531840]", proc.join("1/ns/mnt")).unwrap();
     assert_ok(&node);
     assert!(!node.written("host/textfile"));
     assert!(node.written(DEBIAN));

@@ -23,7 +23,7 @@ use super::bounded;
 use crate::paths::{self, FileError, Root, WrapIo};
 
 /// init's mount namespace, under the proc root: the node's.
-const INIT_MNT_NS: &str = "1/ns/mnt";
+pub(super) const INIT_MNT_NS: &str = "1/ns/mnt";
 /// A process's command name, status (uids), mount namespace and executable, under
 /// `/proc/PID`.
 const PID_COMM: &str = "comm";

@@ -159,7 +159,9 @@ fn from_processes(proc_root: &Path) -> Option<(PathBuf, Source)> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    let ours = fs::read_link(proc_root.join("self/ns/mnt")).ok();
+    // the node's mount namespace is init's: verify itself runs in a private one under its
+    // unit (PrivateTmp=, ProtectSystem=), as running.rs says
+    let node_ns = fs::read_link(proc_root.join(running::INIT_MNT_NS)).ok();
     for pid in pids {
         let proc_dir = proc_root.join(pid.to_string());
         let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
@@ -183,7 +185,7 @@ fn from_processes(proc_root: &Path) -> Option<(PathBuf, Source)> {
             );
             continue;
         }
-        if !same_mount_namespace(&proc_dir, ours.as_deref()) {
+        if !same_mount_namespace(&proc_dir, node_ns.as_deref()) {
             debug!(
                 "verify textfile: {name} (pid {pid}) runs in a container (another mount \
                  namespace): its paths are not the node's, ignored"
@@ -218,9 +220,9 @@ fn trusted(proc_dir: &Path) -> bool {
 
 /// The process sees the node's file system (a node_exporter DaemonSet's flag names a path
 /// inside its container). Unknown (no ns links, as in a recorded tree) counts as the same.
-fn same_mount_namespace(proc_dir: &Path, ours: Option<&Path>) -> bool {
-    match (fs::read_link(proc_dir.join("ns/mnt")), ours) {
-        (Ok(theirs), Some(ours)) => theirs == ours,
+fn same_mount_namespace(proc_dir: &Path, node_ns: Option<&Path>) -> bool {
+    match (fs::read_link(proc_dir.join("ns/mnt")), node_ns) {
+        (Ok(theirs), Some(node)) => theirs == node,
         _ => true,
     }
 }
