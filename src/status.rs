@@ -1,6 +1,6 @@
 //! Status collection: the diversions held (ours, and others' of our targets), the binaries
 //! in place against the MANIFEST, `state.json`, the last or interrupted transaction and the
-//! services' states, gathered into a [`Report`] (never failing: what cannot be read is
+//! services' states, gathered into a [`StatusReport`] (never failing: what cannot be read is
 //! reported as unknown), and its human rendering. `k8s-nokmem status` prints it.
 
 use std::path::{Path, PathBuf};
@@ -20,8 +20,8 @@ use crate::policy::ServicePolicy;
 use crate::systemd::{ServiceManager, SystemdError, UnitState};
 use crate::targets::{self, Original, State, TargetState, Underneath};
 
-/// How services can be read.
-pub enum Services<'a> {
+/// Where `status` reads the services' states from.
+pub enum ServiceSource<'a> {
     Manager(&'a dyn ServiceManager),
     Unreachable(&'a SystemdError),
     Skipped(ServicePolicy),
@@ -49,7 +49,7 @@ pub struct TargetReport {
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct Report {
+pub struct StatusReport {
     pub root: PathBuf,
     /// `installed`, `not-installed`, `partial`, `interrupted`, `unknown`.
     pub installed: String,
@@ -103,7 +103,11 @@ fn describe(o: &Original, payload: Option<&str>) -> String {
 }
 
 /// Gather everything (never fails: what cannot be read is reported as unknown).
-pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) -> Report {
+pub fn collect(
+    root: &Root,
+    config_path: Option<&Path>,
+    services: ServiceSource<'_>,
+) -> StatusReport {
     let mut problems = Vec::new();
     let mut unknown = Vec::new();
     let config = Config::load(root, config_path).unwrap_or_else(|e| {
@@ -236,7 +240,7 @@ pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) 
 
     let mut units = Vec::new();
     let services_note = match services {
-        Services::Manager(m) => {
+        ServiceSource::Manager(m) => {
             for unit in &config.service_order {
                 match m.state(unit) {
                     Ok(s) => {
@@ -256,15 +260,15 @@ pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) 
             }
             None
         }
-        Services::Unreachable(e) => {
+        ServiceSource::Unreachable(e) => {
             unknown.push(format!(
                 "systemd runs but D-Bus is unreachable: {}",
                 error_chain(e)
             ));
             None
         }
-        Services::Skipped(ServicePolicy::Skip(reason)) => Some(format!("not read: {reason}")),
-        Services::Skipped(ServicePolicy::Act) => None,
+        ServiceSource::Skipped(ServicePolicy::Skip(reason)) => Some(format!("not read: {reason}")),
+        ServiceSource::Skipped(ServicePolicy::Act) => None,
     };
 
     let outcome = if !problems.is_empty() {
@@ -274,7 +278,7 @@ pub fn collect(root: &Root, config_path: Option<&Path>, services: Services<'_>) 
     } else {
         Outcome::Ok
     };
-    Report {
+    StatusReport {
         root: root.path().to_path_buf(),
         installed: installed.to_string(),
         targets: reports,
@@ -381,7 +385,7 @@ fn target_report(
 }
 
 /// The human summary.
-pub fn render(r: &Report) -> String {
+pub fn render(r: &StatusReport) -> String {
     let mut s = String::new();
     let mut line = |l: String| {
         s.push_str(&l);

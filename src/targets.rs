@@ -135,7 +135,7 @@ pub fn short(sha256: &str) -> &str {
 /// How a target path was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Found {
+pub enum ChosenBy {
     /// `[name] path` in the config.
     Config,
     /// We already divert it.
@@ -151,15 +151,15 @@ pub enum Found {
     Default,
 }
 
-impl std::fmt::Display for Found {
+impl std::fmt::Display for ChosenBy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Found::Config => write!(f, "set in the config"),
-            Found::OurDiversion => write!(f, "already diverted by k8s-nokmem"),
-            Found::Package(p) => write!(f, "shipped by package '{p}'"),
-            Found::Exists => write!(f, "present, not from a package"),
-            Found::LinkedFrom(link) => write!(f, "'{}' is a symlink to it", link.display()),
-            Found::Default => write!(f, "not installed; the usual path"),
+            ChosenBy::Config => write!(f, "set in the config"),
+            ChosenBy::OurDiversion => write!(f, "already diverted by k8s-nokmem"),
+            ChosenBy::Package(p) => write!(f, "shipped by package '{p}'"),
+            ChosenBy::Exists => write!(f, "present, not from a package"),
+            ChosenBy::LinkedFrom(link) => write!(f, "'{}' is a symlink to it", link.display()),
+            ChosenBy::Default => write!(f, "not installed; the usual path"),
         }
     }
 }
@@ -179,7 +179,7 @@ pub struct Target {
     pub payload_version: String,
     /// Services that run this binary.
     pub restart: Vec<String>,
-    pub found: Found,
+    pub found: ChosenBy,
 }
 
 impl Target {
@@ -188,7 +188,7 @@ impl Target {
         path: PathBuf,
         bin: &Binary,
         restart: Vec<String>,
-        found: Found,
+        found: ChosenBy,
     ) -> Target {
         Target {
             name: name.to_string(),
@@ -221,7 +221,7 @@ pub fn resolve(
                 name: tc.name.to_string(),
             })?;
         let (path, found) = match &tc.path {
-            TargetPath::Fixed(p) => (p.clone(), Found::Config),
+            TargetPath::Fixed(p) => (p.clone(), ChosenBy::Config),
             TargetPath::Auto => {
                 let recorded = state.targets.get(tc.name).map(|t| t.path.as_path());
                 auto_path(root, tc.name, recorded, diversions, dpkg)?
@@ -246,7 +246,7 @@ fn auto_path(
     recorded: Option<&Path>,
     diversions: &[Diversion],
     dpkg: &Dpkg,
-) -> Result<(PathBuf, Found), TargetError> {
+) -> Result<(PathBuf, ChosenBy), TargetError> {
     let usual: Vec<&Path> = USUAL_PATHS
         .iter()
         .find(|(n, _)| *n == name)
@@ -255,10 +255,10 @@ fn auto_path(
     // what we already divert stays the target (a re-run must not move it)
     for p in recorded.into_iter().chain(usual.iter().copied()) {
         if diversions.iter().any(|d| d.is_ours() && d.path == p) {
-            return Ok((p.to_path_buf(), Found::OurDiversion));
+            return Ok((p.to_path_buf(), ChosenBy::OurDiversion));
         }
     }
-    let mut found: Vec<(PathBuf, Found)> = Vec::new();
+    let mut found: Vec<(PathBuf, ChosenBy)> = Vec::new();
     for p in &usual {
         let owners = dpkg.owners(p).map_err(|source| TargetError::Dpkg {
             path: p.to_path_buf(),
@@ -269,12 +269,12 @@ fn auto_path(
             // a symlink to a real file: divert the file, which every caller ends up running
             (Ok(true), _) => match resolve_in_root(root, p) {
                 Some(real) if root.join(&real).is_file() => {
-                    (real, Found::LinkedFrom(p.to_path_buf()))
+                    (real, ChosenBy::LinkedFrom(p.to_path_buf()))
                 }
-                _ => (p.to_path_buf(), Found::Exists),
+                _ => (p.to_path_buf(), ChosenBy::Exists),
             },
-            (_, Some(pkg)) => (p.to_path_buf(), Found::Package(pkg)),
-            (Ok(false), None) => (p.to_path_buf(), Found::Exists),
+            (_, Some(pkg)) => (p.to_path_buf(), ChosenBy::Package(pkg)),
+            (Ok(false), None) => (p.to_path_buf(), ChosenBy::Exists),
             (Err(_), None) => continue,
         };
         if !found.iter().any(|(f, _)| *f == candidate.0) {
@@ -299,7 +299,7 @@ fn auto_path(
         .first()
         .copied()
         .unwrap_or(Path::new("/usr/bin/false"));
-    Ok((first.to_path_buf(), Found::Default))
+    Ok((first.to_path_buf(), ChosenBy::Default))
 }
 
 /// Resolve every symlink in `abs` the way the system would see it from inside `root` (an

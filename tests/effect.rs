@@ -1,4 +1,4 @@
-//! Is the fix in effect, and what will put it in effect? The rule (src/verify/effect.rs) on
+//! Is the fix in effect, and what will put it in effect? The rule (src/verify/verdict.rs) on
 //! recorded node trees (tests/fixtures/cgroup) with a node root where `k8s-nokmem install`
 //! swapped the payload in (real `dpkg-divert --root`), as `verify --json`, the summary, the
 //! textfile and the node-problem-detector line show it; and Debian's reboot-required

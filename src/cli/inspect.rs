@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{Ctx, Outcome};
 use crate::gobin::provenance::{self, Check};
-use crate::gobin::{self, Evidence, GobinError, Reason, Report, Verdict};
+use crate::gobin::{self, BinaryReport, Evidence, GobinError, Reason, Verdict};
 use crate::manifest::Manifest;
 use crate::{output, paths};
 
@@ -79,7 +79,7 @@ struct ManifestCheck {
 }
 
 /// What inspecting one file gave: its report and cross-check, or an error.
-type Inspected = Result<(Report, Option<ManifestCheck>), InspectError>;
+type Inspected = Result<(BinaryReport, Option<ManifestCheck>), InspectError>;
 
 #[derive(Debug, thiserror::Error)]
 enum InspectError {
@@ -169,7 +169,7 @@ fn inspect_one(path: &Path, manifest: Option<&Path>) -> Inspected {
 
 fn cross_check(
     path: &Path,
-    report: &Report,
+    report: &BinaryReport,
     manifest_path: &Path,
     explicit: bool,
 ) -> anyhow::Result<Option<ManifestCheck>> {
@@ -278,7 +278,7 @@ fn print_error(err: &InspectError) {
 }
 
 /// `/usr/bin/kubelet: safe (nokmem): go1.19.8, arm64, tags selinux,notest,nokmem; evidence: none`
-pub fn human_line(r: &Report) -> String {
+pub fn human_line(r: &BinaryReport) -> String {
     let verdict = match r.reason {
         Reason::KmemCode => "ENABLES KMEM",
         Reason::NokmemCode | Reason::NokmemTag => "safe (nokmem)",
@@ -321,8 +321,8 @@ fn list(evidence: &[Evidence]) -> String {
 mod tests {
     use super::*;
 
-    fn report(reason: Reason, tags: Option<&[&str]>, evidence: Vec<Evidence>) -> Report {
-        Report {
+    fn report(reason: Reason, tags: Option<&[&str]>, evidence: Vec<Evidence>) -> BinaryReport {
+        BinaryReport {
             path: "/usr/bin/kubelet".into(),
             verdict: if reason == Reason::KmemCode {
                 Verdict::EnablesKmem

@@ -6,7 +6,7 @@
 use super::{Ctx, Outcome};
 use crate::output;
 use crate::policy::ServicePolicy;
-use crate::status::{collect, render, Services};
+use crate::status::{collect, render, ServiceSource};
 
 #[derive(Debug, clap::Args)]
 pub struct Status {
@@ -24,9 +24,9 @@ impl Status {
             ServicePolicy::Skip(_) => None,
         };
         let report = match &manager {
-            Some(Ok(m)) => collect(root, path, Services::Manager(m.as_ref())),
-            Some(Err(e)) => collect(root, path, Services::Unreachable(e)),
-            None => collect(root, path, Services::Skipped(policy)),
+            Some(Ok(m)) => collect(root, path, ServiceSource::Manager(m.as_ref())),
+            Some(Err(e)) => collect(root, path, ServiceSource::Unreachable(e)),
+            None => collect(root, path, ServiceSource::Skipped(policy)),
         };
         if self.json {
             output::print_json(&report)?;

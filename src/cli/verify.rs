@@ -137,7 +137,7 @@ impl Verify {
         }
         if self.state {
             failed |= !write_state(ctx, &report);
-            crate::swap::effect::after_verify(&ctx.root, &report);
+            crate::swap::activation::after_verify(&ctx.root, &report);
         }
         if failed {
             report.status = report.status.max(Outcome::Unknown);
@@ -179,7 +179,7 @@ impl Verify {
 }
 
 /// Write `R/run/k8s-nokmem/verify.json` atomically; false (logged) on failure.
-fn write_state(ctx: &Ctx, report: &verify::Report) -> bool {
+fn write_state(ctx: &Ctx, report: &verify::VerifyReport) -> bool {
     let dir = ctx.root.join(paths::RUN_DIR);
     let path = dir.join(paths::VERIFY_FILE);
     let result = paths::create_dir_all(&dir, 0o755)
@@ -207,7 +207,7 @@ fn write_state(ctx: &Ctx, report: &verify::Report) -> bool {
 fn write_textfile(
     dir: Option<&Path>,
     settings: &Settings,
-    report: &verify::Report,
+    report: &verify::VerifyReport,
 ) -> Result<Option<Check>, ()> {
     let dir = if let Some(dir) = dir {
         dir.to_path_buf()

@@ -171,7 +171,7 @@ pub struct Evidence {
 
 /// What `inspect` found in one binary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Report {
+pub struct BinaryReport {
     pub path: PathBuf,
     pub verdict: Verdict,
     pub reason: Reason,
@@ -193,7 +193,7 @@ pub struct Report {
     pub size: u64,
 }
 
-impl Report {
+impl BinaryReport {
     /// True when built with the `nokmem` tag (per the build info).
     pub fn has_nokmem_tag(&self) -> bool {
         self.tags
@@ -203,7 +203,7 @@ impl Report {
 }
 
 /// Inspect the binary at `path` (mapped, not read into memory).
-pub fn inspect(path: &Path) -> Result<Report, GobinError> {
+pub fn inspect(path: &Path) -> Result<BinaryReport, GobinError> {
     let started = Instant::now();
     // Look before opening: opening a FIFO would block.
     let kind = std::fs::metadata(path).map_err(|source| GobinError::Open {
@@ -276,7 +276,7 @@ pub fn inspect(path: &Path) -> Result<Report, GobinError> {
 }
 
 /// Inspect the bytes of a whole binary; `path` only names it.
-pub fn analyze(path: &Path, data: &[u8]) -> Result<Report, GobinError> {
+pub fn analyze(path: &Path, data: &[u8]) -> Result<BinaryReport, GobinError> {
     classify(path, data, || Ok(scan::markers(data)))
 }
 
@@ -285,7 +285,7 @@ fn classify(
     path: &Path,
     data: &[u8],
     scan: impl FnOnce() -> Result<Vec<scan::Hit>, GobinError>,
-) -> Result<Report, GobinError> {
+) -> Result<BinaryReport, GobinError> {
     let elf = Elf::parse(data).map_err(|source| match source {
         ElfError::Truncated { .. } => GobinError::Truncated {
             path: path.to_path_buf(),
@@ -344,7 +344,7 @@ fn classify(
         .as_ref()
         .map(|b| buildinfo::build_settings(&b.modinfo))
         .unwrap_or_default();
-    let mut report = Report {
+    let mut report = BinaryReport {
         path: path.to_path_buf(),
         verdict: Verdict::Safe,
         reason: Reason::NoKmemCode,

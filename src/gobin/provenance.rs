@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::Report;
+use super::BinaryReport;
 use crate::manifest::Binary;
 
 /// How one recorded fact compares with the binary.
@@ -47,7 +47,7 @@ impl Check {
 
 /// Compare `entry` (the binary's MANIFEST section) with `report` (its inspection) and
 /// `sha256` (its hash). Facts the MANIFEST does not record (an older build) are left out.
-pub fn cross_check(report: &Report, sha256: &str, entry: &Binary) -> Vec<Check> {
+pub fn cross_check(report: &BinaryReport, sha256: &str, entry: &Binary) -> Vec<Check> {
     let setting = |key: &str| -> Option<String> {
         if report.build_settings.is_empty() {
             return None;
@@ -139,8 +139,8 @@ mod tests {
     use super::*;
     use crate::gobin::{Reason, Verdict};
 
-    fn report() -> Report {
-        Report {
+    fn report() -> BinaryReport {
+        BinaryReport {
             path: "/usr/lib/k8s-nokmem/runc".into(),
             verdict: Verdict::Safe,
             reason: Reason::NokmemTag,
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn each_difference_is_named() {
-        type Change = fn(&mut Report, &mut Binary);
+        type Change = fn(&mut BinaryReport, &mut Binary);
         let cases: [(&str, Change, &str); 6] = [
             (
                 "sha256",

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 use log::{error, info, warn};
 
 use super::{
-    FailMode, Failpoint, Journal, Node, Phase, Step, Transaction, FAILPOINT_ENV, JOURNAL_FILE,
+    Executor, FailMode, Failpoint, Journal, Phase, Step, Transaction, FAILPOINT_ENV, JOURNAL_FILE,
 };
 use crate::notes::{error_chain, with_note};
 use crate::paths;
@@ -16,7 +16,7 @@ use crate::paths;
 /// Run a planned transaction (`steps[0]` must be [`Step::Preflight`], already checked;
 /// `preflight` is how long that took). On failure everything begun is undone in reverse.
 pub fn run(
-    node: &Node<'_>,
+    node: &Executor<'_>,
     command: Transaction,
     steps: Vec<Step>,
     preflight: Duration,
@@ -26,7 +26,7 @@ pub fn run(
     let fail_at = failpoint.and_then(|f| f.index_in(&steps).map(|i| (i, f.mode)));
     let mut journal = Journal::new(command, steps);
     journal.failing = node.failing();
-    // list the diversions now, before any service stops (see Node::diversions)
+    // list the diversions now, before any service stops (see Executor::diversions)
     node.diversions()
         .context("failed to list diversions; nothing was changed")?;
     for i in 0..n {
@@ -162,7 +162,7 @@ fn rolled_back_to(journal: &Journal) -> String {
 
 /// Roll back after step `i` failed with `err`; the error to report.
 fn fail(
-    node: &Node<'_>,
+    node: &Executor<'_>,
     command: Transaction,
     journal: &mut Journal,
     i: usize,
@@ -214,7 +214,7 @@ fn fail(
 
 /// Undo `journal.steps[..begun]` in reverse. Returns how many steps were undone. A failed
 /// file undo stops the file work, but services are still started again.
-fn rollback(node: &Node<'_>, journal: &Journal) -> anyhow::Result<Undone> {
+fn rollback(node: &Executor<'_>, journal: &Journal) -> anyhow::Result<Undone> {
     let n = journal.steps.len();
     let mut first_err: Option<anyhow::Error> = None;
     let mut undone = Undone::default();
@@ -274,7 +274,7 @@ struct Undone {
 }
 
 /// Resolve an interrupted transaction's journal, if there is one (see the module docs).
-pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
+pub fn recover(node: &Executor<'_>) -> anyhow::Result<()> {
     let Some(mut journal) = Journal::load(&node.root)? else {
         return Ok(());
     };
@@ -332,7 +332,7 @@ pub fn recover(node: &Node<'_>) -> anyhow::Result<()> {
 /// Journal that recovery began. A journal that cannot be written does not stop it: the
 /// services the interrupted run stopped must come back either way, and the journal as it is
 /// still says what to resolve.
-fn mark_recovering(node: &Node<'_>, journal: &mut Journal) {
+fn mark_recovering(node: &Executor<'_>, journal: &mut Journal) {
     journal.phase = Phase::Recovering;
     if let Err(e) = journal.save(&node.root) {
         warn!(
@@ -345,7 +345,7 @@ fn mark_recovering(node: &Node<'_>, journal: &mut Journal) {
 /// Apply every step of a remove journal again, in order. When a step fails the file work
 /// stops there, but every later start step is still taken: a unit the interrupted run (or
 /// this one) stopped never stays down because a later step failed.
-fn finish_forward(node: &Node<'_>, journal: &Journal) -> anyhow::Result<()> {
+fn finish_forward(node: &Executor<'_>, journal: &Journal) -> anyhow::Result<()> {
     let n = journal.steps.len();
     for (j, step) in journal.steps.iter().enumerate() {
         let started = Instant::now();
@@ -366,7 +366,7 @@ fn finish_forward(node: &Node<'_>, journal: &Journal) -> anyhow::Result<()> {
 
 /// After a failure: take every start step of `steps[from..]` anyway (logged as `recover`
 /// steps); what became of them, for the error (empty when there were none).
-fn start_again(node: &Node<'_>, steps: &[Step], from: usize) -> String {
+fn start_again(node: &Executor<'_>, steps: &[Step], from: usize) -> String {
     let n = steps.len();
     let (mut started, mut failed) = (Vec::new(), Vec::new());
     for (j, step) in steps.iter().enumerate().skip(from) {

@@ -83,9 +83,9 @@ pub struct Journal {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Units that were failing before the transaction (`kubelet.service` ->
-    /// `activating/auto-restart`): their starts are judged against that state ([`Node`]).
+    /// `activating/auto-restart`): their starts are judged against that state ([`Executor`]).
     ///
-    /// [`Node`]: super::Node
+    /// [`Executor`]: super::Executor
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failing: BTreeMap<String, String>,
 }

@@ -49,15 +49,15 @@
 //! logs a warning when armed.
 
 mod engine;
+mod executor;
 mod failpoint;
 mod file;
-mod node;
 mod step;
 
 pub use engine::{recover, run};
+pub use executor::{Did, Executor, Services, Settled};
 pub use failpoint::{FailAt, FailMode, Failpoint, FAILPOINT_ENV};
 pub use file::{now, Journal, Phase, Transaction, JOURNAL_FILE, LAST_FILE};
-pub use node::{Did, Node, Services, Settled};
 pub use step::{foreign_aside, Step};
 
 #[cfg(test)]

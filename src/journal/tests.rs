@@ -119,7 +119,7 @@ fn undo_after_a_rename_without_database_write_moves_the_original_back() {
         root.join("/usr/bin/kubelet.distrib"),
     )
     .unwrap();
-    let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+    let node = Executor::new(&root, skip_services(), Duration::from_secs(1));
     let (divert, place) = kubelet_steps(&original(b"orig"));
     assert_eq!(
         node.undo(&place).unwrap(),
@@ -136,7 +136,7 @@ fn undo_after_a_rename_without_database_write_moves_the_original_back() {
 fn undo_after_a_database_write_without_rename_keeps_the_original() {
     let (_dir, root) = node_root(b"orig");
     divert_db_only(&root);
-    let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+    let node = Executor::new(&root, skip_services(), Duration::from_secs(1));
     let (divert, place) = kubelet_steps(&original(b"orig"));
     assert_eq!(
         node.undo(&place).unwrap(),
@@ -154,7 +154,7 @@ fn undo_after_a_database_write_without_rename_keeps_the_original() {
 fn undivert_after_a_rename_back_without_database_write_finishes() {
     let (_dir, root) = node_root(b"orig");
     divert_db_only(&root);
-    let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+    let node = Executor::new(&root, skip_services(), Duration::from_secs(1));
     let undivert = Step::Undivert {
         target: "kubelet".into(),
         path: "/usr/bin/kubelet".into(),
@@ -175,7 +175,7 @@ fn undivert_after_a_rename_back_without_database_write_finishes() {
 #[test]
 fn undoing_a_divert_of_a_path_diverted_before_keeps_the_diversion() {
     let (_dir, root) = node_root(b"orig");
-    let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+    let node = Executor::new(&root, skip_services(), Duration::from_secs(1));
     let (divert, _) = kubelet_steps(&original(b"orig"));
     node.apply(&divert).unwrap();
     fs::write(root.join("/usr/bin/kubelet"), b"previous payload").unwrap();
@@ -219,7 +219,7 @@ fn a_foreign_file_move_cut_short_is_finished() {
     let to = PathBuf::from("/usr/bin/kubelet.k8s-nokmem-foreign-x");
     // killed between the link and the unlink
     fs::hard_link(root.join("/usr/bin/kubelet"), root.join(&to)).unwrap();
-    let node = Node::new(&root, skip_services(), Duration::from_secs(1));
+    let node = Executor::new(&root, skip_services(), Duration::from_secs(1));
     let unplace = Step::Unplace {
         target: "kubelet".into(),
         path: "/usr/bin/kubelet".into(),

@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use log::info;
 
-use super::effect::Applied;
+use super::activation::Applied;
 use super::plan::{install_steps, running, units_for, Running};
 use super::preflight::{preflight, Found};
 use super::session::{log_skipped_restarts, preflight_failed, Session};
 use crate::config::Config;
 use crate::dpkg::Dpkg;
-use crate::journal::{self, Node, Transaction};
+use crate::journal::{self, Executor, Transaction};
 use crate::paths::Root;
 use crate::systemd::ServiceManager;
 use crate::targets::{InPlace, Original, PackageVersion, State, TargetState};
@@ -74,7 +74,7 @@ pub fn install(
     };
     let Running { units, failing } = running(manager, units)?;
     let services = session.services(root, manager, &units)?;
-    let node = Node::new(root, services, config.service_timeout)
+    let node = Executor::new(root, services, config.service_timeout)
         .with_settle(config.service_settle)
         .with_failing(failing);
     let steps = install_steps(root, &changed, &units, new_state, state)?;

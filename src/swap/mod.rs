@@ -9,13 +9,13 @@ use std::path::Path;
 use log::{info, warn};
 
 use crate::config::Config;
-use crate::journal::{self, Journal, Node, Services};
+use crate::journal::{self, Executor, Journal, Services};
 use crate::paths::Root;
 use crate::policy::SkipReason;
 use crate::signals::Deferred;
 
+pub mod activation;
 pub mod containerd;
-pub mod effect;
 mod install;
 pub mod plan;
 pub mod preflight;
@@ -58,12 +58,12 @@ pub fn run_install(root: &Root, config_path: Option<&Path>) -> anyhow::Result<()
     let config =
         Config::load(root, config_path).map_err(|e| session::preflight_failed("install", e))?;
     let connected = session.connect()?;
-    let judged = effect::Judged::of(&session.policy);
-    let applied = effect::Applied::decide(root, &config, &judged);
-    let before = effect::state_stamp(root);
+    let judged = activation::Judged::of(&session.policy);
+    let applied = activation::Applied::decide(root, &config, &judged);
+    let before = activation::state_stamp(root);
     install(root, &session, &config, &applied, connected.as_deref())?;
-    let swapped = effect::state_stamp(root) != before;
-    effect::after_install(root, &config, &applied, swapped, &judged);
+    let swapped = activation::state_stamp(root) != before;
+    activation::after_install(root, &config, &applied, swapped, &judged);
     Ok(())
 }
 
@@ -72,10 +72,10 @@ pub fn run_remove(root: &Root, config_path: Option<&Path>) -> anyhow::Result<()>
     let (_signals, session) = begin(root, "remove", "")?;
     let config = config_or_default(root, config_path, "removing");
     let connected = session.connect()?;
-    let judged = effect::Judged::of(&session.policy);
-    let applied = effect::Applied::decide(root, &config, &judged);
+    let judged = activation::Judged::of(&session.policy);
+    let applied = activation::Applied::decide(root, &config, &judged);
     let running = remove(root, &session, &config, &applied, connected.as_deref())?;
-    effect::after_remove(root, &applied, &running, &judged);
+    activation::after_remove(root, &applied, &running, &judged);
     Ok(())
 }
 
@@ -94,5 +94,5 @@ pub fn run_recover(root: &Root, config_path: Option<&Path>, boot: bool) -> anyho
         _ if boot => Services::Skip(SkipReason::Boot),
         manager => session.services(root, manager, &config.service_order)?,
     };
-    journal::recover(&Node::new(root, services, config.service_timeout))
+    journal::recover(&Executor::new(root, services, config.service_timeout))
 }

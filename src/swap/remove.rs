@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use log::{info, warn};
 
-use super::effect::Applied;
+use super::activation::Applied;
 use super::plan::{remove_steps, running, units_for, Running, Swapped};
 use super::session::{log_skipped_restarts, preflight_failed, Session};
 use crate::config::Config;
 use crate::divert::DpkgDivert;
-use crate::journal::{self, Node};
+use crate::journal::{self, Executor};
 use crate::manifest::Manifest;
 use crate::paths::{self, Root};
 use crate::systemd::ServiceManager;
@@ -115,7 +115,7 @@ pub fn remove(
         (Vec::new(), services.collect())
     };
     let services = session.services(root, manager, &units)?;
-    let node = Node::new(root, services, config.service_timeout)
+    let node = Executor::new(root, services, config.service_timeout)
         .with_settle(config.service_settle)
         .with_failing(failing);
 

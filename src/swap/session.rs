@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 use log::{debug, info, warn};
 
 use crate::config::Config;
-use crate::journal::{self, Failpoint, Node, Services};
+use crate::journal::{self, Executor, Failpoint, Services};
 use crate::lock::{DpkgLock, Lock, LOCK_FILE};
 use crate::notes::{with_note, WithNote};
 use crate::paths::{self, Root};
@@ -113,7 +113,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         Self::check_reachable(manager, config)?;
         let services = self.services(root, manager, &config.service_order)?;
-        journal::recover(&Node::new(root, services, config.service_timeout))
+        journal::recover(&Executor::new(root, services, config.service_timeout))
     }
 
     /// Services for the node: the given manager (tests may pass one whatever the root), else

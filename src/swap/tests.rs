@@ -65,7 +65,7 @@ impl TestNode {
     fn install(&self, sd: &FakeSystemd) -> anyhow::Result<()> {
         let session = Session::open(&self.root, "install")?;
         let config = Config::load(&self.root, None)?;
-        let applied = effect::Applied::of(config.apply);
+        let applied = activation::Applied::of(config.apply);
         install(&self.root, &session, &config, &applied, Some(sd))
     }
 
@@ -73,7 +73,7 @@ impl TestNode {
     fn remove(&self, sd: &FakeSystemd) -> anyhow::Result<Vec<String>> {
         let session = Session::open(&self.root, "remove")?;
         let config = Config::load(&self.root, None)?;
-        let applied = effect::Applied::of(config.apply);
+        let applied = activation::Applied::of(config.apply);
         remove(&self.root, &session, &config, &applied, Some(sd))
     }
 }
@@ -171,12 +171,12 @@ fn apply_reboot_removes_with_no_service_stopped_and_flags_the_reboot() {
     assert_eq!(socket_node.read("usr/sbin/runc"), ORIG_RUNC);
 
     let config = Config::load(&node.root, None).unwrap();
-    let applied = effect::Applied::of(config.apply);
-    let image = effect::Judged::Image(crate::policy::SkipReason::SystemdNotRunning);
-    effect::after_remove(&node.root, &applied, &left, &image);
+    let applied = activation::Applied::of(config.apply);
+    let image = activation::Judged::Image(crate::policy::SkipReason::SystemdNotRunning);
+    activation::after_remove(&node.root, &applied, &left, &image);
     assert!(!crate::reboot::read(&node.root).required, "image: no flag");
     for _ in 0..2 {
-        effect::after_remove(&node.root, &applied, &left, &effect::Judged::Here);
+        activation::after_remove(&node.root, &applied, &left, &activation::Judged::Here);
     }
     let flag = crate::reboot::read(&node.root);
     assert!(flag.required && flag.by_us, "{flag:?}");
@@ -189,8 +189,8 @@ fn apply_reboot_removes_with_no_service_stopped_and_flags_the_reboot() {
     let left = node.remove(&sd).unwrap();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(sd.call_lines().len(), 4, "{:?}", sd.call_lines());
-    let applied = effect::Applied::of(Config::load(&node.root, None).unwrap().apply);
-    effect::after_remove(&node.root, &applied, &left, &effect::Judged::Here);
+    let applied = activation::Applied::of(Config::load(&node.root, None).unwrap().apply);
+    activation::after_remove(&node.root, &applied, &left, &activation::Judged::Here);
     assert!(!crate::reboot::read(&node.root).required);
 }
 
@@ -525,11 +525,11 @@ fn the_record_step_stamps_when_each_payload_was_placed() {
     assert_eq!(swapped_at("runc"), Some(t0 - 3600));
 }
 
-/// On the node itself ([`effect::Judged::Here`]) install's effect is judged from the
+/// On the node itself ([`activation::Judged::Here`]) install's effect is judged from the
 /// node's kernel and cgroups (`[verify] proc-root`/`cgroup-root`, recorded trees here): a
 /// reboot that will help is flagged (once), one that cannot is not, and `apply = reboot`
 /// flags the reboot that starts the new binaries. In an image build
-/// ([`effect::Judged::Image`]) the same config flags nothing.
+/// ([`activation::Judged::Image`]) the same config flags nothing.
 #[test]
 fn install_flags_reboot_required_on_the_node_only_when_a_reboot_helps() {
     let cases = [
@@ -549,20 +549,20 @@ fn install_flags_reboot_required_on_the_node_only_when_a_reboot_helps() {
             recorded.join("sys/fs/cgroup").display()
         );
         for judged in [
-            effect::Judged::Here,
-            effect::Judged::Image(crate::policy::SkipReason::SystemdNotRunning),
+            activation::Judged::Here,
+            activation::Judged::Image(crate::policy::SkipReason::SystemdNotRunning),
         ] {
             let node = TestNode::new();
             node.write("etc/k8s-nokmem/k8s-nokmem.conf", config_text.as_bytes());
             let sd = FakeSystemd::with_active(&UNITS);
             node.install(&sd).unwrap();
             let config = Config::load(&node.root, None).unwrap();
-            let applied = effect::Applied::of(config.apply);
+            let applied = activation::Applied::of(config.apply);
             for _ in 0..2 {
-                effect::after_install(&node.root, &config, &applied, true, &judged);
+                activation::after_install(&node.root, &config, &applied, true, &judged);
             }
             let flag = crate::reboot::read(&node.root);
-            let want = flagged && judged == effect::Judged::Here;
+            let want = flagged && judged == activation::Judged::Here;
             assert_eq!(flag.required, want, "{case} {judged:?}");
             if want {
                 assert_eq!(flag.packages, vec!["k8s-nokmem"], "{case}: listed once");
@@ -809,9 +809,9 @@ fn rank(action: crate::verify::Action) -> u8 {
 /// pods that ran before it now from before the swap, the running kubelet the payload only
 /// if the services were restarted (a restart recreates no pod cgroup: kubelet keeps them).
 fn after_install_model(
-    i: &crate::verify::effect::Inputs,
+    i: &crate::verify::verdict::Inputs,
     restarted: bool,
-) -> crate::verify::effect::Inputs {
+) -> crate::verify::verdict::Inputs {
     let mut a = i.clone();
     a.payload_kubelet = Some(true);
     a.running_old_kubelet = !restarted;
@@ -824,9 +824,9 @@ fn after_install_model(
 }
 
 /// Every combination of the evidence the rule reads on a node about to be swapped.
-fn evidence_grid() -> Vec<crate::verify::effect::Inputs> {
+fn evidence_grid() -> Vec<crate::verify::verdict::Inputs> {
     use crate::cmdline::{Loader, NextBoot};
-    use crate::verify::effect::{Active, Inputs};
+    use crate::verify::verdict::{Active, Inputs};
     let mut out = Vec::new();
     for release in [
         None,
@@ -889,17 +889,17 @@ fn evidence_grid() -> Vec<crate::verify::effect::Inputs> {
 }
 
 /// The reason `auto` may be the default: on every combination of evidence, verify's own
-/// rule ([`crate::verify::effect::decide`]) finds the node after an `auto` install at least
+/// rule ([`crate::verify::verdict::decide`]) finds the node after an `auto` install at least
 /// as fixed as after a `restart` install, and where `auto` restarts nothing it flags the
 /// reboot. And the comparison has teeth: never restarting leaves some node less fixed
 /// (Linux < 4.6 with a clean kubepods: the old kubelet keeps creating kmem pods).
 #[test]
 fn auto_never_leaves_a_node_less_fixed_than_restart() {
-    use crate::verify::effect::decide;
+    use crate::verify::verdict::decide;
     let grid = evidence_grid();
     let (mut restarts, mut holds_back) = (0, 0);
     for i in &grid {
-        let applied = effect::auto(Some(i));
+        let applied = activation::auto(Some(i));
         let with_restart = decide(&after_install_model(i, true));
         let with_auto = decide(&after_install_model(i, applied.restart));
         assert!(
@@ -924,7 +924,7 @@ fn auto_never_leaves_a_node_less_fixed_than_restart() {
         }),
         "never restarting must lose somewhere, or this test proves nothing"
     );
-    assert!(effect::auto(None).restart, "no evidence: as restart");
+    assert!(activation::auto(None).restart, "no evidence: as restart");
 }
 
 /// `apply = auto` on recorded nodes, through the install transaction with the fake
@@ -971,7 +971,7 @@ fn auto_restarts_only_where_the_restart_puts_the_fix_in_effect() {
         let sd = FakeSystemd::with_active(&UNITS);
         let session = Session::open(&node.root, "install").unwrap();
         let config = Config::load(&node.root, None).unwrap();
-        let applied = effect::Applied::decide(&node.root, &config, &effect::Judged::Here);
+        let applied = activation::Applied::decide(&node.root, &config, &activation::Judged::Here);
         assert_eq!(applied.restart, restarted, "{tree}: {}", applied.why);
         assert!(applied.why.contains(why), "{tree}: {}", applied.why);
         install(&node.root, &session, &config, &applied, Some(&sd)).unwrap();
@@ -982,7 +982,13 @@ fn auto_restarts_only_where_the_restart_puts_the_fix_in_effect() {
             assert_eq!(calls.len(), 4, "{tree}: {calls:?}");
         } else {
             assert!(sd.stops_and_starts().is_empty(), "{tree}: {calls:?}");
-            effect::after_install(&node.root, &config, &applied, true, &effect::Judged::Here);
+            activation::after_install(
+                &node.root,
+                &config,
+                &applied,
+                true,
+                &activation::Judged::Here,
+            );
             let flag = crate::reboot::read(&node.root);
             assert!(flag.required && flag.by_us, "{tree}: {flag:?}");
         }

@@ -1,13 +1,13 @@
 //! Why a kmem-active cgroup is active (the kernel, kubepods, before or after the swap, no
 //! swap at all), what that means and the one thing that fixes it, and the count by cause
-//! that the fleet rule ([`super::effect`]) judges.
+//! that the fleet rule ([`super::verdict`]) judges.
 
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::checks::BOOT_FIX;
-use super::{cgroup, effect, Kind, Rule};
+use super::{cgroup, verdict, Kind, Rule};
 
 /// Why a kmem-active cgroup is active, for the report and the fix. In the order of what to
 /// fix first: the smallest cause of all active cgroups gives the one thing to do.
@@ -114,9 +114,9 @@ pub(super) fn active_by_cause(
     walk: &cgroup::Walk,
     rule: Rule,
     swap: Option<i64>,
-) -> effect::Active {
+) -> verdict::Active {
     let mut seen = HashSet::new();
-    let mut active = effect::Active::default();
+    let mut active = verdict::Active::default();
     for (cg, cause) in active_with_causes(walk, rule, swap) {
         let who = cg.kind.pod_uid().unwrap_or(cg.path.as_str());
         if !seen.insert((cause, who)) {

@@ -2,7 +2,7 @@
 //! this node: the [`Rule`]), `cgroup-kmem` (every pod and container memory cgroup, with the
 //! cause of each active one), `zombie-cgroups` (memory cgroup IDs used by leaked cgroups)
 //! and `kernel-log` (the leak's messages since boot). The payload checks live in
-//! [`super::node`].
+//! [`super::payload`].
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer};
 
 use super::causes::Cause;
 use super::{Kind, Setup};
-use crate::targets::{Found, Underneath};
+use crate::targets::{ChosenBy, Underneath};
 
 /// The evidence of one check (`null` in JSON when a check has none).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -143,7 +143,7 @@ pub struct Manifest {
 /// `payload`: what is at one target path.
 #[derive(Debug, Clone, Serialize)]
 pub struct PayloadTarget {
-    pub found: Found,
+    pub found: ChosenBy,
     /// `payload`, `missing`, `symlink to '…'`, `sha256 …` or why it could not be read.
     pub in_place: String,
     pub name: String,

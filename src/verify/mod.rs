@@ -24,21 +24,21 @@ mod bounded;
 mod causes;
 mod cgroup;
 mod checks;
-pub mod effect;
 pub mod evidence;
 mod kernel;
-mod node;
+mod payload;
 pub mod render;
 mod running;
 pub mod textfile;
+pub mod verdict;
 
 /// A check's summary holds an error on one line (see `notes`).
 pub use crate::notes::error_chain;
 pub use causes::Cause;
 pub use cgroup::{Kind, Qos, Setup, MEMCG_ID_LIMIT};
-pub use effect::{Action, Effect, RebootRequired};
 pub use evidence::Evidence;
 pub use kernel::{parse_release, KERNEL_WIDE_KMEM_SINCE};
+pub use verdict::{Action, Effect, RebootRequired};
 
 use causes::active_by_cause;
 use checks::{cgroup_check, kernel_check, kernel_log_check, zombie_check};
@@ -184,7 +184,7 @@ pub struct NodeInfo {
 
 /// The whole result.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct VerifyReport {
     pub status: Outcome,
     pub version: &'static str,
     /// Seconds since the epoch when the run ended.
@@ -198,10 +198,10 @@ pub struct Report {
     pub action: Action,
     /// The evidence the rule judged (`[services] apply = auto` decides from it too).
     #[serde(skip)]
-    pub inputs: Option<effect::Inputs>,
+    pub inputs: Option<verdict::Inputs>,
 }
 
-impl Report {
+impl VerifyReport {
     /// The check whose fix is the one thing to do: the worst status first, then the order
     /// of the checks (kernel before cgroups before binaries).
     pub fn first_fix(&self) -> Option<&Check> {
@@ -256,7 +256,7 @@ pub fn settings_for(root: &Root, config: &Config) -> Settings {
 }
 
 /// Run every check. Never fails: unreadable inputs become `unknown` checks.
-pub fn run(settings: &Settings) -> Report {
+pub fn run(settings: &Settings) -> VerifyReport {
     let mut node = NodeInfo::default();
     let mut checks = Vec::new();
     let mut metrics = Metrics::default();
@@ -358,7 +358,7 @@ pub fn run(settings: &Settings) -> Report {
     checks.push(kernel_log_check(settings));
 
     // what is installed
-    checks.extend(node::checks(settings, &mut metrics));
+    checks.extend(payload::checks(settings, &mut metrics));
 
     // is the fix in effect, and what will put it in effect
     let (effect, inputs) = effect_of(
@@ -380,7 +380,7 @@ pub fn run(settings: &Settings) -> Report {
         .map(|c| c.status.outcome())
         .max()
         .unwrap_or(Outcome::Ok);
-    Report {
+    VerifyReport {
         status,
         version: env!("CARGO_PKG_VERSION"),
         timestamp: SystemTime::now()
@@ -409,7 +409,7 @@ fn effect_of(
     swap: Option<i64>,
     checks: &[Check],
     metrics: &Metrics,
-) -> (Effect, effect::Inputs) {
+) -> (Effect, verdict::Inputs) {
     let version = release.as_ref().ok().map(|(_, v)| *v);
     // Linux < 4.6 ignores the parameter (unless backported): judge by the cgroups alone
     let counted_as = match rule {
@@ -418,12 +418,12 @@ fn effect_of(
     };
     let active = match walked {
         Some(Ok(w)) => Some(active_by_cause(w, counted_as, swap)),
-        _ if rule == Rule::NoV1Memory => Some(effect::Active::default()),
+        _ if rule == Rule::NoV1Memory => Some(verdict::Active::default()),
         _ => None,
     };
     let boot_time = cgroup::read_boot_time(&settings.proc_root);
     let v1_memory = layout_known.then_some(v1_memory);
-    let inputs = effect::Inputs {
+    let inputs = verdict::Inputs {
         release: version,
         v1_memory,
         cmdline_nokmem: nokmem == Some(true),
@@ -436,7 +436,7 @@ fn effect_of(
             .map(|(_, ok)| *ok),
         running_old_kubelet: checks
             .iter()
-            .any(|c| c.name == node::RUNNING_KUBELET && c.status == Status::Problem),
+            .any(|c| c.name == payload::RUNNING_KUBELET && c.status == Status::Problem),
         rebooted_since_swap: swap.zip(boot_time).map(|(s, b)| b > s),
         boot_time,
         cmdline_managed: crate::cmdline::managed(settings.config.kernel_cmdline, v1_memory),
@@ -444,7 +444,7 @@ fn effect_of(
         next_boot: crate::cmdline::next_boot(&settings.root),
     };
     debug!("verify effect inputs: {inputs:?}");
-    (effect::decide(&inputs), inputs)
+    (verdict::decide(&inputs), inputs)
 }
 
 /// Run one step, logging one line with its duration.
@@ -535,7 +535,7 @@ mod tests {
 
     #[test]
     fn worst_fix_first() {
-        let report = Report {
+        let report = VerifyReport {
             status: Outcome::Problem,
             version: "0",
             timestamp: 0,

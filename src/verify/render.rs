@@ -1,4 +1,4 @@
-//! The four ways a [`Report`] leaves the program: a human summary, JSON, a Prometheus
+//! The four ways a [`VerifyReport`] leaves the program: a human summary, JSON, a Prometheus
 //! textfile (written atomically for node_exporter's textfile collector) and the one line a
 //! node-problem-detector custom plugin prints.
 
@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::evidence::{ActiveCgroup, Evidence};
-use super::{Action, Report, Status};
+use super::{Action, Status, VerifyReport};
 use crate::outcome::Outcome;
 use crate::paths::{self, FileError};
 
@@ -25,7 +25,7 @@ fn outcome_name(o: Outcome) -> &'static str {
 
 /// The human summary: the verdict, one line per check (with the kmem-active cgroups), and
 /// the one thing to do.
-pub fn human(report: &Report) -> String {
+pub fn human(report: &VerifyReport) -> String {
     let mut out = String::new();
     let node = &report.node;
     let mut about = Vec::new();
@@ -95,7 +95,7 @@ pub fn human(report: &Report) -> String {
 }
 
 /// `reboot required: <reason>` and the like: what puts the fix in effect.
-fn effect_line(report: &Report) -> String {
+fn effect_line(report: &VerifyReport) -> String {
     let what = match report.action {
         Action::None => "in effect",
         Action::RecreatePods => "recreate pods",
@@ -143,7 +143,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// The report as pretty JSON (with a trailing newline).
-pub fn json(report: &Report) -> String {
+pub fn json(report: &VerifyReport) -> String {
     let mut s = serde_json::to_string_pretty(report).unwrap_or_else(|e| {
         format!("{{\"status\":\"unknown\",\"error\":\"failed to serialize the report: {e}\"}}")
     });
@@ -154,7 +154,7 @@ pub fn json(report: &Report) -> String {
 /// The node-problem-detector plugin line: the verdict, what puts the fix in effect and why
 /// (first, as NPD keeps only the first 80 bytes unless `max_output_length` says more), then
 /// the worst check; one line.
-pub fn npd(report: &Report) -> String {
+pub fn npd(report: &VerifyReport) -> String {
     let worst = report
         .checks
         .iter()
@@ -189,7 +189,7 @@ pub fn npd(report: &Report) -> String {
 }
 
 /// The Prometheus text exposition of the report.
-pub fn prometheus(report: &Report) -> String {
+pub fn prometheus(report: &VerifyReport) -> String {
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
         if samples.is_empty() {
@@ -314,7 +314,7 @@ pub enum TextfileError {
 }
 
 /// Write `DIR/k8s_nokmem.prom` atomically (temp file in DIR, then rename), mode 0644.
-pub fn write_textfile(dir: &Path, report: &Report) -> Result<PathBuf, TextfileError> {
+pub fn write_textfile(dir: &Path, report: &VerifyReport) -> Result<PathBuf, TextfileError> {
     let path = dir.join(TEXTFILE_NAME);
     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
         return Err(TextfileError::Directory { path });

@@ -1,5 +1,5 @@
 //! What `install`, `remove` and the verify unit do about the rule's verdict
-//! ([`crate::verify::effect`]): manage the kernel command line, and flag Debian's
+//! ([`crate::verify::verdict`]): manage the kernel command line, and flag Debian's
 //! reboot-required when a reboot is what puts the fix in effect. None of it fails the
 //! command: the swap is consistent either way, and `verify` reports what is left to do.
 //!
@@ -20,8 +20,8 @@ use crate::paths::Root;
 use crate::policy::{ServicePolicy, SkipReason};
 use crate::reboot;
 use crate::targets::State;
-use crate::verify::effect::Inputs;
-use crate::verify::{self, Action, Report};
+use crate::verify::verdict::Inputs;
+use crate::verify::{self, Action, VerifyReport};
 use crate::verify::{parse_release, KERNEL_WIDE_KMEM_SINCE};
 
 /// Whose kernel the install's effect is judged on.
@@ -312,7 +312,7 @@ fn after_install_here(root: &Root, config: &Config, applied: &Applied, swapped: 
 }
 
 /// `verify --state` (the verify unit): flag when the rule says reboot.
-pub fn after_verify(root: &Root, report: &Report) {
+pub fn after_verify(root: &Root, report: &VerifyReport) {
     if report.action == Action::Reboot {
         flag(root, &report.reboot_required.reason);
     }

@@ -1,4 +1,4 @@
-//! The file and diversion operations of [`Node`]: stage, place (with the previous
+//! The file and diversion operations of [`Executor`]: stage, place (with the previous
 //! payload kept aside on an upgrade), unplace, divert and undivert, and their undos. Every
 //! one checks the node first, so that running it twice, or after it was cut short, is
 //! harmless.
@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 use log::{debug, warn};
 
-use super::{Did, Node};
+use super::{Did, Executor};
 use crate::divert::Removed;
 use crate::journal::{foreign_aside, now};
 use crate::notes::with_note;
 use crate::paths;
 use crate::targets::{self, Original, State};
 
-impl Node<'_> {
+impl Executor<'_> {
     pub(in crate::journal) fn exists(&self, abs: &Path) -> bool {
         fs::symlink_metadata(self.root.join(abs)).is_ok()
     }

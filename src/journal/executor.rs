@@ -1,4 +1,4 @@
-//! The node a transaction acts on ([`Node`]): what each step's apply and undo do to its
+//! The executor of a transaction's steps on the node ([`Executor`]): what each step's apply and undo do to its
 //! services (stop, start, and the settle window after the starts); the file and diversion
 //! operations are in [`files`].
 
@@ -48,7 +48,7 @@ impl std::fmt::Display for Did {
     }
 }
 
-/// What the settle window after a run of starts found ([`Node::settle_started`]).
+/// What the settle window after a run of starts found ([`Executor::settle_started`]).
 #[derive(Debug)]
 pub struct Settled {
     /// The window (`[services] settle`) and how long watching took.
@@ -92,11 +92,11 @@ impl std::fmt::Display for Settled {
 }
 
 /// The node a transaction acts on: files and diversions under a root, and services.
-pub struct Node<'a> {
+pub struct Executor<'a> {
     pub root: Root,
     pub services: Services<'a>,
     pub timeout: Duration,
-    /// How long the services this run started must stay up (see [`Node::settle_started`]).
+    /// How long the services this run started must stay up (see [`Executor::settle_started`]).
     pub settle: Duration,
     /// The units this run's start steps started, as they were right after their job.
     started: RefCell<Vec<Started>>,
@@ -111,9 +111,9 @@ pub struct Node<'a> {
     diversions: DivertCache,
 }
 
-impl<'a> Node<'a> {
-    pub fn new(root: &Root, services: Services<'a>, timeout: Duration) -> Node<'a> {
-        Node {
+impl<'a> Executor<'a> {
+    pub fn new(root: &Root, services: Services<'a>, timeout: Duration) -> Executor<'a> {
+        Executor {
             root: root.clone(),
             services,
             timeout,
@@ -127,13 +127,13 @@ impl<'a> Node<'a> {
     }
 
     /// Watch the services started since the last call for `settle` (`[services] settle`).
-    pub fn with_settle(mut self, settle: Duration) -> Node<'a> {
+    pub fn with_settle(mut self, settle: Duration) -> Executor<'a> {
         self.settle = settle;
         self
     }
 
-    /// The units that were failing before the transaction (see [`Node::failing`]).
-    pub fn with_failing(self, failing: BTreeMap<String, String>) -> Node<'a> {
+    /// The units that were failing before the transaction (see [`Executor::failing`]).
+    pub fn with_failing(self, failing: BTreeMap<String, String>) -> Executor<'a> {
         self.set_failing(failing);
         self
     }
@@ -148,7 +148,7 @@ impl<'a> Node<'a> {
         *self.failing.borrow_mut() = failing;
     }
 
-    /// Remember a unit a start step started, as it is now, for [`Node::settle_started`].
+    /// Remember a unit a start step started, as it is now, for [`Executor::settle_started`].
     fn watch(&self, unit: &str, did: &Did) -> anyhow::Result<()> {
         let Services::Act { manager, .. } = &self.services else {
             return Ok(());
@@ -174,7 +174,7 @@ impl<'a> Node<'a> {
     /// Wait until every unit started since the last call has stayed up for the settle
     /// window, all watched together; `None` when none was started. A unit that was failing
     /// before is not watched: at the end of the window it must be no worse than it was
-    /// (up, or starting or restarting again), see [`Node::judge_failing`].
+    /// (up, or starting or restarting again), see [`Executor::judge_failing`].
     pub fn settle_started(&self) -> anyhow::Result<Option<Settled>> {
         let started = std::mem::take(&mut *self.started.borrow_mut());
         let judged = std::mem::take(&mut *self.judged.borrow_mut());
