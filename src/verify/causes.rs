@@ -1,34 +1,51 @@
-//! Why a kmem-active cgroup is active (the kernel, kubepods, before or after the swap, no
-//! swap at all), what that means and the one thing that fixes it, and the count by cause
-//! that the fleet rule ([`super::verdict`]) judges.
+//! How kmem accounting works on this node (the [`Rule`], from what the probes read), why a
+//! kmem-active cgroup is active (the kernel, kubepods, before or after the swap, no swap at
+//! all), what that means and the one thing that fixes it, and the count by cause that the
+//! fleet rule ([`super::verdict`]) judges.
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
+use super::cgroup::{self, Kind};
+use super::evidence::Cause;
+use super::kernel::KERNEL_WIDE_KMEM_SINCE;
+use super::probes::Probes;
+use super::verdict;
 
-use super::checks::BOOT_FIX;
-use super::{cgroup, verdict, Kind, Rule};
+/// The fix when the kernel accounts kmem everywhere: boot with the parameter.
+pub(super) const BOOT_FIX: &str = "add cgroup.memory=nokmem to the kernel command line \
+    (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub) and reboot";
 
-/// Why a kmem-active cgroup is active, for the report and the fix. In the order of what to
-/// fix first: the smallest cause of all active cgroups gives the one thing to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Cause {
-    /// Linux >= 4.6: every cgroup.
+/// How kmem accounting works on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rule {
+    /// No cgroup v1 memory controller: not this leak.
+    NoV1Memory,
+    /// Booted with `cgroup.memory=nokmem` (Linux >= 4.6, or the release unknown): off
+    /// everywhere; usage must be 0.
+    Nokmem,
+    /// Booted with `cgroup.memory=nokmem` on Linux < 4.6, which ignores it (the switch
+    /// arrived in 4.6) unless the vendor backported it: judged per cgroup.
+    NokmemBefore46,
+    /// Linux >= 4.6: on in every v1 memory cgroup.
     KernelWide,
-    /// kubepods or a QoS cgroup is active: every pod under it inherits kmem until reboot.
-    KubepodsActive,
-    /// Created after the swap: the binary that created it enables kmem (fix that before
-    /// recreating pods, or they get kmem again).
-    AfterSwap,
-    /// Created before the payload was swapped in.
-    BeforeSwap,
-    /// The package is not installed (or no swap recorded).
-    NotSwapped,
-    /// Booted with nokmem, yet accounted.
-    DespiteNokmem,
-    /// Inherited from a pod cgroup that is active (that pod's cause is the one to fix).
-    InheritedFromPod,
+    /// Linux < 4.6: on where runc/kubelet switched it on, and inherited by children.
+    PerCgroup,
+    /// The kernel release is unknown.
+    Unknown,
+}
+
+impl Rule {
+    /// The rule of the node the probes read.
+    pub(super) fn of(probes: &Probes) -> Rule {
+        match (&probes.layout, &probes.release, probes.nokmem) {
+            (Ok(l), _, _) if l.memory.is_none() => Rule::NoV1Memory,
+            (_, Ok((_, v)), Some(true)) if *v < KERNEL_WIDE_KMEM_SINCE => Rule::NokmemBefore46,
+            (_, _, Some(true)) => Rule::Nokmem,
+            (_, Ok((_, v)), _) if *v >= KERNEL_WIDE_KMEM_SINCE => Rule::KernelWide,
+            (_, Ok(_), _) => Rule::PerCgroup,
+            _ => Rule::Unknown,
+        }
+    }
 }
 
 fn cause_of(rule: Rule, cg: &cgroup::Cgroup, top: Option<&Kind>, swap: Option<i64>) -> Cause {

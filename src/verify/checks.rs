@@ -1,36 +1,65 @@
-//! The node-side checks, one function each: `kernel-kmem` (what the kernel does with kmem on
-//! this node: the [`Rule`]), `cgroup-kmem` (every pod and container memory cgroup, with the
-//! cause of each active one), `zombie-cgroups` (memory cgroup IDs used by leaked cgroups)
-//! and `kernel-log` (the leak's messages since boot). The payload checks live in
+//! The node-side checks, one function each, judging what the [`Probes`] read:
+//! `cgroup-mode` (the hierarchies), `kernel-kmem` (what the kernel does with kmem on this
+//! node: the [`Rule`]), `cgroup-kmem` (every pod and container memory cgroup, with the cause
+//! of each active one), `zombie-cgroups` (memory cgroup IDs used by leaked cgroups) and
+//! `kernel-log` (the leak's messages since boot). The payload checks live in
 //! [`super::payload`].
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 
-use super::causes::{active_with_causes, cause_fix, cause_text, Cause};
-use super::evidence::{self, Evidence};
-use super::{
-    cgroup, error_chain, kernel, step, Check, Metrics, Rule, Settings, Status, MEMCG_ID_LIMIT,
-    ZOMBIE_PROBLEM_PERCENT,
-};
+use super::causes::{active_with_causes, cause_fix, cause_text, Rule, BOOT_FIX};
+use super::cgroup::{self, Setup, MEMCG_ID_LIMIT};
+use super::evidence::{self, Cause, Evidence};
+use super::kernel;
+use super::probes::{KernelLogRead, Probes, Settings};
+use super::report::{Check, Metrics, Status};
 use crate::config::Severity;
+use crate::notes::error_chain;
 
-/// The fix when the kernel accounts kmem everywhere: boot with the parameter.
-pub(super) const BOOT_FIX: &str = "add cgroup.memory=nokmem to the kernel command line \
-    (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub) and reboot";
+/// Zombie memory cgroups use this share of the IDs (percent): mkdir is about to fail.
+pub const ZOMBIE_PROBLEM_PERCENT: u64 = 90;
 
 /// The fix when Linux < 4.6 ignores the boot parameter and cgroups account kmem.
 const IGNORED_FIX: &str = "on this kernel only the nokmem runc and kubelet keep kmem off: \
     install k8s-nokmem if it is not, then recreate the pods listed under cgroup-kmem (drain \
     and reboot the node); or boot Linux 4.6 or later with cgroup.memory=nokmem";
 
-pub(super) fn kernel_check(
-    rule: Rule,
-    release: &Result<(String, (u32, u32)), kernel::KernelError>,
-    cmdline: &Result<String, kernel::KernelError>,
-    severity: Severity,
-    walked: &Option<Result<cgroup::Walk, cgroup::CgroupError>>,
-) -> Check {
+/// `cgroup-mode`: the hierarchies mountinfo shows.
+pub(super) fn cgroup_mode_check(probes: &Probes, settings: &Settings) -> Check {
+    match &probes.layout {
+        Ok(l) => {
+            let summary = match &l.memory {
+                Some(m) => format!(
+                    "{}; memory controller at '{}'",
+                    l.setup,
+                    m.mount_point.display()
+                ),
+                None if l.setup == Setup::Unified => {
+                    format!("{}: no kmem files, not affected by this leak", l.setup)
+                }
+                None => format!(
+                    "{}; no cgroup v1 memory controller mounted: not affected by this leak",
+                    l.setup
+                ),
+            };
+            Check::new("cgroup-mode", Status::Ok, summary).evidence(Evidence::CgroupMode(
+                evidence::CgroupMode {
+                    memory: l.memory.as_ref().map(|m| m.path.clone()),
+                    setup: l.setup,
+                    unified: l.unified.as_ref().map(|m| m.path.clone()),
+                },
+            ))
+        }
+        Err(e) => Check::new("cgroup-mode", Status::Unknown, error_chain(e)).fix(format!(
+            "check that '{}' is the node's procfs (--proc-root, [verify] proc-root)",
+            settings.proc_root.display()
+        )),
+    }
+}
+
+/// `kernel-kmem`: the rule, and whether it is a problem here.
+pub(super) fn kernel_check(probes: &Probes, rule: Rule, severity: Severity) -> Check {
+    let (release, cmdline, walked) = (&probes.release, &probes.cmdline, &probes.walked);
     let rel = release.as_ref().map(|(t, _)| t.as_str()).unwrap_or("?");
     let evidence = Evidence::KernelKmem(evidence::KernelKmem {
         cmdline: cmdline.as_ref().ok().cloned(),
@@ -115,13 +144,14 @@ pub(super) fn kernel_check(
     check.evidence(evidence)
 }
 
+/// `cgroup-kmem`: every kmem-active cgroup of the walk, with its cause.
 pub(super) fn cgroup_check(
+    probes: &Probes,
     rule: Rule,
     severity: Severity,
-    walked: &Option<Result<cgroup::Walk, cgroup::CgroupError>>,
-    swap: Option<i64>,
     metrics: &mut Metrics,
 ) -> Check {
+    let (walked, swap) = (&probes.walked, probes.swap);
     const NAME: &str = "cgroup-kmem";
     if rule == Rule::NoV1Memory {
         metrics.checked_cgroups = Some(0);
@@ -236,24 +266,18 @@ pub(super) fn cgroup_check(
     }
 }
 
-pub(super) fn zombie_check(
-    settings: &Settings,
-    hierarchy: Option<&cgroup::Hierarchy>,
-    walked: &Option<Result<cgroup::Walk, cgroup::CgroupError>>,
-    metrics: &mut Metrics,
-) -> Check {
+/// `zombie-cgroups`: the kernel's count of memory cgroups against the directories.
+pub(super) fn zombie_check(probes: &Probes, settings: &Settings, metrics: &mut Metrics) -> Check {
     const NAME: &str = "zombie-cgroups";
-    let total = match step("proc-cgroups", || {
-        cgroup::read_memory_cgroup_count(&settings.proc_root)
-    }) {
-        Ok(n) => n,
+    let total = match &probes.memory_cgroups {
+        Ok(n) => *n,
         Err(e) => {
-            return Check::new(NAME, Status::Unknown, error_chain(&e))
+            return Check::new(NAME, Status::Unknown, error_chain(e))
                 .fix("point --proc-root at the node's procfs ([verify] proc-root)")
         }
     };
     metrics.memory_cgroups = Some(total);
-    let (hierarchy, walk) = match (hierarchy, walked) {
+    let (hierarchy, walk) = match (&probes.count_in, &probes.walked) {
         (Some(h), Some(Ok(w))) => (h, w),
         (None, _) => {
             return Check::new(
@@ -312,22 +336,22 @@ pub(super) fn zombie_check(
     }
 }
 
-pub(super) fn kernel_log_check(settings: &Settings) -> Check {
+/// `kernel-log`: the leak's messages in the kernel log since boot.
+pub(super) fn kernel_log_check(probes: &Probes) -> Check {
     const NAME: &str = "kernel-log";
-    let source = match &settings.kernel_log {
-        Some(p) => p.clone(),
-        None if settings.proc_root == Path::new("/proc") => PathBuf::from(kernel::KMSG),
-        None => return Check::new(
+    let (source, found) = match &probes.kernel_log {
+        KernelLogRead::Read { source, found } => (source.clone(), found),
+        KernelLogRead::NoSource => return Check::new(
             NAME,
             Status::Skipped,
             "--proc-root points at a recorded tree: pass --kernel-log FILE to scan its kernel log",
         ),
     };
-    match step("kernel-log", || kernel::read_log(&source)) {
+    match found {
         Err(e @ kernel::KernelError::NotKmsg { .. }) => {
             Check::new(NAME, Status::Skipped, format!("{e}: pass --kernel-log FILE"))
         }
-        Err(e) => Check::new(NAME, Status::Unknown, error_chain(&e))
+        Err(e) => Check::new(NAME, Status::Unknown, error_chain(e))
             .fix("run as root, or pass --kernel-log FILE (a saved `dmesg`)"),
         Ok(f) if f.total() == 0 => Check::new(
             NAME,
@@ -352,7 +376,7 @@ pub(super) fn kernel_log_check(settings: &Settings) -> Check {
         .fix("reboot the node (drain it first): the leak has exhausted memory cgroup IDs or slab memory")
         .evidence(Evidence::KernelLog(evidence::KernelLog {
             cgroup_enospc: Some(f.cgroup_enospc),
-            lines: Some(f.lines),
+            lines: Some(f.lines.clone()),
             scanned: f.scanned,
             slub: Some(f.slub),
             source,

@@ -2,14 +2,14 @@
 //! textfile read the same fields and a misspelt name fails to compile. Every type
 //! serialises to the JSON `verify --json` has always printed: fields are declared in the
 //! order they appear there (sorted by name), and [`sorted`] keeps that order for nested
-//! enums too.
+//! enums too. Plain data: the checks fill it in (the [`Cause`] of an active cgroup
+//! included, which `causes` decides).
 
 use std::path::PathBuf;
 
 use serde::{Serialize, Serializer};
 
-use super::causes::Cause;
-use super::{Kind, Setup};
+use super::cgroup::{Kind, Setup};
 use crate::targets::{ChosenBy, Underneath};
 
 /// The evidence of one check (`null` in JSON when a check has none).
@@ -90,6 +90,28 @@ pub struct ActiveCgroup {
     pub slabinfo_entries: usize,
     /// The cause in words.
     pub why: &'static str,
+}
+
+/// Why a kmem-active cgroup is active, for the report and the fix. In the order of what to
+/// fix first: the smallest cause of all active cgroups gives the one thing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// Linux >= 4.6: every cgroup.
+    KernelWide,
+    /// kubepods or a QoS cgroup is active: every pod under it inherits kmem until reboot.
+    KubepodsActive,
+    /// Created after the swap: the binary that created it enables kmem (fix that before
+    /// recreating pods, or they get kmem again).
+    AfterSwap,
+    /// Created before the payload was swapped in.
+    BeforeSwap,
+    /// The package is not installed (or no swap recorded).
+    NotSwapped,
+    /// Booted with nokmem, yet accounted.
+    DespiteNokmem,
+    /// Inherited from a pod cgroup that is active (that pod's cause is the one to fix).
+    InheritedFromPod,
 }
 
 /// `zombie-cgroups`: the kernel's count against the directories, and the thresholds.
@@ -184,83 +206,4 @@ pub struct OriginalPackage {
     pub name: String,
     pub path: PathBuf,
     pub underneath: Underneath,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::{Check, Qos, Status};
-    use super::*;
-
-    /// The JSON of each shape, keys by name at every level (nested enum tags included),
-    /// exactly as `verify --json` has printed them since evidence was built with `json!`.
-    #[test]
-    fn evidence_serialises_with_keys_by_name_at_every_level() {
-        let container = Kind::Container {
-            pod_uid: "u1".into(),
-            container_id: "c1".into(),
-            qos: Qos::Burstable,
-        };
-        let cases = [
-            ("none", Evidence::None, "null"),
-            (
-                "cgroup-kmem",
-                Evidence::CgroupKmem(CgroupKmem {
-                    cgroups: vec![ActiveCgroup {
-                        before_swap: Some(true),
-                        cause: Cause::BeforeSwap,
-                        container_id: Some("c1".into()),
-                        created_before: 5,
-                        inherited_from: None,
-                        kind: container,
-                        kmem_usage_bytes: 4096,
-                        path: "/kubepods/burstable/podu1/c1".into(),
-                        pod_uid: Some("u1".into()),
-                        slabinfo_entries: 0,
-                        why: "w",
-                    }],
-                    checked: 3,
-                    errors: vec![],
-                    kmem_active: 1,
-                    pods_with_kmem: 1,
-                    swap_time: Some(10),
-                    unreadable: 0,
-                }),
-                r#"{"cgroups":[{"before_swap":true,"cause":"before-swap","container_id":"c1","created_before":5,"inherited_from":null,"kind":{"container_id":"c1","kind":"container","pod_uid":"u1","qos":"burstable"},"kmem_usage_bytes":4096,"path":"/kubepods/burstable/podu1/c1","pod_uid":"u1","slabinfo_entries":0,"why":"w"}],"checked":3,"errors":[],"kmem_active":1,"pods_with_kmem":1,"swap_time":10,"unreadable":0}"#,
-            ),
-            (
-                "kernel-log, nothing found",
-                Evidence::KernelLog(KernelLog {
-                    cgroup_enospc: None,
-                    lines: None,
-                    scanned: 5,
-                    slub: None,
-                    source: "/dev/kmsg".into(),
-                }),
-                r#"{"scanned":5,"source":"/dev/kmsg"}"#,
-            ),
-            (
-                "transaction, unreadable",
-                Evidence::Transaction(Transaction::Unreadable {
-                    journal: "j".into(),
-                }),
-                r#"{"journal":"j"}"#,
-            ),
-            (
-                "running-kubelet",
-                Evidence::RunningKubelet(vec![KubeletProcess {
-                    exe: "/usr/bin/kubelet".into(),
-                    pid: 7,
-                    source: "MainPID of 'kubelet.service'".into(),
-                    verdict: "payload",
-                }]),
-                r#"[{"exe":"/usr/bin/kubelet","pid":7,"source":"MainPID of 'kubelet.service'","verdict":"payload"}]"#,
-            ),
-        ];
-        for (case, evidence, want) in cases {
-            let check = Check::new("c", Status::Ok, "s").evidence(evidence);
-            let got = serde_json::to_string(&check).unwrap();
-            let want = format!(r#"{{"name":"c","status":"ok","summary":"s","evidence":{want}}}"#);
-            assert_eq!(got, want, "case {case}");
-        }
-    }
 }

@@ -9,12 +9,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::evidence::{self, Evidence};
+use super::probes::{step, Settings};
+use super::report::{Check, Metrics, Status};
 use super::running;
-use super::{error_chain, step, Check, Metrics, Settings, Status};
 use crate::config::SkewPolicy;
 use crate::divert::{Diversion, DpkgDivert};
 use crate::dpkg::{self, Dpkg};
 use crate::manifest::{Manifest, ManifestError};
+use crate::notes::error_chain;
 use crate::paths::{self, Root};
 use crate::targets::{self, InPlace, Target, Underneath};
 use log::debug;

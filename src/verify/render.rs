@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::evidence::{ActiveCgroup, Evidence};
-use super::{Action, Status, VerifyReport};
+use super::report::{Status, VerifyReport};
+use super::verdict::Action;
 use crate::outcome::Outcome;
 use crate::paths::{self, FileError};
 
@@ -260,7 +261,7 @@ pub fn prometheus(report: &VerifyReport) -> String {
     gauge(
         "memory_cgroup_id_limit",
         "Memory cgroup IDs available (16 bit).",
-        &one(Some(super::MEMCG_ID_LIMIT)),
+        &one(Some(super::cgroup::MEMCG_ID_LIMIT)),
     );
     gauge(
         "binary_match",

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use log::debug;
 
 use super::bounded;
+use crate::notes::error_chain;
 use crate::paths::{self, FileError, Root, WrapIo};
 
 /// init's mount namespace, under the proc root: the node's.
@@ -98,7 +99,7 @@ impl Units {
         }
         let manager = match crate::systemd::connect() {
             Ok(m) => m,
-            Err(e) => return Units::NotAsked(super::error_chain(&e)),
+            Err(e) => return Units::NotAsked(error_chain(&e)),
         };
         let mut loaded = Vec::new();
         for unit in units {
@@ -111,7 +112,7 @@ impl Units {
                     );
                     loaded.push((unit.clone(), s.main_pid));
                 }
-                Err(e) => return Units::NotAsked(super::error_chain(&e)),
+                Err(e) => return Units::NotAsked(error_chain(&e)),
             }
         }
         if loaded.is_empty() {
@@ -207,7 +208,7 @@ fn root_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
             Err(e) => {
                 debug!(
                     "pid {pid} is named kubelet, its status is unreadable ({}): not counted",
-                    super::error_chain(&e)
+                    error_chain(&e)
                 );
                 continue;
             }

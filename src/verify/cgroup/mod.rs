@@ -17,7 +17,7 @@ mod proc;
 mod walk;
 
 pub use kmem::Kmem;
-pub use mountinfo::{read_layout, Hierarchy, Setup};
+pub use mountinfo::{read_layout, Hierarchy, Layout, Setup};
 pub use names::{Kind, Qos};
 pub use proc::{read_boot_time, read_memory_cgroup_count, read_uptime};
 pub use walk::{pods_present, walk, Cgroup, Walk, WalkOptions};

@@ -1,0 +1,193 @@
+//! The code's map, as a newcomer reads it: inside `verify` the data flows down (no module
+//! imports one that imports it back, the parent included).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `.rs` file under `dir`, sorted.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The code of a file without its comments and its `#[cfg(test)]` module (tests may look
+/// at anything).
+fn code(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap();
+    let text = match text.find("#[cfg(test)]\nmod tests") {
+        Some(i) => &text[..i],
+        None => &text[..],
+    };
+    text.lines()
+        .map(|l| match l.find("//") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first segment of every path `code` names after `prefix` (`super::`, `crate::verify::`,
+/// or a module name itself), brace groups included: `super::{a, b::C}` names `a` and `b`.
+fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = code;
+    while let Some(i) = rest.find(prefix) {
+        let before = rest[..i].chars().next_back();
+        let after = &rest[i + prefix.len()..];
+        rest = after;
+        // a path segment of its own: not `super::super::`, not `x_super::`
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        if let Some(group) = after.strip_prefix('{') {
+            let mut depth = 0;
+            let mut item = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.insert(first_segment(&item));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(c);
+            }
+            out.insert(first_segment(&item));
+        } else {
+            out.insert(first_segment(after));
+        }
+    }
+    out.remove("");
+    out
+}
+
+fn first_segment(path: &str) -> String {
+    path.trim()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// `verify`'s import graph: module -> the modules it uses. `verify` is the parent (mod.rs);
+/// a child that uses an item of the parent (`super::Check`) has an edge to `verify`.
+fn verify_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let dir = repo().join("src/verify");
+    let mut files: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for path in rust_files(&dir) {
+        let rel = path.strip_prefix(&dir).unwrap();
+        let module = match rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap()
+        {
+            "mod.rs" => "verify".to_string(),
+            first => first.trim_end_matches(".rs").to_string(),
+        };
+        files.entry(module).or_default().push(path);
+    }
+    let children: BTreeSet<String> = files.keys().filter(|m| *m != "verify").cloned().collect();
+    let mut graph = BTreeMap::new();
+    for (module, paths) in &files {
+        let mut uses = BTreeSet::new();
+        for path in paths {
+            let code = code(path);
+            let mut named = names_after(&code, "crate::verify::");
+            if module == "verify" {
+                for child in &children {
+                    if !names_after(&code, &format!("{child}::")).is_empty() {
+                        uses.insert(child.clone());
+                    }
+                }
+            } else if path.parent() == Some(dir.as_path()) {
+                // `super::` of a file directly in src/verify is the parent
+                named.extend(names_after(&code, "super::"));
+            }
+            for name in named {
+                uses.insert(if children.contains(&name) {
+                    name
+                } else {
+                    "verify".to_string()
+                });
+            }
+        }
+        uses.remove(module);
+        graph.insert(module.clone(), uses);
+    }
+    graph
+}
+
+/// A cycle of `graph`, if it has one.
+fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        node: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|n| n == node) {
+            let mut found = path[i..].to_vec();
+            found.push(node.to_string());
+            return Some(found);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(found) = visit(graph, next, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|node| visit(graph, node, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn verify_modules_import_downward_only() {
+    let graph = verify_graph();
+    if let Some(found) = cycle(&graph) {
+        panic!(
+            "src/verify has an import cycle: {} (a module imports one that imports it back; \
+             move what both need below them)\n{graph:#?}",
+            found.join(" -> ")
+        );
+    }
+    // the graph is read right: the parent orchestrates the checks, which use the causes
+    for (from, to) in [("verify", "checks"), ("checks", "causes")] {
+        assert!(
+            graph[from].contains(to),
+            "the graph misses {from} -> {to}: {graph:#?}"
+        );
+    }
+}
