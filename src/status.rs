@@ -170,15 +170,18 @@ pub fn collect(
         ));
     }
 
+    let seen = Seen {
+        root,
+        diversions: &diversions,
+        state: state.as_ref(),
+        manifest: manifest.as_ref(),
+    };
     let mut reports = Vec::new();
     for (name, path) in wanted {
         reports.push(target_report(
-            root,
+            &seen,
             &name,
             &path,
-            &diversions,
-            state.as_ref(),
-            manifest.as_ref(),
             &mut problems,
             &mut unknown,
         ));
@@ -297,17 +300,28 @@ pub fn collect(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What `status` read from the node once, which every target's report looks at.
+struct Seen<'a> {
+    root: &'a Root,
+    diversions: &'a [Diversion],
+    state: Option<&'a State>,
+    manifest: Option<&'a Manifest>,
+}
+
+/// One target path: what is there, against the diversion, the state file and the payload.
 fn target_report(
-    root: &Root,
+    seen: &Seen<'_>,
     name: &str,
     path: &Path,
-    diversions: &[Diversion],
-    state: Option<&State>,
-    manifest: Option<&Manifest>,
     problems: &mut Vec<String>,
     unknown: &mut Vec<String>,
 ) -> TargetReport {
+    let Seen {
+        root,
+        diversions,
+        state,
+        manifest,
+    } = *seen;
     let diversion = diversions.iter().find(|d| d.path == path);
     let ours = diversion.is_some_and(|d| d.is_ours());
     let divert_to = diversion

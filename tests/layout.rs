@@ -1,5 +1,6 @@
 //! The code's map, as a newcomer reads it: inside `verify` the data flows down (no module
-//! imports one that imports it back, the parent included).
+//! imports one that imports it back, the parent included), and no function needs a
+//! `too_many_arguments` allowance (what a function reads comes in one struct).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -190,4 +191,21 @@ fn verify_modules_import_downward_only() {
             "the graph misses {from} -> {to}: {graph:#?}"
         );
     }
+}
+
+#[test]
+fn no_function_needs_a_too_many_arguments_allowance() {
+    let found: Vec<String> = rust_files(&repo().join("src"))
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(p)
+                .unwrap()
+                .contains("too_many_arguments")
+        })
+        .map(|p| p.strip_prefix(repo()).unwrap().display().to_string())
+        .collect();
+    assert!(
+        found.is_empty(),
+        "clippy::too_many_arguments allowed in {found:?}: gather the arguments into a struct"
+    );
 }
