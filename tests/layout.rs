@@ -1,6 +1,7 @@
 //! The code's map, as a newcomer reads it: inside `verify` the data flows down (no module
-//! imports one that imports it back, the parent included), and no function needs a
-//! `too_many_arguments` allowance (what a function reads comes in one struct).
+//! imports one that imports it back, the parent included), no function needs a
+//! `too_many_arguments` allowance (what a function reads comes in one struct), and one
+//! module walks an error's causes (`notes`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -207,5 +208,25 @@ fn no_function_needs_a_too_many_arguments_allowance() {
     assert!(
         found.is_empty(),
         "clippy::too_many_arguments allowed in {found:?}: gather the arguments into a struct"
+    );
+}
+
+/// One way to show an error chain: `notes` (error_chain, error_lines, error_report) walks an
+/// error's sources; any other walk is a second printer that can drift from it.
+#[test]
+fn error_chains_are_walked_by_notes_only() {
+    let found: Vec<String> = rust_files(&repo().join("src"))
+        .into_iter()
+        .filter(|p| !p.ends_with("src/notes.rs") && !p.ends_with("tests.rs"))
+        .filter(|p| {
+            let code = code(p);
+            code.contains(".source()") || code.contains("Error::source(")
+        })
+        .map(|p| p.strip_prefix(repo()).unwrap().display().to_string())
+        .collect();
+    assert!(
+        found.is_empty(),
+        "{found:?} walk an error's sources themselves: show the error with \
+         notes::error_chain (one line) or notes::error_report (main's layout) instead"
     );
 }

@@ -14,7 +14,7 @@ use super::{Ctx, Outcome};
 use crate::gobin::provenance::{self, Check};
 use crate::gobin::{self, BinaryReport, Evidence, GobinError, Reason, Verdict};
 use crate::manifest::Manifest;
-use crate::{output, paths};
+use crate::{notes, output, paths};
 
 const AFTER_HELP: &str = "\
 Evidence of kmem-enabling code: the string memory.kmem.limit_in_bytes and the source
@@ -119,7 +119,8 @@ impl Inspect {
                 Ok((_, Some(m))) if !m.ok => Outcome::Problem,
                 Ok(_) => Outcome::Ok,
                 Err(err) => {
-                    print_error(err);
+                    // as `main` shows a failed command: the cause chain, then the hint
+                    eprintln!("{}", notes::error_report(err, &[err.hint()]));
                     Outcome::Unknown
                 }
             };
@@ -245,36 +246,12 @@ fn write_json(out: &mut dyn Write, results: &[(PathBuf, Inspected)]) -> io::Resu
                 nokmem_evidence: &[],
                 size: None,
                 manifest: None,
-                error: Some(error_text(err)),
+                error: Some(notes::error_chain(err)),
             },
         })
         .collect();
     serde_json::to_writer_pretty(&mut *out, &entries).map_err(io::Error::from)?;
     writeln!(out)
-}
-
-/// The error and its causes on one line: `'/x' is truncated: loadable segment 2 ends ...`.
-fn error_text(err: &InspectError) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Same shape as `main`'s error chain: the error, one `-> cause` line per source, a note.
-fn print_error(err: &InspectError) {
-    let mut stderr = io::stderr().lock();
-    let _ = writeln!(stderr, "k8s-nokmem: error: {err}");
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        let _ = writeln!(stderr, "  -> {cause}");
-        source = cause.source();
-    }
-    let _ = writeln!(stderr, "note: {}", err.hint());
 }
 
 /// `/usr/bin/kubelet: safe (nokmem): go1.19.8, arm64, tags selinux,notest,nokmem; evidence: none`
