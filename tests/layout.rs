@@ -1,7 +1,8 @@
 //! The code's map, as a newcomer reads it: inside `verify` the data flows down (no module
 //! imports one that imports it back, the parent included), no function needs a
-//! `too_many_arguments` allowance (what a function reads comes in one struct), and one
-//! module walks an error's causes (`notes`).
+//! `too_many_arguments` allowance (what a function reads comes in one struct), one module
+//! walks an error's causes (`notes`), and README's layout table names every module, unit
+//! and script.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -228,5 +229,105 @@ fn error_chains_are_walked_by_notes_only() {
         found.is_empty(),
         "{found:?} walk an error's sources themselves: show the error with \
          notes::error_chain (one line) or notes::error_report (main's layout) instead"
+    );
+}
+
+/// README's layout table: its rows, `path` -> `what`.
+fn layout_rows() -> Vec<(String, String)> {
+    let readme = fs::read_to_string(repo().join("README.md")).unwrap();
+    let table = readme
+        .split("\n## Layout\n")
+        .nth(1)
+        .expect("README.md has a '## Layout' section");
+    table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| {
+            let mut cells = l.trim_matches('|').splitn(2, '|');
+            let path = cells.next()?.trim().trim_matches('`').to_string();
+            Some((path, cells.next()?.trim().to_string()))
+        })
+        .filter(|(path, _)| path != "path" && !path.starts_with("---"))
+        .collect()
+}
+
+/// The words of a table cell: `executor/files (x, y)` -> executor, files, x, y.
+fn words(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || "_.-".contains(c)))
+        .map(|w| w.trim_matches('.').to_string())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Every module, unit and script has a line in README's layout table: the row of its
+/// directory (the longest path that holds it; `src/*.rs` for `src/`) names it. A
+/// directory's `mod.rs` is its row, and `tests.rs` its unit tests.
+#[test]
+fn readme_layout_names_every_module_unit_and_script() {
+    let rows = layout_rows();
+    let mut files = Vec::new();
+    for dir in ["src", "systemd", "scripts"] {
+        let mut stack = vec![repo().join(dir)];
+        while let Some(d) = stack.pop() {
+            for entry in fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    for entry in fs::read_dir(repo().join("tests/e2e")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "sh") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut missing = Vec::new();
+    for path in files {
+        let rel = path
+            .strip_prefix(repo())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if name == "mod.rs" || name == "tests.rs" {
+            continue;
+        }
+        let stem = name.trim_end_matches(".rs");
+        // the rows of the longest path that holds the file
+        let holders: Vec<&(String, String)> = rows
+            .iter()
+            .filter(|(p, _)| rel.starts_with(p.trim_end_matches("*.rs")))
+            .collect();
+        let longest = holders
+            .iter()
+            .map(|(p, _)| p.trim_end_matches("*.rs").len())
+            .max();
+        let text: String = holders
+            .iter()
+            .filter(|(p, _)| Some(p.trim_end_matches("*.rs").len()) == longest)
+            .map(|(_, what)| what.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let named = words(&text);
+        if !(named.contains(name) || named.contains(stem)) {
+            let row = holders
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .find(|p| Some(p.trim_end_matches("*.rs").len()) == longest)
+                .unwrap_or("none");
+            missing.push(format!("{rel} (row `{row}`)"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README.md's layout table does not name (add one short phrase each):\n  {}",
+        missing.join("\n  ")
     );
 }
