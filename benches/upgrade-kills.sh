@@ -43,7 +43,7 @@ cd "$top"
 log() { printf 'upgrade-kills: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (systemd-nspawn, mounts, cgroups)"
-for t in gcc gpg apt-ftparchive dpkg-deb systemd-nspawn nsenter cargo; do
+for t in gcc gpg reprepro dpkg-deb systemd-nspawn nsenter cargo; do
     command -v "$t" >/dev/null || die "'$t' not found (run scripts/install-deps.sh)"
 done
 

@@ -36,14 +36,15 @@ pkgs=(
     lintian shellcheck file xz-utils binutils systemd piuparts
     # reproducible builds: scripts/check-reproducible.sh shows a difference with diffoscope
     diffoscope-minimal
-    # tests: arm64 under qemu-user, chroots, a booted systemd, tracing, the e2e repository
-    qemu-user-static debootstrap systemd-container strace apt-utils gnupg
+    # tests: arm64 under qemu-user, chroots, a booted systemd, tracing, local repositories
+    qemu-user-static debootstrap systemd-container strace apt-utils gnupg gpgconf
     prometheus jq
     # tests: a private system bus (dbus-daemon and the stock system-bus policy)
     dbus
     # tests: the kernel command line drop-in (grub-mkconfig) and the fleet rollout (ansible)
     grub-common ansible
-    # tests: README's apt repository recipe, matched by unattended-upgrades' own code
+    # tests: README's apt repository recipe (reprepro; the e2e repository is built with it),
+    # matched by unattended-upgrades' own code
     reprepro unattended-upgrades python3-apt
     # mmdebstrap's Recommends that its foreign-architecture (arm64 guest) build needs at run time
     arch-test

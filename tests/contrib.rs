@@ -915,24 +915,47 @@ fn readme_block(start: &str) -> String {
     panic!("README.md has no fenced block starting with '{start}'");
 }
 
-/// A minimal `k8s-nokmem` .deb of `version` in `dir`.
-fn tiny_deb(dir: &Path, version: &str) -> PathBuf {
-    let tree = dir.join(format!("tree-{version}"));
+/// A minimal .deb of `package` `version` in `dir` (reprepro wants Section and Priority).
+fn tiny_deb(dir: &Path, package: &str, version: &str) -> PathBuf {
+    let tree = dir.join(format!("tree-{package}-{version}"));
     fs::create_dir_all(tree.join("DEBIAN")).unwrap();
     fs::write(
         tree.join("DEBIAN/control"),
         format!(
-            "Package: k8s-nokmem\nVersion: {version}\nSection: admin\nPriority: optional\nArchitecture: amd64\n\
+            "Package: {package}\nVersion: {version}\nSection: admin\nPriority: optional\nArchitecture: amd64\n\
              Maintainer: t <t@example.org>\nDescription: test build\n"
         ),
     )
     .unwrap();
-    let deb = dir.join(format!("k8s-nokmem_{version}_amd64.deb"));
+    let deb = dir.join(format!("{package}_{version}_amd64.deb"));
     let out = common::run(Command::new("dpkg-deb").arg("--build").arg(&tree).arg(&deb));
     assert!(out.status.success(), "{out:?}");
     deb
 }
 
+/// The repository configuration README's recipe uses and tests/e2e/repo.sh builds from.
+const REPREPRO_CONF: &str = "contrib/reprepro/distributions";
+
+#[test]
+fn readme_shows_the_shipped_reprepro_configuration() {
+    let shipped = fs::read_to_string(repo().join(REPREPRO_CONF))
+        .unwrap_or_else(|e| panic!("{REPREPRO_CONF}: {e} (README's repository recipe)"));
+    assert_eq!(
+        readme_block("Origin: "),
+        shipped,
+        "README's conf/distributions block must be {REPREPRO_CONF} as shipped"
+    );
+}
+
+/// README's "An apt repository for the fleet": conf/distributions from
+/// contrib/reprepro/distributions, one build per kubelet minor's component, a newer build
+/// replacing one, README's way back (`remove`, then `includedeb` the previous build). A
+/// Kubernetes 1.20 node's real apt (private directories, a `file:` line as README's, the
+/// Release signature checked against the key) then sees only component kubelet-1.20: one
+/// k8s-nokmem version (the previous build, neither the newer one nor kubelet-1.19's) and no
+/// package that only kubelet-1.19 has; and unattended-upgrades' own matcher, over apt's
+/// reading of the Release file, accepts that origin with the Origins-Pattern of
+/// contrib/unattended-upgrades/51k8s-nokmem.
 #[test]
 fn readme_reprepro_repository_matches_the_unattended_upgrades_origins_pattern() {
     for (tool, package) in [
@@ -947,11 +970,24 @@ fn readme_reprepro_repository_matches_the_unattended_upgrades_origins_pattern() 
             return;
         }
     }
+    let conf = fs::read_to_string(repo().join(REPREPRO_CONF))
+        .unwrap_or_else(|e| panic!("{REPREPRO_CONF}: {e} (README's repository recipe)"));
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let gnupg = t.join("gnupg");
     fs::create_dir_all(&gnupg).unwrap();
     fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // the gpg-agent that signing starts ends with the test
+    struct Agent<'a>(&'a Path);
+    impl Drop for Agent<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("gpgconf")
+                .args(["--kill", "gpg-agent"])
+                .env("GNUPGHOME", self.0)
+                .output();
+        }
+    }
+    let _agent = Agent(&gnupg);
     let ok = |cmd: &mut Command| {
         let out = common::run(cmd.env("GNUPGHOME", &gnupg));
         assert!(
@@ -975,30 +1011,48 @@ fn readme_reprepro_repository_matches_the_unattended_upgrades_origins_pattern() 
         "sign",
         "never",
     ]));
-    let keyring = t.join("keyring.gpg");
+    let keyring = t.join("k8s-nokmem-archive-keyring.gpg");
     ok(Command::new("gpg")
         .args(["--batch", "--quiet", "--output"])
         .arg(&keyring)
         .arg("--export"));
-    // the recipe: README's conf/distributions, one .deb per kubelet minor
+    // the recipe, offline in a private base directory
     let base = t.join("srv");
     fs::create_dir_all(base.join("conf")).unwrap();
-    fs::write(
-        base.join("conf/distributions"),
-        readme_block("Origin: example-k8s"),
-    )
-    .unwrap();
-    for (component, version) in [
-        ("kubelet-1.19", "0.1.0-1+k1.19"),
-        ("kubelet-1.20", "0.1.0-1+k1.20"),
-    ] {
-        let deb = tiny_deb(t, version);
-        ok(Command::new("reprepro")
-            .arg("-b")
-            .arg(&base)
-            .args(["-C", component, "includedeb", "stable"])
-            .arg(&deb));
-    }
+    fs::write(base.join("conf/distributions"), &conf).unwrap();
+    let reprepro = |args: &[&str], deb: Option<&Path>| {
+        let mut cmd = Command::new("reprepro");
+        cmd.arg("-b").arg(&base).args(args);
+        for var in ["REPREPRO_BASE_DIR", "REPREPRO_CONFIG_DIR"] {
+            cmd.env_remove(var);
+        }
+        if let Some(deb) = deb {
+            cmd.arg(deb);
+        }
+        ok(&mut cmd)
+    };
+    let include = |component: &str, deb: &Path| {
+        reprepro(&["-C", component, "includedeb", "stable"], Some(deb));
+    };
+    let previous = tiny_deb(t, "k8s-nokmem", "1.20.2+nokmem0.1.0-1");
+    include("kubelet-1.20", &previous);
+    include(
+        "kubelet-1.20",
+        &tiny_deb(t, "k8s-nokmem", "1.20.2+nokmem0.2.0-1"),
+    );
+    // back to the previous build: README's remove, then includedeb
+    reprepro(
+        &["-C", "kubelet-1.20", "remove", "stable", "k8s-nokmem"],
+        None,
+    );
+    include("kubelet-1.20", &previous);
+    // another minor: its own k8s-nokmem build and a package only it has
+    include(
+        "kubelet-1.19",
+        &tiny_deb(t, "k8s-nokmem", "1.19.16+nokmem0.2.0-1"),
+    );
+    include("kubelet-1.19", &tiny_deb(t, "kubelet", "1.19.16-00"));
+
     // a Kubernetes 1.20 node's apt, in private directories
     let etc = t.join("etc/apt");
     for d in [
@@ -1028,13 +1082,15 @@ fn readme_reprepro_repository_matches_the_unattended_upgrades_origins_pattern() 
         format!("Dir::State::Lists={}", t.join("var/lists").display()),
         format!("Dir::Cache={}", t.join("var/cache").display()),
         format!("Dir::State::status={}", t.join("status").display()),
+        "APT::Architecture=amd64".to_string(),
+        "APT::Architectures=amd64".to_string(),
     ];
     let mut update = Command::new("apt-get");
     for o in &apt_opts {
         update.arg("-o").arg(o);
     }
     ok(update.args(["-q", "update"]));
-    // unattended-upgrades' own matcher over apt's view of the candidate
+    // unattended-upgrades' own matcher over apt's view of the node's packages
     let pattern = fs::read_to_string(repo().join("contrib/unattended-upgrades/51k8s-nokmem"))
         .unwrap()
         .lines()
@@ -1055,9 +1111,13 @@ for kv in sys.argv[2:]:
     k, v = kv.split("=", 1)
     apt_pkg.config.set(k, v)
 apt_pkg.init_system()
-cand = apt.Cache()["k8s-nokmem"].candidate
+cache = apt.Cache()
+print("packages:", " ".join(sorted(p.name for p in cache)))
+pkg = cache["k8s-nokmem"]
+print("versions:", " ".join(v.version for v in pkg.versions))
+cand = pkg.candidate
 for o in cand.origins:
-    print(cand.version, o.origin, o.archive, o.label, o.component,
+    print("candidate:", cand.version, o.origin, o.archive, o.label, o.component,
           uu.match_whitelist_string(sys.argv[1], o))
 "#;
     // the interpreter unattended-upgrade runs with (its #! line), with python3-apt
@@ -1066,7 +1126,10 @@ for o in cand.origins:
         .args(&apt_opts));
     assert_eq!(
         out.trim(),
-        "0.1.0-1+k1.20 example-k8s stable k8s-nokmem kubelet-1.20 True",
-        "the 1.20 node's candidate, its origin, and whether `{pattern}` matches it"
+        "packages: k8s-nokmem\n\
+         versions: 1.20.2+nokmem0.1.0-1\n\
+         candidate: 1.20.2+nokmem0.1.0-1 example-k8s stable k8s-nokmem kubelet-1.20 True",
+        "what a node pointed at `stable kubelet-1.20` sees (only that component; the build \
+         README's way back put there), its origin, and whether `{pattern}` matches it"
     );
 }

@@ -48,6 +48,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("apt-ftparchive", "apt-utils"),
     ("reprepro", "reprepro"),
     ("gpg", "gnupg"),
+    ("gpgconf", "gpgconf"),
     ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
     ("pkg-config", "pkg-config"),
     ("dpkg-architecture", "dpkg-dev"),

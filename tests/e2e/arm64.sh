@@ -52,7 +52,7 @@ an overlay over it, makes root.img from that (mkfs.ext4 -d) and boots a qcow2 ov
 
 Exit status: 0 every assertion passed, 1 one failed, 2 something could not be built.
 Needs root, mmdebstrap, qemu-system-arm (qemu-system-aarch64) and qemu-utils, qemu-user-static
-(binfmt_misc, for the arm64 root), gcc-aarch64-linux-gnu, gpg, apt-ftparchive, mkfs.ext4, jq.
+(binfmt_misc, for the arm64 root), gcc-aarch64-linux-gnu, gpg, reprepro, mkfs.ext4, jq.
 EOF
 }
 
@@ -85,7 +85,7 @@ case "$boot_timeout" in '' | *[!0-9]*) die "--timeout '$boot_timeout' is not a n
 [ "$(id -u)" -eq 0 ] || die "must run as root (mmdebstrap, chroot, mounts)"
 for t in mmdebstrap:mmdebstrap qemu-system-aarch64:qemu-system-arm qemu-img:qemu-utils \
     qemu-aarch64-static:qemu-user-static aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
-    mkfs.ext4:e2fsprogs jq:jq gpg:gnupg apt-ftparchive:apt-utils dpkg-deb:dpkg tar:tar; do
+    mkfs.ext4:e2fsprogs jq:jq gpg:gnupg reprepro:reprepro dpkg-deb:dpkg tar:tar; do
     command -v "${t%%:*}" >/dev/null ||
         die "'${t%%:*}' not found: apt-get install -y -t $suite-backports ${t#*:} (or run scripts/install-deps.sh)"
 done
@@ -175,8 +175,9 @@ aarch64-linux-gnu-gcc -static -Os -Wall -Wextra -Werror -o "$work/pause" "$here/
     die "aarch64-linux-gnu-gcc -static failed on tests/e2e/images/pause.c (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
 
 step "signed local repository with $(basename "$deb")"
-E2E_REPO_ARCH=arm64 "$here/repo.sh" init "$work/repo" >/dev/null
-E2E_REPO_ARCH=arm64 "$here/repo.sh" publish "$work/repo" "$deb" "$kubelet_deb"
+# README's repository (reprepro): both in the component of their kubelet minor, 1.20
+"$here/repo.sh" init "$work/repo" >/dev/null
+"$here/repo.sh" publish "$work/repo" kubelet-1.20 "$deb" "$kubelet_deb"
 rm -rf "$work/repo/gnupg"
 # what the payload must be, from the .deb's own MANIFEST
 dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/lib/k8s-nokmem/MANIFEST >"$work/MANIFEST" ||
@@ -203,7 +204,7 @@ rm -f "$m/etc/apt/sources.list" "$m"/etc/apt/sources.list.d/*
 mkdir -p "$m/srv" "$m/etc/apt/keyrings" "$m/usr/local/share/k8s-nokmem-e2e"
 cp -a "$work/repo" "$m/srv/k8s-nokmem-e2e-repo"
 cp "$work/repo/e2e-archive-keyring.gpg" "$m/etc/apt/keyrings/k8s-nokmem-e2e.gpg"
-echo 'deb [signed-by=/etc/apt/keyrings/k8s-nokmem-e2e.gpg] file:/srv/k8s-nokmem-e2e-repo e2e main' \
+echo 'deb [signed-by=/etc/apt/keyrings/k8s-nokmem-e2e.gpg] file:/srv/k8s-nokmem-e2e-repo stable kubelet-1.20' \
     >"$m/etc/apt/sources.list.d/k8s-nokmem-e2e.list"
 cp "$work/pause" "$m/usr/local/share/k8s-nokmem-e2e/pause"
 cp "$here/arm64-guest.sh" "$m/usr/local/sbin/k8s-nokmem-arm64-e2e"

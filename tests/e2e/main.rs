@@ -5,11 +5,15 @@
 //! One Debian bookworm root (scripts/testbed-root.sh) booted with systemd-nspawn
 //! (tests/common/nspawn.rs): systemd as PID 1, dockerd, and a real kubelet 1.20 standalone
 //! (static pods, cgroupfs driver, dockershim) installed from a local `kubelet` .deb, the
-//! kmem-enabled "original". Packages come from a local apt repository signed with a
-//! throwaway key (`signed-by`). The scenarios run in order on that one node, each printing
-//! `e2e: PASS|FAIL <name> (<s> s)`; a failure does not stop the later ones, and the test
-//! fails at the end when any failed. `E2E_SCENARIOS=node-ready,apt-install,...` runs only the
-//! named ones (in the order below; each builds on the node the earlier ones left).
+//! kmem-enabled "original". Packages come from a local apt repository built with reprepro
+//! as README's recipe builds the fleet's (tests/e2e/repo.sh: contrib/reprepro/distributions,
+//! one component per kubelet minor; the node's line names kubelet-1.20), signed with a
+//! throwaway key (`signed-by`) and allowed to unattended-upgrades by
+//! contrib/unattended-upgrades/51k8s-nokmem as shipped. The scenarios run in order on that
+//! one node, each printing `e2e: PASS|FAIL <name> (<s> s)`; a failure does not stop the
+//! later ones, and the test fails at the end when any failed.
+//! `E2E_SCENARIOS=node-ready,apt-install,...` runs only the named ones (in the order below;
+//! each builds on the node the earlier ones left).
 //!
 //! Testbed adaptations (this machine kind, see TESTBED.md), all inside the container:
 //! - no CAP_SYS_RESOURCE anywhere here, so no process may set a negative `oom_score_adj`,
@@ -36,6 +40,10 @@ use serde_json::Value;
 
 const ARTIFACTS_ENV: &str = "E2E_ARTIFACTS";
 const KEYRING_IN: &str = "/etc/apt/keyrings/k8s-nokmem-e2e.gpg";
+/// The node's line for the repository: README's `deb ... stable kubelet-1.X`.
+const SOURCES_LIST: &str = "/etc/apt/sources.list.d/k8s-nokmem-e2e.list";
+/// The component of the node's (and the payload's) kubelet minor.
+const NODE_COMPONENT: &str = "kubelet-1.20";
 const STRACE_OUT: &str = "/run/e2e/kubelet.strace";
 const STRACE_DROPIN: &str = "/etc/systemd/system/kubelet.service.d/e2e-strace.conf";
 const UNITS: [&str; 2] = ["kubelet.service", "docker.service"];
@@ -87,12 +95,25 @@ fi
 exec /usr/sbin/runc "$@"
 "#;
 
-const UNATTENDED_CONF: &str = r#"// k8s-nokmem e2e: upgrade from the local test repository
-Unattended-Upgrade::Origins-Pattern { "origin=k8s-nokmem-e2e,label=k8s-nokmem-e2e"; };
+/// contrib's Origins-Pattern for README's repository, where its header puts it.
+const UU_ORIGINS: &str = "/etc/apt/apt.conf.d/51k8s-nokmem";
+const UU_ORIGINS_TEXT: &str = include_str!("../../contrib/unattended-upgrades/51k8s-nokmem");
+const UNATTENDED_CONF: &str = r#"// k8s-nokmem e2e: what the scenarios read from unattended-upgrade
 Unattended-Upgrade::MinimalSteps "true";
 Unattended-Upgrade::Verbose "true";
-Unattended-Upgrade::Automatic-Reboot "false";
 "#;
+
+/// The component of README's repository for a kubelet or k8s-nokmem .deb of `version`:
+/// `kubelet-MAJOR.MINOR` of the kubelet it is or carries (k8s-nokmem's version starts with
+/// its payload kubelet's, scripts/build-deb.sh).
+fn component_of(version: &str) -> String {
+    let minor: Vec<&str> = version.splitn(3, ['.', '+', '-']).take(2).collect();
+    assert!(
+        minor.len() == 2 && minor.iter().all(|n| n.parse::<u32>().is_ok()),
+        "version '{version}' does not start with a kubelet MAJOR.MINOR"
+    );
+    format!("kubelet-{}", minor.join("."))
+}
 
 /// What run.sh built.
 struct Artifacts {
@@ -147,16 +168,29 @@ impl Ctx {
         self.tb.sh_ok(script)
     }
 
+    /// Put `deb` into the repository's component of its kubelet minor (replacing the
+    /// version there: reprepro keeps one per component); `apt-get install` then takes it.
     fn publish(&mut self, deb: &str) {
+        let version = self.art.deb_version(deb);
         host_ok(
             Command::new(&self.repo_sh)
                 .arg("publish")
                 .arg(&self.repo)
+                .arg(component_of(&version))
                 .arg(self.art.path(deb)),
         );
         if deb.starts_with("k8s-nokmem-") {
-            self.newest = self.art.deb_version(deb);
+            self.newest = version;
         }
+    }
+
+    /// Point the node's apt at one component of the repository (README: a node's line names
+    /// its kubelet minor's component) and update.
+    fn point_node_at(&self, component: &str) {
+        self.sh(&format!(
+            "echo 'deb [signed-by={KEYRING_IN}] file:/mnt/share/repo stable {component}' >{SOURCES_LIST}
+            apt-get update -qq"
+        ));
     }
 
     fn sha(&self, inside: &str) -> String {
@@ -281,8 +315,6 @@ fn node_ready(c: &mut Ctx) {
         cp /mnt/share/repo/e2e-archive-keyring.gpg {KEYRING_IN}
         # the container has no network: only the local repository
         mv /etc/apt/sources.list /etc/apt/sources.list.bookworm
-        echo 'deb [signed-by={KEYRING_IN}] file:/mnt/share/repo e2e main' >/etc/apt/sources.list.d/k8s-nokmem-e2e.list
-        apt-get update -qq
         # /dev/kmsg for kubelet's OOM watcher, now and at every boot
         echo 'L /dev/kmsg - - - - /dev/console' >/etc/tmpfiles.d/e2e-kmsg.conf
         systemd-tmpfiles --create /etc/tmpfiles.d/e2e-kmsg.conf
@@ -296,12 +328,14 @@ fn node_ready(c: &mut Ctx) {
         rm -rf /tmp/img
         "
     ));
+    c.point_node_at(NODE_COMPONENT);
     c.tb.write("/usr/local/sbin/e2e-runc", E2E_RUNC, 0o755);
     c.tb.write(
         "/etc/docker/daemon.json",
         "{\"runtimes\": {\"e2e-runc\": {\"path\": \"/usr/local/sbin/e2e-runc\"}}, \"default-runtime\": \"e2e-runc\"}\n",
         0o644,
     );
+    c.tb.write(UU_ORIGINS, UU_ORIGINS_TEXT, 0o644);
     c.tb.write(
         "/etc/apt/apt.conf.d/51k8s-nokmem-e2e-unattended",
         UNATTENDED_CONF,
@@ -808,14 +842,15 @@ fn unattended_edited_conffile(c: &mut Ctx) {
     c.config_from("[services] settle = 20s", "default");
 }
 
-/// The node's kubelet package moves to another minor (1.21 against the 1.20 payload). The
-/// .deb's `Breaks:` on the kubelet packages outside its minor (issue 17 item 9) keeps the
-/// upgrade back from `apt-get upgrade`; asked for by name, apt removes k8s-nokmem first (its
-/// prerm puts the original kubelet back and drops the diversions), so the 1.21 kubelet lands
-/// at /usr/bin/kubelet and runs, never underneath a diversion at .distrib where it would not.
+/// The node's kubelet package moves to another minor (1.21 against the 1.20 payload): the
+/// operator points the node at the repository's kubelet-1.21 component, which has kubelet
+/// 1.21 and no k8s-nokmem build. The .deb's `Breaks:` on the kubelet packages outside its
+/// minor (issue 17 item 9) keeps the upgrade back from `apt-get upgrade`; asked for by name,
+/// apt removes k8s-nokmem first (its prerm puts the original kubelet back and drops the
+/// diversions), so the 1.21 kubelet lands at /usr/bin/kubelet and runs, never underneath a diversion at .distrib where it would not.
 fn kubelet_minor_upgrade_removes_k8s_nokmem(c: &mut Ctx) {
     c.publish("kubelet_1.21.0-e2e1_amd64.deb");
-    c.apt("update -qq");
+    c.point_node_at(&component_of("1.21.0-e2e1"));
     let upgrade = c.apt("upgrade -s");
     assert!(
         !upgrade.contains("Inst kubelet"),
@@ -973,7 +1008,9 @@ impl Drop for NotJoined<'_> {
 /// kubelet.service is back in its crash-loop, now running the payload (not worse, and not
 /// judged against "must stay up"). Then the package is purged again for the next scenario.
 fn apt_install_while_kubelet_crash_loops(c: &mut Ctx) {
-    // the kubelet the payload was built for (1.21 is underneath since the upgrade scenario)
+    // the kubelet the payload was built for (1.21 is underneath since the upgrade scenario),
+    // from the component of its minor, where k8s-nokmem is
+    c.point_node_at(NODE_COMPONENT);
     c.apt("install --allow-downgrades kubelet=1.20.2-e2e1");
     c.orig_kubelet = c.sha("/usr/bin/kubelet");
     let _crashing = NotJoined::crash_loop(&c.tb);
@@ -1042,6 +1079,7 @@ fn apt_install_while_kubelet_crash_loops(c: &mut Ctx) {
 fn reinstall_and_reboot(c: &mut Ctx) {
     // kubelet 1.21 (from the upgrade underneath) against the 1.20 payload: version-skew
     // refuses by default, so the node goes back to the kubelet the payload was built for
+    c.point_node_at(NODE_COMPONENT);
     c.apt("install --allow-downgrades kubelet=1.20.2-e2e1");
     c.orig_kubelet = c.sha("/usr/bin/kubelet");
     c.apt("install k8s-nokmem");
@@ -1647,21 +1685,26 @@ fn boot_node(art: Artifacts, root: &Path) -> Ctx {
     let repo = tb.share().join("repo");
     let repo_sh = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/repo.sh");
     host_ok(Command::new(&repo_sh).arg("init").arg(&repo));
-    let kubelet_debs = ["kubelet_1.20.2-e2e1_amd64.deb"];
-    for d in kubelet_debs {
-        host_ok(
-            Command::new(&repo_sh)
-                .arg("publish")
-                .arg(&repo)
-                .arg(art.path(d)),
-        );
-    }
+    let kubelet_deb = "kubelet_1.20.2-e2e1_amd64.deb";
+    host_ok(
+        Command::new(&repo_sh)
+            .arg("publish")
+            .arg(&repo)
+            .arg(component_of(&art.deb_version(kubelet_deb)))
+            .arg(art.path(kubelet_deb)),
+    );
+    let v1 = art.deb_version("k8s-nokmem-v1.deb");
+    assert_eq!(
+        component_of(&v1),
+        NODE_COMPONENT,
+        "k8s-nokmem {v1} carries another kubelet minor than the node's kubelet 1.20.2"
+    );
     fs::copy(art.path("pause"), tb.share().join("pause")).expect("copy pause");
     let v1deb = art.path("k8s-nokmem-v1.deb");
     let mut c = Ctx {
         payload_runc: payload_sha(&v1deb, "runc"),
         payload_kubelet: payload_sha(&v1deb, "kubelet"),
-        v1: art.deb_version("k8s-nokmem-v1.deb"),
+        v1,
         v2: art.deb_version("k8s-nokmem-v2.deb"),
         v3: art.deb_version("k8s-nokmem-v3.deb"),
         v4: art.deb_version("k8s-nokmem-v4.deb"),
@@ -1783,9 +1826,6 @@ fn upgrade_kills() {
         }
     };
     all_running(&c);
-    c.publish("k8s-nokmem-v1.deb");
-    c.publish("k8s-nokmem-v3.deb");
-    c.apt("update -qq");
     let (v1, v3) = (c.v1.clone(), c.v3.clone());
     let runc_v3 = payload_sha(&c.art.path("k8s-nokmem-v3.deb"), "runc");
     assert_ne!(runc_v3, c.payload_runc, "v3 must ship a different runc");
@@ -1812,13 +1852,18 @@ fn upgrade_kills() {
     ];
     let mut rows = Vec::new();
     for (apply, tree) in cases {
-        // from v1 (installed with apply = restart), then the measured upgrade to v3
+        // from v1 (installed with apply = restart), then the measured upgrade to v3; the
+        // repository's component holds one version, so each is published in its turn
         c.set_apply("restart");
+        c.publish("k8s-nokmem-v1.deb");
+        c.apt("update -qq");
         c.apt(&format!("install --allow-downgrades k8s-nokmem={v1}"));
         assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "v1's runc");
         all_running(&c);
         c.set_apply(apply);
         c.set_kernel_case(tree);
+        c.publish("k8s-nokmem-v3.deb");
+        c.apt("update -qq");
         let before = c.running_containers();
         let docker = c.unit_state("docker.service");
         let t = Instant::now();

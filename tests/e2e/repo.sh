@@ -1,69 +1,93 @@
 #!/usr/bin/env bash
-# A local, signed apt repository for the end-to-end test (flat layout, one suite).
+# The local, signed apt repository of the end-to-end tests, built with reprepro from
+# README's recipe ("An apt repository for the fleet"): contrib/reprepro/distributions.
 #
-#   tests/e2e/repo.sh init DIR            throwaway gpg key, empty index; prints the keyring
-#   tests/e2e/repo.sh publish DIR DEB...  add the .debs (older versions stay) and re-sign
+#   tests/e2e/repo.sh init DIR                       throwaway gpg key, empty repository;
+#                                                    prints the keyring
+#   tests/e2e/repo.sh publish DIR COMPONENT DEB...   put each .deb into COMPONENT and re-sign
 #
-# DIR/dists/e2e/{Release,Release.gpg,InRelease} and main/binary-ARCH/Packages (ARCH:
-# $E2E_REPO_ARCH, default amd64; tests/e2e/arm64.sh sets arm64) are made
-# by apt-ftparchive; the key lives in DIR/gnupg and its public part in
-# DIR/e2e-archive-keyring.gpg (for `signed-by=`). The Release file says
-# Origin: k8s-nokmem-e2e, Label: k8s-nokmem-e2e, Suite/Codename: e2e: unattended-upgrades
-# is configured with that origin in the test.
+# The suite is README's `stable`, Origin example-k8s, Label k8s-nokmem: the node allows it
+# with contrib/unattended-upgrades/51k8s-nokmem as shipped. One component per kubelet minor
+# (kubelet-1.14 ... kubelet-1.20, plus kubelet-1.21 here: the minor the Breaks scenario moves
+# the node to); a node's line is `deb [signed-by=...] file:DIR stable kubelet-1.20`.
+# reprepro 5.3 keeps one version of a package per component: `publish` of an older version
+# (a scenario going back) removes the one there first (`reprepro remove`), which is README's
+# way back too.
+#
+# reprepro runs offline on DIR only (--basedir; its conf, db, dists and pool all in DIR),
+# signing with the key in DIR/gnupg; its public part is DIR/e2e-archive-keyring.gpg (for
+# `signed-by=`).
 set -euo pipefail
 
 log() { printf 'e2e-repo: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
+die() {
+    log "error: $*"
+    exit 2
+}
 
-[ $# -ge 2 ] || die "usage: $0 init DIR | publish DIR DEB..."
+[ $# -ge 2 ] || die "usage: $0 init DIR | publish DIR COMPONENT DEB..."
 cmd=$1 dir=$2
 shift 2
-for t in gpg apt-ftparchive; do
-    command -v "$t" >/dev/null || die "'$t' not found (apt-get install gnupg apt-utils)"
+for t in gpg gpgconf reprepro dpkg-deb; do
+    command -v "$t" >/dev/null || die "'$t' not found (apt-get install gnupg reprepro dpkg)"
 done
+top=$(cd "$(dirname "$0")/../.." && pwd)
+conf=$top/contrib/reprepro/distributions
+[ -f "$conf" ] || die "no $conf (README's reprepro recipe)"
+suite=$(sed -n 's/^Codename: *//p' "$conf")
+[ -n "$suite" ] || die "$conf names no Codename"
+# no option or base directory from the environment or a ~/.reprepro
+unset REPREPRO_BASE_DIR REPREPRO_CONFIG_DIR REPREPRO_OUT_DIR REPREPRO_DIST_DIR
 export GNUPGHOME=$dir/gnupg
-suite=e2e
-arch=${E2E_REPO_ARCH:-amd64}
+# the gpg-agent that signing starts ends with this script
+trap '[ -d "$GNUPGHOME" ] && gpgconf --kill gpg-agent 2>/dev/null || true' EXIT
+
+rr() {
+    reprepro --basedir "$dir" --confdir "$dir/conf" --silent "$@"
+}
 
 init() {
     rm -rf "$dir"
     install -d -m 0700 "$GNUPGHOME"
-    install -d "$dir/pool" "$dir/dists/$suite/main/binary-$arch"
+    install -d "$dir/conf"
     gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
         --quick-generate-key 'k8s-nokmem e2e archive <e2e@k8s-nokmem.invalid>' ed25519 sign never
     gpg --batch --quiet --export >"$dir/e2e-archive-keyring.gpg"
-    index
+    sed '/^Components:/s/$/ kubelet-1.21/' "$conf" >"$dir/conf/distributions"
+    rr export "$suite"
     printf '%s\n' "$dir/e2e-archive-keyring.gpg"
 }
 
-index() {
-    local rel=$dir/dists/$suite
-    (cd "$dir" && apt-ftparchive packages pool) >"$rel/main/binary-$arch/Packages"
-    gzip -9nc "$rel/main/binary-$arch/Packages" >"$rel/main/binary-$arch/Packages.gz"
-    rm -f "$rel/Release" "$rel/Release.gpg" "$rel/InRelease"
-    apt-ftparchive \
-        -o APT::FTPArchive::Release::Origin=k8s-nokmem-e2e \
-        -o APT::FTPArchive::Release::Label=k8s-nokmem-e2e \
-        -o APT::FTPArchive::Release::Suite=$suite \
-        -o APT::FTPArchive::Release::Codename=$suite \
-        -o APT::FTPArchive::Release::Architectures="$arch" \
-        -o APT::FTPArchive::Release::Components=main \
-        release "$rel" >"$rel/Release.tmp"
-    mv "$rel/Release.tmp" "$rel/Release"
-    gpg --batch --quiet --yes --armor --detach-sign -o "$rel/Release.gpg" "$rel/Release"
-    gpg --batch --quiet --yes --clearsign -o "$rel/InRelease" "$rel/Release"
+publish() { # COMPONENT DEB...
+    local component=$1 deb pkg version arch there
+    shift
+    for deb in "$@"; do
+        [ -f "$deb" ] || die "no such .deb: '$deb'"
+        pkg=$(dpkg-deb -f "$deb" Package)
+        version=$(dpkg-deb -f "$deb" Version)
+        arch=$(dpkg-deb -f "$deb" Architecture)
+        # shellcheck disable=SC2016 # reprepro's format, not the shell's
+        there=$(rr -C "$component" -A "$arch" --list-format '${version}\n' list "$suite" "$pkg")
+        if [ "$there" = "$version" ]; then
+            log "$pkg $version ($arch) is in $suite $component already"
+            continue
+        fi
+        if [ -n "$there" ]; then
+            log "$component: $pkg $there replaced by $version (reprepro remove)"
+            rr -C "$component" -A "$arch" remove "$suite" "$pkg"
+        fi
+        rr -C "$component" includedeb "$suite" "$deb"
+        log "published $pkg $version ($arch) in $suite $component"
+    done
 }
 
 case "$cmd" in
 init) init ;;
 publish)
-    [ -d "$GNUPGHOME" ] || die "'$dir' is not an initialised repository (run init first)"
-    for deb in "$@"; do
-        [ -f "$deb" ] || die "no such .deb: '$deb'"
-        cp "$deb" "$dir/pool/"
-        log "published $(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$deb" Version)"
-    done
-    index
+    { [ -d "$GNUPGHOME" ] && [ -f "$dir/conf/distributions" ]; } ||
+        die "'$dir' is not an initialised repository (run init first)"
+    [ $# -ge 2 ] || die "usage: $0 publish DIR COMPONENT DEB..."
+    publish "$@"
     ;;
 *) die "unknown command '$cmd' (init or publish)" ;;
 esac

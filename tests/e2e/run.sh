@@ -25,7 +25,7 @@ scripts/build-deb.sh --arch arm64), which print one PASS/FAIL line each. Exit st
 
   --keep   keep the testbed directory (upper layer, logs) and the artifacts
 
-Needs root, systemd-nspawn, gcc, gpg, apt-ftparchive (scripts/install-deps.sh).
+Needs root, systemd-nspawn, gcc, gpg, reprepro (scripts/install-deps.sh).
 Every process, mount and cgroup the run creates is removed at the end, also on failure.
 EOF
 }
@@ -43,7 +43,7 @@ cd "$top"
 log() { printf 'e2e: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (systemd-nspawn, mounts, cgroups)"
-for t in gcc gpg apt-ftparchive dpkg-deb systemd-nspawn nsenter cargo; do
+for t in gcc gpg reprepro dpkg-deb systemd-nspawn nsenter cargo; do
     command -v "$t" >/dev/null || die "'$t' not found (run scripts/install-deps.sh)"
 done
 
