@@ -6,6 +6,7 @@ pub mod command;
 pub mod config;
 pub mod divert;
 pub mod dpkg;
+pub mod fs;
 pub mod gobin;
 pub mod journal;
 pub mod lock;

@@ -14,8 +14,9 @@ use log::debug;
 use crate::config::{Config, TargetPath};
 use crate::divert::{self, Diversion};
 use crate::dpkg::{Dpkg, DpkgError};
+use crate::fs::{FileError, WrapIo};
 use crate::manifest::{Binary, Manifest};
-use crate::paths::{self, FileError, Root, WrapIo};
+use crate::paths::{self, Root};
 
 /// Where a binary usually lives, in the order we look. runc is found by dockerd and
 /// containerd through `$PATH`, and systemd's default service PATH has /usr/sbin before
@@ -90,7 +91,7 @@ impl Original {
             Ok(Original::Symlink { target })
         } else if ft.is_file() {
             Ok(Original::File {
-                sha256: paths::sha256_file(on_disk)?,
+                sha256: crate::fs::sha256_file(on_disk)?,
                 size: meta.len(),
                 mode: meta.permissions().mode() & 0o7777,
             })
@@ -505,7 +506,7 @@ impl State {
     pub fn save(&self, root: &Root) -> Result<(), TargetError> {
         let path = Self::path(root);
         if self.targets.is_empty() {
-            paths::remove_file_if_exists(&path)?;
+            crate::fs::remove_file_if_exists(&path)?;
             return Ok(());
         }
         let mut text = serde_json::to_string_pretty(&State {
@@ -517,7 +518,7 @@ impl State {
             source,
         })?;
         text.push('\n');
-        paths::atomic_write_bytes(&path, 0o644, text.as_bytes())?;
+        crate::fs::atomic_write_bytes(&path, 0o644, text.as_bytes())?;
         Ok(())
     }
 }
@@ -546,13 +547,13 @@ pub fn in_place(root: &Root, target: &Target) -> Result<InPlace, TargetError> {
 }
 
 /// Copy `src` to a new file `dst` with `mode` (whatever was at `dst`, a stale copy or a
-/// link, is unlinked first, never followed: [`paths::create_replacing`]), fsync it, and
+/// link, is unlinked first, never followed: [`crate::fs::create_replacing`]), fsync it, and
 /// return the sha256 of the bytes written. One pass over the data.
 pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileError> {
     use std::io::Write;
     let input = fs::File::open(src).with_path("open", src)?;
-    let mut out = paths::create_replacing(dst, mode)?;
-    let sha256 = paths::sha256_reading(input, src, |chunk| {
+    let mut out = crate::fs::create_replacing(dst, mode)?;
+    let sha256 = crate::fs::sha256_reading(input, src, |chunk| {
         out.write_all(chunk).with_path("write", dst)
     })?;
     out.sync_all().with_path("fsync", dst)?;

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use log::{debug, warn};
 
-use crate::paths::{self, Root};
+use crate::fs;
+use crate::paths::Root;
 
 pub use sources::{render, Effective, Origin, Setting, Sources, DROPIN_DIR};
 pub use values::{parse_duration, show_duration, MAX_DURATION, MIN_WAIT};
@@ -61,9 +62,9 @@ pub fn default_of(section: &str, key: &str) -> Option<&'static str> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("failed to read config {0}")]
-    Read(String, #[source] paths::FileError),
+    Read(String, #[source] fs::FileError),
     #[error("failed to list the config drop-ins in {0}")]
-    ReadDir(String, #[source] paths::FileError),
+    ReadDir(String, #[source] fs::FileError),
     #[error("syntax error in config {file} at line {line}: {what}; {fix}")]
     Syntax {
         file: String,
@@ -250,7 +251,7 @@ impl Config {
     }
 
     fn read(&mut self, file: &sources::File) -> Result<(), ConfigError> {
-        let text = match paths::read_to_string(&file.host) {
+        let text = match fs::read_to_string(&file.host) {
             Ok(text) => text,
             Err(e) if e.is_not_found() && file.optional => {
                 debug!("no config at {}: using defaults", file.shown);

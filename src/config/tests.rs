@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::paths;
 
 #[test]
 fn shipped_conffile_parses_to_the_defaults() {
