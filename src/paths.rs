@@ -2,6 +2,7 @@
 //! under (`/` on a live node, an unpacked tree in tests and image builds). The file-system
 //! primitives that create, rename and remove files there are in [`crate::fs`].
 
+use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
 /// The helper's configuration file (an INI conffile).
@@ -26,6 +27,10 @@ pub const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 pub const SYSTEMD_RUNNING: &str = "/run/systemd/system";
 /// The package name, used for diversions.
 pub const PACKAGE: &str = "k8s-nokmem";
+
+/// How many symlinks [`Root::canonicalize`] follows before it calls it a loop (Linux
+/// gives up at 40 too).
+const MAX_LINK_HOPS: u32 = 40;
 
 /// The root every absolute node path is resolved under. `/` on a live node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +73,50 @@ impl Root {
             .filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_)))
             .collect();
         self.0.join(rel)
+    }
+
+    /// Where `abs` really is inside this root: every symlink resolved the way the system
+    /// would see it from inside (an absolute link target starts again at the root), like
+    /// `fs::canonicalize`. `None` when a component is missing or the links loop.
+    pub fn canonicalize(&self, abs: impl AsRef<Path>) -> Option<PathBuf> {
+        let mut todo: Vec<OsString> = Vec::new();
+        let push = |todo: &mut Vec<OsString>, p: &Path| {
+            let parts: Vec<_> = p
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(n) => Some(n.to_os_string()),
+                    Component::ParentDir => Some("..".into()),
+                    _ => None,
+                })
+                .collect();
+            todo.extend(parts.into_iter().rev());
+        };
+        push(&mut todo, abs.as_ref());
+        let mut cur = PathBuf::from("/");
+        let mut hops = 0;
+        while let Some(part) = todo.pop() {
+            if part == ".." {
+                cur.pop();
+                continue;
+            }
+            let next = cur.join(&part);
+            let on_disk = self.join(&next);
+            let meta = std::fs::symlink_metadata(&on_disk).ok()?;
+            if meta.file_type().is_symlink() {
+                hops += 1;
+                if hops > MAX_LINK_HOPS {
+                    return None;
+                }
+                let target = std::fs::read_link(&on_disk).ok()?;
+                if target.is_absolute() {
+                    cur = PathBuf::from("/");
+                }
+                push(&mut todo, &target);
+            } else {
+                cur = next;
+            }
+        }
+        Some(cur)
     }
 
     /// How to name an in-system path to a user: `'/usr/bin/kubelet'`, plus
@@ -122,5 +171,42 @@ mod tests {
             Root::new("/tmp/x").describe("/usr/bin/runc"),
             "'/usr/bin/runc' under root '/tmp/x'"
         );
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let mk = |p: &str| std::fs::create_dir_all(root.join(p)).unwrap();
+        mk("/usr/sbin");
+        mk("/usr/bin");
+        mk("/opt/k8s");
+        std::os::unix::fs::symlink("usr/sbin", root.join("/sbin")).unwrap();
+        std::fs::write(root.join("/usr/sbin/runc"), b"x").unwrap();
+        std::fs::write(root.join("/opt/k8s/kubelet-1.20"), b"x").unwrap();
+        let link =
+            |target: &str, at: &str| std::os::unix::fs::symlink(target, root.join(at)).unwrap();
+        link("../sbin/runc", "/usr/bin/runc");
+        link("/sbin/runc", "/usr/bin/runc-abs");
+        link("/opt/k8s/kubelet-1.20", "/usr/bin/kubelet");
+        link("loop-b", "/usr/bin/loop-a");
+        link("loop-a", "/usr/bin/loop-b");
+        link("nowhere", "/usr/bin/dangling");
+        let cases = [
+            ("/usr/bin/runc", Some("/usr/sbin/runc")),
+            ("/usr/bin/runc-abs", Some("/usr/sbin/runc")),
+            ("/sbin/runc", Some("/usr/sbin/runc")),
+            ("/usr/bin/kubelet", Some("/opt/k8s/kubelet-1.20")),
+            ("/usr/sbin/runc", Some("/usr/sbin/runc")),
+            ("/usr/bin/loop-a", None),
+            ("/usr/bin/dangling", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(
+                root.canonicalize(path),
+                want.map(PathBuf::from),
+                "case {path}"
+            );
+        }
     }
 }

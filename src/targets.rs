@@ -268,7 +268,7 @@ fn auto_path(
         let is_link = fs::symlink_metadata(root.join(p)).map(|m| m.file_type().is_symlink());
         let candidate = match (is_link, owners.into_iter().next()) {
             // a symlink to a real file: divert the file, which every caller ends up running
-            (Ok(true), _) => match resolve_in_root(root, p) {
+            (Ok(true), _) => match root.canonicalize(p) {
                 Some(real) if root.join(&real).is_file() => {
                     (real, ChosenBy::LinkedFrom(p.to_path_buf()))
                 }
@@ -301,51 +301,6 @@ fn auto_path(
         .copied()
         .unwrap_or(Path::new("/usr/bin/false"));
     Ok((first.to_path_buf(), ChosenBy::Default))
-}
-
-/// Resolve every symlink in `abs` the way the system would see it from inside `root` (an
-/// absolute link target starts again at the root). `None` when a component is missing or
-/// the links loop.
-pub fn resolve_in_root(root: &Root, abs: &Path) -> Option<PathBuf> {
-    use std::path::Component;
-    let mut todo: Vec<std::ffi::OsString> = Vec::new();
-    let push = |todo: &mut Vec<std::ffi::OsString>, p: &Path| {
-        let parts: Vec<_> = p
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(n) => Some(n.to_os_string()),
-                Component::ParentDir => Some("..".into()),
-                _ => None,
-            })
-            .collect();
-        todo.extend(parts.into_iter().rev());
-    };
-    push(&mut todo, abs);
-    let mut cur = PathBuf::from("/");
-    let mut hops = 0;
-    while let Some(part) = todo.pop() {
-        if part == ".." {
-            cur.pop();
-            continue;
-        }
-        let next = cur.join(&part);
-        let on_disk = root.join(&next);
-        let meta = fs::symlink_metadata(&on_disk).ok()?;
-        if meta.file_type().is_symlink() {
-            hops += 1;
-            if hops > 40 {
-                return None;
-            }
-            let target = fs::read_link(&on_disk).ok()?;
-            if target.is_absolute() {
-                cur = PathBuf::from("/");
-            }
-            push(&mut todo, &target);
-        } else {
-            cur = next;
-        }
-    }
-    Some(cur)
 }
 
 /// What `state.json` records for one swapped target.
@@ -657,43 +612,6 @@ mod tests {
         let err = Original::probe("kubelet", dir.path()).unwrap_err();
         assert!(err.to_string().contains("is a directory"), "{err}");
         assert!(err.to_string().contains("[kubelet] path"), "{err}");
-    }
-
-    #[test]
-    fn symlinks_resolve_inside_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path());
-        let mk = |p: &str| fs::create_dir_all(root.join(p)).unwrap();
-        mk("/usr/sbin");
-        mk("/usr/bin");
-        mk("/opt/k8s");
-        std::os::unix::fs::symlink("usr/sbin", root.join("/sbin")).unwrap();
-        fs::write(root.join("/usr/sbin/runc"), b"x").unwrap();
-        fs::write(root.join("/opt/k8s/kubelet-1.20"), b"x").unwrap();
-        let link =
-            |target: &str, at: &str| std::os::unix::fs::symlink(target, root.join(at)).unwrap();
-        link("../sbin/runc", "/usr/bin/runc");
-        link("/sbin/runc", "/usr/bin/runc-abs");
-        link("/opt/k8s/kubelet-1.20", "/usr/bin/kubelet");
-        link("loop-b", "/usr/bin/loop-a");
-        link("loop-a", "/usr/bin/loop-b");
-        link("nowhere", "/usr/bin/dangling");
-        let cases = [
-            ("/usr/bin/runc", Some("/usr/sbin/runc")),
-            ("/usr/bin/runc-abs", Some("/usr/sbin/runc")),
-            ("/sbin/runc", Some("/usr/sbin/runc")),
-            ("/usr/bin/kubelet", Some("/opt/k8s/kubelet-1.20")),
-            ("/usr/sbin/runc", Some("/usr/sbin/runc")),
-            ("/usr/bin/loop-a", None),
-            ("/usr/bin/dangling", None),
-        ];
-        for (path, want) in cases {
-            assert_eq!(
-                resolve_in_root(&root, Path::new(path)),
-                want.map(PathBuf::from),
-                "case {path}"
-            );
-        }
     }
 
     #[test]

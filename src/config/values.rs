@@ -128,11 +128,11 @@ pub(super) fn target_path(at: &Located<'_>) -> Result<PathBuf, ConfigError> {
 /// Where `path` really is inside `root`: every symlink resolved, also the last component
 /// when it is a link to an existing file; `None` when its directory does not exist.
 pub(super) fn real_path_in(root: &Root, path: &Path) -> Option<PathBuf> {
-    if let Some(real) = crate::targets::resolve_in_root(root, path) {
+    if let Some(real) = root.canonicalize(path) {
         return Some(real);
     }
     let (dir, name) = (path.parent()?, path.file_name()?);
-    crate::targets::resolve_in_root(root, dir).map(|d| d.join(name))
+    root.canonicalize(dir).map(|d| d.join(name))
 }
 
 /// `path` with `.` dropped and `..` applied, without touching the disk.
