@@ -110,7 +110,7 @@ pub fn collect(
 ) -> StatusReport {
     let mut problems = Vec::new();
     let mut unknown = Vec::new();
-    let config = Config::load(root, config_path).unwrap_or_else(|e| {
+    let config = targets::load_config(root, config_path).unwrap_or_else(|e| {
         problems.push(error_chain(&e));
         Config::default()
     });

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use log::debug;
 
-use crate::config::{Config, TargetPath};
+use crate::config::{Config, ConfigError, TargetPath};
 use crate::divert::{self, Diversion};
 use crate::dpkg::{Dpkg, DpkgError};
 use crate::fs::{FileError, WrapIo};
@@ -58,6 +58,9 @@ pub enum TargetError {
         #[source]
         source: serde_json::Error,
     },
+    /// A configured value that does not hold on this node, located where it was set.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("the {name} path {path:?} holds a newline, which dpkg-divert refuses (its database keeps one path a line); set [{name}] path in the config to the binary's real path")]
     Newline { name: String, path: PathBuf },
 }
@@ -222,7 +225,10 @@ pub fn resolve(
                 name: tc.name.to_string(),
             })?;
         let (path, found) = match &tc.path {
-            TargetPath::Fixed(p) => (p.clone(), ChosenBy::Config),
+            TargetPath::Fixed(p) => {
+                check_real_path(root, config, tc.name, p)?;
+                (p.clone(), ChosenBy::Config)
+            }
             TargetPath::Auto => {
                 let recorded = state.targets.get(tc.name).map(|t| t.path.as_path());
                 auto_path(root, tc.name, recorded, diversions, dpkg)?
@@ -239,6 +245,61 @@ pub fn resolve(
         out.push(Target::new(tc.name, path, bin, tc.restart.clone(), found));
     }
     Ok(out)
+}
+
+/// Load the config and check its target paths against this node ([`check_real_path`]):
+/// how status, verify, remove and `k8s-nokmem config` read it, so that a bad path is
+/// reported as a bad value in the config. Install loads it unchecked and `resolve`, in its
+/// preflight, refuses a bad path where it is used.
+pub fn load_config(root: &Root, explicit: Option<&Path>) -> Result<Config, TargetError> {
+    let config = Config::load(root, explicit)?;
+    for t in &config.targets {
+        if let TargetPath::Fixed(path) = &t.path {
+            check_real_path(root, &config, t.name, path)?;
+        }
+    }
+    Ok(config)
+}
+
+/// A configured target path must be the file itself as seen inside `root`, not an alias
+/// through a symlinked directory (`/sbin/runc` when `/sbin -> usr/sbin`) or a symlink:
+/// dpkg knows, diverts and upgrades the real path only. The error points at the config
+/// line that set it.
+fn check_real_path(
+    root: &Root,
+    config: &Config,
+    name: &str,
+    path: &Path,
+) -> Result<(), TargetError> {
+    let Some(real) = real_path(root, path) else {
+        return Ok(());
+    };
+    if real == path {
+        return Ok(());
+    }
+    let value = path.display().to_string();
+    Err(config
+        .bad_setting(
+            name,
+            "path",
+            &value,
+            &format!(
+                "the real path '{}' ('{value}' goes through a symlink on this node); set path = {}",
+                real.display(),
+                real.display()
+            ),
+        )
+        .into())
+}
+
+/// Where `path` really is inside `root`: every symlink resolved, also the last component
+/// when it is a link to an existing file; `None` when its directory does not exist.
+fn real_path(root: &Root, path: &Path) -> Option<PathBuf> {
+    if let Some(real) = root.canonicalize(path) {
+        return Some(real);
+    }
+    let (dir, name) = (path.parent()?, path.file_name()?);
+    root.canonicalize(dir).map(|d| d.join(name))
 }
 
 fn auto_path(
@@ -519,15 +580,10 @@ pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileErro
 mod tests {
     use super::*;
 
-    /// A configured path with a newline (an escape in the config, a generated drop-in) is
-    /// refused when targets are resolved, naming the target and the fix: dpkg-divert would
-    /// refuse it only after the services were stopped. Spaces and " to " are fine.
-    #[test]
-    fn a_target_path_with_a_newline_is_refused_naming_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path());
+    /// A MANIFEST with runc and kubelet (checksums unused here).
+    fn manifest() -> Manifest {
         let z = "0".repeat(64);
-        let manifest = Manifest::parse(
+        Manifest::parse(
             &format!(
                 "[payload]\narch = amd64\nbuilt = 2026-11-28T00:00:00Z\n\
              [runc]\nfile = runc\nversion = 1.1.5\nsource = t\ngo = go1.19\ntags = nokmem\n\
@@ -537,7 +593,17 @@ mod tests {
             ),
             "MANIFEST",
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A configured path with a newline (an escape in the config, a generated drop-in) is
+    /// refused when targets are resolved, naming the target and the fix: dpkg-divert would
+    /// refuse it only after the services were stopped. Spaces and " to " are fine.
+    #[test]
+    fn a_target_path_with_a_newline_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let manifest = manifest();
         let resolve_with = |kubelet: &str| {
             let mut config = Config::default();
             for t in &mut config.targets {
@@ -558,6 +624,65 @@ mod tests {
         );
         let ok = resolve_with("/opt/back to school/kubelet").unwrap();
         assert_eq!(ok[1].path, Path::new("/opt/back to school/kubelet"));
+    }
+
+    /// A configured target path through a symlink on this node (a directory alias, a link
+    /// to the binary) is refused where targets are resolved, naming the config file, line,
+    /// key and value and the real path to set: dpkg diverts and upgrades the real path only.
+    #[test]
+    fn a_target_path_through_a_symlink_is_refused_with_the_real_path() {
+        // a usrmerged root: /sbin -> usr/sbin, and a /usr/bin/runc -> ../sbin/runc link
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        fs::create_dir_all(root.join("/usr/sbin")).unwrap();
+        fs::create_dir_all(root.join("/usr/bin")).unwrap();
+        fs::create_dir_all(root.join("/etc/k8s-nokmem")).unwrap();
+        fs::write(root.join("/usr/sbin/runc"), b"runc").unwrap();
+        std::os::unix::fs::symlink("usr/sbin", root.join("/sbin")).unwrap();
+        std::os::unix::fs::symlink("../sbin/runc", root.join("/usr/bin/runc")).unwrap();
+        let manifest = manifest();
+        let cases = [
+            ("directory alias", "/sbin/runc", Some("/usr/sbin/runc")),
+            (
+                "alias of a missing file",
+                "/sbin/kubelet-none",
+                Some("/usr/sbin/kubelet-none"),
+            ),
+            (
+                "symlink to the binary",
+                "/usr/bin/runc",
+                Some("/usr/sbin/runc"),
+            ),
+            ("the real file", "/usr/sbin/runc", None),
+            ("not there yet", "/usr/sbin/nothing", None),
+            ("no such directory", "/opt/none/runc", None),
+        ];
+        for (case, value, want) in cases {
+            let text =
+                format!("# test\n[runc]\npath = {value}\n[kubelet]\npath = /usr/bin/kubelet\n");
+            fs::write(root.join(paths::CONFIG_FILE), &text).unwrap();
+            let config = Config::load(&root, None).unwrap();
+            let dpkg = Dpkg::new(&root);
+            let got = resolve(&root, &config, &manifest, &[], &State::default(), &dpkg);
+            match want {
+                None => assert!(
+                    got.is_ok(),
+                    "case '{case}': {:?}",
+                    got.err().map(|e| e.to_string())
+                ),
+                Some(real) => {
+                    let msg = got.unwrap_err().to_string();
+                    assert_eq!(
+                        msg,
+                        format!(
+                            "bad value in config {} line 3: [runc] path = '{value}': expected the real path '{real}' ('{value}' goes through a symlink on this node); set path = {real}",
+                            root.describe(paths::CONFIG_FILE)
+                        ),
+                        "case '{case}'"
+                    );
+                }
+            }
+        }
     }
 
     /// The staged copy has a name others can predict (`.kubelet.k8s-nokmem-new` next to
