@@ -19,6 +19,7 @@ pub mod paths;
 pub mod policy;
 pub mod reboot;
 pub mod signals;
+pub mod state;
 pub mod status;
 pub mod swap;
 pub mod systemd;

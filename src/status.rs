@@ -17,8 +17,9 @@ use crate::notes::error_chain;
 use crate::outcome::Outcome;
 use crate::paths::{self, Root};
 use crate::policy::ServicePolicy;
+use crate::state::{Original, State, TargetState};
 use crate::systemd::{ServiceManager, SystemdError, UnitState};
-use crate::targets::{self, Original, State, TargetState, Underneath};
+use crate::targets::{self, Underneath};
 
 /// Where `status` reads the services' states from.
 pub enum ServiceSource<'a> {

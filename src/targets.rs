@@ -1,8 +1,7 @@
 //! What we own on a node: for each payload binary, the path we divert and replace, where
-//! dpkg keeps the original (`<path>.distrib`), and the state file that records what was
-//! swapped. install, remove and status all iterate [`Target`]s.
+//! dpkg keeps the original (`<path>.distrib`), and what is there now. install, remove and
+//! status all iterate [`Target`]s; what was swapped is recorded in [`crate::state`].
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -17,6 +16,7 @@ use crate::dpkg::{Dpkg, DpkgError};
 use crate::fs::{FileError, WrapIo};
 use crate::manifest::{Binary, Manifest};
 use crate::paths::{self, Root};
+use crate::state::{Original, PackageVersion, State, TargetState};
 
 /// Where a binary usually lives, in the order we look. runc is found by dockerd and
 /// containerd through `$PATH`, and systemd's default service PATH has /usr/sbin before
@@ -27,9 +27,6 @@ pub const USUAL_PATHS: [(&str, &[&str]); 2] = [
     ("runc", &["/usr/sbin/runc", "/usr/bin/runc"]),
     ("kubelet", &["/usr/bin/kubelet", "/usr/local/bin/kubelet"]),
 ];
-
-/// What was swapped, under the state directory.
-pub const STATE_FILE: &str = "state.json";
 
 /// Mode of a placed payload binary.
 pub const PAYLOAD_MODE: u32 = 0o755;
@@ -52,12 +49,6 @@ pub enum TargetError {
         #[source]
         source: DpkgError,
     },
-    #[error("state file '{}' is not valid; move it away and run the command again: it is rebuilt from the diversions", path.display())]
-    BadState {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
     /// A configured value that does not hold on this node, located where it was set.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -65,21 +56,7 @@ pub enum TargetError {
     Newline { name: String, path: PathBuf },
 }
 
-/// What was at a target path before we diverted it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Original {
-    /// Nothing: diverted anyway, so that a later kubelet/runc package lands aside.
-    Missing,
-    File {
-        sha256: String,
-        size: u64,
-        mode: u32,
-    },
-    /// A symlink: diverted (renamed) as a link; its target is left alone.
-    Symlink { target: PathBuf },
-}
-
+/// Reading an [`Original`] from the disk and describing it are targets' business.
 impl Original {
     /// Describe what is at `on_disk` (a path under the root), without following a symlink.
     pub fn probe(name: &str, on_disk: &Path) -> Result<Original, TargetError> {
@@ -119,14 +96,6 @@ impl Original {
                 format!("a file of {size} bytes, sha256 {}", short(sha256))
             }
             Original::Symlink { target } => format!("a symlink to '{}'", target.display()),
-        }
-    }
-
-    /// True when `now` is the same thing (content and link target; mode is not compared).
-    pub fn same_as(&self, now: &Original) -> bool {
-        match (self, now) {
-            (Original::File { sha256: a, .. }, Original::File { sha256: b, .. }) => a == b,
-            _ => self == now,
         }
     }
 }
@@ -364,36 +333,7 @@ fn auto_path(
     Ok((first.to_path_buf(), ChosenBy::Default))
 }
 
-/// What `state.json` records for one swapped target.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TargetState {
-    pub path: PathBuf,
-    pub divert_to: PathBuf,
-    /// What was at `path` before the first install (now at `divert_to`).
-    pub original: Original,
-    pub payload_sha256: String,
-    pub payload_version: String,
-    /// The package that ships the original, at its version when this payload was put in
-    /// place: an upgrade of that package lands at `divert_to` and never runs, so verify
-    /// and status compare. Absent when no package ships it, and in state files written
-    /// before it was recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub original_package: Option<PackageVersion>,
-    /// When this payload was put in place (seconds since the epoch), stamped by the
-    /// install's record step: verify's fleet rule counts a pod cgroup created before it as
-    /// made by the old binaries. Absent in state files written before it was recorded
-    /// (verify then goes by the file's mtime).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub swapped_at: Option<u64>,
-}
-
-/// An installed package and its version.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PackageVersion {
-    pub package: String,
-    pub version: String,
-}
-
+/// What dpkg says about the package of a target.
 impl PackageVersion {
     /// The first package that ships `path` and its installed version, now.
     pub fn of(dpkg: &Dpkg, path: &Path) -> Result<Option<PackageVersion>, DpkgError> {
@@ -489,53 +429,6 @@ impl Underneath {
                 "{name} package '{package}' ({was} at the swap) is no longer installed, but the payload {name} still runs"
             )),
         }
-    }
-}
-
-/// `R/var/lib/k8s-nokmem/state.json`: what is swapped now, by target name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct State {
-    pub version: u32,
-    pub targets: BTreeMap<String, TargetState>,
-}
-
-impl State {
-    pub fn path(root: &Root) -> PathBuf {
-        root.join(Path::new(paths::STATE_DIR).join(STATE_FILE))
-    }
-
-    /// Read the state; a missing file is the empty state.
-    pub fn load(root: &Root) -> Result<State, TargetError> {
-        let path = Self::path(root);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => return Err(FileError::new("read", &path, e).into()),
-        };
-        serde_json::from_str(&text).map_err(|source| TargetError::BadState {
-            path: path.clone(),
-            source,
-        })
-    }
-
-    /// Write the state atomically; the empty state removes the file.
-    pub fn save(&self, root: &Root) -> Result<(), TargetError> {
-        let path = Self::path(root);
-        if self.targets.is_empty() {
-            crate::fs::remove_file_if_exists(&path)?;
-            return Ok(());
-        }
-        let mut text = serde_json::to_string_pretty(&State {
-            version: 1,
-            targets: self.targets.clone(),
-        })
-        .map_err(|source| TargetError::BadState {
-            path: path.clone(),
-            source,
-        })?;
-        text.push('\n');
-        crate::fs::atomic_write_bytes(&path, 0o644, text.as_bytes())?;
-        Ok(())
     }
 }
 
@@ -737,67 +630,5 @@ mod tests {
         let err = Original::probe("kubelet", dir.path()).unwrap_err();
         assert!(err.to_string().contains("is a directory"), "{err}");
         assert!(err.to_string().contains("[kubelet] path"), "{err}");
-    }
-
-    #[test]
-    fn state_round_trips_and_empty_state_removes_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path());
-        fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
-        assert_eq!(State::load(&root).unwrap(), State::default());
-        let mut state = State::default();
-        state.targets.insert(
-            "runc".into(),
-            TargetState {
-                path: "/usr/bin/runc".into(),
-                divert_to: "/usr/bin/runc.distrib".into(),
-                original: Original::Missing,
-                payload_sha256: "a".repeat(64),
-                payload_version: "1.1.5".into(),
-                original_package: Some(PackageVersion {
-                    package: "runc".into(),
-                    version: "1.1.5+ds1-1".into(),
-                }),
-                swapped_at: Some(1_764_540_900),
-            },
-        );
-        state.save(&root).unwrap();
-        let back = State::load(&root).unwrap();
-        assert_eq!(back.targets, state.targets);
-        State::default().save(&root).unwrap();
-        assert!(!State::path(&root).exists());
-        fs::write(State::path(&root), "{not json").unwrap();
-        let err = State::load(&root).unwrap_err();
-        assert!(err.to_string().contains("state.json"), "{err}");
-        // serde's reason is the cause, shown with the chain
-        assert!(
-            matches!(&err, TargetError::BadState { source, .. } if source.is_syntax()),
-            "{err:?}"
-        );
-        let shown = crate::notes::error_chain(&err);
-        assert!(
-            shown.ends_with("key must be a string at line 1 column 2"),
-            "{shown}"
-        );
-    }
-
-    /// A state file written before the original's package was recorded still loads.
-    #[test]
-    fn an_older_state_file_without_the_package_loads() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path());
-        fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
-        let sha = "b".repeat(64);
-        fs::write(
-            State::path(&root),
-            format!(
-                r#"{{"version": 1, "targets": {{"kubelet": {{"path": "/usr/bin/kubelet",
-                "divert_to": "/usr/bin/kubelet.distrib", "original": {{"kind": "missing"}},
-                "payload_sha256": "{sha}", "payload_version": "1.20.2"}}}}}}"#
-            ),
-        )
-        .unwrap();
-        let state = State::load(&root).unwrap();
-        assert_eq!(state.targets["kubelet"].original_package, None);
     }
 }

@@ -15,7 +15,8 @@ use crate::fs;
 use crate::manifest::Manifest;
 use crate::notes::{with_note, WithNote};
 use crate::paths::{self, Root};
-use crate::targets::{self, InPlace, Original, State, Target};
+use crate::state::{Original, State};
+use crate::targets::{self, InPlace, Target};
 
 /// What preflight found about one target.
 pub struct Found {

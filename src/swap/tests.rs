@@ -10,9 +10,9 @@ use super::*;
 use crate::config::Config;
 use crate::journal;
 use crate::paths::Root;
+use crate::state::State;
 use crate::systemd::fake::{FakeSystemd, Fault, Op};
 use crate::systemd::ServiceManager;
-use crate::targets::State;
 
 const ORIG_KUBELET: &[u8] = b"original kubelet";
 const ORIG_RUNC: &[u8] = b"original runc";

@@ -16,6 +16,7 @@ use crate::divert::{Diversion, DpkgDivert};
 use crate::dpkg::{self, Dpkg};
 use crate::manifest::{Manifest, ManifestError};
 use crate::paths::{self, Root};
+use crate::state::{State, STATE_FILE};
 use crate::targets::{self, InPlace, Target, Underneath};
 use log::debug;
 
@@ -33,7 +34,7 @@ const REINSTALL: &str =
 fn installed(root: &Root) -> bool {
     matches!(Dpkg::new(root).version(paths::PACKAGE), Ok(Some(_)))
         || root
-            .join(Path::new(paths::STATE_DIR).join(targets::STATE_FILE))
+            .join(Path::new(paths::STATE_DIR).join(STATE_FILE))
             .exists()
 }
 
@@ -124,7 +125,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
         }
     };
     let dpkg = Dpkg::new(root);
-    let state = targets::State::load(root).unwrap_or_default();
+    let state = State::load(root).unwrap_or_default();
     let targets = match targets::resolve(
         root,
         &settings.config,
@@ -171,7 +172,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
 fn underneath_check(
     dpkg: &Dpkg,
     targets: &[Target],
-    state: &targets::State,
+    state: &State,
     metrics: &mut Metrics,
 ) -> Check {
     const NAME: &str = "updates-underneath";

@@ -13,7 +13,8 @@ use super::{Did, Executor};
 use crate::divert::Removed;
 use crate::journal::{foreign_aside, now};
 use crate::notes::with_note;
-use crate::targets::{self, Original, State};
+use crate::state::{Original, State};
+use crate::targets;
 
 impl Executor<'_> {
     pub(in crate::journal) fn exists(&self, abs: &Path) -> bool {
