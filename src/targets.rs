@@ -216,7 +216,7 @@ pub fn resolve(
     Ok(out)
 }
 
-/// Load the config and check its target paths against this node ([`check_real_path`]):
+/// Load the config and check its target paths against this node (`check_real_path`):
 /// how status, verify, remove and `k8s-nokmem config` read it, so that a bad path is
 /// reported as a bad value in the config. Install loads it unchecked and `resolve`, in its
 /// preflight, refuses a bad path where it is used.
