@@ -12,7 +12,8 @@ use log::{debug, info, warn};
 
 use crate::command::{self, Cmd, CommandError};
 use crate::config::CmdlineMode;
-use crate::paths::{self, FileError, Root};
+use crate::fs::{self, FileError};
+use crate::paths::Root;
 
 /// The parameter (Linux >= 4.6; some 3.10 vendor kernels backport it; 4.4 ignores it).
 pub const PARAM: &str = "cgroup.memory=nokmem";
@@ -156,9 +157,9 @@ pub fn apply(root: &Root, manage: bool) -> Result<(), CmdlineError> {
     let changed = current.as_deref() != Some(DROPIN_TEXT);
     if changed {
         if let Some(dir) = path.parent() {
-            paths::create_dir_all(dir, 0o755).map_err(CmdlineError::Write)?;
+            fs::create_dir_all(dir, 0o755).map_err(CmdlineError::Write)?;
         }
-        paths::atomic_write_bytes(&path, 0o644, DROPIN_TEXT.as_bytes())
+        fs::atomic_write_bytes(&path, 0o644, DROPIN_TEXT.as_bytes())
             .map_err(CmdlineError::Write)?;
     }
     let next = next_boot(root);
@@ -180,15 +181,15 @@ pub fn apply(root: &Root, manage: bool) -> Result<(), CmdlineError> {
 pub fn remove(root: &Root) -> Result<(), CmdlineError> {
     let start = Instant::now();
     let path = root.join(DROPIN);
-    if !paths::remove_file_if_exists(&path).map_err(CmdlineError::Remove)? {
+    if !fs::remove_file_if_exists(&path).map_err(CmdlineError::Remove)? {
         debug!("kernel cmdline: no {} to remove", root.describe(DROPIN));
         return Ok(());
     }
     if let Some(dir) = path.parent() {
-        paths::sync_dir(dir).map_err(CmdlineError::Remove)?;
+        fs::sync_dir(dir).map_err(CmdlineError::Remove)?;
         if std::fs::remove_dir(dir).is_ok() {
             if let Some(up) = dir.parent() {
-                paths::sync_dir(up).map_err(CmdlineError::Remove)?;
+                fs::sync_dir(up).map_err(CmdlineError::Remove)?;
             }
         }
     }

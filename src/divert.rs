@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use crate::command::{self, Cmd, CommandError};
 use crate::dpkg;
-use crate::paths::{FileError, Root, PACKAGE};
+use crate::fs::FileError;
+use crate::paths::{Root, PACKAGE};
 
 /// The program, found on `$PATH` (it lives in /usr/bin on every dpkg system).
 pub const DPKG_DIVERT: &str = "dpkg-divert";

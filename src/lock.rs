@@ -19,7 +19,7 @@ use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg, OFlag};
 use nix::libc;
 use nix::sys::stat::Mode;
 
-use crate::paths::{FileError, WrapIo};
+use crate::fs::{FileError, WrapIo};
 
 /// The lock file's name in the state directory.
 pub const LOCK_FILE: &str = "lock";

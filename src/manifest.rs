@@ -10,12 +10,13 @@ use std::path::Path;
 
 use ini::Ini;
 
+use crate::fs;
 use crate::paths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("failed to read payload manifest")]
-    Read(#[source] paths::FileError),
+    Read(#[source] fs::FileError),
     #[error("payload manifest {file} is not valid INI at line {line}: {msg}")]
     Syntax {
         file: String,
@@ -79,7 +80,7 @@ const BINARY_SECTIONS: [&str; 2] = ["runc", "kubelet"];
 impl Manifest {
     /// Read and parse a MANIFEST file; `shown` names it in messages.
     pub fn load(path: &Path, shown: &str) -> Result<Manifest, ManifestError> {
-        let text = paths::read_to_string(path).map_err(ManifestError::Read)?;
+        let text = fs::read_to_string(path).map_err(ManifestError::Read)?;
         Manifest::parse(&text, shown)
     }
 
@@ -95,7 +96,7 @@ impl Manifest {
     /// Read and parse a MANIFEST that records any of the binaries, at least one (a runc-only
     /// build's, as build-rc9.sh writes): what `inspect` cross-checks one binary against.
     pub fn load_any(path: &Path, shown: &str) -> Result<Manifest, ManifestError> {
-        let text = paths::read_to_string(path).map_err(ManifestError::Read)?;
+        let text = fs::read_to_string(path).map_err(ManifestError::Read)?;
         Manifest::parse_sections(&text, shown, false)
     }
 

@@ -10,7 +10,8 @@ use std::time::Instant;
 use log::{debug, info, warn};
 
 use crate::command::Cmd;
-use crate::paths::{self, FileError, Root};
+use crate::fs::{self, FileError};
+use crate::paths::{self, Root};
 
 /// The flag file.
 pub const FLAG: &str = "/run/reboot-required";
@@ -68,21 +69,21 @@ pub fn with_package(text: &str, pkg: &str) -> Option<String> {
 pub fn flag(root: &Root, why: &str) -> Result<(), FileError> {
     let start = Instant::now();
     let run = root.join("/run");
-    paths::create_dir_all(&run, 0o755)?;
+    fs::create_dir_all(&run, 0o755)?;
     let flag = root.join(FLAG);
     let mut changed = Vec::new();
     if !flag.exists() {
-        paths::atomic_write_bytes(&flag, 0o644, FLAG_TEXT.as_bytes())?;
+        fs::atomic_write_bytes(&flag, 0o644, FLAG_TEXT.as_bytes())?;
         changed.push(FLAG);
     }
     let pkgs = root.join(PKGS);
-    let text = match paths::read_to_string(&pkgs) {
+    let text = match fs::read_to_string(&pkgs) {
         Ok(t) => t,
         Err(e) if e.is_not_found() => String::new(),
         Err(e) => return Err(e),
     };
     if let Some(new) = with_package(&text, paths::PACKAGE) {
-        paths::atomic_write_bytes(&pkgs, 0o644, new.as_bytes())?;
+        fs::atomic_write_bytes(&pkgs, 0o644, new.as_bytes())?;
         changed.push(PKGS);
     }
     if root.is_host() && !changed.is_empty() && Path::new(NOTIFIER).exists() {

@@ -17,8 +17,9 @@ use crate::notes::error_chain;
 use crate::outcome::Outcome;
 use crate::paths::{self, Root};
 use crate::policy::ServicePolicy;
+use crate::state::{Original, State, TargetState};
 use crate::systemd::{ServiceManager, SystemdError, UnitState};
-use crate::targets::{self, Original, State, TargetState, Underneath};
+use crate::targets::{self, Underneath};
 
 /// Where `status` reads the services' states from.
 pub enum ServiceSource<'a> {
@@ -110,7 +111,7 @@ pub fn collect(
 ) -> StatusReport {
     let mut problems = Vec::new();
     let mut unknown = Vec::new();
-    let config = Config::load(root, config_path).unwrap_or_else(|e| {
+    let config = targets::load_config(root, config_path).unwrap_or_else(|e| {
         problems.push(error_chain(&e));
         Config::default()
     });

@@ -1,8 +1,7 @@
 //! What we own on a node: for each payload binary, the path we divert and replace, where
-//! dpkg keeps the original (`<path>.distrib`), and the state file that records what was
-//! swapped. install, remove and status all iterate [`Target`]s.
+//! dpkg keeps the original (`<path>.distrib`), and what is there now. install, remove and
+//! status all iterate [`Target`]s; what was swapped is recorded in [`crate::state`].
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -11,11 +10,13 @@ use std::path::{Path, PathBuf};
 
 use log::debug;
 
-use crate::config::{Config, TargetPath};
+use crate::config::{Config, ConfigError, TargetPath};
 use crate::divert::{self, Diversion};
 use crate::dpkg::{Dpkg, DpkgError};
+use crate::fs::{FileError, WrapIo};
 use crate::manifest::{Binary, Manifest};
-use crate::paths::{self, FileError, Root, WrapIo};
+use crate::paths::{self, Root};
+use crate::state::{Original, PackageVersion, State, TargetState};
 
 /// Where a binary usually lives, in the order we look. runc is found by dockerd and
 /// containerd through `$PATH`, and systemd's default service PATH has /usr/sbin before
@@ -26,9 +27,6 @@ pub const USUAL_PATHS: [(&str, &[&str]); 2] = [
     ("runc", &["/usr/sbin/runc", "/usr/bin/runc"]),
     ("kubelet", &["/usr/bin/kubelet", "/usr/local/bin/kubelet"]),
 ];
-
-/// What was swapped, under the state directory.
-pub const STATE_FILE: &str = "state.json";
 
 /// Mode of a placed payload binary.
 pub const PAYLOAD_MODE: u32 = 0o755;
@@ -51,31 +49,14 @@ pub enum TargetError {
         #[source]
         source: DpkgError,
     },
-    #[error("state file '{}' is not valid; move it away and run the command again: it is rebuilt from the diversions", path.display())]
-    BadState {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// A configured value that does not hold on this node, located where it was set.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("the {name} path {path:?} holds a newline, which dpkg-divert refuses (its database keeps one path a line); set [{name}] path in the config to the binary's real path")]
     Newline { name: String, path: PathBuf },
 }
 
-/// What was at a target path before we diverted it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Original {
-    /// Nothing: diverted anyway, so that a later kubelet/runc package lands aside.
-    Missing,
-    File {
-        sha256: String,
-        size: u64,
-        mode: u32,
-    },
-    /// A symlink: diverted (renamed) as a link; its target is left alone.
-    Symlink { target: PathBuf },
-}
-
+/// Reading an [`Original`] from the disk and describing it are targets' business.
 impl Original {
     /// Describe what is at `on_disk` (a path under the root), without following a symlink.
     pub fn probe(name: &str, on_disk: &Path) -> Result<Original, TargetError> {
@@ -90,7 +71,7 @@ impl Original {
             Ok(Original::Symlink { target })
         } else if ft.is_file() {
             Ok(Original::File {
-                sha256: paths::sha256_file(on_disk)?,
+                sha256: crate::fs::sha256_file(on_disk)?,
                 size: meta.len(),
                 mode: meta.permissions().mode() & 0o7777,
             })
@@ -115,14 +96,6 @@ impl Original {
                 format!("a file of {size} bytes, sha256 {}", short(sha256))
             }
             Original::Symlink { target } => format!("a symlink to '{}'", target.display()),
-        }
-    }
-
-    /// True when `now` is the same thing (content and link target; mode is not compared).
-    pub fn same_as(&self, now: &Original) -> bool {
-        match (self, now) {
-            (Original::File { sha256: a, .. }, Original::File { sha256: b, .. }) => a == b,
-            _ => self == now,
         }
     }
 }
@@ -221,7 +194,10 @@ pub fn resolve(
                 name: tc.name.to_string(),
             })?;
         let (path, found) = match &tc.path {
-            TargetPath::Fixed(p) => (p.clone(), ChosenBy::Config),
+            TargetPath::Fixed(p) => {
+                check_real_path(root, config, tc.name, p)?;
+                (p.clone(), ChosenBy::Config)
+            }
             TargetPath::Auto => {
                 let recorded = state.targets.get(tc.name).map(|t| t.path.as_path());
                 auto_path(root, tc.name, recorded, diversions, dpkg)?
@@ -238,6 +214,61 @@ pub fn resolve(
         out.push(Target::new(tc.name, path, bin, tc.restart.clone(), found));
     }
     Ok(out)
+}
+
+/// Load the config and check its target paths against this node (`check_real_path`):
+/// how status, verify, remove and `k8s-nokmem config` read it, so that a bad path is
+/// reported as a bad value in the config. Install loads it unchecked and `resolve`, in its
+/// preflight, refuses a bad path where it is used.
+pub fn load_config(root: &Root, explicit: Option<&Path>) -> Result<Config, TargetError> {
+    let config = Config::load(root, explicit)?;
+    for t in &config.targets {
+        if let TargetPath::Fixed(path) = &t.path {
+            check_real_path(root, &config, t.name, path)?;
+        }
+    }
+    Ok(config)
+}
+
+/// A configured target path must be the file itself as seen inside `root`, not an alias
+/// through a symlinked directory (`/sbin/runc` when `/sbin -> usr/sbin`) or a symlink:
+/// dpkg knows, diverts and upgrades the real path only. The error points at the config
+/// line that set it.
+fn check_real_path(
+    root: &Root,
+    config: &Config,
+    name: &str,
+    path: &Path,
+) -> Result<(), TargetError> {
+    let Some(real) = real_path(root, path) else {
+        return Ok(());
+    };
+    if real == path {
+        return Ok(());
+    }
+    let value = path.display().to_string();
+    Err(config
+        .bad_setting(
+            name,
+            "path",
+            &value,
+            &format!(
+                "the real path '{}' ('{value}' goes through a symlink on this node); set path = {}",
+                real.display(),
+                real.display()
+            ),
+        )
+        .into())
+}
+
+/// Where `path` really is inside `root`: every symlink resolved, also the last component
+/// when it is a link to an existing file; `None` when its directory does not exist.
+fn real_path(root: &Root, path: &Path) -> Option<PathBuf> {
+    if let Some(real) = root.canonicalize(path) {
+        return Some(real);
+    }
+    let (dir, name) = (path.parent()?, path.file_name()?);
+    root.canonicalize(dir).map(|d| d.join(name))
 }
 
 fn auto_path(
@@ -267,7 +298,7 @@ fn auto_path(
         let is_link = fs::symlink_metadata(root.join(p)).map(|m| m.file_type().is_symlink());
         let candidate = match (is_link, owners.into_iter().next()) {
             // a symlink to a real file: divert the file, which every caller ends up running
-            (Ok(true), _) => match resolve_in_root(root, p) {
+            (Ok(true), _) => match root.canonicalize(p) {
                 Some(real) if root.join(&real).is_file() => {
                     (real, ChosenBy::LinkedFrom(p.to_path_buf()))
                 }
@@ -302,81 +333,7 @@ fn auto_path(
     Ok((first.to_path_buf(), ChosenBy::Default))
 }
 
-/// Resolve every symlink in `abs` the way the system would see it from inside `root` (an
-/// absolute link target starts again at the root). `None` when a component is missing or
-/// the links loop.
-pub fn resolve_in_root(root: &Root, abs: &Path) -> Option<PathBuf> {
-    use std::path::Component;
-    let mut todo: Vec<std::ffi::OsString> = Vec::new();
-    let push = |todo: &mut Vec<std::ffi::OsString>, p: &Path| {
-        let parts: Vec<_> = p
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(n) => Some(n.to_os_string()),
-                Component::ParentDir => Some("..".into()),
-                _ => None,
-            })
-            .collect();
-        todo.extend(parts.into_iter().rev());
-    };
-    push(&mut todo, abs);
-    let mut cur = PathBuf::from("/");
-    let mut hops = 0;
-    while let Some(part) = todo.pop() {
-        if part == ".." {
-            cur.pop();
-            continue;
-        }
-        let next = cur.join(&part);
-        let on_disk = root.join(&next);
-        let meta = fs::symlink_metadata(&on_disk).ok()?;
-        if meta.file_type().is_symlink() {
-            hops += 1;
-            if hops > 40 {
-                return None;
-            }
-            let target = fs::read_link(&on_disk).ok()?;
-            if target.is_absolute() {
-                cur = PathBuf::from("/");
-            }
-            push(&mut todo, &target);
-        } else {
-            cur = next;
-        }
-    }
-    Some(cur)
-}
-
-/// What `state.json` records for one swapped target.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TargetState {
-    pub path: PathBuf,
-    pub divert_to: PathBuf,
-    /// What was at `path` before the first install (now at `divert_to`).
-    pub original: Original,
-    pub payload_sha256: String,
-    pub payload_version: String,
-    /// The package that ships the original, at its version when this payload was put in
-    /// place: an upgrade of that package lands at `divert_to` and never runs, so verify
-    /// and status compare. Absent when no package ships it, and in state files written
-    /// before it was recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub original_package: Option<PackageVersion>,
-    /// When this payload was put in place (seconds since the epoch), stamped by the
-    /// install's record step: verify's fleet rule counts a pod cgroup created before it as
-    /// made by the old binaries. Absent in state files written before it was recorded
-    /// (verify then goes by the file's mtime).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub swapped_at: Option<u64>,
-}
-
-/// An installed package and its version.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PackageVersion {
-    pub package: String,
-    pub version: String,
-}
-
+/// What dpkg says about the package of a target.
 impl PackageVersion {
     /// The first package that ships `path` and its installed version, now.
     pub fn of(dpkg: &Dpkg, path: &Path) -> Result<Option<PackageVersion>, DpkgError> {
@@ -475,53 +432,6 @@ impl Underneath {
     }
 }
 
-/// `R/var/lib/k8s-nokmem/state.json`: what is swapped now, by target name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct State {
-    pub version: u32,
-    pub targets: BTreeMap<String, TargetState>,
-}
-
-impl State {
-    pub fn path(root: &Root) -> PathBuf {
-        root.join(Path::new(paths::STATE_DIR).join(STATE_FILE))
-    }
-
-    /// Read the state; a missing file is the empty state.
-    pub fn load(root: &Root) -> Result<State, TargetError> {
-        let path = Self::path(root);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => return Err(FileError::new("read", &path, e).into()),
-        };
-        serde_json::from_str(&text).map_err(|source| TargetError::BadState {
-            path: path.clone(),
-            source,
-        })
-    }
-
-    /// Write the state atomically; the empty state removes the file.
-    pub fn save(&self, root: &Root) -> Result<(), TargetError> {
-        let path = Self::path(root);
-        if self.targets.is_empty() {
-            paths::remove_file_if_exists(&path)?;
-            return Ok(());
-        }
-        let mut text = serde_json::to_string_pretty(&State {
-            version: 1,
-            targets: self.targets.clone(),
-        })
-        .map_err(|source| TargetError::BadState {
-            path: path.clone(),
-            source,
-        })?;
-        text.push('\n');
-        paths::atomic_write_bytes(&path, 0o644, text.as_bytes())?;
-        Ok(())
-    }
-}
-
 /// What is at a target path now, compared with the payload.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -546,13 +456,13 @@ pub fn in_place(root: &Root, target: &Target) -> Result<InPlace, TargetError> {
 }
 
 /// Copy `src` to a new file `dst` with `mode` (whatever was at `dst`, a stale copy or a
-/// link, is unlinked first, never followed: [`paths::create_replacing`]), fsync it, and
+/// link, is unlinked first, never followed: [`crate::fs::create_replacing`]), fsync it, and
 /// return the sha256 of the bytes written. One pass over the data.
 pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileError> {
     use std::io::Write;
     let input = fs::File::open(src).with_path("open", src)?;
-    let mut out = paths::create_replacing(dst, mode)?;
-    let sha256 = paths::sha256_reading(input, src, |chunk| {
+    let mut out = crate::fs::create_replacing(dst, mode)?;
+    let sha256 = crate::fs::sha256_reading(input, src, |chunk| {
         out.write_all(chunk).with_path("write", dst)
     })?;
     out.sync_all().with_path("fsync", dst)?;
@@ -563,15 +473,10 @@ pub fn copy_hashed(src: &Path, dst: &Path, mode: u32) -> Result<String, FileErro
 mod tests {
     use super::*;
 
-    /// A configured path with a newline (an escape in the config, a generated drop-in) is
-    /// refused when targets are resolved, naming the target and the fix: dpkg-divert would
-    /// refuse it only after the services were stopped. Spaces and " to " are fine.
-    #[test]
-    fn a_target_path_with_a_newline_is_refused_naming_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path());
+    /// A MANIFEST with runc and kubelet (checksums unused here).
+    fn manifest() -> Manifest {
         let z = "0".repeat(64);
-        let manifest = Manifest::parse(
+        Manifest::parse(
             &format!(
                 "[payload]\narch = amd64\nbuilt = 2026-11-28T00:00:00Z\n\
              [runc]\nfile = runc\nversion = 1.1.5\nsource = t\ngo = go1.19\ntags = nokmem\n\
@@ -581,7 +486,17 @@ mod tests {
             ),
             "MANIFEST",
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A configured path with a newline (an escape in the config, a generated drop-in) is
+    /// refused when targets are resolved, naming the target and the fix: dpkg-divert would
+    /// refuse it only after the services were stopped. Spaces and " to " are fine.
+    #[test]
+    fn a_target_path_with_a_newline_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let manifest = manifest();
         let resolve_with = |kubelet: &str| {
             let mut config = Config::default();
             for t in &mut config.targets {
@@ -602,6 +517,65 @@ mod tests {
         );
         let ok = resolve_with("/opt/back to school/kubelet").unwrap();
         assert_eq!(ok[1].path, Path::new("/opt/back to school/kubelet"));
+    }
+
+    /// A configured target path through a symlink on this node (a directory alias, a link
+    /// to the binary) is refused where targets are resolved, naming the config file, line,
+    /// key and value and the real path to set: dpkg diverts and upgrades the real path only.
+    #[test]
+    fn a_target_path_through_a_symlink_is_refused_with_the_real_path() {
+        // a usrmerged root: /sbin -> usr/sbin, and a /usr/bin/runc -> ../sbin/runc link
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        fs::create_dir_all(root.join("/usr/sbin")).unwrap();
+        fs::create_dir_all(root.join("/usr/bin")).unwrap();
+        fs::create_dir_all(root.join("/etc/k8s-nokmem")).unwrap();
+        fs::write(root.join("/usr/sbin/runc"), b"runc").unwrap();
+        std::os::unix::fs::symlink("usr/sbin", root.join("/sbin")).unwrap();
+        std::os::unix::fs::symlink("../sbin/runc", root.join("/usr/bin/runc")).unwrap();
+        let manifest = manifest();
+        let cases = [
+            ("directory alias", "/sbin/runc", Some("/usr/sbin/runc")),
+            (
+                "alias of a missing file",
+                "/sbin/kubelet-none",
+                Some("/usr/sbin/kubelet-none"),
+            ),
+            (
+                "symlink to the binary",
+                "/usr/bin/runc",
+                Some("/usr/sbin/runc"),
+            ),
+            ("the real file", "/usr/sbin/runc", None),
+            ("not there yet", "/usr/sbin/nothing", None),
+            ("no such directory", "/opt/none/runc", None),
+        ];
+        for (case, value, want) in cases {
+            let text =
+                format!("# test\n[runc]\npath = {value}\n[kubelet]\npath = /usr/bin/kubelet\n");
+            fs::write(root.join(paths::CONFIG_FILE), &text).unwrap();
+            let config = Config::load(&root, None).unwrap();
+            let dpkg = Dpkg::new(&root);
+            let got = resolve(&root, &config, &manifest, &[], &State::default(), &dpkg);
+            match want {
+                None => assert!(
+                    got.is_ok(),
+                    "case '{case}': {:?}",
+                    got.err().map(|e| e.to_string())
+                ),
+                Some(real) => {
+                    let msg = got.unwrap_err().to_string();
+                    assert_eq!(
+                        msg,
+                        format!(
+                            "bad value in config {} line 3: [runc] path = '{value}': expected the real path '{real}' ('{value}' goes through a symlink on this node); set path = {real}",
+                            root.describe(paths::CONFIG_FILE)
+                        ),
+                        "case '{case}'"
+                    );
+                }
+            }
+        }
     }
 
     /// The staged copy has a name others can predict (`.kubelet.k8s-nokmem-new` next to
@@ -656,104 +630,5 @@ mod tests {
         let err = Original::probe("kubelet", dir.path()).unwrap_err();
         assert!(err.to_string().contains("is a directory"), "{err}");
         assert!(err.to_string().contains("[kubelet] path"), "{err}");
-    }
-
-    #[test]
-    fn symlinks_resolve_inside_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path());
-        let mk = |p: &str| fs::create_dir_all(root.join(p)).unwrap();
-        mk("/usr/sbin");
-        mk("/usr/bin");
-        mk("/opt/k8s");
-        std::os::unix::fs::symlink("usr/sbin", root.join("/sbin")).unwrap();
-        fs::write(root.join("/usr/sbin/runc"), b"x").unwrap();
-        fs::write(root.join("/opt/k8s/kubelet-1.20"), b"x").unwrap();
-        let link =
-            |target: &str, at: &str| std::os::unix::fs::symlink(target, root.join(at)).unwrap();
-        link("../sbin/runc", "/usr/bin/runc");
-        link("/sbin/runc", "/usr/bin/runc-abs");
-        link("/opt/k8s/kubelet-1.20", "/usr/bin/kubelet");
-        link("loop-b", "/usr/bin/loop-a");
-        link("loop-a", "/usr/bin/loop-b");
-        link("nowhere", "/usr/bin/dangling");
-        let cases = [
-            ("/usr/bin/runc", Some("/usr/sbin/runc")),
-            ("/usr/bin/runc-abs", Some("/usr/sbin/runc")),
-            ("/sbin/runc", Some("/usr/sbin/runc")),
-            ("/usr/bin/kubelet", Some("/opt/k8s/kubelet-1.20")),
-            ("/usr/sbin/runc", Some("/usr/sbin/runc")),
-            ("/usr/bin/loop-a", None),
-            ("/usr/bin/dangling", None),
-        ];
-        for (path, want) in cases {
-            assert_eq!(
-                resolve_in_root(&root, Path::new(path)),
-                want.map(PathBuf::from),
-                "case {path}"
-            );
-        }
-    }
-
-    #[test]
-    fn state_round_trips_and_empty_state_removes_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path());
-        fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
-        assert_eq!(State::load(&root).unwrap(), State::default());
-        let mut state = State::default();
-        state.targets.insert(
-            "runc".into(),
-            TargetState {
-                path: "/usr/bin/runc".into(),
-                divert_to: "/usr/bin/runc.distrib".into(),
-                original: Original::Missing,
-                payload_sha256: "a".repeat(64),
-                payload_version: "1.1.5".into(),
-                original_package: Some(PackageVersion {
-                    package: "runc".into(),
-                    version: "1.1.5+ds1-1".into(),
-                }),
-                swapped_at: Some(1_764_540_900),
-            },
-        );
-        state.save(&root).unwrap();
-        let back = State::load(&root).unwrap();
-        assert_eq!(back.targets, state.targets);
-        State::default().save(&root).unwrap();
-        assert!(!State::path(&root).exists());
-        fs::write(State::path(&root), "{not json").unwrap();
-        let err = State::load(&root).unwrap_err();
-        assert!(err.to_string().contains("state.json"), "{err}");
-        // serde's reason is the cause, shown with the chain
-        assert!(
-            matches!(&err, TargetError::BadState { source, .. } if source.is_syntax()),
-            "{err:?}"
-        );
-        let shown = crate::notes::error_chain(&err);
-        assert!(
-            shown.ends_with("key must be a string at line 1 column 2"),
-            "{shown}"
-        );
-    }
-
-    /// A state file written before the original's package was recorded still loads.
-    #[test]
-    fn an_older_state_file_without_the_package_loads() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path());
-        fs::create_dir_all(root.join(paths::STATE_DIR)).unwrap();
-        let sha = "b".repeat(64);
-        fs::write(
-            State::path(&root),
-            format!(
-                r#"{{"version": 1, "targets": {{"kubelet": {{"path": "/usr/bin/kubelet",
-                "divert_to": "/usr/bin/kubelet.distrib", "original": {{"kind": "missing"}},
-                "payload_sha256": "{sha}", "payload_version": "1.20.2"}}}}}}"#
-            ),
-        )
-        .unwrap();
-        let state = State::load(&root).unwrap();
-        assert_eq!(state.targets["kubelet"].original_package, None);
     }
 }

@@ -194,7 +194,7 @@ fn contents_modes_owner_and_compression() {
         for bin in &m.binaries {
             let path = x.path().join("usr/lib/k8s-nokmem").join(&bin.file);
             assert_eq!(
-                k8s_nokmem::paths::sha256_file(&path).unwrap(),
+                k8s_nokmem::fs::sha256_file(&path).unwrap(),
                 bin.sha256,
                 "{arch}: {} sha256 differs from its MANIFEST",
                 bin.file

@@ -1228,3 +1228,76 @@ fn a_dpkg_divert_without_root_option_is_refused_up_front() {
         assert_same(&before, &n.snapshot(), cmd);
     }
 }
+
+/// state.json as the first releases wrote it (no `original_package`, no `swapped_at`) and
+/// without a `version` field (legacy: read as version 1): status and remove read it, and
+/// remove restores the identical tree.
+#[test]
+fn a_state_file_in_the_oldest_layout_is_read_by_status_and_remove() {
+    let n = NodeRoot::new();
+    let before = n.snapshot();
+    n.ok(&["install"]);
+    let rel = "var/lib/k8s-nokmem/state.json";
+    let mut state: serde_json::Value = serde_json::from_slice(&n.read(rel)).unwrap();
+    let top = state.as_object_mut().unwrap();
+    top.remove("version");
+    for target in top["targets"].as_object_mut().unwrap().values_mut() {
+        let target = target.as_object_mut().unwrap();
+        target.remove("original_package");
+        target.remove("swapped_at");
+    }
+    n.write(rel, state.to_string().as_bytes(), 0o644);
+
+    let status = n.run(&["status", "--json"]);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{out}\n{}", stderr(&status));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["installed"], "installed", "{out}");
+    assert_eq!(json["problems"], serde_json::json!([]), "{out}");
+
+    let log = n.ok(&["remove"]);
+    assert!(!log.contains("going by the diversions alone"), "{log}");
+    assert!(
+        log.contains("undivert '/usr/bin/kubelet': ok (original back)"),
+        "{log}"
+    );
+    assert_same(&before, &n.snapshot(), "install, old-layout state, remove");
+}
+
+/// A state.json a newer k8s-nokmem wrote (a higher version, a layout this one does not
+/// know) is refused by install and remove before anything changes, naming the file, the
+/// version and the fix; status reports it as a problem.
+#[test]
+fn a_state_file_of_a_newer_version_is_refused_and_nothing_changes() {
+    let n = NodeRoot::new();
+    n.ok(&["install"]);
+    let rel = "var/lib/k8s-nokmem/state.json";
+    let mut state: serde_json::Value = serde_json::from_slice(&n.read(rel)).unwrap();
+    state["version"] = 2.into();
+    state["generation"] = 7.into();
+    n.write(rel, state.to_string().as_bytes(), 0o644);
+    let want = format!(
+        "state file '{}' has version 2, but this k8s-nokmem ({}) reads versions up to 1: a newer k8s-nokmem wrote it; upgrade k8s-nokmem (`apt install k8s-nokmem`), then run the command again",
+        n.abs(rel).display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let before = n.snapshot();
+    for command in ["remove", "install"] {
+        let out = n.run(&[command]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{command} step 1 'preflight' failed: nothing was changed"
+            )),
+            "{command}: {err}"
+        );
+        assert!(err.contains(&want), "{command}: {err}");
+        assert_same(&before, &n.snapshot(), command);
+    }
+    let status = n.run(&["status"]);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(1), "{out}\n{}", stderr(&status));
+    assert!(out.contains(&format!("problem: {want}")), "{out}");
+    assert_same(&before, &n.snapshot(), "status");
+}

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{Ctx, Outcome};
+use crate::fs;
 use crate::gobin::provenance::{self, Check};
 use crate::gobin::{self, BinaryReport, Evidence, GobinError, Reason, Verdict};
 use crate::manifest::Manifest;
-use crate::{notes, output, paths};
+use crate::{notes, output};
 
 const AFTER_HELP: &str = "\
 Evidence of kmem-enabling code: the string memory.kmem.limit_in_bytes and the source
@@ -178,7 +179,7 @@ fn cross_check(
     let shown = format!("'{}'", manifest_path.display());
     let manifest = Manifest::load_any(manifest_path, &shown)?;
     let sha256 =
-        paths::sha256_file(path).with_context(|| format!("failed to hash '{}'", path.display()))?;
+        fs::sha256_file(path).with_context(|| format!("failed to hash '{}'", path.display()))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -9,6 +9,7 @@ use log::LevelFilter;
 
 use crate::config::Config;
 use crate::paths::Root;
+use crate::targets;
 
 mod completions;
 mod config;
@@ -117,9 +118,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Load the config (explicit `--config`, else the default file under the root).
+    /// Load the config (explicit `--config`, else the default file under the root), its
+    /// target paths checked against the node.
     pub fn config(&self) -> anyhow::Result<Config> {
-        Ok(Config::load(&self.root, self.config_path.as_deref())?)
+        Ok(targets::load_config(
+            &self.root,
+            self.config_path.as_deref(),
+        )?)
     }
 }
 

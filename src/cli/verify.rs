@@ -8,6 +8,7 @@ use log::{debug, error, info, warn};
 
 use super::{Ctx, Outcome};
 use crate::config::Config;
+use crate::fs;
 use crate::output;
 use crate::paths;
 use crate::verify::{self, render, Check, Settings, Status};
@@ -182,8 +183,8 @@ impl Verify {
 fn write_state(ctx: &Ctx, report: &verify::VerifyReport) -> bool {
     let dir = ctx.root.join(paths::RUN_DIR);
     let path = dir.join(paths::VERIFY_FILE);
-    let result = paths::create_dir_all(&dir, 0o755)
-        .and_then(|()| paths::atomic_write_bytes(&path, 0o644, render::json(report).as_bytes()));
+    let result = fs::create_dir_all(&dir, 0o755)
+        .and_then(|()| fs::atomic_write_bytes(&path, 0o644, render::json(report).as_bytes()));
     match result {
         Ok(()) => {
             info!(

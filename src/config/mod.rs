@@ -5,6 +5,10 @@
 //! into [`Config`] over the defaults. An unknown key is a warning (a newer drop-in on an older
 //! helper must not break a node); a bad value is an error naming the file, line, key, value
 //! and what would be accepted. [`Sources`] keeps where each effective value came from.
+//!
+//! Parsing reads the config files and nothing else on the node: a value is checked against
+//! the node (a target path through a symlink) where it is used, in `targets::resolve`, with
+//! [`Config::bad_setting`] locating the error at the line that set it.
 
 mod sources;
 pub mod syntax;
@@ -15,7 +19,8 @@ use std::time::Duration;
 
 use log::{debug, warn};
 
-use crate::paths::{self, Root};
+use crate::fs;
+use crate::paths::Root;
 
 pub use sources::{render, Effective, Origin, Setting, Sources, DROPIN_DIR};
 pub use values::{parse_duration, show_duration, MAX_DURATION, MIN_WAIT};
@@ -61,9 +66,9 @@ pub fn default_of(section: &str, key: &str) -> Option<&'static str> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("failed to read config {0}")]
-    Read(String, #[source] paths::FileError),
+    Read(String, #[source] fs::FileError),
     #[error("failed to list the config drop-ins in {0}")]
-    ReadDir(String, #[source] paths::FileError),
+    ReadDir(String, #[source] fs::FileError),
     #[error("syntax error in config {file} at line {line}: {what}; {fix}")]
     Syntax {
         file: String,
@@ -236,7 +241,7 @@ impl Config {
         for file in sources::files(root, explicit)? {
             config.read(&file)?;
         }
-        config.check_targets(root)?;
+        config.check_same_path()?;
         Ok(config)
     }
 
@@ -250,7 +255,7 @@ impl Config {
     }
 
     fn read(&mut self, file: &sources::File) -> Result<(), ConfigError> {
-        let text = match paths::read_to_string(&file.host) {
+        let text = match fs::read_to_string(&file.host) {
             Ok(text) => text,
             Err(e) if e.is_not_found() && file.optional => {
                 debug!("no config at {}: using defaults", file.shown);
@@ -289,12 +294,6 @@ impl Config {
         Ok(())
     }
 
-    /// Checks across keys and against the node, once every file is applied.
-    fn check_targets(&self, root: &Root) -> Result<(), ConfigError> {
-        self.check_same_path()?;
-        self.check_real_paths(root)
-    }
-
     /// runc and kubelet are two binaries: the same fixed path for both is refused, at the
     /// later of the two settings.
     fn check_same_path(&self) -> Result<(), ConfigError> {
@@ -325,36 +324,15 @@ impl Config {
         ))
     }
 
-    /// A fixed target path must be the file itself as seen inside `root`, not an alias
-    /// through a symlinked directory (`/sbin/runc` when `/sbin -> usr/sbin`) or a symlink:
-    /// dpkg knows, diverts and upgrades the real path only.
-    fn check_real_paths(&self, root: &Root) -> Result<(), ConfigError> {
-        for t in &self.targets {
-            let TargetPath::Fixed(path) = &t.path else {
-                continue;
-            };
-            let Some(real) = values::real_path_in(root, path) else {
-                continue;
-            };
-            if real != *path {
-                let value = path.display().to_string();
-                return Err(self.bad_setting(
-                    t.name,
-                    "path",
-                    &value,
-                    &format!(
-                        "the real path '{}' ('{value}' goes through a symlink on this node); set path = {}",
-                        real.display(),
-                        real.display()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// A bad value found after parsing, located where it was set.
-    fn bad_setting(&self, section: &str, key: &str, value: &str, expected: &str) -> ConfigError {
+    /// A bad value found after parsing (across keys here, against the node where the value
+    /// is used: `targets::resolve`), located where it was set.
+    pub fn bad_setting(
+        &self,
+        section: &str,
+        key: &str,
+        value: &str,
+        expected: &str,
+    ) -> ConfigError {
         let (file, line) = match self.sources.get(section, key) {
             Some(s) => (s.origin.shown.as_str(), s.origin.line),
             None => ("(default)", 0),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use log::debug;
 
 use super::{ConfigError, Located, KEYS};
+use crate::fs;
 use crate::paths::{self, Root};
 
 /// Operators' drop-ins, read after the conffile.
@@ -89,7 +90,7 @@ pub(super) fn files(root: &Root, explicit: Option<&Path>) -> Result<Vec<File>, C
                 let path = Path::new(DROPIN_DIR).join(text);
                 return Err(ConfigError::Read(
                     root.describe(&path),
-                    paths::FileError {
+                    fs::FileError {
                         action: "read",
                         path: entry.path(),
                         source: e,
@@ -108,7 +109,7 @@ pub(super) fn files(root: &Root, explicit: Option<&Path>) -> Result<Vec<File>, C
 fn read_dir_error(root: &Root, dir: &Path, source: io::Error) -> ConfigError {
     ConfigError::ReadDir(
         root.describe(DROPIN_DIR),
-        paths::FileError {
+        fs::FileError {
             action: "list",
             path: dir.to_path_buf(),
             source,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ConfigError, Located, HELPER_PATH};
-use crate::paths::{self, Root};
+use crate::paths;
 
 /// The longest any duration key may be: a day. Beyond it nothing is still "waiting for a
 /// service", and every deadline computed from it stays far inside `Instant`'s range.
@@ -123,16 +123,6 @@ pub(super) fn target_path(at: &Located<'_>) -> Result<PathBuf, ConfigError> {
         )));
     }
     Ok(path.to_path_buf())
-}
-
-/// Where `path` really is inside `root`: every symlink resolved, also the last component
-/// when it is a link to an existing file; `None` when its directory does not exist.
-pub(super) fn real_path_in(root: &Root, path: &Path) -> Option<PathBuf> {
-    if let Some(real) = crate::targets::resolve_in_root(root, path) {
-        return Some(real);
-    }
-    let (dir, name) = (path.parent()?, path.file_name()?);
-    crate::targets::resolve_in_root(root, dir).map(|d| d.join(name))
 }
 
 /// `path` with `.` dropped and `..` applied, without touching the disk.

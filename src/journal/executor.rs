@@ -12,6 +12,7 @@ use log::{info, warn};
 
 use super::Step;
 use crate::divert::{Added, Diversion, DivertCache};
+use crate::fs;
 use crate::notes::with_note;
 use crate::paths::{self, Root};
 use crate::policy::SkipReason;
@@ -367,7 +368,7 @@ impl<'a> Executor<'a> {
                 Ok(Did::OkBecause("the state before is back".into()))
             }
             Step::Stage { path, .. } => {
-                let removed = paths::remove_file_if_exists(&self.temp_of(path))?;
+                let removed = fs::remove_file_if_exists(&self.temp_of(path))?;
                 Ok(Did::OkBecause(
                     if removed {
                         "removed the staged copy"

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context};
 
 use super::Step;
+use crate::fs;
 use crate::notes::with_note;
 use crate::paths::{self, Root};
 
@@ -125,7 +126,7 @@ impl Journal {
     }
 
     fn load_from(path: &Path) -> anyhow::Result<Option<Journal>> {
-        let text = match paths::read_to_string(path) {
+        let text = match fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -179,8 +180,8 @@ impl Journal {
     pub(super) fn finish(&mut self, root: &Root, phase: Phase) -> anyhow::Result<()> {
         self.phase = phase;
         write_json(&Self::last_path(root), self)?;
-        paths::remove_file_if_exists(&Self::path(root))?;
-        paths::sync_dir(&root.join(paths::STATE_DIR))?;
+        fs::remove_file_if_exists(&Self::path(root))?;
+        fs::sync_dir(&root.join(paths::STATE_DIR))?;
         Ok(())
     }
 }
@@ -189,7 +190,7 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()>
     let mut text = serde_json::to_string_pretty(value)
         .with_context(|| format!("failed to encode '{}'", path.display()))?;
     text.push('\n');
-    paths::atomic_write_bytes(path, 0o644, text.as_bytes())?;
+    fs::atomic_write_bytes(path, 0o644, text.as_bytes())?;
     Ok(())
 }
 

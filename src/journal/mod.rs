@@ -35,7 +35,7 @@
 //! step that was only begun, or one that never ran, is harmless.
 //!
 //! Modules: [`file`] (the journal file: load, save, finish), [`step`] (the [`Step`] model and
-//! its labels), [`failpoint`] (fault injection), [`node`] (the operations a step takes on
+//! its labels), [`failpoint`] (fault injection), [`executor`] (executes the operations a step takes on
 //! the node: services, files, diversions through [`crate::divert::DivertCache`]) and
 //! [`engine`] (run, rollback, recover).
 //!

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::paths;
-use crate::targets::{self, Original, State};
+use crate::state::{Original, State, STATE_FILE};
 
 /// One step of a transaction. Everything its apply and undo need is in it, so that a later
 /// run can finish or undo it from the journal alone.
@@ -100,7 +100,7 @@ impl Step {
     pub fn label(&self) -> String {
         match self {
             Step::Preflight => "preflight".to_string(),
-            Step::Record { .. } => format!("record '{}/{}'", paths::STATE_DIR, targets::STATE_FILE),
+            Step::Record { .. } => format!("record '{}/{}'", paths::STATE_DIR, STATE_FILE),
             Step::Stop { unit } | Step::Start { unit } => format!("{} '{unit}'", self.name()),
             Step::Divert { path, .. }
             | Step::Stage { path, .. }

@@ -8,7 +8,7 @@ use super::step::utc_stamp;
 use super::*;
 use crate::paths::{self, Root};
 use crate::policy::SkipReason;
-use crate::targets::Original;
+use crate::state::Original;
 
 #[test]
 fn failpoint_specs() {

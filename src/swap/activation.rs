@@ -19,7 +19,7 @@ use crate::config::{Apply, Config};
 use crate::paths::Root;
 use crate::policy::{ServicePolicy, SkipReason};
 use crate::reboot;
-use crate::targets::State;
+use crate::state::State;
 use crate::verify::verdict::Inputs;
 use crate::verify::{self, Action, VerifyReport};
 use crate::verify::{parse_release, KERNEL_WIDE_KMEM_SINCE};

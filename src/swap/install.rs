@@ -14,8 +14,9 @@ use crate::config::Config;
 use crate::dpkg::Dpkg;
 use crate::journal::{self, Executor, Transaction};
 use crate::paths::Root;
+use crate::state::{Original, PackageVersion, State, TargetState};
 use crate::systemd::ServiceManager;
-use crate::targets::{InPlace, Original, PackageVersion, State, TargetState};
+use crate::targets::InPlace;
 
 /// The install transaction on `root` with `manager` acting on services (None: no service
 /// actions, as decided by the session's policy); `applied` says whether the services of
@@ -35,7 +36,7 @@ pub fn install(
         .iter()
         .filter(|f| !f.ours || f.now != InPlace::Payload)
         .collect();
-    let mut state = State::load(root).map_err(|e| preflight_failed("install", e))?;
+    let state = State::load(root).map_err(|e| preflight_failed("install", e))?;
     let mut new_state = state.clone();
     let dpkg = Dpkg::new(root);
     for f in &found {
@@ -55,8 +56,6 @@ pub fn install(
             },
         );
     }
-    new_state.version = 1;
-    state.version = 1;
     if changed.is_empty() && new_state == state {
         info!(
             "install [1/1] preflight: ok, nothing to do: the payload is in place ({} ms)",

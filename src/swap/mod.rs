@@ -2,7 +2,7 @@
 //! calls. [`session`] (the lock, the failpoint, the service policy, the D-Bus connection),
 //! [`preflight`] (targets, version skew, free space), [`plan`] (which units and which steps),
 //! the two transactions ([`install()`], [`remove()`]) run by [`crate::journal`], and
-//! [`effect`] (the kernel command line and the reboot flag afterwards).
+//! [`activation`] (the kernel command line and the reboot flag afterwards).
 
 use std::path::Path;
 
@@ -13,6 +13,7 @@ use crate::journal::{self, Executor, Journal, Services};
 use crate::paths::Root;
 use crate::policy::SkipReason;
 use crate::signals::Deferred;
+use crate::targets;
 
 pub mod activation;
 pub mod containerd;
@@ -42,7 +43,7 @@ fn begin(root: &Root, command: &'static str, detail: &str) -> anyhow::Result<(De
 /// The config, or the defaults when it cannot be read: remove and recover must work with a
 /// broken conffile (they need only the services from it), not leave the node half-swapped.
 fn config_or_default(root: &Root, config_path: Option<&Path>, doing: &str) -> Config {
-    Config::load(root, config_path).unwrap_or_else(|e| {
+    targets::load_config(root, config_path).unwrap_or_else(|e| {
         warn!(
             "{}; {doing} with the default settings",
             crate::notes::error_chain(&e)

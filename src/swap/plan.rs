@@ -13,9 +13,9 @@ use crate::config::Config;
 use crate::divert::Diversion;
 use crate::journal::{foreign_aside, Step};
 use crate::paths::Root;
+use crate::state::{Original, State};
 use crate::systemd::settle::went_down;
 use crate::systemd::{ServiceManager, UnitState};
-use crate::targets::{Original, State};
 
 /// The units a swap stops and starts, and those of them that were failing before it.
 #[derive(Debug, Default, PartialEq, Eq)]

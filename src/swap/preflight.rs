@@ -11,10 +11,12 @@ use super::containerd;
 use crate::config::{Config, SkewPolicy};
 use crate::divert::{Diversion, DpkgDivert};
 use crate::dpkg::{self, Dpkg};
+use crate::fs;
 use crate::manifest::Manifest;
 use crate::notes::{with_note, WithNote};
 use crate::paths::{self, Root};
-use crate::targets::{self, InPlace, Original, State, Target};
+use crate::state::{Original, State};
+use crate::targets::{self, InPlace, Target};
 
 /// What preflight found about one target.
 pub struct Found {
@@ -59,7 +61,7 @@ pub fn preflight(root: &Root, config: &Config) -> anyhow::Result<Vec<Found>> {
         .note("the package is incomplete or damaged: `apt install --reinstall k8s-nokmem`")?;
     for bin in &manifest.binaries {
         let abs = Path::new(paths::PAYLOAD_DIR).join(&bin.file);
-        let got = paths::sha256_file(&root.join(&abs))?;
+        let got = fs::sha256_file(&root.join(&abs))?;
         if got != bin.sha256 {
             return Err(with_note(
                 anyhow!(

@@ -17,8 +17,8 @@ use crate::divert::DpkgDivert;
 use crate::journal::{self, Executor};
 use crate::manifest::Manifest;
 use crate::paths::{self, Root};
+use crate::state::{State, StateError};
 use crate::systemd::ServiceManager;
-use crate::targets::State;
 
 /// The remove transaction on `root`. With `applied` not restarting, no service is stopped
 /// or started: the originals are put back underneath the running services. Returns the
@@ -36,14 +36,19 @@ pub fn remove(
     let diversions = DpkgDivert::new(root)
         .list()
         .map_err(|e| preflight_failed("remove", e))?;
-    // removal must not be blocked by a damaged state file: the diversions are the truth
-    let state = State::load(root).unwrap_or_else(|e| {
-        warn!(
-            "{}; going by the diversions alone",
-            crate::notes::error_chain(&e)
-        );
-        State::default()
-    });
+    // removal must not be blocked by a damaged state file: the diversions are the truth;
+    // but a newer k8s-nokmem's state is not ours to rewrite
+    let state = match State::load(root) {
+        Ok(state) => state,
+        Err(e @ StateError::Newer { .. }) => return Err(preflight_failed("remove", e)),
+        Err(e) => {
+            warn!(
+                "{}; going by the diversions alone",
+                crate::notes::error_chain(&e)
+            );
+            State::default()
+        }
+    };
     // the payload may be gone already (a forced removal): then only recorded sha256s count
     let manifest = Manifest::installed(root)
         .map_err(|e| {

@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context};
 use log::{debug, info, warn};
 
 use crate::config::Config;
+use crate::fs;
 use crate::journal::{self, Executor, Failpoint, Services};
 use crate::lock::{DpkgLock, Lock, LOCK_FILE};
 use crate::notes::{with_note, WithNote};
@@ -42,7 +43,7 @@ impl Session {
             ));
         }
         let dir = root.join(paths::STATE_DIR);
-        paths::create_dir_all(&dir, 0o755)
+        fs::create_dir_all(&dir, 0o755)
             .with_context(|| format!("failed to prepare the state directory for {command}"))?;
         let lock = Lock::acquire(&dir.join(LOCK_FILE))
             .map_err(anyhow::Error::from)

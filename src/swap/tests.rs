@@ -9,10 +9,10 @@ use super::preflight::{minor_of, upstream_tag};
 use super::*;
 use crate::config::Config;
 use crate::journal;
-use crate::paths::{self, Root};
+use crate::paths::Root;
+use crate::state::State;
 use crate::systemd::fake::{FakeSystemd, Fault, Op};
 use crate::systemd::ServiceManager;
-use crate::targets::State;
 
 const ORIG_KUBELET: &[u8] = b"original kubelet";
 const ORIG_RUNC: &[u8] = b"original runc";
@@ -50,7 +50,7 @@ impl TestNode {
     fn payload(&self, runc: &[u8], kubelet: &[u8]) {
         self.write("usr/lib/k8s-nokmem/runc", runc);
         self.write("usr/lib/k8s-nokmem/kubelet", kubelet);
-        let sha = |rel: &str| paths::sha256_file(&self.dir.path().join(rel)).unwrap();
+        let sha = |rel: &str| crate::fs::sha256_file(&self.dir.path().join(rel)).unwrap();
         let manifest = format!(
             "[payload]\narch = amd64\n[runc]\nfile = runc\nversion = 1.1.5\nsize = {}\nsha256 = {}\n\
              [kubelet]\nfile = kubelet\nversion = 1.20.2\nsize = {}\nsha256 = {}\n",

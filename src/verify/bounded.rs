@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, AT_FDCWD};
 use nix::sys::stat::{Mode, SFlag};
 
-use crate::paths::{FileError, WrapIo};
+use crate::fs::{FileError, WrapIo};
 
 /// Read-only, close-on-exec, and an open that never waits (a FIFO without a writer).
 const FLAGS: OFlag = OFlag::O_RDONLY

@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::bounded;
-use crate::paths::{FileError, WrapIo};
+use crate::fs::{FileError, WrapIo};
 
 /// Kernel release, under the proc root.
 pub const OSRELEASE: &str = "sys/kernel/osrelease";

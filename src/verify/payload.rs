@@ -18,6 +18,7 @@ use crate::dpkg::{self, Dpkg};
 use crate::manifest::{Manifest, ManifestError};
 use crate::notes::error_chain;
 use crate::paths::{self, Root};
+use crate::state::{State, STATE_FILE};
 use crate::targets::{self, InPlace, Target, Underneath};
 use log::debug;
 
@@ -35,7 +36,7 @@ const REINSTALL: &str =
 fn installed(root: &Root) -> bool {
     matches!(Dpkg::new(root).version(paths::PACKAGE), Ok(Some(_)))
         || root
-            .join(Path::new(paths::STATE_DIR).join(targets::STATE_FILE))
+            .join(Path::new(paths::STATE_DIR).join(STATE_FILE))
             .exists()
 }
 
@@ -126,7 +127,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
         }
     };
     let dpkg = Dpkg::new(root);
-    let state = targets::State::load(root).unwrap_or_default();
+    let state = State::load(root).unwrap_or_default();
     let targets = match targets::resolve(
         root,
         &settings.config,
@@ -173,7 +174,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
 fn underneath_check(
     dpkg: &Dpkg,
     targets: &[Target],
-    state: &targets::State,
+    state: &State,
     metrics: &mut Metrics,
 ) -> Check {
     const NAME: &str = "updates-underneath";

@@ -156,14 +156,14 @@ pub fn step<T, E: std::error::Error>(name: &str, f: impl FnOnce() -> Result<T, E
 /// file's mtime (state files from before that stamp; the record step is the install's last
 /// write). None when not installed.
 fn swap_time(root: &Root) -> Option<i64> {
-    let path = crate::targets::State::path(root);
+    let path = crate::state::State::path(root);
     let from_file = std::fs::metadata(&path)
         .ok()?
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs() as i64);
-    match crate::targets::State::load(root) {
+    match crate::state::State::load(root) {
         Ok(state) => state
             .targets
             .values()

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use super::evidence::{ActiveCgroup, Evidence};
 use super::report::{Status, VerifyReport};
 use super::verdict::Action;
+use crate::fs::{self, FileError};
 use crate::outcome::Outcome;
-use crate::paths::{self, FileError};
 
 /// The textfile's name in the collector directory (node_exporter reads `*.prom`).
 pub const TEXTFILE_NAME: &str = "k8s_nokmem.prom";
@@ -320,6 +320,6 @@ pub fn write_textfile(dir: &Path, report: &VerifyReport) -> Result<PathBuf, Text
     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
         return Err(TextfileError::Directory { path });
     }
-    paths::atomic_write_bytes(&path, 0o644, prometheus(report).as_bytes())?;
+    fs::atomic_write_bytes(&path, 0o644, prometheus(report).as_bytes())?;
     Ok(path)
 }

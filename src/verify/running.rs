@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use log::debug;
 
 use super::bounded;
+use crate::fs::{FileError, WrapIo};
 use crate::notes::error_chain;
-use crate::paths::{self, FileError, Root, WrapIo};
+use crate::paths::{self, Root};
 
 /// init's mount namespace, under the proc root: the node's.
 pub(super) const INIT_MNT_NS: &str = "1/ns/mnt";
@@ -282,7 +283,7 @@ pub(super) fn compare(exe_link: &Path, payload: Payload<'_>) -> Result<Exe, File
             payload.size
         )));
     }
-    let sha = paths::sha256_reading(file.take(payload.size), exe_link, |_| Ok(()))?;
+    let sha = crate::fs::sha256_reading(file.take(payload.size), exe_link, |_| Ok(()))?;
     Ok(if sha == payload.sha256 {
         Exe::Payload
     } else {

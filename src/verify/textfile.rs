@@ -128,8 +128,9 @@ pub fn report_missing(root: &Root, why: &str) {
         "verify textfile: skipped: {why}; create node_exporter's textfile directory or set \
          [verify] textfile-dir (this warning is given once per boot)"
     );
-    let written = paths::create_dir_all(&dir, 0o755)
-        .and_then(|()| paths::atomic_write_bytes(&marker, 0o644, format!("{why}\n").as_bytes()));
+    let written = crate::fs::create_dir_all(&dir, 0o755).and_then(|()| {
+        crate::fs::atomic_write_bytes(&marker, 0o644, format!("{why}\n").as_bytes())
+    });
     if let Err(e) = written {
         debug!("verify textfile: marker not written: {e}");
     }
@@ -139,7 +140,7 @@ pub fn report_missing(root: &Root, why: &str) {
 pub fn clear_missing(root: &Root) {
     let marker = root.join(paths::RUN_DIR).join(MISSING_MARKER);
     if marker.exists() {
-        if let Err(e) = paths::remove_file_if_exists(&marker) {
+        if let Err(e) = crate::fs::remove_file_if_exists(&marker) {
             debug!("verify textfile: marker not removed: {e}");
         }
     }

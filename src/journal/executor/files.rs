@@ -13,8 +13,8 @@ use super::{Did, Executor};
 use crate::divert::Removed;
 use crate::journal::{foreign_aside, now};
 use crate::notes::with_note;
-use crate::paths;
-use crate::targets::{self, Original, State};
+use crate::state::{Original, State};
+use crate::targets;
 
 impl Executor<'_> {
     pub(in crate::journal) fn exists(&self, abs: &Path) -> bool {
@@ -38,14 +38,14 @@ impl Executor<'_> {
         let staged = self.staged.borrow().contains(&tmp) && tmp.exists();
         if !staged {
             if fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file())
-                && paths::sha256_file(&dst)? == sha256
+                && crate::fs::sha256_file(&dst)? == sha256
             {
                 return Ok(Did::OkBecause("already in place".into()));
             }
             self.stage(path, payload, sha256)?;
         }
         let kept = keep_previous && self.keep_aside(path)?;
-        paths::rename(&tmp, &dst)
+        crate::fs::rename(&tmp, &dst)
             .with_context(|| format!("failed to put the payload at {shown}"))?;
         self.staged.borrow_mut().retain(|t| *t != tmp);
         debug!("placed '{}' -> '{}'", tmp.display(), dst.display());
@@ -80,10 +80,10 @@ impl Executor<'_> {
                 dst.display(),
                 aside.display()
             );
-            paths::rename(&dst, &aside).context("failed to keep the previous payload")?;
+            crate::fs::rename(&dst, &aside).context("failed to keep the previous payload")?;
         }
         if let Some(dir) = aside.parent() {
-            paths::sync_dir(dir)?;
+            crate::fs::sync_dir(dir)?;
         }
         debug!("kept '{}' as '{}'", dst.display(), aside.display());
         Ok(true)
@@ -115,9 +115,9 @@ impl Executor<'_> {
         let same = fs::symlink_metadata(&dst)
             .is_ok_and(|m| m.dev() == kept.dev() && m.ino() == kept.ino());
         if same {
-            paths::remove_file_if_exists(&aside)?;
+            crate::fs::remove_file_if_exists(&aside)?;
         } else {
-            paths::rename(&aside, &dst).with_context(|| {
+            crate::fs::rename(&aside, &dst).with_context(|| {
                 format!(
                     "failed to put the previous payload back at {}",
                     self.root.describe(path)
@@ -125,16 +125,16 @@ impl Executor<'_> {
             })?;
         }
         if let Some(dir) = dst.parent() {
-            paths::sync_dir(dir)?;
+            crate::fs::sync_dir(dir)?;
         }
         Ok(Some(Did::OkBecause("the previous payload is back".into())))
     }
 
     /// Remove a file if it exists, then fsync its directory.
     pub(in crate::journal) fn remove_synced(&self, file: &Path) -> anyhow::Result<()> {
-        if paths::remove_file_if_exists(file)? {
+        if crate::fs::remove_file_if_exists(file)? {
             if let Some(dir) = file.parent() {
-                paths::sync_dir(dir)?;
+                crate::fs::sync_dir(dir)?;
             }
         }
         Ok(())
@@ -156,7 +156,7 @@ impl Executor<'_> {
             )
         })?;
         if got != sha256 {
-            paths::remove_file_if_exists(&tmp)?;
+            crate::fs::remove_file_if_exists(&tmp)?;
             bail!(
                 "the copy of {} has sha256 {}, the MANIFEST says {}",
                 self.root.describe(payload),
@@ -181,9 +181,9 @@ impl Executor<'_> {
 
     pub(in crate::journal) fn remove_ours(&self, path: &Path) -> anyhow::Result<()> {
         let dst = self.root.join(path);
-        paths::remove_file_if_exists(&dst)?;
+        crate::fs::remove_file_if_exists(&dst)?;
         if let Some(dir) = dst.parent() {
-            paths::sync_dir(dir)?;
+            crate::fs::sync_dir(dir)?;
         }
         Ok(())
     }
@@ -196,7 +196,7 @@ impl Executor<'_> {
         original: &Original,
         previous: Option<&Original>,
     ) -> anyhow::Result<Did> {
-        paths::remove_file_if_exists(&self.temp_of(path))?;
+        crate::fs::remove_file_if_exists(&self.temp_of(path))?;
         if let Some(previous) = previous {
             if let Some(did) = self.restore_aside(path, previous)? {
                 return Ok(did);
@@ -251,7 +251,7 @@ impl Executor<'_> {
         // its database write, the original sits at `.distrib` with nothing at `path`.
         if *original != Original::Missing && !self.exists(path) && self.exists(divert_to) {
             let (from, to) = (self.root.join(divert_to), self.root.join(path));
-            paths::rename(&from, &to)
+            crate::fs::rename(&from, &to)
                 .with_context(|| format!("failed to move '{}' back", from.display()))?;
             return Ok(Did::OkBecause("moved the original back".into()));
         }
@@ -265,7 +265,7 @@ impl Executor<'_> {
         ours: &[String],
         foreign_to: Option<&Path>,
     ) -> anyhow::Result<Did> {
-        paths::remove_file_if_exists(&self.temp_of(path))?;
+        crate::fs::remove_file_if_exists(&self.temp_of(path))?;
         self.remove_synced(&self.aside_of(path))?;
         if !self.diversions.held(path, divert_to)? {
             return Ok(Did::OkBecause("not diverted".into()));
@@ -324,9 +324,9 @@ impl Executor<'_> {
                 )));
             }
         }
-        paths::remove_file_if_exists(&src)?;
+        crate::fs::remove_file_if_exists(&src)?;
         if let Some(dir) = src.parent() {
-            paths::sync_dir(dir)?;
+            crate::fs::sync_dir(dir)?;
         }
         Ok(())
     }
@@ -366,7 +366,7 @@ impl Executor<'_> {
             && self.exists(divert_to)
         {
             let (from, to) = (self.root.join(divert_to), self.root.join(path));
-            paths::rename(&from, &to)
+            crate::fs::rename(&from, &to)
                 .with_context(|| format!("failed to move '{}' back", from.display()))?;
         }
         let Some(original) = original else {

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use crate::paths::FileError;
+use crate::fs::FileError;
 
 mod kmem;
 mod mountinfo;

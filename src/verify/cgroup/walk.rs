@@ -17,7 +17,7 @@ use nix::sys::stat::{fstatat, Mode, SFlag};
 use super::kmem::{read_kmem, Kmem};
 use super::names::{classify, pod_uid, qos_of, Kind, Place, KUBEPODS, KUBEPODS_SLICE};
 use super::CgroupError;
-use crate::paths::FileError;
+use crate::fs::FileError;
 
 /// How many unreadable files are kept as evidence.
 const KEEP_ERRORS: usize = 5;
