@@ -28,10 +28,8 @@ USAGE
 }
 
 KN_PROG=build-deb
-# shellcheck source=scripts/lib/gobuild.sh
-. "$(dirname "$0")/lib/gobuild.sh"
-log() { kn_log "$@"; }
-die() { kn_die "$*" 2; }
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
 
 arch=all
 revision=1

@@ -112,40 +112,38 @@ KN_GO=${GO:-go}
 
 while [ $# -gt 0 ]; do
     case "$1" in
-    --arch) kn_need_arg "$@"; ARCHES=$2; shift 2 ;;
-    --only) kn_need_arg "$@"; ONLY=$2; shift 2 ;;
-    --out) kn_need_arg "$@"; OUT_DIR=$2; shift 2 ;;
-    --kubernetes-src) kn_need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
-    --runc-src) kn_need_arg "$@"; RUNC_SRC_ARG=$2; shift 2 ;;
-    --runc-commit) kn_need_arg "$@"; RUNC_COMMIT_ARG=$2; shift 2 ;;
-    --cache) kn_need_arg "$@"; KN_CACHE=$2; shift 2 ;;
+    --arch) need_arg "$@"; ARCHES=$2; shift 2 ;;
+    --only) need_arg "$@"; ONLY=$2; shift 2 ;;
+    --out) need_arg "$@"; OUT_DIR=$2; shift 2 ;;
+    --kubernetes-src) need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
+    --runc-src) need_arg "$@"; RUNC_SRC_ARG=$2; shift 2 ;;
+    --runc-commit) need_arg "$@"; RUNC_COMMIT_ARG=$2; shift 2 ;;
+    --cache) need_arg "$@"; KN_CACHE=$2; shift 2 ;;
     --no-cache) KN_NO_CACHE=1; shift ;;
-    --go) kn_need_arg "$@"; KN_GO=$2; shift 2 ;;
+    --go) need_arg "$@"; KN_GO=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
-    *) kn_die "unknown argument '$1' (see --help)" 2 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
 case "$ONLY" in
 '') NAMES=(runc kubelet) ;;
 runc | kubelet) NAMES=("$ONLY") ;;
-*) kn_die "--only must be runc or kubelet, not '$ONLY'" 2 ;;
+*) die "--only must be runc or kubelet, not '$ONLY'" ;;
 esac
 if [ -n "$RUNC_COMMIT_ARG" ]; then
-    [ -n "$RUNC_SRC_ARG" ] || kn_die "--runc-commit needs --runc-src (Debian's runc is named by its version)" 2
+    [ -n "$RUNC_SRC_ARG" ] || die "--runc-commit needs --runc-src (Debian's runc is named by its version)"
     [[ $RUNC_COMMIT_ARG =~ ^[0-9a-f]{7,40}$ ]] ||
-        kn_die "--runc-commit must be a commit id (7 to 40 lowercase hex digits), not '$RUNC_COMMIT_ARG'" 2
+        die "--runc-commit must be a commit id (7 to 40 lowercase hex digits), not '$RUNC_COMMIT_ARG'"
 fi
-command -v "$KN_GO" >/dev/null || kn_die "'$KN_GO' not found (apt-get install golang-go, or pass --go)" 2
+command -v "$KN_GO" >/dev/null || die "'$KN_GO' not found (apt-get install golang-go, or pass --go)"
 HOST_ARCH=$(kn_host_arch)
 case "$ARCHES" in
 # The host architecture first: a foreign kubelet is checked through its native twin.
 all) ARCHES="$HOST_ARCH $(printf '%s\n' amd64 arm64 | grep -vx "$HOST_ARCH" | tr '\n' ' ')" ;;
 amd64 | arm64) ;;
-*) kn_die "--arch must be amd64, arm64 or all, not '$ARCHES'" 2 ;;
+*) die "--arch must be amd64, arm64 or all, not '$ARCHES'" ;;
 esac
-for t in file sha256sum; do
-    command -v "$t" >/dev/null || kn_die "'$t' not found (run scripts/install-deps.sh)" 2
-done
+need_tools file sha256sum
 
 T_START=$(date +%s)
 KN_WORK=$(mktemp -d "${TMPDIR:-/tmp}/build-payload.XXXXXX")
@@ -153,7 +151,7 @@ trap 'rm -rf "$KN_WORK"' EXIT
 kn_prepare_cache
 GO_VERSION=$(kn_go_version)
 TRIM=$(kn_trimpath_flag "$GO_VERSION")
-kn_log "$GO_VERSION, host $HOST_ARCH, cache $KN_CACHE$([ "$KN_NO_CACHE" = 1 ] && echo ' (--no-cache)'), out $OUT_DIR"
+log "$GO_VERSION, host $HOST_ARCH, cache $KN_CACHE$([ "$KN_NO_CACHE" = 1 ] && echo ' (--no-cache)'), out $OUT_DIR"
 
 # Per "<arch>/<name>": what the MANIFEST and the summary need.
 declare -A M_VERSION M_VOUT M_SOURCE M_TAGS M_CHECK M_KMEM M_HOW M_COMMIT M_SRCID M_BUILD M_BUILT_USING
@@ -181,7 +179,7 @@ runc_source() {
     RUNC_DIR=$KN_SRC_DIR RUNC_DIGEST=$KN_SRC_DIGEST RUNC_DESC=$KN_SRC_DESC
     RUNC_SRCID=$(source_id) RUNC_SRC_USING=$(source_built_using)
     [ -f "$RUNC_DIR/VERSION" ] && [ -f "$RUNC_DIR/main.go" ] ||
-        kn_die "'$RUNC_DIR' does not look like a runc tree (no VERSION or main.go)" 2
+        die "'$RUNC_DIR' does not look like a runc tree (no VERSION or main.go)"
     RUNC_VERSION=$(tr -d ' \n' <"$RUNC_DIR/VERSION")
     if [ -n "$KN_SRC_DEBVER" ]; then
         # As Debian's own build does: the Debian version stands for the commit.
@@ -189,8 +187,8 @@ runc_source() {
     elif [ -n "$KN_SRC_COMMIT" ]; then
         case "$KN_SRC_COMMIT" in
         "$RUNC_COMMIT_ARG"*) ;;
-        *) kn_die "--runc-commit $RUNC_COMMIT_ARG is not the checkout's HEAD ($KN_SRC_COMMIT)
-  note: leave --runc-commit out for a git checkout, or check out $RUNC_COMMIT_ARG" 2 ;;
+        *) die "--runc-commit $RUNC_COMMIT_ARG is not the checkout's HEAD ($KN_SRC_COMMIT)
+  note: leave --runc-commit out for a git checkout, or check out $RUNC_COMMIT_ARG" ;;
         esac
         RUNC_COMMIT=$KN_SRC_COMMIT
         [ "$KN_SRC_DIRTY" = 1 ] && RUNC_COMMIT="$RUNC_COMMIT-dirty"
@@ -198,10 +196,10 @@ runc_source() {
         RUNC_COMMIT=$RUNC_COMMIT_ARG
     else
         RUNC_COMMIT=unknown
-        kn_warn "[runc] '$RUNC_DIR' is not a git checkout: 'runc --version' says commit: unknown
+        warn "[runc] '$RUNC_DIR' is not a git checkout: 'runc --version' says commit: unknown
   note: pass --runc-commit SHA (the tree's upstream commit)"
     fi
-    kn_log "[runc] source $RUNC_DESC ($RUNC_DIR), version $RUNC_VERSION, commit $RUNC_COMMIT"
+    log "[runc] source $RUNC_DESC ($RUNC_DIR), version $RUNC_VERSION, commit $RUNC_COMMIT"
     RUNC_READY=1
 }
 
@@ -213,7 +211,7 @@ k8s_source() {
     K8S_DIR=$KN_SRC_DIR K8S_DIGEST=$KN_SRC_DIGEST K8S_DESC=$KN_SRC_DESC
     K8S_SRCID=$(source_id) K8S_SRC_USING=$(source_built_using)
     [ -d "$K8S_DIR/cmd/kubelet" ] && [ -d "$K8S_DIR/vendor" ] ||
-        kn_die "'$K8S_DIR' does not look like a Kubernetes tree with vendor/ (no cmd/kubelet or vendor)" 2
+        die "'$K8S_DIR' does not look like a Kubernetes tree with vendor/ (no cmd/kubelet or vendor)"
     K8S_COMMIT='' K8S_TREE=archive
     if [ -n "${KUBE_GIT_VERSION:-}" ]; then
         K8S_GITVERSION=$KUBE_GIT_VERSION
@@ -225,10 +223,10 @@ k8s_source() {
         K8S_GITVERSION="v${v%%+*}"
     elif [ -n "$KN_SRC_COMMIT" ]; then
         K8S_GITVERSION=$(git -C "$K8S_DIR" describe --tags --match 'v[0-9]*' --abbrev=14 HEAD 2>/dev/null) ||
-            kn_die "cannot tell the Kubernetes version of '$K8S_DIR' (git describe --tags found no tag)
-  note: set KUBE_GIT_VERSION, e.g. KUBE_GIT_VERSION=v1.14.6" 2
+            die "cannot tell the Kubernetes version of '$K8S_DIR' (git describe --tags found no tag)
+  note: set KUBE_GIT_VERSION, e.g. KUBE_GIT_VERSION=v1.14.6"
     else
-        kn_die "cannot tell the Kubernetes version of '$K8S_DIR'; set KUBE_GIT_VERSION, e.g. v1.14.6" 2
+        die "cannot tell the Kubernetes version of '$K8S_DIR'; set KUBE_GIT_VERSION, e.g. v1.14.6"
     fi
     if [ -n "$KN_SRC_COMMIT" ]; then
         K8S_COMMIT=$KN_SRC_COMMIT K8S_TREE=clean
@@ -238,14 +236,14 @@ k8s_source() {
         fi
     fi
     [[ $K8S_GITVERSION =~ ^v([0-9]+)\.([0-9]+) ]] ||
-        kn_die "Kubernetes version '$K8S_GITVERSION' is not vMAJOR.MINOR…" 2
+        die "Kubernetes version '$K8S_GITVERSION' is not vMAJOR.MINOR…"
     K8S_MAJOR=${BASH_REMATCH[1]} K8S_MINOR=${BASH_REMATCH[2]}
     # The source's date, never the build's: kubelet --version prints it.
     KN_SRC_EPOCH=${KN_SRC_EPOCH:-${SOURCE_DATE_EPOCH:-}}
     [ -n "$KN_SRC_EPOCH" ] ||
-        kn_die "cannot tell the date of '$K8S_DIR' (no debian/changelog or commit); set SOURCE_DATE_EPOCH" 2
+        die "cannot tell the date of '$K8S_DIR' (no debian/changelog or commit); set SOURCE_DATE_EPOCH"
     K8S_BUILDDATE=$(date -u -d "@$KN_SRC_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
-    kn_log "[kubelet] source $K8S_DESC ($K8S_DIR), version $K8S_GITVERSION"
+    log "[kubelet] source $K8S_DESC ($K8S_DIR), version $K8S_GITVERSION"
     K8S_READY=1
 }
 
@@ -258,7 +256,7 @@ run_build() { # LABEL LOG CMD...: run a build command, show its log on failure
     shift 2
     if ! "$@" >"$log" 2>&1; then
         tail -n 40 "$log" | sed 's/^/  /' >&2
-        kn_die "$label go build failed (full log: $log)"
+        die "$label go build failed (full log: $log)" 1
     fi
 }
 
@@ -287,10 +285,10 @@ build_runc() {
         pkgcfg="/usr/lib/$(kn_triplet "$arch")/pkgconfig"
     fi
     command -v "$cc" >/dev/null ||
-        kn_die "$label C compiler '$cc' not found (scripts/install-deps.sh installs gcc-aarch64-linux-gnu)" 2
+        die "$label C compiler '$cc' not found (scripts/install-deps.sh installs gcc-aarch64-linux-gnu)"
     seccomp=$(if [ -n "$pkgcfg" ]; then export PKG_CONFIG_LIBDIR=$pkgcfg; fi
         pkg-config --modversion libseccomp 2>/dev/null) ||
-        kn_die "$label libseccomp for $arch not found by pkg-config (apt-get install libseccomp-dev:$arch)" 2
+        die "$label libseccomp for $arch not found by pkg-config (apt-get install libseccomp-dev:$arch)"
     # -buildid= and -trimpath: no build ID or build path in the bytes (reproducible).
     ldflags="-s -w -buildid= -extldflags -static -X main.version=$RUNC_VERSION -X main.gitCommit=$RUNC_COMMIT"
     gopath=$KN_WORK/gopath-runc
@@ -332,7 +330,7 @@ libseccomp=$seccomp"
         BUILD_HOW="cache hit"
         return 0
     fi
-    kn_log "$label building ($RUNC_DESC, tags ${RUNC_TAGS[*]}, CC=$cc)"
+    log "$label building ($RUNC_DESC, tags ${RUNC_TAGS[*]}, CC=$cc)"
     # shellcheck disable=SC2086  # $TRIM is one flag or nothing
     run_build "$label" "$KN_WORK/runc-$arch.log" \
         env "${goenv[@]}" "$KN_GO" build $TRIM -tags "$tags" \
@@ -369,7 +367,7 @@ go=$GO_VERSION"
         BUILD_HOW="cache hit"
         return 0
     fi
-    kn_log "$label building ($K8S_DESC, tags ${KUBELET_TAGS[*]}; ~7 min cold on 2 cores)"
+    log "$label building ($K8S_DESC, tags ${KUBELET_TAGS[*]}; ~7 min cold on 2 cores)"
     # shellcheck disable=SC2086  # $TRIM is one flag or nothing
     run_build "$label" "$KN_WORK/kubelet-$arch.log" \
         env "${goenv[@]}" "$KN_GO" build $TRIM -tags "$tags" \
@@ -389,9 +387,9 @@ build_and_check() {
     mv "$out.tmp" "$out"
     M_HOW[$id]="$BUILD_HOW ($(($(date +%s) - t0)) s)"
     if [ "$BUILD_HOW" = built ]; then
-        kn_log "$label built in $(($(date +%s) - t0)) s"
+        log "$label built in $(($(date +%s) - t0)) s"
     else
-        kn_log "$label cache hit"
+        log "$label cache hit"
     fi
     kn_check_static "$out" "$arch" "$label"
     kn_check_nokmem "$out" "$label"
@@ -414,12 +412,12 @@ build_and_check() {
         M_VOUT[$id]=$KN_VERSION_LINE
         M_CHECK[$id]=$KN_CHECK_HOW
         [ "$KN_VERSION_LINE" = "$want" ] ||
-            kn_die "$label '$out --version' says '$KN_VERSION_LINE', expected '$want' (ldflags -X not applied?)"
+            die "$label '$out --version' says '$KN_VERSION_LINE', expected '$want' (ldflags -X not applied?)" 1
         if [ "$name" = runc ] && ! grep -qxF "commit: $RUNC_COMMIT" <<<"$KN_VERSION_OUT"; then
-            kn_die "$label '$out --version' does not say 'commit: $RUNC_COMMIT': $KN_VERSION_OUT"
+            die "$label '$out --version' does not say 'commit: $RUNC_COMMIT': $KN_VERSION_OUT" 1
         fi
     fi
-    kn_log "$label checks ok: static $arch; kmem: $KN_KMEM_HOW; ${M_CHECK[$id]}: ${M_VOUT[$id]}"
+    log "$label checks ok: static $arch; kmem: $KN_KMEM_HOW; ${M_CHECK[$id]}: ${M_VOUT[$id]}"
 }
 
 # manifest_section NAME ARCH FILE: the INI section for one binary.
@@ -469,7 +467,7 @@ install_arch() {
             sections+=("$kept")
             others+=("$name")
         else
-            kn_warn "[$arch] $dest/MANIFEST has no [$name] section: build it too (without --only) for a complete payload"
+            warn "[$arch] $dest/MANIFEST has no [$name] section: build it too (without --only) for a complete payload"
         fi
     done
     {
@@ -481,7 +479,7 @@ install_arch() {
         done
     } >"$dest/.MANIFEST.tmp"
     mv "$dest/.MANIFEST.tmp" "$dest/MANIFEST"
-    kn_log "[$arch] wrote $dest/MANIFEST${others[*]:+ (kept the unchanged ${others[*]} section)}"
+    log "[$arch] wrote $dest/MANIFEST${others[*]:+ (kept the unchanged ${others[*]} section)}"
 }
 
 for arch in $ARCHES; do
@@ -500,4 +498,4 @@ for arch in $ARCHES; do
             "${M_CHECK[$arch/$name]}" "$OUT_DIR/$arch/$name"
     done
 done
-kn_log "done in $(($(date +%s) - T_START)) s"
+log "done in $(($(date +%s) - T_START)) s"

@@ -63,22 +63,22 @@ KN_GO=${GO:-go}
 
 while [ $# -gt 0 ]; do
     case "$1" in
-    --out) kn_need_arg "$@"; OUT_DIR=$2; shift 2 ;;
-    --arch) kn_need_arg "$@"; ARCHES=$2; shift 2 ;;
-    --kubernetes-src) kn_need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
-    --cache) kn_need_arg "$@"; KN_CACHE=$2; shift 2 ;;
+    --out) need_arg "$@"; OUT_DIR=$2; shift 2 ;;
+    --arch) need_arg "$@"; ARCHES=$2; shift 2 ;;
+    --kubernetes-src) need_arg "$@"; K8S_SRC_ARG=$2; shift 2 ;;
+    --cache) need_arg "$@"; KN_CACHE=$2; shift 2 ;;
     --no-cache) KN_NO_CACHE=1; shift ;;
-    --go) kn_need_arg "$@"; KN_GO=$2; shift 2 ;;
+    --go) need_arg "$@"; KN_GO=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
-    *) kn_die "unknown argument '$1' (see --help)" 2 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
 case "$ARCHES" in
 all) ARCHES="amd64 arm64" ;;
 amd64 | arm64) ;;
-*) kn_die "--arch must be amd64, arm64 or all, not '$ARCHES'" 2 ;;
+*) die "--arch must be amd64, arm64 or all, not '$ARCHES'" ;;
 esac
-command -v "$KN_GO" >/dev/null || kn_die "'$KN_GO' not found (apt-get install golang-go, or pass --go)" 2
+command -v "$KN_GO" >/dev/null || die "'$KN_GO' not found (apt-get install golang-go, or pass --go)"
 
 t_start=$(date +%s)
 KN_WORK=$(mktemp -d "${TMPDIR:-/tmp}/build-probes.XXXXXX")
@@ -96,11 +96,11 @@ K8S_DIGEST=$KN_SRC_DIGEST
 K8S_DESC=$KN_SRC_DESC
 vendored=$K8S_DIR/vendor/github.com/opencontainers/runc/libcontainer/cgroups/fs
 [ -f "$vendored/kmem.go" ] ||
-    kn_die "'$vendored/kmem.go' not found: this tree does not vendor a runc that enables kmem (rc6..rc93)" 2
+    die "'$vendored/kmem.go' not found: this tree does not vendor a runc that enables kmem (rc6..rc93)"
 GO_VERSION=$(kn_go_version)
 TRIM=$(kn_trimpath_flag "$GO_VERSION")
 PROBE_DIGEST=$(cd "$KN_REPO/tests/probe" && sha256sum -- *.go | sha256sum | awk '{print $1}')
-kn_log "kubernetes source: $K8S_DESC ($K8S_DIR); $GO_VERSION; cache $KN_CACHE"
+log "kubernetes source: $K8S_DESC ($K8S_DIR); $GO_VERSION; cache $KN_CACHE"
 
 # GOPATH mode: the probe sits inside k8s.io/kubernetes so that vendor/ resolves.
 gopath=$KN_WORK/gopath
@@ -139,7 +139,7 @@ ldflags=-s -w"
                     "$KN_GO" build $TRIM -tags "$tags" -ldflags '-s -w' -o "$out.tmp" .
             ) 2>"$KN_WORK/build.log" || {
                 sed 's/^/  /' "$KN_WORK/build.log" >&2
-                kn_die "$label go build failed"
+                die "$label go build failed" 1
             }
             mv "$out.tmp" "$out"
             kn_cache_put "$key" "$key_text" probe "$out"
@@ -151,11 +151,11 @@ ldflags=-s -w"
         btags=$KN_BUILD_TAGS
         found="memory.kmem.limit_in_bytes x${ev% *}, libcontainer/cgroups/fs/kmem.go x${ev#* }, go version -m -tags='$btags'"
         if [ "$flavour" = kmem ]; then
-            [ "$ev" != "0 0" ] || kn_die "$label '$out' holds no kmem-enabling code ($found)"
-            case ",$btags," in *,nokmem,*) kn_die "$label '$out' was built with nokmem ($found)" ;; esac
+            [ "$ev" != "0 0" ] || die "$label '$out' holds no kmem-enabling code ($found)" 1
+            case ",$btags," in *,nokmem,*) die "$label '$out' was built with nokmem ($found)" 1 ;; esac
         else
-            [ "$ev" = "0 0" ] || kn_die "$label '$out' holds kmem-enabling code ($found)"
-            case ",$btags," in *,nokmem,*) ;; *) [ -z "$btags" ] || kn_die "$label no nokmem tag ($found)" ;; esac
+            [ "$ev" = "0 0" ] || die "$label '$out' holds kmem-enabling code ($found)" 1
+            case ",$btags," in *,nokmem,*) ;; *) [ -z "$btags" ] || die "$label no nokmem tag ($found)" 1 ;; esac
         fi
         verdict=''
         kn_inspect_init
@@ -165,14 +165,14 @@ ldflags=-s -w"
             case "$flavour:$rc" in
             kmem:1 | nokmem:0) verdict="inspect agrees (exit $rc)" ;;
             *) verdict="inspect DISAGREES (exit $rc)"
-               kn_warn "$label k8s-nokmem inspect exits $rc: $(head -c 400 "$KN_WORK/inspect.json")" ;;
+               warn "$label k8s-nokmem inspect exits $rc: $(head -c 400 "$KN_WORK/inspect.json")" ;;
             esac
         fi
-        kn_log "$label $how in $(($(date +%s) - t0)) s: $found${verdict:+; $verdict}"
+        log "$label $how in $(($(date +%s) - t0)) s: $found${verdict:+; $verdict}"
         summary+=("$(printf '%-6s %-13s %9s  %-8s %s' "$arch" "probe-$flavour" "$(kn_size "$out")" "${ev% *}/${ev#* }" "$out")")
     done
 done
 
 printf '%-6s %-13s %9s  %-8s %s\n' arch binary size kmem-ev path
 printf '%s\n' "${summary[@]}"
-kn_log "done in $(($(date +%s) - t_start)) s (kmem-ev: memory.kmem.limit_in_bytes/fs/kmem.go occurrences)"
+log "done in $(($(date +%s) - t_start)) s (kmem-ev: memory.kmem.limit_in_bytes/fs/kmem.go occurrences)"

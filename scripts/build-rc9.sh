@@ -68,17 +68,17 @@ KN_GO=${GO:-go}
 
 while [ $# -gt 0 ]; do
     case "$1" in
-    --src) kn_need_arg "$@"; SRC_ARG=$2; SRC_FROM=--src; shift 2 ;;
-    --commit) kn_need_arg "$@"; COMMIT_ARG=$2; shift 2 ;;
-    --out) kn_need_arg "$@"; OUT_DIR=$2; shift 2 ;;
-    --arch) kn_need_arg "$@"; ARCH_ARG=$2; shift 2 ;;
-    --cache) kn_need_arg "$@"; KN_CACHE=$2; shift 2 ;;
-    --go) kn_need_arg "$@"; KN_GO=$2; shift 2 ;;
+    --src) need_arg "$@"; SRC_ARG=$2; SRC_FROM=--src; shift 2 ;;
+    --commit) need_arg "$@"; COMMIT_ARG=$2; shift 2 ;;
+    --out) need_arg "$@"; OUT_DIR=$2; shift 2 ;;
+    --arch) need_arg "$@"; ARCH_ARG=$2; shift 2 ;;
+    --cache) need_arg "$@"; KN_CACHE=$2; shift 2 ;;
+    --go) need_arg "$@"; KN_GO=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
-    *) kn_die "unknown argument '$1' (see --help)" 2 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
-command -v "$KN_GO" >/dev/null || kn_die "'$KN_GO' not found (apt-get install golang-go, or pass --go)" 2
+command -v "$KN_GO" >/dev/null || die "'$KN_GO' not found (apt-get install golang-go, or pass --go)"
 T_START=$(date +%s)
 KN_WORK=$(mktemp -d "${TMPDIR:-/tmp}/build-rc9.XXXXXX")
 trap 'rm -rf "$KN_WORK"' EXIT
@@ -93,17 +93,17 @@ unpack_tarball() {
     sha=$(kn_sha256 "$1")
     dir="$KN_CACHE/src/runc-$RC9_TAG-${sha:0:16}"
     if [ ! -f "$dir.unpacked" ]; then
-        kn_log "unpacking $1 into $dir"
+        log "unpacking $1 into $dir"
         rm -rf "$dir" "$dir.tmp"
         mkdir -p "$dir.tmp"
-        tar -xzf "$1" -C "$dir.tmp" || kn_die "cannot unpack '$1' (tar -xzf failed)"
+        tar -xzf "$1" -C "$dir.tmp" || die "cannot unpack '$1' (tar -xzf failed)" 1
         mv "$dir.tmp" "$dir"
         printf 'tarball=%s\nsha256=%s\n' "$1" "$sha" >"$dir.unpacked"
     fi
     # The release tarball holds one top directory (runc-1.0.0-rc9/).
     top=$(find "$dir" -mindepth 1 -maxdepth 1 -type d)
     if [ "$(wc -l <<<"$top")" != 1 ] || [ ! -f "$top/VERSION" ]; then
-        kn_die "'$1' does not hold one runc tree (expected runc-$RC9_VERSION/VERSION)" 2
+        die "'$1' does not hold one runc tree (expected runc-$RC9_VERSION/VERSION)"
     fi
     TREE=$top
 }
@@ -119,12 +119,12 @@ use_source() {
 shared="$KN_REPO/../shared/sources/runc-$RC9_TAG.tar.gz"
 clone="$KN_CACHE/src/runc-$RC9_TAG.git"
 if [ -n "$SRC_ARG" ]; then
-    [ -e "$SRC_ARG" ] || kn_die "$SRC_FROM '$SRC_ARG' does not exist" 2
+    [ -e "$SRC_ARG" ] || die "$SRC_FROM '$SRC_ARG' does not exist"
     use_source "$SRC_ARG"
 elif [ -f "$shared" ]; then
     use_source "$(cd "$(dirname "$shared")" && pwd -P)/$(basename "$shared")"
 elif [ -d "$clone/.git" ] || {
-    kn_log "cloning $RC9_UPSTREAM at $RC9_TAG into $clone"
+    log "cloning $RC9_UPSTREAM at $RC9_TAG into $clone"
     rm -rf "$clone.tmp"
     mkdir -p "$(dirname "$clone")"
     git clone -q --depth 1 -b "$RC9_TAG" "$RC9_UPSTREAM" "$clone.tmp" >"$KN_WORK/clone.log" 2>&1 &&
@@ -133,16 +133,16 @@ elif [ -d "$clone/.git" ] || {
     TREE=$clone
 else
     sed 's/^/  /' "$KN_WORK/clone.log" >&2
-    kn_die "no runc $RC9_TAG source: tried
+    die "no runc $RC9_TAG source: tried
   1. K8S_NOKMEM_RUNC_RC9_SRC (or --src): not set
   2. $shared: not found
   3. git clone --depth 1 -b $RC9_TAG $RC9_UPSTREAM: failed (above)
-  note: download the release tree and run: K8S_NOKMEM_RUNC_RC9_SRC=/path/to/runc-$RC9_TAG.tar.gz scripts/build-rc9.sh" 2
+  note: download the release tree and run: K8S_NOKMEM_RUNC_RC9_SRC=/path/to/runc-$RC9_TAG.tar.gz scripts/build-rc9.sh"
 fi
 TREE=$(cd "$TREE" && pwd -P)
 version=$(tr -d ' \n' <"$TREE/VERSION" 2>/dev/null) || version=''
 [ "$version" = "$RC9_VERSION" ] ||
-    kn_die "'$TREE' is not runc $RC9_VERSION (its VERSION says '$version')" 2
+    die "'$TREE' is not runc $RC9_VERSION (its VERSION says '$version')"
 commit_args=()
 if ! git -C "$TREE" rev-parse --verify -q HEAD >/dev/null 2>&1; then
     commit_args=(--runc-commit "${COMMIT_ARG:-$RC9_COMMIT}")
@@ -151,7 +151,7 @@ elif [ -n "$COMMIT_ARG" ]; then
 fi
 
 # 1. The nokmem build: the payload builder with all its checks and its MANIFEST.
-kn_log "nokmem build: scripts/build-payload.sh --runc-src $TREE ${commit_args[*]} --only runc --arch $ARCH_ARG"
+log "nokmem build: scripts/build-payload.sh --runc-src $TREE ${commit_args[*]} --only runc --arch $ARCH_ARG"
 "$KN_REPO/scripts/build-payload.sh" --runc-src "$TREE" "${commit_args[@]}" --only runc \
     --arch "$ARCH_ARG" --out "$OUT_DIR/nokmem" --cache "$KN_CACHE" --go "$KN_GO" >&2
 
@@ -165,7 +165,7 @@ GO_VERSION=$(kn_go_version)
 TRIM=$(kn_trimpath_flag "$GO_VERSION")
 cc=${CC:-gcc}
 seccomp=$(pkg-config --modversion libseccomp 2>/dev/null) ||
-    kn_die "$label libseccomp not found by pkg-config (apt-get install libseccomp-dev)" 2
+    die "$label libseccomp not found by pkg-config (apt-get install libseccomp-dev)"
 ldflags="-s -w -extldflags -static -X main.version=$RC9_VERSION -X main.gitCommit=$commit"
 key_text="script=$KN_SCRIPT_VERSION
 what=runc-kmem-test-subject
@@ -183,7 +183,7 @@ t0=$(date +%s)
 if kn_cache_get "$key" runc "$out.tmp"; then
     how="cache hit"
 else
-    kn_log "$label building ($KN_SRC_DESC, tags ${KMEM_TAGS[*]})"
+    log "$label building ($KN_SRC_DESC, tags ${KMEM_TAGS[*]})"
     gopath=$KN_WORK/gopath
     kn_gopath_link "$gopath" github.com/opencontainers/runc "$TREE"
     # shellcheck disable=SC2086  # $TRIM is one flag or nothing
@@ -192,7 +192,7 @@ else
         "$KN_GO" build $TRIM -tags "$(kn_tags_flag "$GO_VERSION" "${KMEM_TAGS[@]}")" \
         -ldflags "$ldflags" -o "$out.tmp" github.com/opencontainers/runc >"$KN_WORK/kmem.log" 2>&1; then
         tail -n 40 "$KN_WORK/kmem.log" | sed 's/^/  /' >&2
-        kn_die "$label go build failed"
+        die "$label go build failed" 1
     fi
     kn_cache_put "$key" "$key_text" runc "$out.tmp"
     how="built"
@@ -200,6 +200,6 @@ fi
 mv "$out.tmp" "$out"
 kn_check_static "$out" "$arch" "$label"
 ev=$(kn_kmem_evidence "$out")
-[ "${ev% *}" != 0 ] || kn_die "$label '$out' holds no memory.kmem.limit_in_bytes: not the kmem subject"
-kn_log "$label $how in $(($(date +%s) - t0)) s: $out (kmem evidence $ev)"
-kn_log "done in $(($(date +%s) - T_START)) s: $OUT_DIR/nokmem/*/runc, $out"
+[ "${ev% *}" != 0 ] || die "$label '$out' holds no memory.kmem.limit_in_bytes: not the kmem subject" 1
+log "$label $how in $(($(date +%s) - t0)) s: $out (kmem evidence $ev)"
+log "done in $(($(date +%s) - T_START)) s: $OUT_DIR/nokmem/*/runc, $out"

@@ -20,10 +20,8 @@
 set -euo pipefail
 
 KN_PROG=check-reproducible
-# shellcheck source=scripts/lib/gobuild.sh
-. "$(dirname "$0")/lib/gobuild.sh"
-log() { kn_log "$@"; }
-die() { kn_die "$*" 2; }
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
 
 arch=all
 skip_payload=0

@@ -11,18 +11,20 @@
 # K8S_NOKMEM_MIRROR overrides it).
 set -euo pipefail
 
-log() { printf 'install-deps: %s\n' "$*" >&2; }
+here=$(cd "$(dirname "$0")" && pwd)
+KN_PROG=install-deps
+# shellcheck source=scripts/lib/common.sh
+. "$here/lib/common.sh"
 
 case "${1:-}" in
     ""|--force) ;;
     -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) log "unknown argument '$1' (try --help)"; exit 2 ;;
+    *) die "unknown argument '$1' (try --help)" ;;
 esac
 
-[ "$(id -u)" -eq 0 ] || { log "must run as root (apt-get install); try: sudo $0"; exit 2; }
+[ "$(id -u)" -eq 0 ] || die "must run as root (apt-get install); try: sudo $0"
 
 export DEBIAN_FRONTEND=noninteractive
-here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/lib/mirror.sh
 . "$here/lib/mirror.sh"
 mirror_uri=$(mirror)

@@ -20,6 +20,9 @@ set -euo pipefail
 version=1
 suite=bookworm
 arch=amd64
+KN_PROG=testbed-root
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
 # shellcheck source=scripts/lib/mirror.sh
 . "$(dirname "$0")/lib/mirror.sh"
 mirror=$(mirror)  # the mirror apt uses here; K8S_NOKMEM_MIRROR overrides
@@ -33,9 +36,6 @@ cache=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/testbed
 name=$suite-$arch
 root=$cache/$name
 stamp_rel=etc/k8s-nokmem-testbed
-
-log() { printf 'testbed-root: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
 
 key() {
     printf '%s\n' "version=$version" "suite=$suite" "arch=$arch" "mirror=$mirror" \
@@ -78,8 +78,7 @@ case "$mode" in
 esac
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap)"
-command -v debootstrap >/dev/null || die "debootstrap not found; apt-get install debootstrap"
-command -v systemctl >/dev/null || die "systemctl not found; apt-get install systemd"
+need_tools debootstrap:debootstrap systemctl:systemd
 
 mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/.$name.build.XXXXXX")

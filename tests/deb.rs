@@ -1,9 +1,9 @@
 //! The built .debs (scripts/build-deb.sh -> target/debian/) checked as Debian and a user
 //! would: lintian, contents and modes, the helper static and running on both arches,
-//! systemd-analyze on the units, shellcheck on the maintainer scripts, and the arm64 .deb
-//! installed and removed with dpkg in an arm64 Debian root under qemu-user; and, on a fake
-//! node root with the real dpkg-divert, odd paths in dpkg's diversions and the maintainer
-//! scripts' own paths (spaces, a prerm without the helper).
+//! systemd-analyze on the units, shellcheck on the maintainer, build and e2e scripts, and
+//! the arm64 .deb installed and removed with dpkg in an arm64 Debian root under qemu-user;
+//! and, on a fake node root with the real dpkg-divert, odd paths in dpkg's diversions and
+//! the maintainer scripts' own paths (spaces, a prerm without the helper).
 
 mod common;
 
@@ -284,7 +284,7 @@ fn maintainer_and_build_scripts_pass_shellcheck() {
     .iter()
     .map(|f| repo.join(f))
     .collect();
-    for dir in ["scripts", "scripts/lib"] {
+    for dir in ["scripts", "scripts/lib", "tests/e2e"] {
         for e in fs::read_dir(repo.join(dir)).unwrap().filter_map(Result::ok) {
             if e.path().extension().is_some_and(|x| x == "sh") {
                 files.push(e.path());

@@ -7,12 +7,14 @@
 //! nspawn testbed; needs root and `scripts/testbed-root.sh`, else it fails naming them).
 
 mod common;
+#[macro_use]
 #[path = "common/nspawn.rs"]
 mod nspawn;
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
 
+use common::assert_contains;
 use common::node::NodeRoot;
 
 /// Every line starts with `<N>` and the level word that goes with N.
@@ -56,13 +58,15 @@ fn under_our_units_every_line_carries_its_priority() {
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
     assert_prefixed(&log);
-    for want in [
-        "<6>k8s-nokmem: info: install [1/12] preflight: ok (",
-        "<4>k8s-nokmem: warn: config '/etc/k8s-nokmem/conf.d/50-local.conf' under root",
-        "<7>k8s-nokmem: debug: ",
-    ] {
-        assert!(log.contains(want), "missing '{want}' in:\n{log}");
-    }
+    assert_contains(
+        &log,
+        &[
+            "<6>k8s-nokmem: info: install [1/12] preflight: ok (",
+            "<4>k8s-nokmem: warn: config '/etc/k8s-nokmem/conf.d/50-local.conf' under root",
+            "<7>k8s-nokmem: debug: ",
+        ],
+        "log",
+    );
     assert!(log.contains("(did you mean [services] settle?)"), "{log}");
     // an error report: the error, its causes and notes, all at error priority
     n.write(
@@ -156,27 +160,14 @@ fn assert_filed_by_priority(entries: &[(String, String)], what: &str) {
 
 #[test]
 fn journald_files_each_line_at_its_priority() {
-    let Some(root) = nspawn::root_or_skip("journald_files_each_line_at_its_priority") else {
+    let Some(root) = nspawn::root_or_skip(test_name!()) else {
         return;
     };
     let mut tb = nspawn::Testbed::new(&root);
-    tb.copy_in(
-        env!("CARGO_BIN_EXE_k8s-nokmem"),
-        "/usr/sbin/k8s-nokmem",
-        0o755,
-    );
     let unit = "k8s-nokmem-verify.service";
-    tb.copy_in(
-        common::repo().join("systemd").join(unit),
-        &format!("/lib/systemd/system/{unit}"),
-        0o644,
-    );
+    tb.install_unit(unit);
     // a warning on every run: an unknown key
-    tb.write(
-        "/etc/k8s-nokmem/k8s-nokmem.conf",
-        "[verify]\nboot-wait = 0\nzombie-warn-percnt = 60\n",
-        0o644,
-    );
+    tb.install_helper("[verify]\nboot-wait = 0\nzombie-warn-percnt = 60\n");
     tb.boot();
     // the unit as shipped (verify may find a problem on this kernel: any result)
     let problem = !tb.run(&["systemctl", "start", unit]).status.success();

@@ -11,6 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 
+use common::assert_contains;
 use common::node::{self, assert_same, sha256, stderr, Entry, NodeRoot};
 
 const KUBELET_LINE: &str =
@@ -47,16 +48,18 @@ fn install_swaps_and_a_rerun_changes_nothing() {
         lines[0].starts_with("k8s-nokmem: info: install v") && lines[0].contains("root="),
         "{log}"
     );
-    for want in [
-        "install [1/12] preflight: ok (",
-        "install [6/12] divert '/usr/sbin/runc': ok (",
-        "install [9/12] place '/usr/bin/kubelet': ok (",
-        "install [4/12] stop 'kubelet.service': skipped (root is '",
-        "install [12/12] record '/var/lib/k8s-nokmem/state.json': ok (",
-        "keep the old binaries until they restart",
-    ] {
-        assert!(log.contains(want), "missing '{want}' in:\n{log}");
-    }
+    assert_contains(
+        &log,
+        &[
+            "install [1/12] preflight: ok (",
+            "install [6/12] divert '/usr/sbin/runc': ok (",
+            "install [9/12] place '/usr/bin/kubelet': ok (",
+            "install [4/12] stop 'kubelet.service': skipped (root is '",
+            "install [12/12] record '/var/lib/k8s-nokmem/state.json': ok (",
+            "keep the old binaries until they restart",
+        ],
+        "log",
+    );
     let mode = std::fs::metadata(n.abs("usr/bin/kubelet")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
@@ -731,6 +734,31 @@ fn a_journal_with_impossible_counters_is_a_clear_error_not_a_panic() {
     }
 }
 
+/// On `n`, install refuses (exit 2), its error saying each of `refusal`, and changes nothing;
+/// with `drop_in` as /etc/k8s-nokmem/conf.d/50-local.conf it installs, its log saying each
+/// of `warning`.
+#[track_caller]
+fn refused_until_a_drop_in_says_warn(
+    n: &NodeRoot,
+    refusal: &[&str],
+    what: &str,
+    drop_in: &[u8],
+    warning: &[&str],
+) {
+    let before = n.snapshot();
+    let out = n.run(&["install"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_contains(&err, refusal, "install's error");
+    assert_same(&before, &n.snapshot(), what);
+    assert!(n.diversions().is_empty());
+
+    n.write("etc/k8s-nokmem/conf.d/50-local.conf", drop_in, 0o644);
+    let log = n.ok(&["install"]);
+    assert_contains(&log, warning, "install log");
+    assert_installed(n);
+}
+
 #[test]
 fn version_skew_refuses_by_default_and_warn_overrides() {
     let n = NodeRoot::new();
@@ -739,32 +767,22 @@ fn version_skew_refuses_by_default_and_warn_overrides() {
         "1.19.16-00",
         &["/usr", "/usr/bin", "/usr/bin/kubelet"],
     );
-    let before = n.snapshot();
-    let out = n.run(&["install"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    for want in [
-        "version skew: the payload kubelet is 1.20.2, package 'kubelet' has 1.19.16-00",
-        "refusing to replace a 1.19 kubelet with a 1.20 one",
-        "nothing was changed",
-        "check out kubernetes v1.19.16 in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`",
-        "set `version-skew = warn` under [kubelet] in a drop-in, /etc/k8s-nokmem/conf.d/50-local.conf",
-    ] {
-        assert!(err.contains(want), "missing '{want}' in:\n{err}");
-    }
-    assert_same(&before, &n.snapshot(), "skew refused");
-    n.write(
-        "etc/k8s-nokmem/conf.d/50-local.conf",
+    refused_until_a_drop_in_says_warn(
+        &n,
+        &[
+            "version skew: the payload kubelet is 1.20.2, package 'kubelet' has 1.19.16-00",
+            "refusing to replace a 1.19 kubelet with a 1.20 one",
+            "nothing was changed",
+            "check out kubernetes v1.19.16 in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`",
+            "set `version-skew = warn` under [kubelet] in a drop-in, /etc/k8s-nokmem/conf.d/50-local.conf",
+        ],
+        "skew refused",
         b"[kubelet]\nversion-skew = warn\n",
-        0o644,
+        &[
+            "warn: version skew",
+            "version-skew = warn at /etc/k8s-nokmem/conf.d/50-local.conf:2",
+        ],
     );
-    let log = n.ok(&["install"]);
-    assert!(
-        log.contains("warn: version skew")
-            && log.contains("version-skew = warn at /etc/k8s-nokmem/conf.d/50-local.conf:2"),
-        "{log}"
-    );
-    assert_installed(&n);
 }
 
 /// A Docker 18.09 node (Ubuntu 16.04's containerd 1.2) and the default payload runc 1.1.5:
@@ -779,35 +797,23 @@ fn a_runc_the_nodes_containerd_does_not_support_is_refused_and_warn_overrides() 
         "1.2.6-0ubuntu1~16.04.6",
         &["/usr", "/usr/bin", "/usr/bin/containerd"],
     );
-    let before = n.snapshot();
-    let out = n.run(&["install"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    for want in [
-        "containerd 1.2.6-0ubuntu1~16.04.6 (package 'containerd') does not support the payload runc 1.1.5",
-        "containerd 1.2 ships and tests runc v1.0.0-rc5 to v1.0.0-rc10",
-        "[runc] containerd-skew = refuse, the default",
-        "nothing was changed",
-        "check out that runc tag (e.g. v1.0.0-rc10) in DIR and run `scripts/build-deb.sh -- --runc-src DIR`",
-        "set `containerd-skew = warn` under [runc] in a drop-in, /etc/k8s-nokmem/conf.d/50-local.conf",
-    ] {
-        assert!(err.contains(want), "missing '{want}' in:\n{err}");
-    }
-    assert_same(&before, &n.snapshot(), "containerd skew refused");
-    assert!(n.diversions().is_empty());
-
-    n.write(
-        "etc/k8s-nokmem/conf.d/50-local.conf",
+    refused_until_a_drop_in_says_warn(
+        &n,
+        &[
+            "containerd 1.2.6-0ubuntu1~16.04.6 (package 'containerd') does not support the payload runc 1.1.5",
+            "containerd 1.2 ships and tests runc v1.0.0-rc5 to v1.0.0-rc10",
+            "[runc] containerd-skew = refuse, the default",
+            "nothing was changed",
+            "check out that runc tag (e.g. v1.0.0-rc10) in DIR and run `scripts/build-deb.sh -- --runc-src DIR`",
+            "set `containerd-skew = warn` under [runc] in a drop-in, /etc/k8s-nokmem/conf.d/50-local.conf",
+        ],
+        "containerd skew refused",
         b"[runc]\ncontainerd-skew = warn\n",
-        0o644,
+        &[
+            "warn: containerd 1.2.6-0ubuntu1~16.04.6 (package 'containerd') does not support the payload runc 1.1.5",
+            "installing anyway ([runc] containerd-skew = warn at /etc/k8s-nokmem/conf.d/50-local.conf:2)",
+        ],
     );
-    let log = n.ok(&["install"]);
-    assert!(
-        log.contains("warn: containerd 1.2.6-0ubuntu1~16.04.6 (package 'containerd') does not support the payload runc 1.1.5")
-            && log.contains("installing anyway ([runc] containerd-skew = warn at /etc/k8s-nokmem/conf.d/50-local.conf:2)"),
-        "{log}"
-    );
-    assert_installed(&n);
 }
 
 /// A containerd 1.6 node (Debian 12's docker.io: containerd 1.6.20, runc 1.1.5) takes the

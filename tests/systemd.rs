@@ -13,6 +13,7 @@
 //! Needs root and the testbed root (`scripts/testbed-root.sh`); without them it fails (skipped under
 //! `K8S_NOKMEM_ALLOW_SKIP=1`).
 
+#[macro_use]
 #[path = "common/nspawn.rs"]
 mod nspawn;
 
@@ -63,23 +64,22 @@ fn write_misbehaving_units(tb: &nspawn::Testbed) {
     );
 }
 
+/// What stop and start return when systemd's job ran to its end.
+fn job_done() -> ServiceAction {
+    ServiceAction::Done {
+        job_result: "done".into(),
+    }
+}
+
 #[test]
 fn client_in_a_booted_systemd() {
-    let Some(root) = nspawn::root_or_skip("client_in_a_booted_systemd") else {
+    let Some(mut tb) = nspawn::stand_in_node(test_name!()) else {
         return;
     };
     let started = Instant::now();
-    let mut tb = nspawn::Testbed::new(&root);
-    nspawn::write_stand_in_services(&tb);
     write_misbehaving_units(&tb);
     tb.boot();
-    for unit in ["kubelet.service", "docker.service"] {
-        assert_eq!(
-            tb.unit_prop(unit, "ActiveState"),
-            "active",
-            "{unit} after boot"
-        );
-    }
+    tb.assert_active(&nspawn::STAND_IN_UNITS, "after boot");
     let exe = std::env::current_exe().unwrap();
     tb.copy_in(&exe, "/usr/local/bin/systemd-test", 0o755);
     let out = tb.run_env(
@@ -194,13 +194,7 @@ fn inside_client_scenarios() {
         let action = sd
             .stop(unit, T)
             .unwrap_or_else(|e| panic!("stop {unit}: {e}"));
-        assert_eq!(
-            action,
-            ServiceAction::Done {
-                job_result: "done".into()
-            },
-            "stop {unit}"
-        );
+        assert_eq!(action, job_done(), "stop {unit}");
         assert_eq!(
             systemctl_show(unit, "ActiveState"),
             "inactive",
@@ -222,13 +216,7 @@ fn inside_client_scenarios() {
         let action = sd
             .start(unit, T)
             .unwrap_or_else(|e| panic!("start {unit}: {e}"));
-        assert_eq!(
-            action,
-            ServiceAction::Done {
-                job_result: "done".into()
-            },
-            "start {unit}"
-        );
+        assert_eq!(action, job_done(), "start {unit}");
         assert_eq!(
             systemctl_show(unit, "ActiveState"),
             "active",
@@ -404,21 +392,11 @@ fn inside_client_scenarios() {
     assert!(t0.elapsed() >= Duration::from_millis(700) && t0.elapsed() < Duration::from_secs(5));
     assert!(err.to_string().contains("did not finish within"), "{err}");
     // the queued start is replaced by the stop
-    assert_eq!(
-        sd.stop("slow.service", T).unwrap(),
-        ServiceAction::Done {
-            job_result: "done".into()
-        }
-    );
+    assert_eq!(sd.stop("slow.service", T).unwrap(), job_done());
     assert_eq!(systemctl_show("slow.service", "ActiveState"), "inactive");
 
     // 9. a oneshot that ran fine is inactive again, and that is a successful start
-    assert_eq!(
-        sd.start("oneshot.service", T).unwrap(),
-        ServiceAction::Done {
-            job_result: "done".into()
-        }
-    );
+    assert_eq!(sd.start("oneshot.service", T).unwrap(), job_done());
     assert_eq!(systemctl_show("oneshot.service", "Result"), "success");
 
     // 10. others' jobs finishing while we wait are not taken for ours
@@ -555,7 +533,7 @@ fn healthz_counts_only_from_kubelet(sd: &SystemdClient) {
 /// cgroups, and survives a reboot with its files (the e2e tests of issue 6 build on this).
 #[test]
 fn testbed_runs_docker_and_reboots() {
-    let Some(root) = nspawn::root_or_skip("testbed_runs_docker_and_reboots") else {
+    let Some(root) = nspawn::root_or_skip(test_name!()) else {
         return;
     };
     let mut tb = nspawn::Testbed::boot_new(&root);
@@ -1065,12 +1043,7 @@ fn inside_private_bus_client() {
             let took = t0.elapsed();
             let verb = if stop { "stop" } else { "start" };
             eprintln!("round {round}: {verb}: {} ms", took.as_millis());
-            assert_eq!(
-                action,
-                ServiceAction::Done {
-                    job_result: "done".into()
-                }
-            );
+            assert_eq!(action, job_done());
             let manager = REPLY_DELAY + JOB_DELAY;
             assert!(
                 took >= manager - Duration::from_millis(20),

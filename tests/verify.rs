@@ -13,6 +13,7 @@ use serde_json::Value;
 mod common;
 
 use common::node::{self, NodeRoot};
+use common::{assert_contains, assert_starts_with};
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8s-nokmem");
 
@@ -150,12 +151,10 @@ fn a_4_4_node_with_nokmem_pods_is_ok() {
 
     let human = verify_node(&fixture("4.4-nokmem"), root.path(), &[]);
     assert_eq!(human.code, 0);
-    assert!(
-        human
-            .stdout
-            .starts_with("k8s-nokmem verify: OK (Linux 4.4.0-131-generic"),
-        "{}",
-        human.stdout
+    assert_starts_with(
+        &human.stdout,
+        "k8s-nokmem verify: OK (Linux 4.4.0-131-generic",
+        "verify's output",
     );
     assert!(
         human.stdout.ends_with("to do: nothing\n"),
@@ -210,19 +209,13 @@ fn a_4_4_node_with_a_kmem_pod_names_the_pod_and_container() {
     fs::write(state.join("state.json"), state_swapped_at(later)).unwrap();
     let human = verify_node(&node, root.path(), &[]);
     assert_eq!(human.code, 1);
-    assert!(
-        human
-            .stdout
-            .contains("pod 0d5c3c1a-6ec5-4e8c-9b9e-2f0b1e2f3a4b container "),
-        "{}",
-        human.stdout
-    );
-    assert!(
-        human
-            .stdout
-            .contains("pods from before the swap: recreate them or reboot"),
-        "{}",
-        human.stdout
+    assert_contains(
+        &human.stdout,
+        &[
+            "pod 0d5c3c1a-6ec5-4e8c-9b9e-2f0b1e2f3a4b container ",
+            "pods from before the swap: recreate them or reboot",
+        ],
+        "verify's output",
     );
 
     // swapped long before these cgroups were made: the binaries that made them enable kmem
@@ -239,9 +232,10 @@ fn a_4_4_node_with_a_kmem_pod_names_the_pod_and_container() {
         kmem["evidence"]["cgroups"][1]["cause"], "inherited-from-pod",
         "{kmem:#}"
     );
-    assert!(
-        kmem["fix"].as_str().unwrap().contains("k8s-nokmem status"),
-        "{kmem:#}"
+    assert_contains(
+        kmem["fix"].as_str().unwrap(),
+        &["k8s-nokmem status"],
+        format!("{kmem:#}"),
     );
 }
 
@@ -355,19 +349,15 @@ fn before_4_6_the_nokmem_parameter_may_be_ignored() {
     let report = r.json();
     let kernel = check(&report, "kernel-kmem");
     assert_eq!(kernel["status"], "problem", "{kernel:#}");
-    assert!(
-        kernel["summary"]
-            .as_str()
-            .unwrap()
-            .contains("Linux 4.4.0-131-generic ignores cgroup.memory=nokmem"),
-        "{kernel:#}"
+    assert_contains(
+        kernel["summary"].as_str().unwrap(),
+        &["Linux 4.4.0-131-generic ignores cgroup.memory=nokmem"],
+        format!("{kernel:#}"),
     );
-    assert!(
-        kernel["fix"]
-            .as_str()
-            .unwrap()
-            .contains("nokmem runc and kubelet"),
-        "{kernel:#}"
+    assert_contains(
+        kernel["fix"].as_str().unwrap(),
+        &["nokmem runc and kubelet"],
+        format!("{kernel:#}"),
     );
     // the cgroups' causes are those of a kernel without the parameter, not "despite nokmem"
     let kmem = check(&report, "cgroup-kmem");
@@ -377,10 +367,10 @@ fn before_4_6_the_nokmem_parameter_may_be_ignored() {
         "{kmem:#}"
     );
     let human = verify_node(&node, root.path(), &[]);
-    assert!(
-        human.stdout.contains("ignores cgroup.memory=nokmem"),
-        "{}",
-        human.stdout
+    assert_contains(
+        &human.stdout,
+        &["ignores cgroup.memory=nokmem"],
+        "verify's output",
     );
 }
 
@@ -436,12 +426,10 @@ fn unreadable_cgroup_files_are_unknown_with_the_reason() {
     assert_eq!(report["status"], "unknown");
     let kmem = check(&report, "cgroup-kmem");
     assert_eq!(kmem["status"], "unknown");
-    assert!(
-        kmem["summary"]
-            .as_str()
-            .unwrap()
-            .contains("kubepods/burstable/memory.kmem.usage_in_bytes"),
-        "{kmem:#}"
+    assert_contains(
+        kmem["summary"].as_str().unwrap(),
+        &["kubepods/burstable/memory.kmem.usage_in_bytes"],
+        format!("{kmem:#}"),
     );
 
     // a problem outranks the unknown
@@ -590,11 +578,10 @@ fn a_garbled_proc_cgroups_is_unknown_with_the_reason() {
     fs::remove_file(node.join("proc/self/mountinfo")).unwrap();
     let r = verify_node(&node, root.path(), &[]);
     assert_eq!(r.code, 2, "{}", r.stdout);
-    assert!(
-        r.stdout
-            .contains("failed to read the mount table: failed to read '"),
-        "{}",
-        r.stdout
+    assert_contains(
+        &r.stdout,
+        &["failed to read the mount table: failed to read '"],
+        "verify's output",
     );
 }
 
@@ -615,12 +602,10 @@ fn a_missing_manifest_of_an_installed_package_is_unknown() {
     assert_eq!(r.code, 2, "{}", r.stdout);
     let p = check(&r.json(), "payload").clone();
     assert_eq!(p["status"], "unknown");
-    assert!(
-        p["summary"]
-            .as_str()
-            .unwrap()
-            .contains("/usr/lib/k8s-nokmem/MANIFEST"),
-        "{p:#}"
+    assert_contains(
+        p["summary"].as_str().unwrap(),
+        &["/usr/lib/k8s-nokmem/MANIFEST"],
+        format!("{p:#}"),
     );
 }
 
@@ -647,15 +632,17 @@ fn textfile_passes_promtool_and_state_is_written() {
     );
     let prom = dir.path().join("k8s_nokmem.prom");
     let text = fs::read_to_string(&prom).unwrap();
-    for want in [
-        "k8s_nokmem_verify_checked_cgroups 8\n",
-        "k8s_nokmem_verify_kmem_active_cgroups 2\n",
-        "k8s_nokmem_verify_zombie_cgroups 4000\n",
-        "k8s_nokmem_verify_status{status=\"problem\"} 1\n",
-        "k8s_nokmem_verify_last_run_timestamp_seconds ",
-    ] {
-        assert!(text.contains(want), "want {want:?} in:\n{text}");
-    }
+    assert_contains(
+        &text,
+        &[
+            "k8s_nokmem_verify_checked_cgroups 8\n",
+            "k8s_nokmem_verify_kmem_active_cgroups 2\n",
+            "k8s_nokmem_verify_zombie_cgroups 4000\n",
+            "k8s_nokmem_verify_status{status=\"problem\"} 1\n",
+            "k8s_nokmem_verify_last_run_timestamp_seconds ",
+        ],
+        "the textfile",
+    );
     assert_eq!(
         fs::read_dir(dir.path()).unwrap().count(),
         1,
@@ -800,12 +787,10 @@ fn a_directory_named_like_the_textfile_is_a_warning() {
         assert_eq!(report["status"], "ok");
         let warning = check(&report, "textfile");
         assert_eq!(warning["status"], "warning", "{warning:#}");
-        assert!(
-            warning["summary"]
-                .as_str()
-                .unwrap()
-                .contains("k8s_nokmem.prom' is a directory"),
-            "{warning:#}"
+        assert_contains(
+            warning["summary"].as_str().unwrap(),
+            &["k8s_nokmem.prom' is a directory"],
+            format!("{warning:#}"),
         );
         assert!(
             r.stderr.contains("warn: ") && r.stderr.contains("is a directory"),
@@ -1138,12 +1123,10 @@ fn an_installed_node_checks_payload_diversions_and_the_running_kubelet() {
     let report = r.json();
     let running = check(&report, "running-kubelet");
     assert_eq!(running["status"], "problem");
-    assert!(
-        running["summary"]
-            .as_str()
-            .unwrap()
-            .contains("deleted or replaced"),
-        "{running:#}"
+    assert_contains(
+        running["summary"].as_str().unwrap(),
+        &["deleted or replaced"],
+        format!("{running:#}"),
     );
     assert!(running["fix"]
         .as_str()
@@ -1151,12 +1134,10 @@ fn an_installed_node_checks_payload_diversions_and_the_running_kubelet() {
         .contains("systemctl restart kubelet.service"));
     let payload = check(&report, "payload");
     assert_eq!(payload["status"], "problem");
-    assert!(
-        payload["summary"]
-            .as_str()
-            .unwrap()
-            .contains("'/usr/bin/kubelet' under root"),
-        "{payload:#}"
+    assert_contains(
+        payload["summary"].as_str().unwrap(),
+        &["'/usr/bin/kubelet' under root"],
+        format!("{payload:#}"),
     );
     let prom = fs::read_to_string(textfile.path().join("k8s_nokmem.prom")).unwrap();
     assert!(
@@ -1183,12 +1164,10 @@ fn an_installed_node_checks_payload_diversions_and_the_running_kubelet() {
     let r = verify_node(&fixture("4.4-nokmem"), &n.path, &["--json"]);
     let d = check(&r.json(), "diversions").clone();
     assert_eq!(d["status"], "problem");
-    assert!(
-        d["summary"]
-            .as_str()
-            .unwrap()
-            .contains("'/usr/sbin/runc' under root"),
-        "{d:#}"
+    assert_contains(
+        d["summary"].as_str().unwrap(),
+        &["'/usr/sbin/runc' under root"],
+        format!("{d:#}"),
     );
 }
 
@@ -1330,12 +1309,10 @@ fn an_upgraded_kubelet_package_underneath_is_version_skew() {
     assert_eq!(r.code, 1, "a problem by default (refuse): {}", r.stdout);
     let skew = check(&r.json(), "version-skew").clone();
     assert_eq!(skew["status"], "problem");
-    assert!(
-        skew["summary"]
-            .as_str()
-            .unwrap()
-            .contains("upgraded to 1.21.14-00"),
-        "{skew:#}"
+    assert_contains(
+        skew["summary"].as_str().unwrap(),
+        &["upgraded to 1.21.14-00"],
+        format!("{skew:#}"),
     );
     n.write(
         "etc/k8s-nokmem/k8s-nokmem.conf",
@@ -1523,9 +1500,10 @@ fn an_update_of_an_original_package_underneath_is_a_warning_and_a_metric() {
                 .contains("build the payload from it"),
         "{under:#}"
     );
-    assert!(
-        under["fix"].as_str().unwrap().contains("build-payload.sh"),
-        "{under:#}"
+    assert_contains(
+        under["fix"].as_str().unwrap(),
+        &["build-payload.sh"],
+        format!("{under:#}"),
     );
     let text = prom();
     assert!(

@@ -1,11 +1,12 @@
 # shellcheck shell=bash disable=SC2034  # sets variables its callers read
-# Shared shell functions for scripts/build-payload.sh and scripts/build-probes.sh:
-# logging, Go/arch facts, Debian or local source trees, the build cache, and the checks
-# a binary must pass before it is shipped. Source it after `set -euo pipefail`; it only
+# Shared shell functions for the Go builds (scripts/build-payload.sh, build-probes.sh,
+# build-rc9.sh, tests/e2e/build-kubelet-debs.sh): scripts/lib/common.sh, Go/arch facts,
+# Debian or local source trees, the build cache, and the checks a binary must pass before
+# it is shipped. Source it after `set -euo pipefail`; it only
 # defines functions and variables.
 #
 # Variables the caller sets before calling these functions:
-#   KN_PROG       log prefix (e.g. build-payload)
+#   KN_PROG       message prefix (e.g. build-payload; scripts/lib/common.sh)
 #   KN_REPO       repository root
 #   KN_CACHE      cache directory (sources, Go build cache, finished binaries)
 #   KN_NO_CACHE   1: neither read nor write finished binaries, use a throw-away GOCACHE
@@ -16,15 +17,9 @@
 # cache key, so old cached binaries are no longer used.
 KN_SCRIPT_VERSION=3
 
-kn_log() { printf '%s: %s\n' "${KN_PROG:-k8s-nokmem}" "$*" >&2; }
-kn_warn() { kn_log "warning: $*"; }
-# kn_need_arg "$@": in an option loop, the option in $1 must have a non-empty value in $2.
-kn_need_arg() { if [ $# -lt 2 ] || [ -z "$2" ]; then kn_die "$1 needs a value (see --help)" 2; fi; }
-# kn_die MSG [EXIT]: 1 = a build or a check failed (default), 2 = usage or environment.
-kn_die() {
-    kn_log "error: $1"
-    exit "${2:-1}"
-}
+# log, warn, die, need_arg, need_tools (KN_PROG is their prefix)
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ---------------------------------------------------------------------------------
 # Go and architectures
@@ -44,7 +39,7 @@ kn_host_arch() { "$KN_GO" env GOHOSTARCH; }
 kn_check_arch() {
     case "$1" in
     amd64 | arm64) ;;
-    *) kn_die "unsupported architecture '$1' (supported: amd64, arm64)" 2 ;;
+    *) die "unsupported architecture '$1' (supported: amd64, arm64)" ;;
     esac
 }
 
@@ -135,11 +130,11 @@ kn_debian_source() {
         stamp=$(find "$srcdir" -maxdepth 1 -name "$pkg-*.unpacked" -printf '%T@ %p\n' 2>/dev/null |
             sort -rn | head -n1 | cut -d' ' -f2-) || true
         if [ -z "$stamp" ]; then
-            kn_die "apt knows no source package '$pkg' (no deb-src entry, or apt lists not updated)
+            die "apt knows no source package '$pkg' (no deb-src entry, or apt lists not updated)
   note: run 'sudo scripts/install-deps.sh' (adds /etc/apt/sources.list.d/k8s-nokmem-src.sources and runs apt-get update)
-  note: or build from a local checkout with --$pkg-src DIR" 2
+  note: or build from a local checkout with --$pkg-src DIR"
         fi
-        kn_warn "apt knows no source package '$pkg'; using the tree unpacked earlier: ${stamp%.unpacked}"
+        warn "apt knows no source package '$pkg'; using the tree unpacked earlier: ${stamp%.unpacked}"
         dsc=$(sed -n 's/^dsc=//p' "$stamp")
         sha=$(sed -n 's/^dsc_sha256=//p' "$stamp")
         dir=${stamp%.unpacked}
@@ -168,23 +163,23 @@ kn_debian_fetch() {
     mkdir -p "$srcdir"
     ver=${dsc#"${pkg}"_}
     ver=${ver%.dsc}
-    kn_log "[source $pkg] apt-get source --download-only $pkg=$ver into $srcdir"
+    log "[source $pkg] apt-get source --download-only $pkg=$ver into $srcdir"
     if ! (cd "$srcdir" && apt-get source --download-only -qq "$pkg=$ver") \
         >"$KN_WORK/apt-source-$pkg.log" 2>&1; then
         sed 's/^/  /' "$KN_WORK/apt-source-$pkg.log" >&2
-        kn_die "failed to download source package '$pkg' with apt-get source
-  note: the Debian mirror must be reachable once; later runs reuse $srcdir" 2
+        die "failed to download source package '$pkg' with apt-get source
+  note: the Debian mirror must be reachable once; later runs reuse $srcdir"
     fi
     got=$(kn_sha256 "$srcdir/$dsc")
-    [ "$got" = "$sha" ] || kn_die "downloaded '$srcdir/$dsc' has sha256 $got, apt lists say $sha"
+    [ "$got" = "$sha" ] || die "downloaded '$srcdir/$dsc' has sha256 $got, apt lists say $sha" 1
     rm -rf "$dir.tmp" "$dir"
     if ! dpkg-source --no-check -x "$srcdir/$dsc" "$dir.tmp" >"$KN_WORK/dpkg-source-$pkg.log" 2>&1; then
         sed 's/^/  /' "$KN_WORK/dpkg-source-$pkg.log" >&2
-        kn_die "failed to unpack '$srcdir/$dsc' with dpkg-source -x"
+        die "failed to unpack '$srcdir/$dsc' with dpkg-source -x" 1
     fi
     mv "$dir.tmp" "$dir"
     printf 'dsc=%s\ndsc_sha256=%s\n' "$dsc" "$sha" >"$dir.unpacked"
-    kn_log "[source $pkg] unpacked $dir in $(($(date +%s) - t0)) s"
+    log "[source $pkg] unpacked $dir in $(($(date +%s) - t0)) s"
 }
 
 # kn_local_source DIR: a local tree (any version). A git checkout is identified by its
@@ -193,7 +188,7 @@ kn_debian_fetch() {
 kn_local_source() {
     local dir
     kn_reset_source
-    [ -d "$1" ] || kn_die "source directory '$1' does not exist" 2
+    [ -d "$1" ] || die "source directory '$1' does not exist"
     dir=$(cd "$1" && pwd -P)
     KN_SRC_DIR=$dir
     if git -C "$dir" rev-parse --verify -q HEAD >/dev/null 2>&1; then
@@ -212,10 +207,10 @@ kn_local_source() {
         KN_SRC_DESC="git:$KN_SRC_COMMIT"
         if [ "$KN_SRC_DIRTY" = 1 ]; then
             KN_SRC_DESC="$KN_SRC_DESC-dirty"
-            kn_warn "'$dir' has uncommitted changes; the MANIFEST says -dirty"
+            warn "'$dir' has uncommitted changes; the MANIFEST says -dirty"
         fi
     else
-        kn_warn "'$dir' is not a git checkout: it is identified by file names, sizes and mtimes"
+        warn "'$dir' is not a git checkout: it is identified by file names, sizes and mtimes"
         KN_SRC_DIGEST="dir:$(cd "$dir" && find . -type f -printf '%P\t%s\t%T@\n' | LC_ALL=C sort | sha256sum | awk '{print $1}')"
         KN_SRC_DESC="dir:$(basename "$dir"):${KN_SRC_DIGEST#dir:}"
         # Not the build's time: SOURCE_DATE_EPOCH, else the newest file's mtime (an
@@ -233,7 +228,7 @@ kn_cache_get() {
     [ "$KN_NO_CACHE" = 1 ] && return 1
     [ -f "$entry/$2" ] && [ -f "$entry/sha256" ] || return 1
     if [ "$(kn_sha256 "$entry/$2")" != "$(cat "$entry/sha256")" ]; then
-        kn_warn "cache entry '$entry' is corrupt; rebuilding"
+        warn "cache entry '$entry' is corrupt; rebuilding"
         rm -rf "$entry"
         return 1
     fi
@@ -294,8 +289,8 @@ kn_kubelet_ldflags() {
 
 kn_prepare_cache() {
     mkdir -p "$KN_CACHE" 2>/dev/null && [ -w "$KN_CACHE" ] ||
-        kn_die "cache directory '$KN_CACHE' is not writable
-  note: pass --cache DIR or set K8S_NOKMEM_CACHE, or run as root" 2
+        die "cache directory '$KN_CACHE' is not writable
+  note: pass --cache DIR or set K8S_NOKMEM_CACHE, or run as root"
 }
 
 # ---------------------------------------------------------------------------------
@@ -308,11 +303,11 @@ kn_check_static() {
     machine=$(kn_file_machine "$2")
     case "$desc" in
     *"statically linked"*) ;;
-    *) kn_die "$3: '$1' is not statically linked: $desc" ;;
+    *) die "$3: '$1' is not statically linked: $desc" 1 ;;
     esac
     case "$desc" in
     *", $machine,"*) ;;
-    *) kn_die "$3: '$1' is not a $2 ($machine) binary: $desc" ;;
+    *) die "$3: '$1' is not a $2 ($machine) binary: $desc" 1 ;;
     esac
 }
 
@@ -354,20 +349,20 @@ kn_inspect_init() {
         # --json FILE`; an explicit K8S_NOKMEM_BIN is used as it is.
         if [ -z "${K8S_NOKMEM_BIN:-}" ] && [ -f "$KN_REPO/Cargo.toml" ] &&
             ! { [ -x "$bin" ] && kn_has_inspect "$bin"; }; then
-            kn_log "building the helper for 'inspect': cargo build --release (log $KN_WORK/cargo.log)"
+            log "building the helper for 'inspect': cargo build --release (log $KN_WORK/cargo.log)"
             if ! (cd "$KN_REPO" && cargo build --release) >"$KN_WORK/cargo.log" 2>&1; then
-                kn_warn "cargo build --release failed (tail of the log follows); using the fallback kmem check"
+                warn "cargo build --release failed (tail of the log follows); using the fallback kmem check"
                 tail -n 5 "$KN_WORK/cargo.log" | sed 's/^/  /' >&2
             fi
         fi
         if [ -n "${K8S_NOKMEM_BIN:-}" ] && [ ! -x "$bin" ]; then
-            kn_die "K8S_NOKMEM_BIN='$bin' is not an executable" 2
+            die "K8S_NOKMEM_BIN='$bin' is not an executable"
         fi
         if [ -x "$bin" ] && kn_has_inspect "$bin"; then
             KN_INSPECT_BIN=$bin
-            kn_log "kmem check: '$bin inspect --json'"
+            log "kmem check: '$bin inspect --json'"
         else
-            kn_log "kmem check: fallback (go version -m tags contain nokmem, and no memory.kmem.limit_in_bytes / libcontainer/cgroups/fs/kmem.go in the bytes): '$bin' has no 'inspect --json FILE' yet"
+            log "kmem check: fallback (go version -m tags contain nokmem, and no memory.kmem.limit_in_bytes / libcontainer/cgroups/fs/kmem.go in the bytes): '$bin' has no 'inspect --json FILE' yet"
         fi
     fi
 }
@@ -384,9 +379,9 @@ kn_check_nokmem() {
         0) KN_KMEM_HOW="k8s-nokmem inspect" ;;
         1) # The one-line human verdict names the evidence; the JSON stays in the work dir.
             printf '%s\n' "$out" >"$KN_WORK/inspect.json"
-            kn_die "$label: '$file' enables kmem accounting: $("$bin" inspect "$file" 2>&1 | head -n 3)" ;;
-        2) kn_die "$label: k8s-nokmem inspect cannot read '$file' as a Go binary: $(cat "$KN_WORK/inspect.err") $out" ;;
-        *) kn_die "$label: k8s-nokmem inspect '$file' failed (exit $rc): $(cat "$KN_WORK/inspect.err")" ;;
+            die "$label: '$file' enables kmem accounting: $("$bin" inspect "$file" 2>&1 | head -n 3)" 1 ;;
+        2) die "$label: k8s-nokmem inspect cannot read '$file' as a Go binary: $(cat "$KN_WORK/inspect.err") $out" 1 ;;
+        *) die "$label: k8s-nokmem inspect '$file' failed (exit $rc): $(cat "$KN_WORK/inspect.err")" 1 ;;
         esac
         return 0
     fi
@@ -395,14 +390,14 @@ kn_check_nokmem() {
     if [ "$KN_HAS_BUILD_SETTINGS" = 1 ]; then
         case ",$tags," in
         *,nokmem,*) ;;
-        *) kn_die "$label: '$file' was built without the nokmem tag (go version -m: -tags='$tags')" ;;
+        *) die "$label: '$file' was built without the nokmem tag (go version -m: -tags='$tags')" 1 ;;
         esac
     else
-        kn_warn "$label: '$file' records no build tags (built by Go < 1.18?); only its bytes are checked"
+        warn "$label: '$file' records no build tags (built by Go < 1.18?); only its bytes are checked"
     fi
     ev=$(kn_kmem_evidence "$file")
     if [ "$ev" != "0 0" ]; then
-        kn_die "$label: '$file' holds kmem-enabling code (memory.kmem.limit_in_bytes x${ev% *}, libcontainer/cgroups/fs/kmem.go x${ev#* })"
+        die "$label: '$file' holds kmem-enabling code (memory.kmem.limit_in_bytes x${ev% *}, libcontainer/cgroups/fs/kmem.go x${ev#* })" 1
     fi
     KN_KMEM_HOW="fallback: go version -m tags${tags:+ (-tags=$tags)} + no kmem strings"
 }
@@ -413,12 +408,12 @@ kn_run_version() {
     local file=$1 arch=$2 out qemu
     if [ "$arch" = "$(kn_host_arch)" ]; then
         KN_CHECK_HOW="--version natively"
-        out=$(timeout 120 "$file" --version 2>&1) || kn_die "'$file --version' failed: $out"
+        out=$(timeout 120 "$file" --version 2>&1) || die "'$file --version' failed: $out" 1
     else
         qemu=$(kn_qemu "$arch")
-        command -v "$qemu" >/dev/null || kn_die "$qemu not found (apt-get install qemu-user-static)" 2
+        command -v "$qemu" >/dev/null || die "$qemu not found (apt-get install qemu-user-static)"
         KN_CHECK_HOW="--version under $qemu"
-        out=$(timeout 300 "$qemu" "$file" --version 2>&1) || kn_die "'$qemu $file --version' failed: $out"
+        out=$(timeout 300 "$qemu" "$file" --version 2>&1) || die "'$qemu $file --version' failed: $out" 1
     fi
     KN_VERSION_LINE=${out%%$'\n'*}
     KN_VERSION_OUT=$out

@@ -13,7 +13,9 @@
 # control member is rebuilt (same entries, order, modes and times).
 set -euo pipefail
 
-die() { printf 'kubelet-breaks: error: %s\n' "$*" >&2; exit 2; }
+KN_PROG=kubelet-breaks
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/common.sh"
 
 breaks() { # VERSION
     local major minor

@@ -117,3 +117,29 @@ pub fn keep_tmp(dir: tempfile::TempDir) -> Option<tempfile::TempDir> {
         Some(dir)
     }
 }
+
+/// Fail unless `text` contains each of `wants`, naming the first one missing, what the text
+/// is (`what`: "install log", a check's JSON) and the whole text.
+#[track_caller]
+pub fn assert_contains(text: &str, wants: &[&str], what: impl std::fmt::Display) {
+    for want in wants {
+        assert!(text.contains(want), "{what} lacks \"{want}\":\n{text}");
+    }
+}
+
+/// Fail if `text` contains any of `unwanted`, naming it, what the text is and the whole text.
+#[track_caller]
+pub fn assert_lacks(text: &str, unwanted: &[&str], what: impl std::fmt::Display) {
+    for u in unwanted {
+        assert!(!text.contains(u), "{what} has \"{u}\":\n{text}");
+    }
+}
+
+/// Fail unless `text` starts with `prefix`, showing what the text is and the whole text.
+#[track_caller]
+pub fn assert_starts_with(text: &str, prefix: &str, what: impl std::fmt::Display) {
+    assert!(
+        text.starts_with(prefix),
+        "{what} does not start with \"{prefix}\":\n{text}"
+    );
+}

@@ -33,6 +33,18 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// The name of the test function it is called in (for [`root_or_skip`] and the testbed's
+/// messages), so a test need not spell its own name.
+#[allow(unused_macros)]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        let path = std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        path.rsplit("::").next().unwrap_or(path)
+    }};
+}
+
 /// Overrides the root's location.
 pub const ROOT_ENV: &str = "K8S_NOKMEM_TESTBED_ROOT";
 /// The command that builds the root.
@@ -42,6 +54,12 @@ const STAMP: &str = "etc/k8s-nokmem-testbed";
 const SHARE_IN: &str = "/mnt/share";
 const PATH_IN: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Where the helper is on a node, and where [`Testbed::install_helper`] puts this build's.
+pub const HELPER: &str = "/usr/sbin/k8s-nokmem";
+/// The stand-in services of [`write_stand_in_services`].
+pub const STAND_IN_UNITS: [&str; 2] = ["kubelet.service", "docker.service"];
+/// Where [`Testbed::start_detached`] keeps the command's output and exit status.
+const DETACHED_DIR: &str = "/var/tmp/detached";
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -270,6 +288,28 @@ impl Testbed {
         self.symlink(&format!("/etc/systemd/system/{unit}"), "/dev/null");
     }
 
+    /// This build's helper at [`HELPER`] and `config` as its config ([`Testbed::write_config`]).
+    pub fn install_helper(&self, config: &str) {
+        self.write_config(config);
+        self.copy_in(env!("CARGO_BIN_EXE_k8s-nokmem"), HELPER, 0o755);
+    }
+
+    /// `config` as the helper's /etc/k8s-nokmem/k8s-nokmem.conf.
+    pub fn write_config(&self, config: impl AsRef<[u8]>) {
+        self.write("/etc/k8s-nokmem/k8s-nokmem.conf", config, 0o644);
+    }
+
+    /// The package's `unit` (from the repository's systemd/) in /lib/systemd/system.
+    pub fn install_unit(&self, unit: &str) {
+        self.copy_in(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("systemd")
+                .join(unit),
+            &format!("/lib/systemd/system/{unit}"),
+            0o644,
+        );
+    }
+
     /// Read a file inside.
     pub fn read(&self, inside: &str) -> Vec<u8> {
         let path = self.path(inside);
@@ -476,6 +516,81 @@ impl Testbed {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Fail unless every one of `units` is active, showing its journal.
+    #[track_caller]
+    pub fn assert_active(&self, units: &[&str], when: &str) {
+        for unit in units {
+            assert_eq!(
+                self.unit_prop(unit, "ActiveState"),
+                "active",
+                "{unit} {when}\n{}",
+                self.journal(unit)
+            );
+        }
+    }
+
+    /// Wait until `systemctl is-active unit` says `state`, at most `secs`.
+    pub fn wait_for_state(&self, unit: &str, state: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let out = self.run(&["systemctl", "is-active", unit]);
+            if String::from_utf8_lossy(&out.stdout).trim() == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{unit} never became {state}:\n{}",
+                self.journal(unit)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until `unit` is `activating/auto-restart` (restarting after a failure), at most
+    /// `secs`.
+    pub fn wait_for_restarting(&self, unit: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let p = self.unit_props(unit, &["ActiveState", "SubState"]);
+            if p["ActiveState"] == "activating" && p["SubState"] == "auto-restart" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{unit} never went back to its crash loop: {p:?}\n{}",
+                self.journal(unit)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start `command` (a shell command line) inside in its own session (`setsid`, as apt
+    /// runs maintainer scripts) and return at once; [`Testbed::wait_detached`] waits for it.
+    pub fn start_detached(&self, command: &str) {
+        self.sh_ok(&format!(
+            "mkdir -p {DETACHED_DIR}; setsid sh -c '{command} >{DETACHED_DIR}/log 2>&1; \
+             echo $? >{DETACHED_DIR}/rc' </dev/null >/dev/null 2>&1 &"
+        ));
+    }
+
+    /// Wait (at most `secs`) until the command of [`Testbed::start_detached`] ended: its exit
+    /// status and its output (stdout and stderr), which is also printed.
+    pub fn wait_detached(&self, secs: u64) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let rc = format!("{DETACHED_DIR}/rc");
+        while !self.path(&rc).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the detached command never ended"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = String::from_utf8_lossy(&self.read(&format!("{DETACHED_DIR}/log"))).into_owned();
+        eprint!("{log}");
+        let rc = String::from_utf8_lossy(&self.read(&rc)).trim().to_string();
+        (rc, log)
+    }
+
     fn check_alive(&mut self, doing: &str) {
         let exited = self
             .nspawn
@@ -563,7 +678,7 @@ pub fn write_stand_in_services(tb: &Testbed) {
          [Install]\nWantedBy=multi-user.target\n",
         0o644,
     );
-    for unit in ["kubelet.service", "docker.service"] {
+    for unit in STAND_IN_UNITS {
         tb.symlink(
             &format!("/etc/systemd/system/multi-user.target.wants/{unit}"),
             &format!("/etc/systemd/system/{unit}"),
@@ -572,6 +687,15 @@ pub fn write_stand_in_services(tb: &Testbed) {
     for unit in ["docker.socket", "containerd.service"] {
         tb.mask(unit);
     }
+}
+
+/// A testbed for `test` (not booted) with the stand-in services of
+/// [`write_stand_in_services`], or `None` when it cannot run ([`root_or_skip`]).
+pub fn stand_in_node(test: &str) -> Option<Testbed> {
+    let root = root_or_skip(test)?;
+    let tb = Testbed::new(&root);
+    write_stand_in_services(&tb);
+    Some(tb)
 }
 
 /// Clean up after test processes that died without dropping their testbed (SIGKILL, Ctrl-C):

@@ -13,6 +13,9 @@ base_pkgs=linux-image-arm64,initramfs-tools,systemd,systemd-sysv,udev,kmod,dbus,
 initrd_modules="virtio_mmio virtio_pci virtio_blk ext4"
 here=$(cd "$(dirname "$0")" && pwd -P)
 top=$(cd "$here/../.." && pwd -P)
+KN_PROG="e2e: arm64"
+# shellcheck source=scripts/lib/common.sh
+. "$top/scripts/lib/common.sh"
 # shellcheck source=scripts/lib/mirror.sh
 . "$top/scripts/lib/mirror.sh"
 # shellcheck source=tests/e2e/lib.sh
@@ -56,42 +59,17 @@ Needs root, mmdebstrap, qemu-system-arm (qemu-system-aarch64) and qemu-utils, qe
 EOF
 }
 
-keep=0
-base_only=0
-boot_timeout=900
-deb=
-while [ $# -gt 0 ]; do
-    case "$1" in
-    --keep) keep=1 ;;
-    --base-only) base_only=1 ;;
-    --timeout)
-        [ $# -ge 2 ] || { echo "e2e: arm64: --timeout needs a value (try --help)" >&2; exit 2; }
-        boot_timeout=$2
-        shift
-        ;;
-    -h | --help) usage; exit 0 ;;
-    -*) echo "e2e: arm64: unknown argument '$1' (try --help)" >&2; exit 2 ;;
-    *)
-        [ -z "$deb" ] || { echo "e2e: arm64: more than one .deb given (try --help)" >&2; exit 2; }
-        deb=$1
-        ;;
-    esac
-    shift
-done
-
-log() { printf 'e2e: arm64: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
-case "$boot_timeout" in '' | *[!0-9]*) die "--timeout '$boot_timeout' is not a number of seconds" ;; esac
+qe_timeout=900
+qe_args usage "$@"
+deb=$qe_deb
 [ "$(id -u)" -eq 0 ] || die "must run as root (mmdebstrap, chroot, mounts)"
-for t in mmdebstrap:mmdebstrap qemu-system-aarch64:qemu-system-arm qemu-img:qemu-utils \
-    qemu-aarch64-static:qemu-user-static aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
-    mkfs.ext4:e2fsprogs jq:jq gpg:gnupg reprepro:reprepro dpkg-deb:dpkg tar:tar; do
-    command -v "${t%%:*}" >/dev/null ||
-        die "'${t%%:*}' not found: apt-get install -y -t $suite-backports ${t#*:} (or run scripts/install-deps.sh)"
-done
+need_tools mmdebstrap:mmdebstrap/$suite-backports qemu-system-aarch64:qemu-system-arm/$suite-backports \
+    qemu-img:qemu-utils/$suite-backports qemu-aarch64-static:qemu-user-static \
+    aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu mkfs.ext4:e2fsprogs jq:jq gpg:gnupg \
+    reprepro:reprepro dpkg-deb:dpkg tar:tar
 mirror=$(mirror) || die "no Debian mirror (set K8S_NOKMEM_MIRROR)"
 
-if [ "$base_only" -eq 1 ]; then
+if [ "$qe_base_only" -eq 1 ]; then
     :
 elif [ -z "$deb" ]; then
     for d in "${K8S_NOKMEM_DEB_DIR:-}" "$top/target/debian"; do
@@ -102,21 +80,15 @@ elif [ -z "$deb" ]; then
     done
     [ -n "$deb" ] || die "no k8s-nokmem_*_arm64.deb in ${K8S_NOKMEM_DEB_DIR:+$K8S_NOKMEM_DEB_DIR or }$top/target/debian: run scripts/build-deb.sh --arch arm64"
 fi
-if [ "$base_only" -eq 0 ]; then
+if [ "$qe_base_only" -eq 0 ]; then
     [ -f "$deb" ] || die "'$deb' does not exist (scripts/build-deb.sh --arch arm64 builds it)"
     [ "$(dpkg-deb -f "$deb" Architecture)" = arm64 ] || die "'$deb' is not an arm64 package"
     deb=$(realpath "$deb")
 fi
 
-t0=$(date +%s)
-cache=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/qemu-arm64
-key=$(printf 'v%s %s %s %s %s\n' "$script_version" "$suite" "$base_pkgs" "$initrd_modules" "$mirror" |
-    sha256sum | cut -c1-16)
-base=$cache/$key
-work=$(mktemp -d "${TMPDIR:-/tmp}/k8s-nokmem-arm64.XXXXXX")
-trap 'rc=$?; qe_cleanup "$keep" "$work"; exit "$rc"' EXIT
-trap 'exit 130' INT TERM
-step() { log "[$(($(date +%s) - t0)) s] $*"; }
+qe_start arm64 "${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/qemu-arm64" \
+    "v$script_version $suite $base_pkgs $initrd_modules $mirror"
+work=$qe_work
 
 # arm64 binaries in the root (mmdebstrap's maintainer scripts, chroot dpkg) run under
 # qemu-user through binfmt_misc, as scripts/testbed-root.sh sets it up
@@ -129,13 +101,11 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
 fi
 
 # --- the cached base root ------------------------------------------------------------------
-if ! qe_base_ready "$base"; then
-    step "building the base root $base (mmdebstrap --arch=arm64 $suite: $base_pkgs; cold, some minutes)"
-    qe_base_begin "$cache"
+bootstrap() { # ROOT DIR
     # Before the kernel is unpacked: an initrd with only what finds the root disk
     # (MODULES=dep cannot see the guest's hardware from a chroot; MODULES=most takes
     # ~25 min under qemu-user).
-    cat >"$qe_building/essential-hook.sh" <<EOF
+    cat >"$2/essential-hook.sh" <<EOF
 #!/bin/sh
 set -e
 mkdir -p "\$1/etc/initramfs-tools/conf.d" "\$1/etc/initramfs-tools/hooks"
@@ -149,32 +119,22 @@ HOOK
 chmod 755 "\$1/etc/initramfs-tools/hooks/k8s-nokmem-e2e"
 EOF
     mmdebstrap --arch=arm64 --variant=apt --include="$base_pkgs" \
-        --essential-hook="sh $qe_building/essential-hook.sh \"\$1\"" \
-        "$suite" "$qe_building/root" "$mirror" >"$qe_building/mmdebstrap.log" 2>&1 || {
-        tail -n 30 "$qe_building/mmdebstrap.log" >&2
-        die "mmdebstrap --arch=arm64 $suite into $qe_building/root failed (log above)"
-    }
-    qe_prepare_root "$qe_building/root" arm64-e2e ttyAMA0
-    ls "$qe_building"/root/boot/vmlinuz-* "$qe_building"/root/boot/initrd.img-* >/dev/null 2>&1 ||
-        die "no kernel or initrd in $qe_building/root/boot after mmdebstrap"
-    qe_base_finish "$cache" "$key"
-    step "base root built"
-else
-    step "base root cached: $base (built $(cat "$base/complete"))"
-fi
-[ "$base_only" -eq 0 ] || exit 0
+        --essential-hook="sh $2/essential-hook.sh \"\$1\"" "$suite" "$1" "$mirror"
+}
+qe_base_root arm64-e2e ttyAMA0 "mmdebstrap --arch=arm64 $suite: $base_pkgs" bootstrap
+[ "$qe_base_only" -eq 0 ] || exit 0
 
 # --- what the guest installs ---------------------------------------------------------------
-step "original kubelet arm64 .deb (tests/e2e/build-kubelet-debs.sh --arch arm64, cached)"
+qe_step "original kubelet arm64 .deb (tests/e2e/build-kubelet-debs.sh --arch arm64, cached)"
 debs=$("$here/build-kubelet-debs.sh" --arch arm64) || die "tests/e2e/build-kubelet-debs.sh --arch arm64 failed"
 kubelet_deb=$debs/kubelet_1.20.2-e2e1_arm64.deb
 [ -f "$kubelet_deb" ] || die "no $kubelet_deb after tests/e2e/build-kubelet-debs.sh --arch arm64"
 
-step "pause binary for arm64"
+qe_step "pause binary for arm64"
 aarch64-linux-gnu-gcc -static -Os -Wall -Wextra -Werror -o "$work/pause" "$here/images/pause.c" ||
     die "aarch64-linux-gnu-gcc -static failed on tests/e2e/images/pause.c (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
 
-step "signed local repository with $(basename "$deb")"
+qe_step "signed local repository with $(basename "$deb")"
 # README's repository (reprepro): both in the component of their kubelet minor, 1.20
 "$here/repo.sh" init "$work/repo" >/dev/null
 "$here/repo.sh" publish "$work/repo" kubelet-1.20 "$deb" "$kubelet_deb"
@@ -190,15 +150,10 @@ want_runc=$(manifest_sha runc)
 { [ -n "$want_kubelet" ] && [ -n "$want_runc" ]; } || die "MANIFEST of $deb has no [kubelet]/[runc] sha256"
 
 # --- this run's image ----------------------------------------------------------------------
-step "node image: the base root + the original kubelet, the repository, the scenario"
-qe_overlay "$base/root" "$work"
+qe_step "node image: the base root + the original kubelet, the repository, the scenario"
+qe_overlay
 m=$qe_merged
-cp "$kubelet_deb" "$m/tmp/kubelet.deb"
-chroot "$m" dpkg -i /tmp/kubelet.deb >"$work/dpkg.log" 2>&1 || {
-    cat "$work/dpkg.log" >&2
-    die "chroot dpkg -i $(basename "$kubelet_deb") failed (output above)"
-}
-rm -f "$m/tmp/kubelet.deb"
+qe_install "$m" "$kubelet_deb"
 # no network in the guest: the local repository is apt's only source
 rm -f "$m/etc/apt/sources.list" "$m"/etc/apt/sources.list.d/*
 mkdir -p "$m/srv" "$m/etc/apt/keyrings" "$m/usr/local/share/k8s-nokmem-e2e"
@@ -209,14 +164,8 @@ echo 'deb [signed-by=/etc/apt/keyrings/k8s-nokmem-e2e.gpg] file:/srv/k8s-nokmem-
 cp "$work/pause" "$m/usr/local/share/k8s-nokmem-e2e/pause"
 cp "$here/arm64-guest.sh" "$m/usr/local/sbin/k8s-nokmem-arm64-e2e"
 chmod 755 "$m/usr/local/sbin/k8s-nokmem-arm64-e2e"
-qe_runner_unit "$m" /usr/local/sbin/k8s-nokmem-arm64-e2e "$((boot_timeout - 60))s"
-kernel=$(find "$m/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
-initrd=$(find "$m/boot" -maxdepth 1 -name 'initrd.img-*' | sort -V | tail -n1)
-cp "$kernel" "$work/vmlinuz"
-cp "$initrd" "$work/initrd.img"
-step "mkfs.ext4 -d (8G sparse root.img; kernel $(basename "$kernel"))"
-mkfs.ext4 -q -F -L root -d "$m" "$work/root.img" 8G >/dev/null || die "mkfs.ext4 -d $m failed"
-umount "$m"
+qe_runner_unit "$m" /usr/local/sbin/k8s-nokmem-arm64-e2e "$((qe_timeout - 60))s"
+qe_image 8G
 qemu-img create -q -f qcow2 -b "$work/root.img" -F raw "$work/root.qcow2"
 
 # --- the boots -----------------------------------------------------------------------------
@@ -226,28 +175,17 @@ boot_secs=()
 boot() {
     local name=$1 b=$work/$1 tb rc=0 append
     append="console=ttyAMA0 root=/dev/vda rootfstype=ext4 rw $2"
-    mkdir -p "$b"
-    truncate -s 64M "$b/out.img"
     tb=$(date +%s)
-    step "$name: booting (-append \"$append\", timeout $boot_timeout s)"
-    qe_boot "$name" "$boot_timeout" "$b" \
+    qe_guest "$name" "$b" 64M "$append" \
         qemu-system-aarch64 -M virt -cpu max,pauth-impdef=on -accel tcg,thread=multi -smp 2 -m 2048 \
-        -kernel "$work/vmlinuz" -initrd "$work/initrd.img" -append "$append" \
-        -drive "file=$work/root.qcow2,format=qcow2,if=virtio" \
-        -drive "file=$b/out.img,format=raw,if=virtio" || rc=$?
+        -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
+        -drive "file=$work/root.qcow2,format=qcow2,if=virtio" || rc=$?
     boot_secs+=("$name $(($(date +%s) - tb))")
-    step "$name: qemu ended ($rc) after $(($(date +%s) - tb)) s"
-    if ! qe_results "$b/out.img" "$b/out" || [ ! -f "$b/out/cmdline" ]; then
-        log "$name: the guest wrote no results on its second disk; serial log tail:"
-        tail -n 40 "$b/serial.log" >&2 || true
-        return 1
-    fi
+    qe_step "$name: qemu ended ($qe_rc) after $(($(date +%s) - tb)) s"
+    [ "$rc" -eq 0 ] || return 1
     log "$name: guest steps (seconds since its kernel started):"
     sed 's/^/e2e: arm64:   /' "$b/out/steps" >&2 || true
-    [ "$(cat "$b/out/cmdline")" = "$append" ] || {
-        log "$name: guest /proc/cmdline is '$(cat "$b/out/cmdline")', expected '$append'"
-        return 1
-    }
+    qe_cmdline_is "$name" "$b" "$append"
 }
 
 # check NAME CONDITION-RESULT DETAIL: one assertion line
@@ -255,7 +193,7 @@ check() {
     local name=$1 ok=$2
     shift 2
     [ $# -eq 0 ] || log "arm64-$name: $*"
-    qe_result "arm64-$name" "$ok" "$(($(date +%s) - t0))" || fails=$((fails + 1))
+    qe_result "arm64-$name" "$ok" "$(($(date +%s) - qe_t0))" || fails=$((fails + 1))
 }
 # the sha256 the guest recorded for PATH in FILE
 sha_of() { awk -v p="$2" '$2 == p { print $1 }' "$1"; }
@@ -376,5 +314,5 @@ fi
 check apt-purge "$ok" "left: $(wc -l <"$b2/purge-left" 2>/dev/null) paths"
 
 [ "$boot1_ok" -eq 1 ] && [ "$boot2_ok" -eq 1 ] || fails=$((fails + 1))
-step "done: ${boot_secs[*]:-no boots} s; $fails failed"
+qe_step "done: ${boot_secs[*]:-no boots} s; $fails failed"
 [ "$fails" -eq 0 ] || exit 1

@@ -56,17 +56,17 @@ OUT_DIR=''
 ARCH=amd64
 while [ $# -gt 0 ]; do
     case "$1" in
-    --arch) kn_need_arg "$@"; ARCH=$2; shift 2 ;;
-    --out) kn_need_arg "$@"; OUT_DIR=$2; shift 2 ;;
-    --cache) kn_need_arg "$@"; KN_CACHE=$2; shift 2 ;;
-    --go) kn_need_arg "$@"; KN_GO=$2; shift 2 ;;
+    --arch) need_arg "$@"; ARCH=$2; shift 2 ;;
+    --out) need_arg "$@"; OUT_DIR=$2; shift 2 ;;
+    --cache) need_arg "$@"; KN_CACHE=$2; shift 2 ;;
+    --go) need_arg "$@"; KN_GO=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
-    *) kn_die "unknown argument '$1' (see --help)" 2 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
 OUT_DIR=${OUT_DIR:-$KN_CACHE/e2e/debs}
-command -v "$KN_GO" >/dev/null || kn_die "'$KN_GO' not found (apt-get install golang-go, or pass --go)" 2
-command -v dpkg-deb >/dev/null || kn_die "'dpkg-deb' not found" 2
+command -v "$KN_GO" >/dev/null || die "'$KN_GO' not found (apt-get install golang-go, or pass --go)"
+need_tools dpkg-deb
 
 T_START=$(date +%s)
 KN_WORK=$(mktemp -d "${TMPDIR:-/tmp}/e2e-kubelet.XXXXXX")
@@ -76,23 +76,23 @@ mkdir -p "$OUT_DIR"
 GO_VERSION=$(kn_go_version)
 TRIM=$(kn_trimpath_flag "$GO_VERSION")
 case "$ARCH" in
-amd64) [ "$(kn_host_arch)" = amd64 ] || kn_die "the end-to-end test runs on amd64 hosts only (host is $(kn_host_arch))" 2 ;;
+amd64) [ "$(kn_host_arch)" = amd64 ] || die "the end-to-end test runs on amd64 hosts only (host is $(kn_host_arch))" ;;
 arm64) PKG_VERSIONS=("${PKG_VERSIONS[0]}") ;;
-*) kn_die "--arch '$ARCH': expected amd64 or arm64" 2 ;;
+*) die "--arch '$ARCH': expected amd64 or arm64" ;;
 esac
 
 kn_debian_source kubernetes
 K8S_DIR=$KN_SRC_DIR
 if [ ! -d "$K8S_DIR/cmd/kubelet" ] || [ ! -d "$K8S_DIR/vendor" ]; then
-    kn_die "'$K8S_DIR' does not look like a Kubernetes tree with vendor/" 2
+    die "'$K8S_DIR' does not look like a Kubernetes tree with vendor/"
 fi
 K8S_BUILDDATE=$(date -u -d "@${KN_SRC_EPOCH:-0}" +%Y-%m-%dT%H:%M:%SZ)
-kn_log "source $KN_SRC_DESC ($K8S_DIR), $GO_VERSION, tags ${KUBELET_TAGS[*]}"
+log "source $KN_SRC_DESC ($K8S_DIR), $GO_VERSION, tags ${KUBELET_TAGS[*]}"
 
 # build_kubelet GITVERSION OUT: the kmem-enabled kubelet reporting GITVERSION.
 build_kubelet() {
     local gv=$1 out=$2 ldflags key_text key gopath t0 major minor
-    [[ $gv =~ ^v([0-9]+)\.([0-9]+)\. ]] || kn_die "bad version '$gv'" 2
+    [[ $gv =~ ^v([0-9]+)\.([0-9]+)\. ]] || die "bad version '$gv'"
     major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
     ldflags=$(kn_kubelet_ldflags "$gv" "$major" "$minor" archive "$K8S_BUILDDATE")
     key_text="script=$KN_SCRIPT_VERSION
@@ -104,11 +104,11 @@ ldflags=$ldflags
 go=$GO_VERSION"
     key=$(kn_sha256_text "$key_text")
     if kn_cache_get "$key" kubelet "$out"; then
-        kn_log "[kubelet $gv] cache hit"
+        log "[kubelet $gv] cache hit"
         return 0
     fi
     t0=$(date +%s)
-    kn_log "[kubelet $gv] building (a re-link when the payload's Go build cache is warm; ~7 min cold)"
+    log "[kubelet $gv] building (a re-link when the payload's Go build cache is warm; ~7 min cold)"
     gopath=$KN_WORK/gopath
     kn_gopath_link "$gopath" k8s.io/kubernetes "$K8S_DIR"
     # shellcheck disable=SC2086  # $TRIM is one flag or nothing
@@ -117,9 +117,9 @@ go=$GO_VERSION"
         "$KN_GO" build $TRIM -tags "$(kn_tags_flag "$GO_VERSION" "${KUBELET_TAGS[@]}")" \
         -ldflags "$ldflags" -o "$out" k8s.io/kubernetes/cmd/kubelet >"$KN_WORK/build.log" 2>&1; then
         tail -n 40 "$KN_WORK/build.log" | sed 's/^/  /' >&2
-        kn_die "[kubelet $gv] go build failed"
+        die "[kubelet $gv] go build failed" 1
     fi
-    kn_log "[kubelet $gv] built in $(($(date +%s) - t0)) s"
+    log "[kubelet $gv] built in $(($(date +%s) - t0)) s"
     kn_cache_put "$key" "$key_text" kubelet "$out"
 }
 
@@ -129,18 +129,18 @@ check_kubelet() {
     kn_check_static "$file" "$ARCH" "[kubelet $gv]"
     ev=$(kn_kmem_evidence "$file")
     case "$ev" in
-    0\ * | *\ 0) kn_die "[kubelet $gv] '$file' should enable kmem but its bytes hold memory.kmem.limit_in_bytes x${ev% *}, libcontainer/cgroups/fs/kmem.go x${ev#* } (expected both > 0)" ;;
+    0\ * | *\ 0) die "[kubelet $gv] '$file' should enable kmem but its bytes hold memory.kmem.limit_in_bytes x${ev% *}, libcontainer/cgroups/fs/kmem.go x${ev#* } (expected both > 0)" 1 ;;
     esac
     if [ "$ARCH" != "$(kn_host_arch)" ]; then
         # a 100 MB Go binary takes minutes under qemu-user, and `go version -m` omits
         # -ldflags of a -trimpath build: the -X value must be in its bytes
         grep -q -a -F "$gv" "$file" ||
-            kn_die "[kubelet $gv] '$file' does not hold the string '$gv' (its -X ...gitVersion)"
+            die "[kubelet $gv] '$file' does not hold the string '$gv' (its -X ...gitVersion)" 1
         return 0
     fi
-    out=$(timeout 120 "$file" --version 2>&1) || kn_die "'$file --version' failed: $out"
+    out=$(timeout 120 "$file" --version 2>&1) || die "'$file --version' failed: $out" 1
     [ "$out" = "Kubernetes $gv" ] ||
-        kn_die "[kubelet $gv] '$file --version' says '$out', expected 'Kubernetes $gv'"
+        die "[kubelet $gv] '$file --version' says '$out', expected 'Kubernetes $gv'" 1
 }
 
 write_unit() {
@@ -218,7 +218,7 @@ build_deb() {
     stamp=$deb.stamp
     want="script=$DEB_REVISION_SCRIPT kubelet=$(kn_sha256 "$bin") unit=$(write_unit | kn_sha256 /dev/stdin)"
     if [ -f "$deb" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-        kn_log "[deb $ver] up to date: $deb"
+        log "[deb $ver] up to date: $deb"
         return 0
     fi
     stage=$KN_WORK/stage-$ver
@@ -246,7 +246,7 @@ EOF
     dpkg-deb --root-owner-group -Zgzip -z1 --build "$stage" "$deb.tmp" >/dev/null
     mv "$deb.tmp" "$deb"
     printf '%s\n' "$want" >"$stamp"
-    kn_log "[deb $ver] built $deb"
+    log "[deb $ver] built $deb"
 }
 
 for ver in "${PKG_VERSIONS[@]}"; do
@@ -256,5 +256,5 @@ for ver in "${PKG_VERSIONS[@]}"; do
     check_kubelet "$bin" "$gv"
     build_deb "$ver" "$bin"
 done
-kn_log "done in $(($(date +%s) - T_START)) s"
+log "done in $(($(date +%s) - T_START)) s"
 printf '%s\n' "$OUT_DIR"

@@ -13,8 +13,9 @@
 # v4's payload, the conffile changed again).
 set -euo pipefail
 
-log() { printf 'e2e-variants: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
+KN_PROG=e2e-variants
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/../../scripts/lib/common.sh"
 [ $# -eq 2 ] || die "usage: $0 DEB OUTDIR"
 deb=$1 out=$2
 [ -f "$deb" ] || die "no such .deb: '$deb'"

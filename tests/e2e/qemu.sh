@@ -10,6 +10,9 @@ set -euo pipefail
 script_version=1
 base_pkgs=linux-image-amd64,systemd-sysv,udev,kmod,initramfs-tools
 suite=bookworm
+KN_PROG="e2e: qemu"
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/../../scripts/lib/common.sh"
 # shellcheck source=scripts/lib/mirror.sh
 . "$(dirname "$0")/../../scripts/lib/mirror.sh"
 # shellcheck source=tests/e2e/lib.sh
@@ -19,6 +22,7 @@ mirror=$(mirror)  # the mirror apt uses here; K8S_NOKMEM_MIRROR overrides
 usage() {
     cat <<'EOF'
 usage: tests/e2e/qemu.sh [--keep] [--timeout SECONDS] DEB
+       tests/e2e/qemu.sh --base-only
 
 Boots Debian bookworm's own kernel (linux-image-amd64) under qemu-system-x86_64 -accel tcg
 -cpu max twice, with DEB (the k8s-nokmem amd64 .deb) installed in the image. The image has
@@ -48,6 +52,7 @@ ${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/qemu/<key>/ (key: script version and 
 list); each run installs DEB with `chroot dpkg -i` into an overlayfs upper layer over it,
 makes root.img from that (mkfs.ext4 -d) and boots a qcow2 overlay of it per boot.
 
+  --base-only        only build (or find) the cached base root, then exit
   --keep             keep the work directory (serial logs, results, images)
   --timeout SECONDS  per boot; qemu is killed and the boot fails after it (default 360)
 
@@ -58,72 +63,29 @@ mount and temporary directory is removed at the end, also on failure.
 EOF
 }
 
-keep=0
-boot_timeout=360
-deb=
-while [ $# -gt 0 ]; do
-    case "$1" in
-    --keep) keep=1 ;;
-    --timeout)
-        [ $# -ge 2 ] || { echo "e2e: --timeout needs a value (try --help)" >&2; exit 2; }
-        boot_timeout=$2
-        shift
-        ;;
-    -h | --help) usage; exit 0 ;;
-    -*) echo "e2e: unknown argument '$1' (try --help)" >&2; exit 2 ;;
-    *)
-        [ -z "$deb" ] || { echo "e2e: more than one .deb given (try --help)" >&2; exit 2; }
-        deb=$1
-        ;;
-    esac
-    shift
-done
-
-log() { printf 'e2e: qemu: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
-[ -n "$deb" ] || die "no .deb given (usage: tests/e2e/qemu.sh DEB; try --help)"
-[ -f "$deb" ] || die "'$deb' does not exist (scripts/build-deb.sh --arch amd64 builds it)"
-case "$boot_timeout" in '' | *[!0-9]*) die "--timeout '$boot_timeout' is not a number of seconds" ;; esac
+qe_timeout=360
+qe_args usage "$@"
+deb=$qe_deb
+[ "$qe_base_only" -eq 1 ] || [ -n "$deb" ] || die "no .deb given (usage: tests/e2e/qemu.sh DEB; try --help)"
+[ "$qe_base_only" -eq 1 ] || [ -f "$deb" ] || die "'$deb' does not exist (scripts/build-deb.sh --arch amd64 builds it)"
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot, mounts)"
-for t in debootstrap qemu-system-x86_64 qemu-img mkfs.ext4 jq dpkg-deb tar unshare grub-mkconfig; do
-    command -v "$t" >/dev/null || die "'$t' not found (run scripts/install-deps.sh)"
-done
-deb=$(realpath "$deb")
+need_tools debootstrap qemu-system-x86_64 qemu-img mkfs.ext4 jq dpkg-deb tar unshare grub-mkconfig
+[ "$qe_base_only" -eq 1 ] || deb=$(realpath "$deb")
 
-t0=$(date +%s)
-cache=${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/qemu
-key=$(printf 'v%s %s %s %s\n' "$script_version" "$suite" "$base_pkgs" "$mirror" | sha256sum | cut -c1-16)
-base=$cache/$key
-work=$(mktemp -d "${TMPDIR:-/tmp}/k8s-nokmem-qemu.XXXXXX")
-trap 'rc=$?; qe_cleanup "$keep" "$work"; exit "$rc"' EXIT
-trap 'exit 130' INT TERM
-
-step() { log "[$(($(date +%s) - t0)) s] $*"; }
+qe_start qemu "${K8S_NOKMEM_CACHE:-/var/cache/k8s-nokmem}/qemu" "v$script_version $suite $base_pkgs $mirror"
+work=$qe_work
 
 # --- the cached base root ------------------------------------------------------------------
-if ! qe_base_ready "$base"; then
-    step "building the base root $base (debootstrap $suite: $base_pkgs; cold, some minutes)"
-    qe_base_begin "$cache"
-    debootstrap --variant=minbase --include="$base_pkgs" "$suite" "$qe_building/root" "$mirror" \
-        >"$qe_building/debootstrap.log" 2>&1 || {
-        tail -n 30 "$qe_building/debootstrap.log" >&2
-        die "debootstrap $suite into $qe_building/root failed (log above)"
-    }
-    r=$qe_building/root
-    qe_prepare_root "$r" qemu-e2e ttyS0
-    ls "$r"/boot/vmlinuz-* "$r"/boot/initrd.img-* >/dev/null 2>&1 ||
-        die "no kernel or initrd in $r/boot after debootstrap"
-    qe_base_finish "$cache" "$key"
-    step "base root built"
-else
-    step "base root cached: $base (built $(cat "$base/complete"))"
-fi
+bootstrap() { # ROOT DIR
+    debootstrap --variant=minbase --include="$base_pkgs" "$suite" "$1" "$mirror"
+}
+qe_base_root qemu-e2e ttyS0 "debootstrap $suite: $base_pkgs" bootstrap
+[ "$qe_base_only" -eq 0 ] || exit 0
 
 # --- this run's image: the .deb in an overlay over the base root ---------------------------
-step "installing $(basename "$deb") into an overlay of the base root"
-qe_overlay "$base/root" "$work"
+qe_step "installing $(basename "$deb") into an overlay of the base root"
+qe_overlay
 m=$qe_merged
-cp "$deb" "$m/tmp/k8s-nokmem.deb"
 # a grub node (Debian's /etc/default/grub; cgroup v1 is the operator's choice): the
 # package's install writes its drop-in next to it (update-grub is not in the image)
 cat >"$m/etc/default/grub" <<'GRUB'
@@ -133,18 +95,14 @@ GRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`
 GRUB_CMDLINE_LINUX_DEFAULT="quiet"
 GRUB_CMDLINE_LINUX="systemd.unified_cgroup_hierarchy=0"
 GRUB
-chroot "$m" dpkg -i /tmp/k8s-nokmem.deb >"$work/dpkg.log" 2>&1 || {
-    cat "$work/dpkg.log" >&2
-    die "chroot dpkg -i $(basename "$deb") failed (output above)"
-}
-rm -f "$m/tmp/k8s-nokmem.deb"
+qe_install "$m" "$deb"
 [ -f "$m/etc/default/grub.d/99-k8s-nokmem.cfg" ] || {
     cat "$work/dpkg.log" >&2
     die "the install wrote no /etc/default/grub.d/99-k8s-nokmem.cfg into the image (dpkg output above)"
 }
 
 # real grub-mkconfig over the image's /etc/default and /boot
-step "grub-mkconfig (real, unshare -m) over the image's /etc/default and /boot"
+qe_step "grub-mkconfig (real, unshare -m) over the image's /etc/default and /boot"
 # (grub-probe cannot resolve /boot on the overlay: a copy of the image's /boot instead)
 mkdir -p "$work/grub.d" "$work/boot/grub" "$m/boot/grub"
 cp /etc/grub.d/00_header /etc/grub.d/10_linux "$work/grub.d/"
@@ -193,46 +151,26 @@ GUEST
 chmod 755 "$m/usr/local/sbin/k8s-nokmem-qemu-e2e"
 qe_runner_unit "$m" /usr/local/sbin/k8s-nokmem-qemu-e2e 20min k8s-nokmem-verify.service
 
-kernel=$(find "$m/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
-initrd=$(find "$m/boot" -maxdepth 1 -name 'initrd.img-*' | sort -V | tail -n1)
-cp "$kernel" "$work/vmlinuz"
-cp "$initrd" "$work/initrd.img"
-step "mkfs.ext4 -d (4G sparse root.img; kernel $(basename "$kernel"))"
-mkfs.ext4 -q -F -L root -d "$m" "$work/root.img" 4G >/dev/null || die "mkfs.ext4 -d $m failed"
-umount "$m"
+qe_image 4G
 
 # --- the boots ------------------------------------------------------------------------------
 fails=0
 
 boot() {
-    local name=$1 params=$2 want=$3 want_rc=$4 want_action=$5 b="$work/$1" tb rc=0 ok=1 got cmdline
-    tb=$(date +%s)
-    mkdir -p "$b/out"
-    qemu-img create -q -f qcow2 -b "$work/root.img" -F raw "$b/root.qcow2"
-    truncate -s 16M "$b/out.img"
+    local name=$1 params=$2 want=$3 want_rc=$4 want_action=$5 b="$work/$1" tb ok=1 got
     local append="console=ttyS0 root=/dev/vda rw $params"
-    step "$name: booting (-append \"$append\", timeout $boot_timeout s)"
-    qe_boot "$name" "$boot_timeout" "$b" \
+    tb=$(date +%s)
+    mkdir -p "$b"
+    qemu-img create -q -f qcow2 -b "$work/root.img" -F raw "$b/root.qcow2"
+    qe_guest "$name" "$b" 16M "$append" \
         qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 1024 \
-        -kernel "$work/vmlinuz" -initrd "$work/initrd.img" -append "$append" \
-        -drive "file=$b/root.qcow2,format=qcow2,if=virtio" \
-        -drive "file=$b/out.img,format=raw,if=virtio" || rc=$?
-    if [ "$rc" -eq 124 ]; then
-        echo "e2e: FAIL $name ($(($(date +%s) - tb)) s)"
-        return 1
-    fi
-    [ "$rc" -eq 0 ] || ok=0
-    if ! tar -C "$b/out" -xf "$b/out.img" 2>"$b/tar.err" || [ ! -f "$b/out/cmdline" ]; then
-        log "$name: the guest wrote no results on its second disk; serial log tail:"
-        tail -n 40 "$b/serial.log" >&2 || true
-        echo "e2e: FAIL $name ($(($(date +%s) - tb)) s)"
-        return 1
-    fi
-    cmdline=$(cat "$b/out/cmdline")
-    if [ "$cmdline" != "$append" ]; then
-        log "$name: guest /proc/cmdline is '$cmdline', expected '$append'"
-        ok=0
-    fi
+        -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
+        -drive "file=$b/root.qcow2,format=qcow2,if=virtio" || {
+        qe_result "$name" 0 "$(($(date +%s) - tb))"
+        return
+    }
+    [ "$qe_rc" -eq 0 ] || ok=0
+    qe_cmdline_is "$name" "$b" "$append" || ok=0
     if [ -f "$b/out/verify.json" ]; then
         got=$(jq -r '[.checks[] | select(.name == "kernel-kmem")][0] | "\(.status)\t\(.summary // "")"' \
             "$b/out/verify.json") || got="unreadable"
@@ -278,16 +216,11 @@ boot() {
     esac
     log "$name: journal: $(grep -m1 'kernel-kmem' "$b/out/verify.journal" | sed 's/^.*k8s-nokmem\[[0-9]*\]: *//')"
     log "$name: results written $(cat "$b/out/uptime" 2>/dev/null || echo '?') s after the kernel started"
-    if [ "$ok" -eq 1 ]; then
-        echo "e2e: PASS $name ($(($(date +%s) - tb)) s)"
-    else
-        echo "e2e: FAIL $name ($(($(date +%s) - tb)) s)"
-        return 1
-    fi
+    qe_result "$name" "$ok" "$(($(date +%s) - tb))"
 }
 
 boot qemu-grub-boot "$grub_args" ok 0 none || fails=$((fails + 1))
 boot qemu-default-boot "systemd.unified_cgroup_hierarchy=0" problem 1 operator || fails=$((fails + 1))
 
-step "done: $fails of 2 boots failed"
+qe_step "done: $fails of 2 boots failed"
 [ "$fails" -eq 0 ] || exit 1

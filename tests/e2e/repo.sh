@@ -19,18 +19,14 @@
 # `signed-by=`).
 set -euo pipefail
 
-log() { printf 'e2e-repo: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 2
-}
+KN_PROG=e2e-repo
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/../../scripts/lib/common.sh"
 
 [ $# -ge 2 ] || die "usage: $0 init DIR | publish DIR COMPONENT DEB..."
 cmd=$1 dir=$2
 shift 2
-for t in gpg gpgconf reprepro dpkg-deb; do
-    command -v "$t" >/dev/null || die "'$t' not found (apt-get install gnupg reprepro dpkg)"
-done
+need_tools gpg:gnupg gpgconf:gpgconf reprepro:reprepro dpkg-deb:dpkg
 top=$(cd "$(dirname "$0")/../.." && pwd)
 conf=$top/contrib/reprepro/distributions
 [ -f "$conf" ] || die "no $conf (README's reprepro recipe)"

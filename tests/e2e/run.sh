@@ -6,6 +6,10 @@
 # killed -9 in the middle of the helper's transaction. See --help.
 set -euo pipefail
 
+KN_PROG=e2e
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "$0")/../../scripts/lib/common.sh"
+
 usage() {
     cat <<'EOF'
 usage: tests/e2e/run.sh [--keep]
@@ -35,17 +39,13 @@ case "${1:-}" in
 "") ;;
 --keep) keep=1 ;;
 -h | --help) usage; exit 0 ;;
-*) echo "e2e: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+*) die "unknown argument '$1' (try --help)" ;;
 esac
 
 top=$(cd "$(dirname "$0")/../.." && pwd -P)
 cd "$top"
-log() { printf 'e2e: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (systemd-nspawn, mounts, cgroups)"
-for t in gcc gpg reprepro dpkg-deb systemd-nspawn nsenter cargo; do
-    command -v "$t" >/dev/null || die "'$t' not found (run scripts/install-deps.sh)"
-done
+need_tools gcc gpg reprepro dpkg-deb systemd-nspawn nsenter cargo
 
 t0=$(date +%s)
 work=$(mktemp -d "${TMPDIR:-/tmp}/k8s-nokmem-e2e.XXXXXX")
