@@ -35,9 +35,9 @@ if [ "$quick" -eq 0 ]; then
     # The test roots are mostly download and unpack: build them while the payload compiles.
     step "build the test roots in the background (cached)"
     roots_log=$(mktemp)
-    # (the arm64 qemu guest's base root too: mmdebstrap, ~10 min cold)
+    # (the qemu guests' base roots too: mmdebstrap, ~10 min cold for arm64)
     (scripts/testbed-root.sh && scripts/testbed-root.sh --arch arm64 &&
-        tests/e2e/arm64.sh --base-only) >"$roots_log" 2>&1 &
+        tests/e2e/arm64.sh --base-only && tests/e2e/qemu.sh --base-only) >"$roots_log" 2>&1 &
     roots_pid=$!
     step "build the .debs (payload cached)"
     scripts/build-deb.sh
@@ -45,6 +45,13 @@ if [ "$quick" -eq 0 ]; then
     # separate host release build of the same code).
     host_helper=target/$(case "$(dpkg --print-architecture)" in arm64) echo aarch64 ;; *) echo x86_64 ;; esac)-unknown-linux-musl/release/k8s-nokmem
     if [ -x "$host_helper" ]; then export K8S_NOKMEM_BIN=$top/$host_helper; fi
+    # The end-to-end run's kmem-enabled "original" kubelets (amd64, arm64): the payload's
+    # source and Go build cache are there now; they build while cargo test runs.
+    step "build the end-to-end kubelet packages in the background (cached)"
+    e2e_log=$(mktemp)
+    (tests/e2e/build-kubelet-debs.sh && tests/e2e/build-kubelet-debs.sh --arch arm64) \
+        >"$e2e_log" 2>&1 &
+    e2e_pid=$!
     step "build the cgroup probes (cached)"
     scripts/build-probes.sh
     step "build runc v1.0.0-rc9 with and without nokmem (cached)"
@@ -65,6 +72,14 @@ step "cargo test"
 cargo test --locked --no-fail-fast 2>&1
 
 if [ "$quick" -eq 0 ] && [ -x tests/e2e/run.sh ]; then
+    step "wait for the end-to-end kubelet packages"
+    if ! wait "$e2e_pid"; then
+        cat "$e2e_log" >&2
+        echo "test: building the end-to-end kubelet packages failed (tests/e2e/build-kubelet-debs.sh)" >&2
+        exit 1
+    fi
+    cat "$e2e_log" >&2
+    rm -f "$e2e_log"
     step "end to end (tests/e2e/run.sh)"
     tests/e2e/run.sh
 fi
