@@ -1593,3 +1593,72 @@ fn state_swapped_at(at: u64) -> String {
     })
     .to_string()
 }
+
+/// Issue 17 item 13: `[services] apply = auto` leaves the old kubelet running where the
+/// binaries make no difference to kmem. On a 4.4 kernel that kubelet (the diverted original)
+/// is a problem: it switches kmem on for the pods it creates. On Linux >= 4.6 it is no
+/// problem, and verify says why, as a warning that does not fail the run.
+#[test]
+fn an_old_kubelet_left_running_matters_only_where_binaries_switch_kmem_on() {
+    let n = installed_node();
+    // the original kubelet, started before the swap and renamed by dpkg-divert while it
+    // ran (/proc/PID/exe follows the rename); the payload in place
+    let payload = fs::read(n.abs("usr/bin/kubelet")).unwrap();
+    fs::remove_file(n.abs("usr/bin/kubelet")).unwrap();
+    n.write("usr/bin/kubelet", &fs::read("/bin/sleep").unwrap(), 0o755);
+    let kubelet = Killed(
+        Command::new(n.abs("usr/bin/kubelet"))
+            .arg("300")
+            .spawn()
+            .unwrap(),
+    );
+    fs::rename(n.abs("usr/bin/kubelet"), n.abs("usr/bin/kubelet.distrib")).unwrap();
+    n.write("usr/bin/kubelet", &payload, 0o755);
+    let pid = kubelet.0.id();
+    let on = |release: &str| {
+        let node = fixture("4.4-nokmem");
+        let cgroup_root = node.join("sys/fs/cgroup");
+        let r = run(&[
+            "--root",
+            n.path.to_str().unwrap(),
+            "--cgroup-root",
+            cgroup_root.to_str().unwrap(),
+            "--kernel-release",
+            release,
+            "--json",
+        ]);
+        check(&r.json(), "running-kubelet").clone()
+    };
+    let old = on("4.4.0-131-generic");
+    assert_eq!(old["status"], "problem", "{old:#}");
+    assert!(
+        old["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("kubelet (pid {pid}, ")),
+        "{old:#}"
+    );
+    assert!(
+        old["summary"]
+            .as_str()
+            .unwrap()
+            .contains("runs the diverted original"),
+        "{old:#}"
+    );
+    let wide = on("5.4.0-150-generic");
+    assert_eq!(wide["status"], "warning", "{wide:#}");
+    let summary = wide["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("runs the diverted original")
+            && summary.contains("this does not matter for kmem here: Linux 5.4 accounts kmem in every cgroup v1 memory cgroup until booted with cgroup.memory=nokmem, whatever runc and kubelet write"),
+        "{wide:#}"
+    );
+    assert!(
+        wide["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("nothing for kmem"),
+        "{wide:#}"
+    );
+    drop(kubelet);
+}

@@ -143,6 +143,26 @@ pub fn decide(i: &Inputs) -> Effect {
     per_cgroup(i, active)
 }
 
+/// Why the binaries the node's services run make no difference to kmem here (None: they
+/// do, or the evidence cannot tell). Without a cgroup v1 memory controller there is no kmem
+/// accounting to switch on; on Linux >= 4.6 it is on or off kernel-wide by the boot
+/// parameter alone. Only on older kernels does a running runc or kubelet switch it on.
+pub fn binaries_irrelevant(i: &Inputs) -> Option<String> {
+    if i.v1_memory == Some(false) {
+        return Some(
+            "no cgroup v1 memory controller: there is no kmem accounting for runc or kubelet to switch on".into(),
+        );
+    }
+    let (major, minor) = i
+        .release
+        .filter(|r| *r >= super::kernel::KERNEL_WIDE_KMEM_SINCE)?;
+    Some(if i.cmdline_nokmem {
+        format!("Linux {major}.{minor} booted with {PARAM}: kmem accounting is off kernel-wide, whatever runc and kubelet write")
+    } else {
+        format!("Linux {major}.{minor} accounts kmem in every cgroup v1 memory cgroup until booted with {PARAM}, whatever runc and kubelet write")
+    })
+}
+
 /// Linux >= 4.6: only the boot parameter switches kmem off.
 fn kernel_wide(i: &Inputs, (major, minor): (u32, u32), active: Active) -> Effect {
     use Action::*;
