@@ -492,4 +492,61 @@ mod tests {
             assert!(!got.reason.is_empty(), "case {name}");
         }
     }
+
+    #[test]
+    fn where_the_running_binaries_make_no_difference_to_kmem() {
+        let with = |f: fn(&mut Inputs)| {
+            let mut i = base();
+            f(&mut i);
+            i
+        };
+        let cases: Vec<(&str, Inputs, Option<&str>)> = vec![
+            ("4.4", base(), None),
+            (
+                "3.10 with the parameter backported: judged per cgroup, as 4.4",
+                with(|i| {
+                    i.release = Some((3, 10));
+                    i.cmdline_nokmem = true
+                }),
+                None,
+            ),
+            ("release unknown", with(|i| i.release = None), None),
+            (
+                "cgroup v2 only",
+                with(|i| {
+                    i.v1_memory = Some(false);
+                    i.release = Some((5, 15))
+                }),
+                Some("no cgroup v1 memory controller"),
+            ),
+            (
+                "5.4 booted with the parameter",
+                with(|i| {
+                    i.release = Some((5, 4));
+                    i.cmdline_nokmem = true
+                }),
+                Some("Linux 5.4 booted with cgroup.memory=nokmem: kmem accounting is off kernel-wide"),
+            ),
+            (
+                "5.4 without it",
+                with(|i| i.release = Some((5, 4))),
+                Some("Linux 5.4 accounts kmem in every cgroup v1 memory cgroup until booted with cgroup.memory=nokmem"),
+            ),
+            (
+                "4.6, the first kernel-wide one",
+                with(|i| i.release = Some((4, 6))),
+                Some("Linux 4.6 accounts kmem"),
+            ),
+        ];
+        for (name, inputs, want) in cases {
+            let got = binaries_irrelevant(&inputs);
+            match want {
+                None => assert_eq!(got, None, "case {name}"),
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.starts_with(w)),
+                    "case {name}: {got:?}"
+                ),
+            }
+        }
+    }
 }
