@@ -1825,7 +1825,6 @@ fn upgrade_kills() {
     for tree in std::iter::once(None).chain(TREES.iter().copied().map(Some)) {
         for apply in ["restart", "auto", "reboot"] {
             // from v1 (installed with apply = restart), then the measured upgrade to v3
-            c.set_kernel_case(None);
             c.set_apply("restart");
             c.apt(&format!("install --allow-downgrades k8s-nokmem={v1}"));
             assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "v1's runc");
@@ -1852,6 +1851,7 @@ fn upgrade_kills() {
             };
             all_running(&c);
             let back = t.elapsed().as_secs_f64();
+            c.set_kernel_case(None);
             println!(
                 "bench: upgrade-kills: kernel case {}: apply = {apply}: {} of {} containers killed ({pods} pods), docker {}, reboot-required {}; apt-get install {upgrade:.1} s, all pods running {back:.1} s after it began",
                 row.case,
@@ -1863,7 +1863,6 @@ fn upgrade_kills() {
             rows.push(row);
         }
     }
-    c.set_kernel_case(None);
     c.clear_apply();
     c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
     println!("bench: upgrade-kills: | kernel case | restart | auto | reboot |");
