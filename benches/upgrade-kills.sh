@@ -7,7 +7,7 @@
 #
 #   benches/upgrade-kills.sh [--pods N] [--keep]
 #
-# For each kernel case and mode: install k8s-nokmem v1 (apply = restart), wait for every
+# For each kernel case and mode: install k8s-nokmem v1 (apply = reboot: no kill), wait for every
 # pod, set the mode and the kernel case, snapshot `docker ps`, `apt-get install
 # k8s-nokmem=v3` (v3: the same .deb with a changed runc, tests/e2e/make-variants.sh), wait
 # 10 s, count the containers of the snapshot that no longer run and whether reboot-required
