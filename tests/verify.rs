@@ -1058,6 +1058,17 @@ fn units_use_only_directives_systemd_229_knows() {
     }
 }
 
+/// Held by the tests that run a process named kubelet as root, or compare the
+/// running-kubelet check before and after one: every such process is a candidate for every
+/// node root's check, so they take turns.
+static KUBELET_PROCESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn kubelet_processes() -> std::sync::MutexGuard<'static, ()> {
+    KUBELET_PROCESSES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Kills the process on drop (also when the test fails).
 struct Killed(Child);
 
@@ -1087,6 +1098,7 @@ fn installed_node() -> NodeRoot {
 
 #[test]
 fn an_installed_node_checks_payload_diversions_and_the_running_kubelet() {
+    let _turn = kubelet_processes();
     let n = installed_node();
     let textfile = Tmp::new();
     let r = verify_node(
@@ -1270,6 +1282,7 @@ fn assert_under_a_second_more(took: Duration, base: Duration, running: &str) {
 #[test]
 fn a_process_named_kubelet_that_nobody_runs_is_not_the_running_kubelet() {
     use std::os::unix::process::CommandExt;
+    let _turn = kubelet_processes();
     let n = installed_node();
     let (before, base, files_before) = baseline(&n);
     let fake = sparse_kubelet(&n, "home/mallory/kubelet");
@@ -1301,6 +1314,7 @@ fn a_process_named_kubelet_that_nobody_runs_is_not_the_running_kubelet() {
 /// told by its size: nothing is hashed.
 #[test]
 fn a_kubelet_of_another_size_is_not_the_payload_without_hashing_it() {
+    let _turn = kubelet_processes();
     let n = installed_node();
     let (_, base, _) = baseline(&n);
     let exe = sparse_kubelet(&n, "opt/bin/kubelet");
@@ -1600,6 +1614,7 @@ fn state_swapped_at(at: u64) -> String {
 /// problem, and verify says why, as a warning that does not fail the run.
 #[test]
 fn an_old_kubelet_left_running_matters_only_where_binaries_switch_kmem_on() {
+    let _turn = kubelet_processes();
     let n = installed_node();
     // the original kubelet, started before the swap and renamed by dpkg-divert while it
     // ran (/proc/PID/exe follows the rename); the payload in place
