@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Containers killed by an upgrade of the runc payload, with [services] apply = restart, with
-# apply = reboot (issue 11: goal 0) and with apply = auto on each kernel case (issue 17), on
-# the e2e node of tests/e2e/main.rs: the testbed root booted with systemd-nspawn, dockerd, a
+# Containers killed by an upgrade of the runc payload with [services] apply = restart, auto
+# (issue 17, the default) and reboot (issue 11: goal 0), each on every kernel case, on the
+# e2e node of tests/e2e/main.rs: the testbed root booted with systemd-nspawn, dockerd, a
 # real kubelet 1.20 running N static pods, the .deb installed from a local signed apt
 # repository.
 #
 #   benches/upgrade-kills.sh [--pods N] [--keep]
 #
-# For each mode: install k8s-nokmem v1 (apply = restart), wait for every pod, set the mode,
-# snapshot `docker ps`, `apt-get install k8s-nokmem=v3` (v3: the same .deb with a changed
-# runc, tests/e2e/make-variants.sh), wait 10 s, count the containers of the snapshot that no
-# longer run, then wait until every pod runs again. `auto` decides from the kernel and the
-# cgroups, so it runs on this node's kernel and on the recorded 4.4 (clean kubepods: it
-# restarts, as restart does), 4.4 (kmem-active kubepods) and 5.4 nodes of
-# tests/fixtures/cgroup ([verify] proc-root/cgroup-root point at them; the docker it
-# restarts or not is this node's). Prints one `bench:` line per mode and kernel case and
-# the counts. The test fails when apply = reboot, or auto on the kmem-active 4.4 or the 5.4
-# case, kills any container.
+# For each kernel case and mode: install k8s-nokmem v1 (apply = reboot: no kill), wait for every
+# pod, set the mode and the kernel case, snapshot `docker ps`, `apt-get install
+# k8s-nokmem=v3` (v3: the same .deb with a changed runc, tests/e2e/make-variants.sh), wait
+# 10 s, count the containers of the snapshot that no longer run and whether reboot-required
+# was flagged, then wait until every pod runs again. The kernel cases: this node's kernel,
+# and the recorded nodes of tests/fixtures/cgroup that [verify] proc-root/cgroup-root point
+# the helper at (4.4 with a clean kubepods, 4.4 with a kmem-active kubepods, 5.4 without and
+# with cgroup.memory=nokmem, cgroup v2 only); the docker restarted or not is this node's.
+# Prints one `bench:` line per run and a table (kernel case | restart | auto | reboot). The
+# test fails when reboot kills a container, when auto kills one anywhere but on the clean
+# 4.4 node (where it restarts, as restart does), or flags a reboot on the 5.4 nokmem or the
+# cgroup v2 node.
 #
 # Artifacts as tests/e2e/run.sh builds them: the original kubelet .debs
 # (tests/e2e/build-kubelet-debs.sh, cached), the testbed root (scripts/testbed-root.sh,
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --pods) pods=${2:?--pods N}; shift ;;
     --keep) keep=1 ;;
-    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "upgrade-kills: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift

@@ -69,7 +69,15 @@ fn write_payload(tb: &nspawn::Testbed, runc: &[u8], kubelet: &[u8]) {
 /// symlink and docker finds `/usr/sbin/runc` first in $PATH: `path = auto` must pick it
 /// (`auto_detected_runc_is_the_one_docker_runs`).
 /// `settle = 6s`: long enough to see a kubelet that exits 3 s after it started.
-const CONFIG: &str = "[runc]\npath = /usr/sbin/runc\n\n[services]\ntimeout = 30s\nsettle = 6s\n";
+/// `apply = restart`: these tests are about the restart (the default, `auto`, restarts
+/// nothing on this machine's >= 4.6 kernel); [`with_apply`] sets another mode.
+const CONFIG: &str =
+    "[runc]\npath = /usr/sbin/runc\n\n[services]\ntimeout = 30s\nsettle = 6s\napply = restart\n";
+
+/// [`CONFIG`] with `[services] apply = MODE`.
+fn with_apply(mode: &str) -> String {
+    CONFIG.replace("apply = restart", &format!("apply = {mode}"))
+}
 
 /// A testbed (not booted yet) with the stand-in services, the helper, its config and a
 /// payload.
@@ -108,9 +116,14 @@ fn assert_reboot_flagged_once(tb: &nspawn::Testbed, log: &str) {
 fn run_touching_no_service(
     tb: &nspawn::Testbed,
     command: &str,
-    apply: &str,
+    apply: Option<&str>,
 ) -> (String, Vec<(String, String)>) {
-    tb.write_config(format!("{CONFIG}apply = {apply}\n"));
+    // None: the shipped default, no apply line at all
+    tb.write_config(match apply {
+        Some(mode) => with_apply(mode),
+        None => CONFIG.replace("apply = restart\n", ""),
+    });
+    let apply = apply.unwrap_or("auto (the default)");
     let before = services(tb);
     let log = helper_ok(tb, &[command]);
     assert_lacks(
@@ -882,7 +895,7 @@ fn apply_reboot_swaps_with_no_service_restarted_and_flags_reboot_required() {
     let Some(tb) = testbed(test_name!(), PAYLOAD_KUBELET) else {
         return;
     };
-    let (log, booted) = run_touching_no_service(&tb, "install", "reboot");
+    let (log, booted) = run_touching_no_service(&tb, "install", Some("reboot"));
     assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
     assert_content(&tb, "/usr/sbin/runc", PAYLOAD_RUNC, "after install");
     assert_eq!(diversions(&tb), vec![KUBELET_LINE, RUNC_LINE]);
@@ -1073,7 +1086,7 @@ fn apply_reboot_removes_with_no_service_restarted_and_flags_reboot_required() {
     );
     // whatever install's own rule flagged, the flag must come from remove
     tb.sh_ok("rm -f /run/reboot-required /run/reboot-required.pkgs");
-    let (log, _) = run_touching_no_service(&tb, "remove", "reboot");
+    let (log, _) = run_touching_no_service(&tb, "remove", Some("reboot"));
     assert!(
         log.contains("kubelet.service, docker.service keep running k8s-nokmem's binaries until the node reboots"),
         "{log}"
@@ -1094,27 +1107,49 @@ fn apply_reboot_removes_with_no_service_restarted_and_flags_reboot_required() {
     assert_reboot_flagged_once(&tb, &log);
 }
 
-/// `[services] apply = auto` on this machine's kernel (>= 4.6: kmem is kernel-wide until
-/// booted with the parameter, or no cgroup v1 memory controller at all): a restart would
-/// change nothing but the containers, so install stops nothing, flags the reboot and says
-/// why (issue 17). Where auto restarts (Linux < 4.6, clean kubepods) is tested on recorded
-/// nodes in src/swap/tests.rs.
+/// `[services] apply = auto` (the default) on this machine's kernel (>= 4.6: kmem is
+/// kernel-wide until booted with the parameter, whatever the binaries): a restart would
+/// change nothing but the containers, so install stops nothing and says why (issue 17). The
+/// node has no grub: a reboot would not bring the parameter, so none is flagged; once
+/// grub's files carry it (drop-in, grub.cfg), the same install flags the reboot that boots
+/// with it. Where auto restarts (Linux < 4.6, clean kubepods) and the other kernel cases
+/// are tested on recorded nodes in src/swap/tests.rs.
 #[test]
 fn apply_auto_on_a_kernel_wide_kmem_kernel_swaps_with_no_service_restarted() {
     let Some(tb) = testbed(test_name!(), PAYLOAD_KUBELET) else {
         return;
     };
-    let (log, _) = run_touching_no_service(&tb, "install", "auto");
+    // the shipped default: no apply line at all
+    let (log, booted) = run_touching_no_service(&tb, "install", None);
     assert!(
-        log.contains("[services] apply = auto: no service stopped, reboot flagged: ")
-            && (log.contains("whatever the binaries: a restart would only kill the containers")
-                || log.contains("no cgroup v1 memory controller")),
+        log.contains("[services] apply = auto: no service stopped, no reboot for the services: ")
+            && log.contains(
+                "whatever runc and kubelet write; a restart would only kill the containers"
+            ),
         "{log}"
     );
     assert_content(&tb, "/usr/bin/kubelet", PAYLOAD_KUBELET, "after install");
     assert_eq!(
+        tb.sh_ok("ls /run/reboot-required /run/reboot-required.pkgs 2>/dev/null || true"),
+        "",
+        "no grub: a reboot would not bring the parameter, none is flagged:\n{log}"
+    );
+    // grub, and a grub.cfg that carries the parameter: the next boot has it
+    tb.write(
+        "/etc/default/grub",
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n",
+        0o644,
+    );
+    tb.write(
+        "/boot/grub/grub.cfg",
+        "menuentry 'Debian' {\n\tlinux /boot/vmlinuz root=/dev/sda1 ro quiet cgroup.memory=nokmem\n}\n",
+        0o644,
+    );
+    let log = helper_ok(&tb, &["install"]);
+    assert_eq!(services(&tb), booted, "a service was restarted");
+    assert_eq!(
         tb.sh_ok("cat /run/reboot-required.pkgs"),
         "k8s-nokmem\n",
-        "flagged once:\n{log}"
+        "the next boot carries the parameter: flagged once:\n{log}"
     );
 }

@@ -1043,6 +1043,17 @@ fn units_use_only_directives_systemd_229_knows() {
     }
 }
 
+/// Held by the tests that run a process named kubelet as root, or compare the
+/// running-kubelet check before and after one: every such process is a candidate for every
+/// node root's check, so they take turns.
+static KUBELET_PROCESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn kubelet_processes() -> std::sync::MutexGuard<'static, ()> {
+    KUBELET_PROCESSES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Kills the process on drop (also when the test fails).
 struct Killed(Child);
 
@@ -1072,6 +1083,7 @@ fn installed_node() -> NodeRoot {
 
 #[test]
 fn an_installed_node_checks_payload_diversions_and_the_running_kubelet() {
+    let _turn = kubelet_processes();
     let n = installed_node();
     let textfile = Tmp::new();
     let r = verify_node(
@@ -1249,6 +1261,7 @@ fn assert_under_a_second_more(took: Duration, base: Duration, running: &str) {
 #[test]
 fn a_process_named_kubelet_that_nobody_runs_is_not_the_running_kubelet() {
     use std::os::unix::process::CommandExt;
+    let _turn = kubelet_processes();
     let n = installed_node();
     let (before, base, files_before) = baseline(&n);
     let fake = sparse_kubelet(&n, "home/mallory/kubelet");
@@ -1280,6 +1293,7 @@ fn a_process_named_kubelet_that_nobody_runs_is_not_the_running_kubelet() {
 /// told by its size: nothing is hashed.
 #[test]
 fn a_kubelet_of_another_size_is_not_the_payload_without_hashing_it() {
+    let _turn = kubelet_processes();
     let n = installed_node();
     let (_, base, _) = baseline(&n);
     let exe = sparse_kubelet(&n, "opt/bin/kubelet");
@@ -1570,4 +1584,74 @@ fn state_swapped_at(at: u64) -> String {
         }
     })
     .to_string()
+}
+
+/// Issue 17 item 13: `[services] apply = auto` leaves the old kubelet running where the
+/// binaries make no difference to kmem. On a 4.4 kernel that kubelet (the diverted original)
+/// is a problem: it switches kmem on for the pods it creates. On Linux >= 4.6 it is no
+/// problem, and verify says why, as a warning that does not fail the run.
+#[test]
+fn an_old_kubelet_left_running_matters_only_where_binaries_switch_kmem_on() {
+    let _turn = kubelet_processes();
+    let n = installed_node();
+    // the original kubelet, started before the swap and renamed by dpkg-divert while it
+    // ran (/proc/PID/exe follows the rename); the payload in place
+    let payload = fs::read(n.abs("usr/bin/kubelet")).unwrap();
+    fs::remove_file(n.abs("usr/bin/kubelet")).unwrap();
+    n.write("usr/bin/kubelet", &fs::read("/bin/sleep").unwrap(), 0o755);
+    let kubelet = Killed(
+        Command::new(n.abs("usr/bin/kubelet"))
+            .arg("300")
+            .spawn()
+            .unwrap(),
+    );
+    fs::rename(n.abs("usr/bin/kubelet"), n.abs("usr/bin/kubelet.distrib")).unwrap();
+    n.write("usr/bin/kubelet", &payload, 0o755);
+    let pid = kubelet.0.id();
+    let on = |release: &str| {
+        let node = fixture("4.4-nokmem");
+        let cgroup_root = node.join("sys/fs/cgroup");
+        let r = run(&[
+            "--root",
+            n.path.to_str().unwrap(),
+            "--cgroup-root",
+            cgroup_root.to_str().unwrap(),
+            "--kernel-release",
+            release,
+            "--json",
+        ]);
+        check(&r.json(), "running-kubelet").clone()
+    };
+    let old = on("4.4.0-131-generic");
+    assert_eq!(old["status"], "problem", "{old:#}");
+    assert!(
+        old["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("kubelet (pid {pid}, ")),
+        "{old:#}"
+    );
+    assert!(
+        old["summary"]
+            .as_str()
+            .unwrap()
+            .contains("runs the diverted original"),
+        "{old:#}"
+    );
+    let wide = on("5.4.0-150-generic");
+    assert_eq!(wide["status"], "warning", "{wide:#}");
+    let summary = wide["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("runs the diverted original")
+            && summary.contains("this does not matter for kmem here: Linux 5.4 accounts kmem in every cgroup v1 memory cgroup until booted with cgroup.memory=nokmem, whatever runc and kubelet write"),
+        "{wide:#}"
+    );
+    assert!(
+        wide["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("nothing for kmem"),
+        "{wide:#}"
+    );
+    drop(kubelet);
 }

@@ -45,7 +45,7 @@ pub const KEYS: [(&str, &str, &str); 17] = [
     ("kubelet", "version-skew", "refuse"),
     ("services", "order", "kubelet.service docker.service"),
     ("services", "timeout", "90s"),
-    ("services", "apply", "restart"),
+    ("services", "apply", "auto"),
     ("services", "settle", "20s"),
     ("kernel", "cmdline", "auto"),
     ("verify", "kernel-wide-kmem", "problem"),
@@ -149,7 +149,10 @@ pub enum Apply {
     /// Swap with no service stopped, flag reboot-required for the fleet's reboot engine.
     Reboot,
     /// Restart where a restart puts the fix in effect now (Linux < 4.6 with a clean
-    /// kubepods), else as `reboot`; decided from verify's evidence before anything stops.
+    /// kubepods); as `reboot` where the running binaries matter and only a reboot replaces
+    /// them (a kmem-active kubepods); neither where they make no difference to kmem (no
+    /// cgroup v1 memory controller, Linux >= 4.6). Decided from verify's evidence before
+    /// anything stops. The default.
     Auto,
 }
 
@@ -228,7 +231,7 @@ impl Default for Config {
                 textfile_dir: TextfileDir::Auto,
             },
             kernel_cmdline: CmdlineMode::Auto,
-            apply: Apply::Restart,
+            apply: Apply::Auto,
         }
     }
 }

@@ -580,7 +580,7 @@ fn explicit_config_is_read_alone_and_a_missing_conffile_still_reads_dropins() {
     let explicit = dir.path().join("other.conf");
     std::fs::write(&explicit, "[services]\ntimeout = 3s\n").unwrap();
     let c = Config::load(&root, Some(&explicit)).unwrap();
-    assert_eq!(c.apply, Apply::Restart);
+    assert_eq!(c.apply, Apply::Auto);
     assert_eq!(c.service_timeout, Duration::from_secs(3));
     assert_eq!(c.sources.files, vec![explicit]);
 }

@@ -20,7 +20,7 @@ use crate::paths::Root;
 use crate::policy::{ServicePolicy, SkipReason};
 use crate::reboot;
 use crate::state::State;
-use crate::verify::verdict::Inputs;
+use crate::verify::verdict::{self, Inputs};
 use crate::verify::{self, Action, VerifyReport};
 use crate::verify::{parse_release, KERNEL_WIDE_KMEM_SINCE};
 
@@ -53,8 +53,13 @@ impl Judged {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// Stop the services of the changed binaries, swap, start them again; else swap with
-    /// no service stopped and flag the reboot ([`Applied::flag`]).
+    /// no service stopped.
     pub restart: bool,
+    /// No restart, and the reboot that starts the services on the swapped binaries is
+    /// flagged ([`Applied::flag`]). Neither `restart` nor `reboot`: the binaries the services
+    /// run make no difference to kmem on this node, so neither a restart nor a reboot is
+    /// asked for them (a reboot the rule itself calls for is still flagged).
+    reboot: bool,
     /// Why, for the log and the reboot-required line.
     pub why: String,
 }
@@ -64,6 +69,7 @@ impl Applied {
     pub fn restart() -> Applied {
         Applied {
             restart: true,
+            reboot: false,
             why: "[services] apply = restart".to_string(),
         }
     }
@@ -72,6 +78,7 @@ impl Applied {
     pub fn reboot() -> Applied {
         Applied {
             restart: false,
+            reboot: true,
             why: "[services] apply = reboot: the services run the binaries they started with until the node reboots".to_string(),
         }
     }
@@ -86,6 +93,7 @@ impl Applied {
             (Apply::Reboot, _) => Applied::reboot(),
             (Apply::Auto, Judged::Image(why)) => Applied {
                 restart: true,
+                reboot: false,
                 why: format!("[services] apply = auto: {why}: an image build, no service runs"),
             },
             (Apply::Auto, Judged::Here) => {
@@ -98,9 +106,9 @@ impl Applied {
     }
 
     /// After a swap with no service stopped: flag reboot-required (the services run the
-    /// binaries they started with until the node reboots).
+    /// binaries they started with until the node reboots, and that matters here).
     pub fn flag(&self) -> bool {
-        !self.restart
+        self.reboot && !self.restart
     }
 
     /// The fixed modes; `auto` without evidence restarts, as `restart` would (tests).
@@ -114,58 +122,60 @@ impl Applied {
     }
 }
 
-/// `[services] apply = auto` from verify's evidence (pure). A restart of docker kills every
-/// container on the node; it makes the fix effective now only on Linux < 4.6 with a clean
-/// kubepods hierarchy: kmem is then on only where a binary switches it on, and the pods the
-/// payload kubelet creates after the restart are free of it. On Linux >= 4.6 (kmem is
-/// kernel-wide until booted with `cgroup.memory=nokmem`, whatever the binaries), on < 4.6
-/// with a kmem-active kubepods (every pod inherits it until the node reboots), and where
-/// there is no cgroup v1 memory controller, a restart changes nothing but the containers:
-/// swap with no service stopped and flag the reboot that starts the services on the new
-/// binaries. Evidence that cannot be read: restart, as `restart` would.
+/// `[services] apply = auto` from verify's evidence (pure), one of three outcomes. A restart
+/// of docker kills every container on the node; it makes the fix effective now only on
+/// Linux < 4.6 with a clean kubepods hierarchy: kmem is then on only where a binary switches
+/// it on, and the pods the payload kubelet creates after the restart are free of it
+/// (restart). On < 4.6 with a kmem-active kubepods every pod inherits kmem until the node
+/// reboots: swap with no service stopped and flag the reboot, which also starts the services
+/// on the new binaries. Where the binaries make no difference to kmem
+/// ([`verdict::binaries_irrelevant`]: no cgroup v1 memory controller, Linux >= 4.6) neither
+/// a restart nor a reboot does anything for the services: swap only; the services take the
+/// new binaries at their next start, and on >= 4.6 without `cgroup.memory=nokmem` the reboot
+/// that boots with it is flagged by the rule once the next boot carries it. Evidence that
+/// cannot be read: restart, as `restart` would.
 pub fn auto(inputs: Option<&Inputs>) -> Applied {
     let restart = |why: String| Applied {
         restart: true,
+        reboot: false,
         why: format!("[services] apply = auto: restarting: {why}"),
-    };
-    let reboot = |why: String| Applied {
-        restart: false,
-        why: format!("[services] apply = auto: no service stopped, reboot flagged: {why}"),
     };
     let Some(i) = inputs else {
         return restart(
             "the node's evidence could not be read, so as [services] apply = restart would".into(),
         );
     };
-    if i.v1_memory == Some(false) {
-        return reboot(
-            "no cgroup v1 memory controller: this leak does not apply and a restart would only kill the containers; the services take the new binaries when the node reboots".into(),
-        );
+    if let Some(kmem) = verdict::binaries_irrelevant(i) {
+        let reboot = if i.v1_memory == Some(false) || i.cmdline_nokmem {
+            "nothing a reboot would add for them".to_string()
+        } else {
+            format!(
+                "a reboot helps only by booting with {}: reboot-required is flagged when the next boot carries it",
+                cmdline::PARAM
+            )
+        };
+        return Applied {
+            restart: false,
+            reboot: false,
+            why: format!(
+                "[services] apply = auto: no service stopped, no reboot for the services: {kmem}; a restart would only kill the containers, {reboot}; the services take the new binaries when they next start"
+            ),
+        };
     }
-    let (Some(release), Some(active)) = (i.release, i.active) else {
+    let (Some((major, minor)), Some(active)) = (i.release, i.active) else {
         return restart(
             "the kernel release or the kmem-active cgroups could not be read, so as [services] apply = restart would".into(),
         );
     };
-    let (major, minor) = release;
-    if release >= KERNEL_WIDE_KMEM_SINCE {
-        let kmem = if i.cmdline_nokmem {
-            format!("booted with {}, kmem is off kernel-wide", cmdline::PARAM)
-        } else {
-            format!(
-                "kmem is accounted in every memory cgroup until the node boots with {}",
-                cmdline::PARAM
-            )
-        };
-        return reboot(format!(
-            "on Linux {major}.{minor} {kmem}, whatever the binaries: a restart would only kill the containers"
-        ));
-    }
     if active.kubepods > 0 {
-        return reboot(format!(
-            "on Linux {major}.{minor} kubepods or its QoS cgroups account kmem ({} cgroups), and every pod created under them inherits it until the node reboots: a restart would only kill the containers",
-            active.kubepods
-        ));
+        return Applied {
+            restart: false,
+            reboot: true,
+            why: format!(
+                "[services] apply = auto: no service stopped, reboot flagged: on Linux {major}.{minor} kubepods or its QoS cgroups account kmem ({} cgroups), and every pod created under them inherits it until the node reboots: a restart would only kill the containers",
+                active.kubepods
+            ),
+        };
     }
     restart(format!(
         "on Linux {major}.{minor} with a clean kubepods hierarchy the pods the payload kubelet creates after the restart are free of kmem: the restart puts the fix in effect now"
@@ -291,7 +301,7 @@ fn after_install_here(root: &Root, config: &Config, applied: &Applied, swapped: 
     }
     match report.action {
         Action::Reboot => {
-            if applied.restart {
+            if !applied.flag() {
                 info!(
                     "install: a reboot is still needed: {}",
                     report.reboot_required.reason

@@ -888,16 +888,18 @@ fn evidence_grid() -> Vec<crate::verify::verdict::Inputs> {
     out
 }
 
-/// The reason `auto` may be the default: on every combination of evidence, verify's own
-/// rule ([`crate::verify::verdict::decide`]) finds the node after an `auto` install at least
-/// as fixed as after a `restart` install, and where `auto` restarts nothing it flags the
-/// reboot. And the comparison has teeth: never restarting leaves some node less fixed
+/// The reason `auto` is the default: on every combination of evidence, verify's own rule
+/// ([`crate::verify::verdict::decide`]) finds the node after an `auto` install at least as
+/// fixed as after a `restart` install. Where `auto` restarts nothing, either the running
+/// binaries matter and it flags the reboot that replaces them, or they make no difference to
+/// kmem and it asks for neither: the rule's verdict is then the same with or without the
+/// restart. And the comparison has teeth: never restarting leaves some node less fixed
 /// (Linux < 4.6 with a clean kubepods: the old kubelet keeps creating kmem pods).
 #[test]
 fn auto_never_leaves_a_node_less_fixed_than_restart() {
-    use crate::verify::verdict::decide;
+    use crate::verify::verdict::{binaries_irrelevant, decide};
     let grid = evidence_grid();
-    let (mut restarts, mut holds_back) = (0, 0);
+    let (mut restarts, mut flags, mut neither) = (0, 0, 0);
     for i in &grid {
         let applied = activation::auto(Some(i));
         let with_restart = decide(&after_install_model(i, true));
@@ -909,14 +911,33 @@ fn auto_never_leaves_a_node_less_fixed_than_restart() {
             with_auto,
             with_restart
         );
-        assert!(applied.restart || applied.flag(), "{i:?}");
-        if applied.restart {
-            restarts += 1;
-        } else {
-            holds_back += 1;
+        let irrelevant = binaries_irrelevant(i);
+        match (applied.restart, applied.flag()) {
+            (true, _) => {
+                assert!(irrelevant.is_none(), "{}: {i:?}", applied.why);
+                restarts += 1;
+            }
+            (false, true) => {
+                assert!(
+                    irrelevant.is_none(),
+                    "a reboot for binaries that do not matter ({irrelevant:?}): {i:?}"
+                );
+                flags += 1;
+            }
+            (false, false) => {
+                assert!(
+                    irrelevant.is_some(),
+                    "neither restart nor reboot where the binaries matter: {i:?}"
+                );
+                assert_eq!(with_auto, with_restart, "{i:?}");
+                neither += 1;
+            }
         }
     }
-    assert!(restarts > 0 && holds_back > 0, "{restarts} {holds_back}");
+    assert!(
+        restarts > 0 && flags > 0 && neither > 0,
+        "{restarts} {flags} {neither}"
+    );
     assert!(
         grid.iter().any(|i| {
             rank(decide(&after_install_model(i, false)).action)
@@ -927,70 +948,139 @@ fn auto_never_leaves_a_node_less_fixed_than_restart() {
     assert!(activation::auto(None).restart, "no evidence: as restart");
 }
 
-/// `apply = auto` on recorded nodes, through the install transaction with the fake
-/// systemd: services restarted only on Linux < 4.6 with a clean kubepods; elsewhere none
-/// stopped, the reboot flagged, and the log's reason says which and why.
-#[test]
-fn auto_restarts_only_where_the_restart_puts_the_fix_in_effect() {
-    let cases = [
-        ("4.4-nokmem", true, "with a clean kubepods hierarchy"),
-        ("4.4-kmem", true, "with a clean kubepods hierarchy"),
-        (
-            "3.10-eio",
-            true,
-            "on Linux 3.10 with a clean kubepods hierarchy",
-        ),
-        (
-            "4.4-kubepods",
-            false,
-            "kubepods or its QoS cgroups account kmem",
-        ),
-        (
-            "5.4-kmem",
-            false,
-            "until the node boots with cgroup.memory=nokmem",
-        ),
-        (
-            "nokmem-cmdline",
-            false,
-            "booted with cgroup.memory=nokmem, kmem is off kernel-wide",
-        ),
-        ("v2-only", false, "no cgroup v1 memory controller"),
-    ];
-    for (tree, restarted, why) in cases {
-        let recorded = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/cgroup")
-            .join(tree);
-        let config_text = format!(
-            "[services]\napply = auto\n[verify]\nproc-root = {}\ncgroup-root = {}\n",
-            recorded.join("proc").display(),
-            recorded.join("sys/fs/cgroup").display()
+/// `apply = auto` on a recorded node (tests/fixtures/cgroup/TREE), through the install
+/// transaction with the fake systemd and the after-install step; `config` is added to the
+/// conffile, `grub_cfg` is the node's /boot/grub/grub.cfg. Returns the decision, whether a
+/// service was stopped, and whether reboot-required was flagged.
+fn auto_install(
+    tree: &str,
+    config: &str,
+    grub_cfg: Option<&str>,
+) -> (activation::Applied, bool, bool) {
+    let recorded = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/cgroup")
+        .join(tree);
+    let config_text = format!(
+        "[services]\napply = auto\n[verify]\nproc-root = {}\ncgroup-root = {}\n{config}",
+        recorded.join("proc").display(),
+        recorded.join("sys/fs/cgroup").display()
+    );
+    let node = TestNode::new();
+    node.write("etc/k8s-nokmem/k8s-nokmem.conf", config_text.as_bytes());
+    if let Some(cfg) = grub_cfg {
+        node.write(
+            "etc/default/grub",
+            b"GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n",
         );
-        let node = TestNode::new();
-        node.write("etc/k8s-nokmem/k8s-nokmem.conf", config_text.as_bytes());
-        let sd = FakeSystemd::with_active(&UNITS);
-        let session = Session::open(&node.root, "install").unwrap();
-        let config = Config::load(&node.root, None).unwrap();
-        let applied = activation::Applied::decide(&node.root, &config, &activation::Judged::Here);
-        assert_eq!(applied.restart, restarted, "{tree}: {}", applied.why);
-        assert!(applied.why.contains(why), "{tree}: {}", applied.why);
-        install(&node.root, &session, &config, &applied, Some(&sd)).unwrap();
-        drop(session);
-        assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet", "{tree}");
-        let calls = sd.call_lines();
-        if restarted {
-            assert_eq!(calls.len(), 4, "{tree}: {calls:?}");
-        } else {
-            assert!(sd.stops_and_starts().is_empty(), "{tree}: {calls:?}");
-            activation::after_install(
-                &node.root,
-                &config,
-                &applied,
-                true,
-                &activation::Judged::Here,
-            );
-            let flag = crate::reboot::read(&node.root);
-            assert!(flag.required && flag.by_us, "{tree}: {flag:?}");
-        }
+        node.write("boot/grub/grub.cfg", cfg.as_bytes());
     }
+    let sd = FakeSystemd::with_active(&UNITS);
+    let session = Session::open(&node.root, "install").unwrap();
+    let config = Config::load(&node.root, None).unwrap();
+    let applied = activation::Applied::decide(&node.root, &config, &activation::Judged::Here);
+    install(&node.root, &session, &config, &applied, Some(&sd)).unwrap();
+    drop(session);
+    assert_eq!(node.read("usr/bin/kubelet"), b"nokmem kubelet", "{tree}");
+    let stopped = !sd.stops_and_starts().is_empty();
+    assert_eq!(stopped, applied.restart, "{tree}: {:?}", sd.call_lines());
+    activation::after_install(
+        &node.root,
+        &config,
+        &applied,
+        true,
+        &activation::Judged::Here,
+    );
+    let flag = crate::reboot::read(&node.root);
+    assert!(!flag.required || flag.by_us, "{tree}: {flag:?}");
+    (applied, stopped, flag.required)
+}
+
+const GRUB_CFG_WITH_PARAM: &str =
+    "menuentry 'Ubuntu' {\n\tlinux /boot/vmlinuz-5.4.0-150-generic root=/dev/sda1 ro quiet cgroup.memory=nokmem\n}\n";
+
+/// Linux < 4.6 with a clean kubepods hierarchy: the restart puts the fix in effect now.
+#[test]
+fn auto_restarts_on_4_4_with_a_clean_kubepods() {
+    for tree in ["4.4-nokmem", "4.4-kmem"] {
+        let (applied, stopped, flagged) = auto_install(tree, "", None);
+        assert!(stopped && !flagged, "{tree}: {}", applied.why);
+        assert!(
+            applied
+                .why
+                .contains("restarting: on Linux 4.4 with a clean kubepods hierarchy"),
+            "{tree}: {}",
+            applied.why
+        );
+    }
+    let (applied, stopped, flagged) = auto_install("3.10-eio", "", None);
+    assert!(stopped && !flagged, "{}", applied.why);
+    assert!(applied.why.contains("on Linux 3.10 with a clean kubepods"));
+}
+
+/// Linux < 4.6 with a kmem-active kubepods: a restart would only kill the containers; the
+/// reboot is flagged.
+#[test]
+fn auto_flags_the_reboot_on_4_4_with_a_kmem_active_kubepods() {
+    let (applied, stopped, flagged) = auto_install("4.4-kubepods", "", None);
+    assert!(!stopped && flagged, "{}", applied.why);
+    assert!(
+        applied.why.contains("no service stopped, reboot flagged")
+            && applied
+                .why
+                .contains("kubepods or its QoS cgroups account kmem"),
+        "{}",
+        applied.why
+    );
+}
+
+/// cgroup v2 only: nothing to restart for and nothing a reboot would add.
+#[test]
+fn auto_neither_restarts_nor_flags_a_reboot_on_cgroup_v2() {
+    let (applied, stopped, flagged) = auto_install("v2-only", "", None);
+    assert!(!stopped && !flagged, "{}", applied.why);
+    assert!(
+        applied.why.contains(
+            "no service stopped, no reboot for the services: no cgroup v1 memory controller"
+        ) && applied.why.contains("nothing a reboot would add"),
+        "{}",
+        applied.why
+    );
+}
+
+/// Linux >= 4.6 booted with cgroup.memory=nokmem: kmem is off kernel-wide whatever the
+/// binaries: nothing to restart for and nothing a reboot would add.
+#[test]
+fn auto_neither_restarts_nor_flags_a_reboot_when_booted_with_nokmem() {
+    let (applied, stopped, flagged) = auto_install("nokmem-cmdline", "", Some(GRUB_CFG_WITH_PARAM));
+    assert!(!stopped && !flagged, "{}", applied.why);
+    assert!(
+        applied.why.contains(
+            "Linux 5.4 booted with cgroup.memory=nokmem: kmem accounting is off kernel-wide"
+        ) && applied.why.contains("nothing a reboot would add"),
+        "{}",
+        applied.why
+    );
+}
+
+/// Linux >= 4.6 without the parameter: no service stopped (the binaries do not matter), the
+/// reboot flagged because the next boot carries the parameter; with `[kernel] cmdline =
+/// leave` the next boot would not, and no reboot is flagged (the operator's action is
+/// reported instead).
+#[test]
+fn auto_flags_the_reboot_on_5_4_only_when_the_next_boot_carries_nokmem() {
+    let (applied, stopped, flagged) = auto_install("5.4-kmem", "", Some(GRUB_CFG_WITH_PARAM));
+    assert!(!stopped && flagged, "{}", applied.why);
+    assert!(
+        applied.why.contains(
+            "Linux 5.4 accounts kmem in every cgroup v1 memory cgroup until booted with cgroup.memory=nokmem"
+        ) && applied.why.contains("reboot-required is flagged when the next boot carries it"),
+        "{}",
+        applied.why
+    );
+    let (applied, stopped, flagged) = auto_install(
+        "5.4-kmem",
+        "[kernel]\ncmdline = leave\n",
+        Some("menuentry 'Ubuntu' {\n\tlinux /boot/vmlinuz root=/dev/sda1 ro\n}\n"),
+    );
+    assert!(!stopped && !flagged, "{}", applied.why);
 }

@@ -99,6 +99,9 @@ pub fn run(settings: &Settings) -> VerifyReport {
     debug!("verify effect inputs: {inputs:?}");
     let effect = verdict::decide(&inputs);
     debug!("verify effect: {}: {}", effect.action.name(), effect.reason);
+    if let Some(why) = verdict::binaries_irrelevant(&inputs) {
+        payload::kmem_blind(&mut checks, &why);
+    }
 
     let status = checks
         .iter()

@@ -485,6 +485,23 @@ fn running_kubelet_check(
     }
 }
 
+/// Where the binaries a service runs make no difference to kmem (`why`, from
+/// [`super::verdict::binaries_irrelevant`]), a running kubelet that is not the payload (the
+/// old one, left running by `[services] apply = auto`) is no problem: it is said so, as a
+/// warning, with when it takes the payload.
+pub(super) fn kmem_blind(checks: &mut [Check], why: &str) {
+    for c in checks
+        .iter_mut()
+        .filter(|c| c.name == RUNNING_KUBELET && c.status == Status::Problem)
+    {
+        c.status = Status::Warning;
+        c.summary = format!("{}; this does not matter for kmem here: {why}", c.summary);
+        c.fix = Some(
+            "nothing for kmem; kubelet starts on what is installed at its next restart (systemctl restart kubelet.service, best while the node is drained) or the node's next reboot".into(),
+        );
+    }
+}
+
 /// The kubelet package underneath the diversion has the payload's version (an upgraded
 /// package lands in `<path>.distrib` while the payload keeps running).
 fn skew_check(settings: &Settings, dpkg: &Dpkg, target: &Target) -> Check {

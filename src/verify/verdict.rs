@@ -143,6 +143,26 @@ pub fn decide(i: &Inputs) -> Effect {
     per_cgroup(i, active)
 }
 
+/// Why the binaries the node's services run make no difference to kmem here (None: they
+/// do, or the evidence cannot tell). Without a cgroup v1 memory controller there is no kmem
+/// accounting to switch on; on Linux >= 4.6 it is on or off kernel-wide by the boot
+/// parameter alone. Only on older kernels does a running runc or kubelet switch it on.
+pub fn binaries_irrelevant(i: &Inputs) -> Option<String> {
+    if i.v1_memory == Some(false) {
+        return Some(
+            "no cgroup v1 memory controller: there is no kmem accounting for runc or kubelet to switch on".into(),
+        );
+    }
+    let (major, minor) = i
+        .release
+        .filter(|r| *r >= super::kernel::KERNEL_WIDE_KMEM_SINCE)?;
+    Some(if i.cmdline_nokmem {
+        format!("Linux {major}.{minor} booted with {PARAM}: kmem accounting is off kernel-wide, whatever runc and kubelet write")
+    } else {
+        format!("Linux {major}.{minor} accounts kmem in every cgroup v1 memory cgroup until booted with {PARAM}, whatever runc and kubelet write")
+    })
+}
+
 /// Linux >= 4.6: only the boot parameter switches kmem off.
 fn kernel_wide(i: &Inputs, (major, minor): (u32, u32), active: Active) -> Effect {
     use Action::*;
@@ -470,6 +490,63 @@ mod tests {
                 "case {name}"
             );
             assert!(!got.reason.is_empty(), "case {name}");
+        }
+    }
+
+    #[test]
+    fn where_the_running_binaries_make_no_difference_to_kmem() {
+        let with = |f: fn(&mut Inputs)| {
+            let mut i = base();
+            f(&mut i);
+            i
+        };
+        let cases: Vec<(&str, Inputs, Option<&str>)> = vec![
+            ("4.4", base(), None),
+            (
+                "3.10 with the parameter backported: judged per cgroup, as 4.4",
+                with(|i| {
+                    i.release = Some((3, 10));
+                    i.cmdline_nokmem = true
+                }),
+                None,
+            ),
+            ("release unknown", with(|i| i.release = None), None),
+            (
+                "cgroup v2 only",
+                with(|i| {
+                    i.v1_memory = Some(false);
+                    i.release = Some((5, 15))
+                }),
+                Some("no cgroup v1 memory controller"),
+            ),
+            (
+                "5.4 booted with the parameter",
+                with(|i| {
+                    i.release = Some((5, 4));
+                    i.cmdline_nokmem = true
+                }),
+                Some("Linux 5.4 booted with cgroup.memory=nokmem: kmem accounting is off kernel-wide"),
+            ),
+            (
+                "5.4 without it",
+                with(|i| i.release = Some((5, 4))),
+                Some("Linux 5.4 accounts kmem in every cgroup v1 memory cgroup until booted with cgroup.memory=nokmem"),
+            ),
+            (
+                "4.6, the first kernel-wide one",
+                with(|i| i.release = Some((4, 6))),
+                Some("Linux 4.6 accounts kmem"),
+            ),
+        ];
+        for (name, inputs, want) in cases {
+            let got = binaries_irrelevant(&inputs);
+            match want {
+                None => assert_eq!(got, None, "case {name}"),
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.starts_with(w)),
+                    "case {name}: {got:?}"
+                ),
+            }
         }
     }
 }

@@ -112,6 +112,10 @@ EOF
     echo 1 >$t/events/sched/sched_process_exec/enable
     echo >$t/trace
 
+    # this scenario checks the restart: the default (apply = auto) restarts nothing on a
+    # >= 4.6 kernel; the drop-in goes before the purge check
+    mkdir -p /etc/k8s-nokmem/conf.d
+    printf '[services]\napply = restart\n' >/etc/k8s-nokmem/conf.d/10-e2e-restart.conf
     $APT update >"$out/apt-update.log" 2>&1
     $APT install k8s-nokmem >"$out/apt-install.log" 2>&1
     echo $? >"$out/apt-install.rc"
@@ -155,6 +159,8 @@ else
     wait_for 600 pod_running && pod_id >"$out/pod-remove"
     say "after remove: kubelet $(cat "$out/kubelet-exe"), pod $(cat "$out/pod-remove" 2>/dev/null)"
 
+    rm -f /etc/k8s-nokmem/conf.d/10-e2e-restart.conf
+    rmdir /etc/k8s-nokmem/conf.d 2>/dev/null || true
     $APT purge k8s-nokmem >"$out/apt-purge.log" 2>&1
     echo $? >"$out/apt-purge.rc"
     say "apt-get purge k8s-nokmem: exit $(cat "$out/apt-purge.rc")"

@@ -55,6 +55,11 @@ const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout
 const CONFFILE: &str = "/etc/k8s-nokmem/k8s-nokmem.conf";
 /// Where the scenarios set `[services] apply` (a drop-in read after the conffile).
 const APPLY_DROPIN: &str = "/etc/k8s-nokmem/conf.d/90-e2e-apply.conf";
+/// The scenarios' baseline, `apply = restart`: they test the restart and its rollback, and
+/// the default (`auto`) restarts nothing on this node's >= 4.6 kernel. Sorted before every
+/// other drop-in, so contrib's and the scenarios' win; taken away around a purge check.
+const RESTART_DROPIN: &str = "/etc/k8s-nokmem/conf.d/10-e2e-restart.conf";
+const RESTART_DROPIN_TEXT: &str = "# k8s-nokmem e2e baseline\n[services]\napply = restart\n";
 /// contrib's drop-in for nodes upgraded by unattended-upgrades, where README puts it.
 const UU_DROPIN: &str = "/etc/k8s-nokmem/conf.d/50-unattended-upgrades.conf";
 const UU_DROPIN_TEXT: &str =
@@ -943,6 +948,9 @@ fn apt_remove(c: &mut Ctx) {
 /// `apt-get purge`: no file of ours left.
 fn apt_purge(c: &mut Ctx) {
     let ours = c.sh("cat /var/lib/dpkg/info/k8s-nokmem.list 2>/dev/null || true");
+    // the baseline drop-in is the scenarios', not the package's: away while /etc/k8s-nokmem
+    // is checked, back for the next scenario
+    c.remove_dropin(RESTART_DROPIN);
     c.apt("purge k8s-nokmem");
     assert_eq!(
         c.pkg_version("k8s-nokmem"),
@@ -972,6 +980,7 @@ fn apt_purge(c: &mut Ctx) {
         "files of k8s-nokmem left after purge: {still:?}"
     );
     assert!(!ours.is_empty(), "k8s-nokmem.list was empty before purge");
+    c.tb.write(RESTART_DROPIN, RESTART_DROPIN_TEXT, 0o644);
 }
 
 /// A kubelet drop-in that points kubelet at a config file that does not exist yet, as on a
@@ -1717,6 +1726,7 @@ fn boot_node(art: Artifacts, root: &Path) -> Ctx {
         orig_runc: String::new(),
         orig_kubelet: String::new(),
     };
+    c.tb.write(RESTART_DROPIN, RESTART_DROPIN_TEXT, 0o644);
     c.tb.boot();
     c
 }
@@ -1786,12 +1796,14 @@ fn killed(before: &[String], after: &[String]) -> usize {
 }
 
 /// benches/upgrade-kills.sh: containers killed by an upgrade of the runc payload (v1 -> v3 of
-/// make-variants.sh) with `[services] apply = restart`, `apply = reboot` and `apply = auto`,
-/// on the e2e node with `E2E_BENCH_PODS` static pods (default 5). `auto` decides from the
-/// kernel and cgroups, so it runs once per kernel case: this node's own kernel, and the
-/// recorded 4.4 (clean kubepods), 4.4 (kmem-active kubepods) and 5.4 nodes of
-/// tests/fixtures/cgroup that `[verify] proc-root`/`cgroup-root` point it at. Runs only with
-/// `E2E_BENCH=upgrade-kills`.
+/// make-variants.sh) with `[services] apply = restart`, `auto` and `reboot`, each on every
+/// kernel case, on the e2e node with `E2E_BENCH_PODS` static pods (default 5). `auto`
+/// decides from the kernel and cgroups: the cases are this node's own kernel and the
+/// recorded nodes of tests/fixtures/cgroup that `[verify] proc-root`/`cgroup-root` point it
+/// at (4.4 with a clean kubepods, 4.4 with a kmem-active kubepods, 5.4 without and with
+/// `cgroup.memory=nokmem`, cgroup v2 only); `restart` and `reboot` do not look at them and
+/// are each row's baselines. Also records whether reboot-required was flagged. Runs only
+/// with `E2E_BENCH=upgrade-kills`.
 #[test]
 #[ignore = "benchmark on a booted node: run benches/upgrade-kills.sh"]
 fn upgrade_kills() {
@@ -1832,7 +1844,14 @@ fn upgrade_kills() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup");
     let nodes = c.tb.path("/var/lib/e2e-nodes");
     std::fs::create_dir_all(&nodes).unwrap();
-    for tree in ["4.4-nokmem", "4.4-kubepods", "5.4-kmem"] {
+    const TREES: [&str; 5] = [
+        "4.4-nokmem",
+        "4.4-kubepods",
+        "5.4-kmem",
+        "nokmem-cmdline",
+        "v2-only",
+    ];
+    for tree in TREES {
         let out = std::process::Command::new("cp")
             .arg("-a")
             .arg(fixtures.join(tree))
@@ -1841,72 +1860,117 @@ fn upgrade_kills() {
             .unwrap();
         assert!(out.status.success(), "cp -a {tree}: {}", nspawn::show(&out));
     }
-    // (mode, kernel case: a recorded node, or None for this node's own kernel)
-    let cases: [(&str, Option<&str>); 6] = [
-        ("restart", None),
-        ("reboot", None),
-        ("auto", None),
-        ("auto", Some("4.4-nokmem")),
-        ("auto", Some("4.4-kubepods")),
-        ("auto", Some("5.4-kmem")),
-    ];
-    let mut rows = Vec::new();
-    for (apply, tree) in cases {
-        // from v1 (installed with apply = restart), then the measured upgrade to v3; the
-        // repository's component holds one version, so each is published in its turn
-        c.set_apply("restart");
-        c.publish("k8s-nokmem-v1.deb");
-        c.apt("update -qq");
-        c.apt(&format!("install --allow-downgrades k8s-nokmem={v1}"));
-        assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "v1's runc");
-        all_running(&c);
-        c.set_apply(apply);
-        c.set_kernel_case(tree);
-        c.publish("k8s-nokmem-v3.deb");
-        c.apt("update -qq");
-        let before = c.running_containers();
-        let docker = c.unit_state("docker.service");
-        let t = Instant::now();
-        c.apt(&format!("install k8s-nokmem={v3}"));
-        let upgrade = t.elapsed().as_secs_f64();
-        assert_eq!(c.sha("/usr/sbin/runc"), runc_v3, "v3's runc in place");
-        // kills show within seconds (docker stops its containers before it exits)
-        std::thread::sleep(Duration::from_secs(10));
-        let after = c.running_containers();
-        let k = killed(&before, &after);
-        all_running(&c);
-        let back = t.elapsed().as_secs_f64();
-        let restarted = c.unit_state("docker.service").0 != docker.0;
-        c.set_kernel_case(None);
-        let mode = match tree {
-            Some(t) => format!("{apply} (kernel case {t})"),
-            None => format!("{apply} (this node's kernel)"),
-        };
-        println!(
-            "bench: upgrade-kills: apply = {mode}: {k} of {} containers killed ({pods} pods), docker {}; apt-get install {upgrade:.1} s, all pods running {back:.1} s after it began",
-            before.len(),
-            if restarted { "restarted" } else { "not restarted" }
-        );
-        rows.push((mode, k, before.len()));
+    // every mode on every kernel case (a recorded node, or None for this node's own kernel)
+    let mut rows: Vec<Row> = Vec::new();
+    for tree in std::iter::once(None).chain(TREES.iter().copied().map(Some)) {
+        for apply in ["restart", "auto", "reboot"] {
+            // back to v1 without a restart (a killed container comes back only after
+            // kubelet's back-off, which doubles with each kill, up to 5 min), then the
+            // measured upgrade to v3
+            // (the repository's component holds one version: each is published in its turn)
+            c.set_apply("reboot");
+            c.publish("k8s-nokmem-v1.deb");
+            c.apt("update -qq");
+            c.apt(&format!("install --allow-downgrades k8s-nokmem={v1}"));
+            assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "v1's runc");
+            all_running(&c);
+            c.set_apply(apply);
+            c.set_kernel_case(tree);
+            c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
+            c.publish("k8s-nokmem-v3.deb");
+            c.apt("update -qq");
+            let before = c.running_containers();
+            let docker = c.unit_state("docker.service");
+            let t = Instant::now();
+            c.apt(&format!("install k8s-nokmem={v3}"));
+            let upgrade = t.elapsed().as_secs_f64();
+            assert_eq!(c.sha("/usr/sbin/runc"), runc_v3, "v3's runc in place");
+            // kills show within seconds (docker stops its containers before it exits)
+            std::thread::sleep(Duration::from_secs(10));
+            let after = c.running_containers();
+            let row = Row {
+                case: tree.unwrap_or("this node's kernel"),
+                apply,
+                killed: killed(&before, &after),
+                of: before.len(),
+                restarted: c.unit_state("docker.service").0 != docker.0,
+                flagged: c.reboot_flag().0,
+            };
+            all_running(&c);
+            let back = t.elapsed().as_secs_f64();
+            c.set_kernel_case(None);
+            println!(
+                "bench: upgrade-kills: kernel case {}: apply = {apply}: {} of {} containers killed ({pods} pods), docker {}, reboot-required {}; apt-get install {upgrade:.1} s, all pods running {back:.1} s after it began",
+                row.case,
+                row.killed,
+                row.of,
+                if row.restarted { "restarted" } else { "not restarted" },
+                if row.flagged { "flagged" } else { "not flagged" },
+            );
+            rows.push(row);
+        }
     }
     c.clear_apply();
-    println!(
-        "bench: upgrade-kills: {}",
-        rows.iter()
-            .map(|(a, k, n)| format!("{a} {k}/{n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let kills = |mode: &str| rows.iter().find(|r| r.0 == mode).map(|r| r.1);
-    for mode in [
-        "reboot (this node's kernel)",
-        "auto (kernel case 4.4-kubepods)",
-        "auto (kernel case 5.4-kmem)",
-    ] {
-        assert_eq!(
-            kills(mode),
-            Some(0),
-            "apply = {mode} must kill no container"
+    c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
+    println!("bench: upgrade-kills: | kernel case | restart | auto | reboot |");
+    let mut cases: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !cases.contains(&r.case) {
+            cases.push(r.case);
+        }
+    }
+    for case in cases {
+        let cell = |apply: &str| {
+            rows.iter()
+                .find(|r| r.case == case && r.apply == apply)
+                .map(|r| {
+                    format!(
+                        "{} of {}{}",
+                        r.killed,
+                        r.of,
+                        if r.flagged { ", reboot flagged" } else { "" }
+                    )
+                })
+                .unwrap_or_default()
+        };
+        println!(
+            "bench: upgrade-kills: | {case} | {} | {} | {} |",
+            cell("restart"),
+            cell("auto"),
+            cell("reboot")
         );
     }
+    for r in &rows {
+        let what = format!("apply = {} on {}", r.apply, r.case);
+        match r.apply {
+            "restart" => assert!(r.restarted, "{what}: docker restarted"),
+            "reboot" => assert_eq!(r.killed, 0, "{what} must kill no container"),
+            _ if r.case == "4.4-nokmem" => {
+                assert!(
+                    r.restarted,
+                    "{what}: restarts (the restart puts the fix in effect)"
+                )
+            }
+            _ => {
+                assert_eq!(r.killed, 0, "{what} must kill no container");
+                assert!(!r.restarted, "{what}: docker not restarted");
+            }
+        }
+        if r.apply == "auto" && matches!(r.case, "nokmem-cmdline" | "v2-only") {
+            assert!(
+                !r.flagged,
+                "{what}: no reboot flagged (nothing a reboot would add)"
+            );
+        }
+    }
+}
+
+/// One upgrade of upgrade_kills.
+struct Row {
+    case: &'static str,
+    apply: &'static str,
+    killed: usize,
+    of: usize,
+    restarted: bool,
+    flagged: bool,
 }
