@@ -42,12 +42,11 @@ case "$pods" in '' | *[!0-9]* | 0) echo "upgrade-kills: --pods '$pods' is not a 
 
 top=$(cd "$(dirname "$0")/.." && pwd -P)
 cd "$top"
-log() { printf 'upgrade-kills: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
+KN_PROG=upgrade-kills
+# shellcheck source=scripts/lib/common.sh
+. "$top/scripts/lib/common.sh"
 [ "$(id -u)" -eq 0 ] || die "must run as root (systemd-nspawn, mounts, cgroups)"
-for t in gcc gpg reprepro dpkg-deb systemd-nspawn nsenter cargo; do
-    command -v "$t" >/dev/null || die "'$t' not found (run scripts/install-deps.sh)"
-done
+need_tools gcc gpg reprepro dpkg-deb systemd-nspawn nsenter cargo
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/k8s-nokmem-upgrade-kills.XXXXXX")
 # the Rust runner writes the testbed it boots into $work/testbed.env (dir=, pid=): tear it

@@ -135,7 +135,7 @@ if [ -n "$RUNC_COMMIT_ARG" ]; then
     [[ $RUNC_COMMIT_ARG =~ ^[0-9a-f]{7,40}$ ]] ||
         die "--runc-commit must be a commit id (7 to 40 lowercase hex digits), not '$RUNC_COMMIT_ARG'"
 fi
-command -v "$KN_GO" >/dev/null || die "'$KN_GO' not found (apt-get install golang-go, or pass --go)"
+kn_need_go
 HOST_ARCH=$(kn_host_arch)
 case "$ARCHES" in
 # The host architecture first: a foreign kubelet is checked through its native twin.

@@ -78,7 +78,7 @@ all) ARCHES="amd64 arm64" ;;
 amd64 | arm64) ;;
 *) die "--arch must be amd64, arm64 or all, not '$ARCHES'" ;;
 esac
-command -v "$KN_GO" >/dev/null || die "'$KN_GO' not found (apt-get install golang-go, or pass --go)"
+kn_need_go
 
 t_start=$(date +%s)
 KN_WORK=$(mktemp -d "${TMPDIR:-/tmp}/build-probes.XXXXXX")

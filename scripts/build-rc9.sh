@@ -78,7 +78,7 @@ while [ $# -gt 0 ]; do
     *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
-command -v "$KN_GO" >/dev/null || die "'$KN_GO' not found (apt-get install golang-go, or pass --go)"
+kn_need_go
 T_START=$(date +%s)
 KN_WORK=$(mktemp -d "${TMPDIR:-/tmp}/build-rc9.XXXXXX")
 trap 'rm -rf "$KN_WORK"' EXIT

@@ -21,6 +21,17 @@ esac
 
 start=$(date +%s)
 step() { printf '\ntest: === %s (%d s so far)\n' "$*" "$(( $(date +%s) - start ))" >&2; }
+# wait_bg PID LOG WHAT: wait for a background build, print its log; exit 1 naming WHAT when
+# it failed
+wait_bg() {
+    if ! wait "$1"; then
+        cat "$2" >&2
+        echo "test: $3 failed" >&2
+        exit 1
+    fi
+    cat "$2" >&2
+    rm -f "$2"
+}
 
 if [ "$quick" -eq 0 ]; then
     step "install build and test dependencies"
@@ -57,13 +68,7 @@ if [ "$quick" -eq 0 ]; then
     step "build runc v1.0.0-rc9 with and without nokmem (cached)"
     scripts/build-rc9.sh
     step "wait for the test roots"
-    if ! wait "$roots_pid"; then
-        cat "$roots_log" >&2
-        echo "test: building the test roots failed" >&2
-        exit 1
-    fi
-    cat "$roots_log" >&2
-    rm -f "$roots_log"
+    wait_bg "$roots_pid" "$roots_log" "building the test roots"
 else
     export K8S_NOKMEM_ALLOW_SKIP=1
 fi
@@ -73,13 +78,8 @@ cargo test --locked --no-fail-fast 2>&1
 
 if [ "$quick" -eq 0 ] && [ -x tests/e2e/run.sh ]; then
     step "wait for the end-to-end kubelet packages"
-    if ! wait "$e2e_pid"; then
-        cat "$e2e_log" >&2
-        echo "test: building the end-to-end kubelet packages failed (tests/e2e/build-kubelet-debs.sh)" >&2
-        exit 1
-    fi
-    cat "$e2e_log" >&2
-    rm -f "$e2e_log"
+    wait_bg "$e2e_pid" "$e2e_log" \
+        "building the end-to-end kubelet packages (tests/e2e/build-kubelet-debs.sh)"
     step "end to end (tests/e2e/run.sh)"
     tests/e2e/run.sh
 fi

@@ -24,6 +24,11 @@ KN_SCRIPT_VERSION=3
 # ---------------------------------------------------------------------------------
 # Go and architectures
 
+# kn_need_go: $KN_GO (GO, or --go) must be on PATH.
+kn_need_go() {
+    command -v "$KN_GO" >/dev/null || die "'$KN_GO' not found (apt-get install golang-go, or pass --go)"
+}
+
 kn_go_version() { "$KN_GO" version | awk '{print $3}'; }
 
 # kn_go_at_least GOVERSION MINOR: true when GOVERSION (go1.19.8) is >= go1.MINOR.

@@ -65,7 +65,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 OUT_DIR=${OUT_DIR:-$KN_CACHE/e2e/debs}
-command -v "$KN_GO" >/dev/null || die "'$KN_GO' not found (apt-get install golang-go, or pass --go)"
+kn_need_go
 need_tools dpkg-deb
 
 T_START=$(date +%s)

@@ -78,13 +78,16 @@ step "testbed root (cached)"
 scripts/testbed-root.sh >/dev/null || die "scripts/testbed-root.sh failed"
 
 step "k8s-nokmem amd64 .deb"
-deb=$(find target/debian -maxdepth 1 -name 'k8s-nokmem_*_amd64.deb' -printf '%T@ %p\n' 2>/dev/null |
-    sort -rn | head -n1 | cut -d' ' -f2-) || true
+# the newest target/debian/k8s-nokmem_*_amd64.deb, or nothing
+newest_deb() {
+    find target/debian -maxdepth 1 -name 'k8s-nokmem_*_amd64.deb' -printf '%T@ %p\n' |
+        sort -rn | head -n1 | cut -d' ' -f2-
+}
+deb=$(newest_deb 2>/dev/null) || true
 if [ -z "$deb" ]; then
     log "no target/debian/k8s-nokmem_*_amd64.deb: scripts/build-deb.sh --arch amd64"
     scripts/build-deb.sh --arch amd64 >&2 || die "scripts/build-deb.sh --arch amd64 failed"
-    deb=$(find target/debian -maxdepth 1 -name 'k8s-nokmem_*_amd64.deb' -printf '%T@ %p\n' |
-        sort -rn | head -n1 | cut -d' ' -f2-)
+    deb=$(newest_deb)
 fi
 [ -n "$deb" ] || die "no k8s-nokmem .deb in target/debian"
 log "using $deb ($(dpkg-deb -f "$deb" Version))"
