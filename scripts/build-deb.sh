@@ -152,6 +152,9 @@ for a in "${arches[@]}"; do
 done
 deb_version="${kube_version}+nokmem${helper_version}-${revision}"
 log "package version $deb_version"
+# Breaks: the kubelet packages of every other minor (apt keeps those upgrades back); one
+# value for every architecture
+breaks=$(scripts/lib/kubelet-breaks.sh "$kube_version")
 
 # The changelog's newest entry must name the version being built.
 mkdir -p target/debian-build
@@ -194,16 +197,16 @@ for a in "${arches[@]}"; do
     cargo deb --no-build --locked --target "$triple" "${variant[@]}" \
         --deb-version "$deb_version" --output target/debian/ >/dev/null
     deb=target/debian/k8s-nokmem_${deb_version}_${a}.deb
-    # Built-Using (the Debian sources compiled in) and Breaks (the kubelet packages of every
-    # other minor: apt keeps those upgrades back), set in one rewrite of the control member
+    # Built-Using (the Debian sources compiled in) and Breaks, set in one rewrite of the
+    # control member
     fields=()
     built_using=$(built_using_of "target/payload/$a/MANIFEST")
     if [ -n "$built_using" ]; then
         fields+=(Built-Using "$built_using")
     else
-        log "warning: target/payload/$a/MANIFEST records no built_using (an older payload): no Built-Using field; rebuild the payload"
+        warn "target/payload/$a/MANIFEST records no built_using (an older payload): no Built-Using field; rebuild the payload"
     fi
-    fields+=(Breaks "$(scripts/lib/kubelet-breaks.sh "$kube_version")")
+    fields+=(Breaks "$breaks")
     python3 scripts/lib/deb-control-field.py "$deb" "${fields[@]}" ||
         die "failed to set ${fields[0]} and Breaks in '$deb'"
     log "built $deb in $(( $(date +%s) - t0 )) s (sha256 $(sha256sum "$deb" | cut -d' ' -f1))"
