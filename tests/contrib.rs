@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::node::NodeRoot;
+use common::repo;
 
 /// Where a kured release looks for the reboot sentinel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,10 +272,6 @@ impl KuredFile {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
-}
-
-fn repo() -> PathBuf {
-    common::repo()
 }
 
 fn kured_files() -> Vec<KuredFile> {

@@ -37,10 +37,6 @@ fn deb_metadata(key: &str) -> String {
         .unwrap_or_else(|| panic!("Cargo.toml [package.metadata.deb] has no {key}"))
 }
 
-fn helper_version() -> &'static str {
-    env!("CARGO_PKG_VERSION")
-}
-
 fn arch() -> String {
     ok(Command::new("dpkg").arg("--print-architecture"))
         .trim()
@@ -54,10 +50,10 @@ fn build_deb(out: &Path, name: &str, version: &str, fields: &[(&str, String)]) -
     fs::create_dir_all(&doc).unwrap();
     fs::write(doc.join("README"), format!("{name} {version}\n")).unwrap();
     fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    let arch = arch();
     let mut control = format!(
-        "Package: {name}\nVersion: {version}\nArchitecture: {}\nMaintainer: {}\n\
+        "Package: {name}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: {}\n\
          Section: {}\nPriority: {}\nDescription: test package {name}\n",
-        arch(),
         deb_metadata("maintainer"),
         deb_metadata("section"),
         deb_metadata("priority"),
@@ -66,7 +62,7 @@ fn build_deb(out: &Path, name: &str, version: &str, fields: &[(&str, String)]) -
         control.push_str(&format!("{k}: {v}\n"));
     }
     fs::write(tree.join("DEBIAN/control"), control).unwrap();
-    let deb = out.join(format!("{name}_{version}_{}.deb", arch()));
+    let deb = out.join(format!("{name}_{version}_{arch}.deb"));
     ok(Command::new("dpkg-deb")
         .args(["--root-owner-group", "-Zxz", "-b"])
         .arg(&tree)
@@ -76,7 +72,7 @@ fn build_deb(out: &Path, name: &str, version: &str, fields: &[(&str, String)]) -
 
 /// k8s-nokmem for a payload kubelet, its Breaks set by the build's own script.
 fn k8s_nokmem_deb(out: &Path, kubelet: &str) -> PathBuf {
-    let version = format!("{kubelet}+nokmem{}-1", helper_version());
+    let version = format!("{kubelet}+nokmem{}-1", env!("CARGO_PKG_VERSION"));
     let deb = build_deb(
         out,
         &deb_metadata("name"),

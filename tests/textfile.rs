@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -74,6 +75,20 @@ impl Node {
         .unwrap();
     }
 
+    /// The arguments of `verify --textfile` (no DIR) over this node.
+    fn verify_args(&self) -> Vec<OsString> {
+        vec![
+            "verify".into(),
+            "--textfile".into(),
+            "--root".into(),
+            self.root.clone().into(),
+            "--proc-root".into(),
+            self.node.join("proc").into(),
+            "--cgroup-root".into(),
+            self.node.join("sys/fs/cgroup").into(),
+        ]
+    }
+
     /// `verify --textfile` (no DIR): exit code and stderr.
     fn verify(&self) -> (i32, String) {
         self.verify_with(&[])
@@ -82,12 +97,7 @@ impl Node {
     fn verify_with(&self, extra: &[&str]) -> (i32, String) {
         let out = Command::new(BIN)
             .args(extra)
-            .args(["verify", "--textfile", "--root"])
-            .arg(&self.root)
-            .arg("--proc-root")
-            .arg(self.node.join("proc"))
-            .arg("--cgroup-root")
-            .arg(self.node.join("sys/fs/cgroup"))
+            .args(self.verify_args())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -278,12 +288,7 @@ fn a_read_only_directory_names_the_unit_drop_in() {
         .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(&dir)
         .arg(BIN)
-        .args(["verify", "--textfile", "--root"])
-        .arg(&node.root)
-        .arg("--proc-root")
-        .arg(node.node.join("proc"))
-        .arg("--cgroup-root")
-        .arg(node.node.join("sys/fs/cgroup"))
+        .args(node.verify_args())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -531,37 +531,30 @@ impl Testbed {
 
     /// Wait until `systemctl is-active unit` says `state`, at most `secs`.
     pub fn wait_for_state(&self, unit: &str, state: &str, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
+        let reached = eventually(secs, Duration::from_millis(20), || {
             let out = self.run(&["systemctl", "is-active", unit]);
-            if String::from_utf8_lossy(&out.stdout).trim() == state {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{unit} never became {state}:\n{}",
-                self.journal(unit)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            String::from_utf8_lossy(&out.stdout).trim() == state
+        });
+        assert!(
+            reached,
+            "{unit} never became {state}:\n{}",
+            self.journal(unit)
+        );
     }
 
     /// Wait until `unit` is `activating/auto-restart` (restarting after a failure), at most
     /// `secs`.
     pub fn wait_for_restarting(&self, unit: &str, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let p = self.unit_props(unit, &["ActiveState", "SubState"]);
-            if p["ActiveState"] == "activating" && p["SubState"] == "auto-restart" {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{unit} never went back to its crash loop: {p:?}\n{}",
-                self.journal(unit)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut p = BTreeMap::new();
+        let reached = eventually(secs, Duration::from_millis(50), || {
+            p = self.unit_props(unit, &["ActiveState", "SubState"]);
+            p["ActiveState"] == "activating" && p["SubState"] == "auto-restart"
+        });
+        assert!(
+            reached,
+            "{unit} never went back to its crash loop: {p:?}\n{}",
+            self.journal(unit)
+        );
     }
 
     /// Start `command` (a shell command line) inside in its own session (`setsid`, as apt
@@ -576,15 +569,9 @@ impl Testbed {
     /// Wait (at most `secs`) until the command of [`Testbed::start_detached`] ended: its exit
     /// status and its output (stdout and stderr), which is also printed.
     pub fn wait_detached(&self, secs: u64) -> (String, String) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
         let rc = format!("{DETACHED_DIR}/rc");
-        while !self.path(&rc).exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the detached command never ended"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let ended = eventually(secs, Duration::from_millis(100), || self.path(&rc).exists());
+        assert!(ended, "the detached command never ended");
         let log = String::from_utf8_lossy(&self.read(&format!("{DETACHED_DIR}/log"))).into_owned();
         eprint!("{log}");
         let rc = String::from_utf8_lossy(&self.read(&rc)).trim().to_string();
@@ -919,6 +906,20 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::other(format!("rm -rf exited {status}")))
+    }
+}
+
+/// Whether `done` holds within `secs`, asked at once and then every `every`.
+fn eventually(secs: u64, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
     }
 }
 

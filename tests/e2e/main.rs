@@ -229,6 +229,24 @@ impl Ctx {
         )
     }
 
+    /// [`Ctx::unit_state`] of each of [`UNITS`].
+    fn unit_states(&self) -> Vec<(String, String, String)> {
+        UNITS.iter().map(|u| self.unit_state(u)).collect()
+    }
+
+    /// Each of [`UNITS`] is active and neither stopped nor started since `before`
+    /// ([`Ctx::unit_states`]); the message names the unit, then `why`.
+    fn assert_units_untouched(&self, before: &[(String, String, String)], why: &str) {
+        for (unit, b) in UNITS.iter().zip(before) {
+            let a = self.unit_state(unit);
+            assert_eq!(
+                (&a.0, &a.1, a.2.as_str()),
+                (&b.0, &b.1, "active"),
+                "{unit}: {why}"
+            );
+        }
+    }
+
     /// Poll `script` inside until it exits 0; panics with its last output after `secs`.
     fn wait_for(&self, what: &str, secs: u64, script: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -447,7 +465,7 @@ fn original_kubelet_writes_kmem(c: &mut Ctx) {
 /// `apt-get install k8s-nokmem` from the signed repository.
 fn apt_install(c: &mut Ctx) {
     c.publish("k8s-nokmem-v1.deb");
-    let before: Vec<_> = UNITS.iter().map(|u| c.unit_state(u)).collect();
+    let before = c.unit_states();
     let pod_before = c.pod_container("e2e-sleeper", 30);
     c.apt("update -qq");
     let log = c.apt("install k8s-nokmem");
@@ -554,21 +572,17 @@ fn unattended_upgrade(c: &Ctx) -> String {
 /// unattended-upgrade to a version with the same payload: nothing restarted.
 fn unattended_same_payload(c: &mut Ctx) {
     c.publish("k8s-nokmem-v2.deb");
-    let before: Vec<_> = UNITS.iter().map(|u| c.unit_state(u)).collect();
+    let before = c.unit_states();
     let log = unattended_upgrade(c);
     assert_eq!(
         c.pkg_version("k8s-nokmem"),
         format!("install ok installed {}", c.v2),
         "k8s-nokmem after unattended-upgrade; its output:\n{log}"
     );
-    for (unit, b) in UNITS.iter().zip(&before) {
-        let a = c.unit_state(unit);
-        assert_eq!(
-            (&a.0, &a.1, a.2.as_str()),
-            (&b.0, &b.1, "active"),
-            "{unit}: an upgrade with the same payload must not restart it (ActiveEnterTimestampMonotonic, MainPID, state)"
-        );
-    }
+    c.assert_units_untouched(
+        &before,
+        "an upgrade with the same payload must not restart it (ActiveEnterTimestampMonotonic, MainPID, state)",
+    );
     assert_eq!(
         c.sha("/usr/bin/kubelet"),
         c.payload_kubelet,
@@ -690,7 +704,7 @@ fn unattended_conffile_changed_dropin_kept(c: &mut Ctx) {
     assert_ne!(new_runc, c.payload_runc, "v4 must ship a different runc");
     c.pod_container("e2e-sleeper", 180);
     c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
-    let before: Vec<_> = UNITS.iter().map(|u| c.unit_state(u)).collect();
+    let before = c.unit_states();
     let containers = c.running_containers();
     let from_version = c.pkg_version("k8s-nokmem");
     c.publish("k8s-nokmem-v4.deb");
@@ -720,14 +734,12 @@ fn unattended_conffile_changed_dropin_kept(c: &mut Ctx) {
     // and it is in effect: the new runc swapped in with no service stopped or started
     assert_eq!(c.sha("/usr/sbin/runc"), new_runc, "/usr/sbin/runc is v4's");
     c.payload_runc = new_runc;
-    for (unit, b) in UNITS.iter().zip(&before) {
-        let a = c.unit_state(unit);
-        assert_eq!(
-            (&a.0, &a.1, a.2.as_str()),
-            (&b.0, &b.1, "active"),
-            "{unit}: apply = reboot (from {from}) must not stop or start it; unattended-upgrade:\n{log}"
-        );
-    }
+    c.assert_units_untouched(
+        &before,
+        &format!(
+            "apply = reboot (from {from}) must not stop or start it; unattended-upgrade:\n{log}"
+        ),
+    );
     assert_eq!(
         c.running_containers(),
         containers,
@@ -1545,7 +1557,7 @@ fn apply_reboot(c: &mut Ctx) {
     c.set_apply("reboot");
     c.pod_container("e2e-sleeper", 180);
     c.sh("rm -f /run/reboot-required /run/reboot-required.pkgs");
-    let before: Vec<_> = UNITS.iter().map(|u| c.unit_state(u)).collect();
+    let before = c.unit_states();
     let containers = c.running_containers();
     assert!(
         !containers.is_empty(),
@@ -1561,14 +1573,10 @@ fn apply_reboot(c: &mut Ctx) {
         "payload kubelet"
     );
     assert_eq!(c.sha("/usr/sbin/runc"), c.payload_runc, "payload runc");
-    for (unit, b) in UNITS.iter().zip(&before) {
-        let a = c.unit_state(unit);
-        assert_eq!(
-            (&a.0, &a.1, a.2.as_str()),
-            (&b.0, &b.1, "active"),
-            "{unit}: apply = reboot must not stop or start it (ActiveEnterTimestampMonotonic, MainPID, state)"
-        );
-    }
+    c.assert_units_untouched(
+        &before,
+        "apply = reboot must not stop or start it (ActiveEnterTimestampMonotonic, MainPID, state)",
+    );
     assert_eq!(
         c.running_containers(),
         containers,
