@@ -144,7 +144,7 @@ impl DpkgLock {
             Ok(_) => {}
             Err(Errno::EAGAIN | Errno::EACCES) => {
                 return Err(LockError::DpkgBusy {
-                    pid: fcntl_holder(&file),
+                    pid: conflicting_lock(&file).ok().flatten().flatten(),
                     path,
                 })
             }
@@ -153,15 +153,9 @@ impl DpkgLock {
         let db = admin_dir.join(DPKG_DB_LOCK);
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         if let Ok(db_file) = nix::fcntl::open(&db, flags, Mode::empty()).map(File::from) {
-            let mut probe = whole_file(libc::F_WRLCK);
-            match fcntl(&db_file, FcntlArg::F_GETLK(&mut probe)) {
-                Ok(_) if i32::from(probe.l_type) == libc::F_UNLCK => {}
-                Ok(_) => {
-                    return Err(LockError::DpkgBusy {
-                        pid: u32::try_from(probe.l_pid).ok().filter(|p| *p > 0),
-                        path: db,
-                    })
-                }
+            match conflicting_lock(&db_file) {
+                Ok(None) => {}
+                Ok(Some(pid)) => return Err(LockError::DpkgBusy { pid, path: db }),
                 Err(source) => return Err(LockError::Flock { path: db, source }),
             }
         }
@@ -182,13 +176,13 @@ fn whole_file(l_type: libc::c_int) -> libc::flock {
     fl
 }
 
-/// The pid of the process holding a lock that conflicts with a write lock on `file`.
-fn fcntl_holder(file: &File) -> Option<u32> {
+/// A lock held on `file` that conflicts with a write lock on the whole file (`F_GETLK`):
+/// `None` when there is none, else the holder's pid when the kernel names it.
+fn conflicting_lock(file: &File) -> nix::Result<Option<Option<u32>>> {
     let mut probe = whole_file(libc::F_WRLCK);
-    fcntl(file, FcntlArg::F_GETLK(&mut probe)).ok()?;
-    (i32::from(probe.l_type) != libc::F_UNLCK)
-        .then(|| u32::try_from(probe.l_pid).ok().filter(|p| *p > 0))
-        .flatten()
+    fcntl(file, FcntlArg::F_GETLK(&mut probe))?;
+    Ok((i32::from(probe.l_type) != libc::F_UNLCK)
+        .then(|| u32::try_from(probe.l_pid).ok().filter(|p| *p > 0)))
 }
 
 /// Whether someone holds the lock at `path` (for `status`), and their pid.

@@ -35,20 +35,20 @@ pub fn causes<'a>(err: &'a (dyn Error + 'a)) -> impl Iterator<Item = String> + '
 
 /// `err`, then one `  -> cause` line per cause: an error shown on its own.
 pub fn error_lines(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    for cause in causes(err) {
-        text.push_str("\n  -> ");
-        text.push_str(&cause);
-    }
-    text
+    joined(err, "\n  -> ")
 }
 
 /// `err` and its causes on one line, `failed to x: cause: cause`: an error shown as one
 /// field of something else.
 pub fn error_chain(err: &dyn Error) -> String {
+    joined(err, ": ")
+}
+
+/// `err`, then each of its [`causes`] after `separator`.
+fn joined(err: &dyn Error, separator: &str) -> String {
     let mut text = err.to_string();
     for cause in causes(err) {
-        text.push_str(": ");
+        text.push_str(separator);
         text.push_str(&cause);
     }
     text

@@ -235,13 +235,13 @@ fn rollback(node: &Executor<'_>, journal: &Journal) -> anyhow::Result<Undone> {
             // a service that does not come back is reported, but the files are what
             // rollback guarantees: it goes on
             Err(e) if is_service => {
+                let why = error_chain(e.as_ref());
                 error!(
-                    "rollback [{}/{n}] {}: FAILED ({ms} ms): {}",
+                    "rollback [{}/{n}] {}: FAILED ({ms} ms): {why}",
                     j + 1,
-                    step.label(),
-                    error_chain(e.as_ref())
+                    step.label()
                 );
-                undone.services_failed.push(error_chain(e.as_ref()));
+                undone.services_failed.push(why);
             }
             Err(e) => {
                 error!(
@@ -382,13 +382,13 @@ fn start_again(node: &Executor<'_>, steps: &[Step], from: usize) -> String {
                 started.push(format!("'{unit}'"));
             }
             Err(e) => {
+                let why = error_chain(e.as_ref());
                 error!(
-                    "recover [{}/{n}] {}: FAILED ({ms} ms): {}",
+                    "recover [{}/{n}] {}: FAILED ({ms} ms): {why}",
                     j + 1,
-                    step.label(),
-                    error_chain(e.as_ref())
+                    step.label()
                 );
-                failed.push(error_chain(e.as_ref()));
+                failed.push(why);
             }
         }
     }

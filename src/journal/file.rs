@@ -179,9 +179,9 @@ impl Journal {
     /// Keep this journal as the last transaction and delete the live one.
     pub(super) fn finish(&mut self, root: &Root, phase: Phase) -> anyhow::Result<()> {
         self.phase = phase;
+        // both fsync the state directory: after the rename, and after an unlink
         write_json(&Self::last_path(root), self)?;
         fs::remove_file_if_exists(&Self::path(root))?;
-        fs::sync_dir(&root.join(paths::STATE_DIR))?;
         Ok(())
     }
 }

@@ -215,22 +215,11 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(11, 0), (12, 65534)]);
 
-        let v6_word = |w: [u8; 4]| native(w);
+        // an IPv6 address is four native-endian words, the last two given here
+        let addr6 = |w3: [u8; 4], w4: [u8; 4]| [[0; 4], [0; 4], w3, w4].map(native).concat();
         let any6 = "0".repeat(32);
-        let mapped = format!(
-            "{}{}{}{}",
-            v6_word([0, 0, 0, 0]),
-            v6_word([0, 0, 0, 0]),
-            v6_word([0, 0, 0xff, 0xff]),
-            v6_word([127, 0, 0, 1])
-        );
-        let loop6 = format!(
-            "{}{}{}{}",
-            v6_word([0, 0, 0, 0]),
-            v6_word([0, 0, 0, 0]),
-            v6_word([0, 0, 0, 0]),
-            v6_word([0, 0, 0, 1])
-        );
+        let mapped = addr6([0, 0, 0xff, 0xff], [127, 0, 0, 1]);
+        let loop6 = addr6([0, 0, 0, 0], [0, 0, 0, 1]);
         let v6 = table(&[
             &row(&any6, 10248, "0A", 1000, 21),
             &row(&mapped, 10248, "0A", 1000, 22),

@@ -81,8 +81,8 @@ impl Executor<'_> {
                 aside.display()
             );
             crate::fs::rename(&dst, &aside).context("failed to keep the previous payload")?;
-        }
-        if let Some(dir) = aside.parent() {
+        } else if let Some(dir) = aside.parent() {
+            // the link is a new name in the directory (a rename fsyncs it itself)
             crate::fs::sync_dir(dir)?;
         }
         debug!("kept '{}' as '{}'", dst.display(), aside.display());
@@ -116,7 +116,11 @@ impl Executor<'_> {
             .is_ok_and(|m| m.dev() == kept.dev() && m.ino() == kept.ino());
         if same {
             crate::fs::remove_file_if_exists(&aside)?;
+            if let Some(dir) = dst.parent() {
+                crate::fs::sync_dir(dir)?;
+            }
         } else {
+            // fsyncs the directory itself
             crate::fs::rename(&aside, &dst).with_context(|| {
                 format!(
                     "failed to put the previous payload back at {}",
@@ -124,19 +128,13 @@ impl Executor<'_> {
                 )
             })?;
         }
-        if let Some(dir) = dst.parent() {
-            crate::fs::sync_dir(dir)?;
-        }
         Ok(Some(Did::OkBecause("the previous payload is back".into())))
     }
 
-    /// Remove a file if it exists, then fsync its directory.
+    /// Remove a file if it exists, then fsync its directory (`remove_file_if_exists` does
+    /// both).
     pub(in crate::journal) fn remove_synced(&self, file: &Path) -> anyhow::Result<()> {
-        if crate::fs::remove_file_if_exists(file)? {
-            if let Some(dir) = file.parent() {
-                crate::fs::sync_dir(dir)?;
-            }
-        }
+        crate::fs::remove_file_if_exists(file)?;
         Ok(())
     }
 
