@@ -16,7 +16,6 @@
 //! `SavedState01::upconvert`).
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fs::FileError;
@@ -162,10 +161,10 @@ impl State {
     /// refused ([`StateError::Newer`]) before its layout is read.
     pub fn load(root: &Root) -> Result<State, StateError> {
         let path = Self::path(root);
-        let text = match std::fs::read_to_string(&path) {
+        let text = match crate::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => return Err(FileError::new("read", &path, e).into()),
+            Err(e) if e.is_not_found() => return Ok(State::default()),
+            Err(e) => return Err(e.into()),
         };
         State::parse(&text, &path)
     }

@@ -119,6 +119,10 @@ pub enum SkewPolicy {
     Refuse,
 }
 
+/// The values of `[kubelet] version-skew` and `[runc] containerd-skew`.
+const SKEW_POLICIES: [(&str, SkewPolicy); 2] =
+    [("warn", SkewPolicy::Warn), ("refuse", SkewPolicy::Refuse)];
+
 /// How a finding counts in the overall verify status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -373,16 +377,10 @@ impl Config {
                 self.target_mut(name, |t| t.restart = restart);
             }
             ("kubelet", "version-skew") => {
-                self.version_skew = values::one_of(
-                    at,
-                    &[("warn", SkewPolicy::Warn), ("refuse", SkewPolicy::Refuse)],
-                )?;
+                self.version_skew = values::one_of(at, &SKEW_POLICIES)?;
             }
             ("runc", "containerd-skew") => {
-                self.containerd_skew = values::one_of(
-                    at,
-                    &[("warn", SkewPolicy::Warn), ("refuse", SkewPolicy::Refuse)],
-                )?;
+                self.containerd_skew = values::one_of(at, &SKEW_POLICIES)?;
             }
             ("services", "order") => {
                 let default = default_of("services", "order").unwrap_or_default();

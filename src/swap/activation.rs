@@ -67,10 +67,15 @@ pub struct Applied {
 impl Applied {
     /// `[services] apply = restart`.
     pub fn restart() -> Applied {
+        Applied::restarting("[services] apply = restart".to_string())
+    }
+
+    /// Stop the services of the changed binaries, swap, start them again, because `why`.
+    fn restarting(why: String) -> Applied {
         Applied {
             restart: true,
             reboot: false,
-            why: "[services] apply = restart".to_string(),
+            why,
         }
     }
 
@@ -91,11 +96,9 @@ impl Applied {
         match (config.apply, judged) {
             (Apply::Restart, _) => Applied::restart(),
             (Apply::Reboot, _) => Applied::reboot(),
-            (Apply::Auto, Judged::Image(why)) => Applied {
-                restart: true,
-                reboot: false,
-                why: format!("[services] apply = auto: {why}: an image build, no service runs"),
-            },
+            (Apply::Auto, Judged::Image(why)) => Applied::restarting(format!(
+                "[services] apply = auto: {why}: an image build, no service runs"
+            )),
             (Apply::Auto, Judged::Here) => {
                 let report = verify::run(&verify::settings_for(root, config));
                 let applied = auto(report.inputs.as_ref());
@@ -135,11 +138,8 @@ impl Applied {
 /// that boots with it is flagged by the rule once the next boot carries it. Evidence that
 /// cannot be read: restart, as `restart` would.
 pub fn auto(inputs: Option<&Inputs>) -> Applied {
-    let restart = |why: String| Applied {
-        restart: true,
-        reboot: false,
-        why: format!("[services] apply = auto: restarting: {why}"),
-    };
+    let restart =
+        |why: String| Applied::restarting(format!("[services] apply = auto: restarting: {why}"));
     let Some(i) = inputs else {
         return restart(
             "the node's evidence could not be read, so as [services] apply = restart would".into(),

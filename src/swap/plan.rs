@@ -44,15 +44,10 @@ pub fn running(
     let mut out = Vec::new();
     let mut failing = BTreeMap::new();
     for unit in units {
-        let state = manager.state(&unit).with_context(|| {
-            format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
-        })?;
+        let state = state_of(manager, &unit)?;
         let (state, restarted) = unless_just_started(manager, state)?;
         if let Some(restarted) = restarted {
-            warn!(
-                "'{unit}' is failing before the swap ({restarted}): it is restarted like the others and must come back no worse (restarting or up), not stay up; see `journalctl -u {unit}`"
-            );
-            failing.insert(unit.clone(), "restarting".to_string());
+            note_failing(&mut failing, &unit, &restarted, "restarting".to_string());
         }
         match (state.load_state.as_str(), state.active_state.as_str()) {
             ("not-found", _) => info!("'{unit}' does not exist on this node: nothing to restart"),
@@ -60,11 +55,8 @@ pub fn running(
             (_, active @ ("active" | "activating" | "reloading")) => {
                 if active == "activating" && state.sub_state == "auto-restart" {
                     let was = format!("{active}/{}", state.sub_state);
-                    warn!(
-                        "'{unit}' is failing before the swap ({was}, Result={}): it is restarted like the others and must come back no worse (restarting or up), not stay up; see `journalctl -u {unit}`",
-                        state.result
-                    );
-                    failing.insert(unit.clone(), was);
+                    let why = format!("{was}, Result={}", state.result);
+                    note_failing(&mut failing, &unit, &why, was);
                 }
                 // its socket (docker.socket) stops before it and starts after it, so that
                 // socket activation cannot start it mid-swap
@@ -89,6 +81,22 @@ pub fn running(
         units: out,
         failing,
     })
+}
+
+/// The state of `unit` before the swap; an error says nothing was changed.
+fn state_of(manager: &dyn ServiceManager, unit: &str) -> anyhow::Result<UnitState> {
+    manager.state(unit).with_context(|| {
+        format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
+    })
+}
+
+/// `unit` is failing before the swap (`why`: what was seen): restarted like the others,
+/// then judged against `was` ([`Running::failing`]).
+fn note_failing(failing: &mut BTreeMap<String, String>, unit: &str, why: &str, was: String) {
+    warn!(
+        "'{unit}' is failing before the swap ({why}): it is restarted like the others and must come back no worse (restarting or up), not stay up; see `journalctl -u {unit}`"
+    );
+    failing.insert(unit.to_string(), was);
 }
 
 /// How long a unit must have been active to count as up before the swap: a crash-looping
@@ -124,9 +132,7 @@ fn unless_just_started(
     let until = Instant::now() + (JUST_STARTED - age);
     loop {
         std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
-        let now = manager.state(&unit).with_context(|| {
-            format!("failed to read the state of '{unit}' over D-Bus; nothing was changed")
-        })?;
+        let now = state_of(manager, &unit)?;
         if let Some(why) = went_down(&state, &now) {
             debug!("'{unit}' before the swap: {why}");
             // still active (restarted between two polls): restarting all the same
@@ -160,9 +166,7 @@ fn active_socket(manager: &dyn ServiceManager, unit: &str) -> anyhow::Result<Opt
         return Ok(None);
     };
     let socket = format!("{name}.socket");
-    let state = manager.state(&socket).with_context(|| {
-        format!("failed to read the state of '{socket}' over D-Bus; nothing was changed")
-    })?;
+    let state = state_of(manager, &socket)?;
     Ok((state.load_state == "loaded" && state.active_state == "active").then_some(socket))
 }
 

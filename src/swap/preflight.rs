@@ -224,34 +224,23 @@ fn check_skew(config: &Config, dpkg: &Dpkg, found: &[Found]) -> anyhow::Result<(
         "version skew: the payload kubelet is {}, package '{pkg}' has {installed}",
         f.target.payload_version
     );
-    let set_at = set_at(config, "kubelet", "version-skew");
-    match config.version_skew {
-        SkewPolicy::Warn => {
-            warn!(
-                "{msg}; installing anyway ([kubelet] version-skew = warn at {})",
-                set_at.as_deref().unwrap_or("(unknown)")
-            );
-            Ok(())
-        }
-        SkewPolicy::Refuse => {
-            let err = anyhow!(
-                "{msg}: refusing to replace a {} kubelet with a {} one ([kubelet] version-skew = refuse, the default)",
-                minor_of(&installed),
-                minor_of(&f.target.payload_version)
-            );
-            let err = with_note(
-                err,
-                format!(
-                    "build k8s-nokmem for this node's kubelet: check out kubernetes {} in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`, then install that package",
-                    upstream_tag(&installed)
-                ),
-            );
-            Err(with_note(
-                err,
-                accept_skew_note(set_at.as_deref(), "kubelet", "version-skew"),
-            ))
-        }
-    }
+    let refusal = format!(
+        "refusing to replace a {} kubelet with a {} one",
+        minor_of(&installed),
+        minor_of(&f.target.payload_version)
+    );
+    let fix = format!(
+        "build k8s-nokmem for this node's kubelet: check out kubernetes {} in DIR and run `scripts/build-deb.sh -- --kubernetes-src DIR`, then install that package",
+        upstream_tag(&installed)
+    );
+    enforce_skew(
+        config,
+        config.version_skew,
+        ("kubelet", "version-skew"),
+        &msg,
+        &refusal,
+        fix,
+    )
 }
 
 /// Warn or refuse when the payload runc is about to be placed and the node's containerd
@@ -283,30 +272,45 @@ fn check_containerd(
         c.from,
         row.range()
     );
-    let set_at = set_at(config, "runc", "containerd-skew");
-    match config.containerd_skew {
+    let fix = format!(
+        "build k8s-nokmem with a runc this containerd supports ({}): check out that runc tag (e.g. {}) in DIR and run `scripts/build-deb.sh -- --runc-src DIR`, then install that package",
+        row.range(),
+        row.upto
+    );
+    enforce_skew(
+        config,
+        config.containerd_skew,
+        ("runc", "containerd-skew"),
+        &msg,
+        "refusing to place it under this containerd",
+        fix,
+    )
+}
+
+/// Apply a skew policy (`[section] key`): warn and go on, or refuse with `refusal`, the
+/// `fix` note and the note that accepts the skew.
+fn enforce_skew(
+    config: &Config,
+    policy: SkewPolicy,
+    (section, key): (&str, &str),
+    msg: &str,
+    refusal: &str,
+    fix: String,
+) -> anyhow::Result<()> {
+    let set_at = set_at(config, section, key);
+    match policy {
         SkewPolicy::Warn => {
             warn!(
-                "{msg}; installing anyway ([runc] containerd-skew = warn at {})",
+                "{msg}; installing anyway ([{section}] {key} = warn at {})",
                 set_at.as_deref().unwrap_or("(unknown)")
             );
             Ok(())
         }
         SkewPolicy::Refuse => {
-            let err = anyhow!(
-                "{msg}: refusing to place it under this containerd ([runc] containerd-skew = refuse, the default)"
-            );
-            let err = with_note(
-                err,
-                format!(
-                    "build k8s-nokmem with a runc this containerd supports ({}): check out that runc tag (e.g. {}) in DIR and run `scripts/build-deb.sh -- --runc-src DIR`, then install that package",
-                    row.range(),
-                    row.upto
-                ),
-            );
+            let err = anyhow!("{msg}: {refusal} ([{section}] {key} = refuse, the default)");
             Err(with_note(
-                err,
-                accept_skew_note(set_at.as_deref(), "runc", "containerd-skew"),
+                with_note(err, fix),
+                accept_skew_note(set_at.as_deref(), section, key),
             ))
         }
     }

@@ -540,14 +540,7 @@ fn install_flags_reboot_required_on_the_node_only_when_a_reboot_helps() {
     ];
     for (tree, extra, flagged) in cases {
         let case = format!("{tree} {extra:?}");
-        let recorded = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/cgroup")
-            .join(tree);
-        let config_text = format!(
-            "[verify]\nproc-root = {}\ncgroup-root = {}\n{extra}",
-            recorded.join("proc").display(),
-            recorded.join("sys/fs/cgroup").display()
-        );
+        let config_text = recorded_node_config(tree, extra);
         for judged in [
             activation::Judged::Here,
             activation::Judged::Image(crate::policy::SkipReason::SystemdNotRunning),
@@ -948,6 +941,19 @@ fn auto_never_leaves_a_node_less_fixed_than_restart() {
     assert!(activation::auto(None).restart, "no evidence: as restart");
 }
 
+/// A conffile that reads the kernel and cgroups from the recorded node
+/// tests/fixtures/cgroup/TREE (`[verify] proc-root`, `cgroup-root`), then `extra`.
+fn recorded_node_config(tree: &str, extra: &str) -> String {
+    let recorded = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/cgroup")
+        .join(tree);
+    format!(
+        "[verify]\nproc-root = {}\ncgroup-root = {}\n{extra}",
+        recorded.join("proc").display(),
+        recorded.join("sys/fs/cgroup").display()
+    )
+}
+
 /// `apply = auto` on a recorded node (tests/fixtures/cgroup/TREE), through the install
 /// transaction with the fake systemd and the after-install step; `config` is added to the
 /// conffile, `grub_cfg` is the node's /boot/grub/grub.cfg. Returns the decision, whether a
@@ -957,13 +963,9 @@ fn auto_install(
     config: &str,
     grub_cfg: Option<&str>,
 ) -> (activation::Applied, bool, bool) {
-    let recorded = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/cgroup")
-        .join(tree);
     let config_text = format!(
-        "[services]\napply = auto\n[verify]\nproc-root = {}\ncgroup-root = {}\n{config}",
-        recorded.join("proc").display(),
-        recorded.join("sys/fs/cgroup").display()
+        "[services]\napply = auto\n{}",
+        recorded_node_config(tree, config)
     );
     let node = TestNode::new();
     node.write("etc/k8s-nokmem/k8s-nokmem.conf", config_text.as_bytes());

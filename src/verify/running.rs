@@ -181,19 +181,12 @@ fn root_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
     // The node's mount namespace is init's: verify itself may run in a private one (the
     // unit's PrivateTmp/ProtectSystem), while kubelets inside containers (kind) have theirs.
     let node_ns = fs::read_link(proc_root.join(INIT_MNT_NS)).ok();
-    let Ok(entries) = fs::read_dir(proc_root) else {
+    let Ok(pids) = pids(proc_root) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let dir = entry.path();
+    for pid in pids {
+        let dir = proc_root.join(pid.to_string());
         match bounded::read_to_string(&dir.join(PID_COMM), bounded::PROC_TEXT_MAX) {
             Ok(comm) if comm.trim_end() == KUBELET_COMM => {}
             _ => continue,
@@ -228,6 +221,16 @@ fn root_processes(proc_root: &Path, root: &Root) -> Vec<Proc> {
         out.push(p);
     }
     out
+}
+
+/// The processes under `proc_root` (its numeric entries), lowest pid first.
+pub(super) fn pids(proc_root: &Path) -> std::io::Result<Vec<u32>> {
+    let mut pids: Vec<u32> = fs::read_dir(proc_root)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
 }
 
 /// The four uids of a `/proc/PID/status` text (real, effective, saved set, file system).

@@ -148,18 +148,13 @@ pub fn clear_missing(root: &Root) {
 
 /// The flag of the first trusted running node_exporter that has it.
 fn from_processes(proc_root: &Path) -> Option<(PathBuf, Source)> {
-    let entries = match fs::read_dir(proc_root) {
-        Ok(e) => e,
+    let pids = match running::pids(proc_root) {
+        Ok(p) => p,
         Err(e) => {
             debug!("verify textfile: reading {}: {e}", proc_root.display());
             return None;
         }
     };
-    let mut pids: Vec<u32> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
     // the node's mount namespace is init's: verify itself runs in a private one under its
     // unit (PrivateTmp=, ProtectSystem=), as running.rs says
     let node_ns = fs::read_link(proc_root.join(running::INIT_MNT_NS)).ok();
