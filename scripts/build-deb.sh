@@ -207,8 +207,9 @@ for a in "${arches[@]}"; do
         warn "target/payload/$a/MANIFEST records no built_using (an older payload): no Built-Using field; rebuild the payload"
     fi
     fields+=(Breaks "$breaks")
+    names=$(printf '%s\n' "${fields[@]}" | awk 'NR % 2' | paste -sd' ')
     python3 scripts/lib/deb-control-field.py "$deb" "${fields[@]}" ||
-        die "failed to set ${fields[0]} and Breaks in '$deb'"
+        die "failed to set the control fields ($names) in '$deb'"
     log "built $deb in $(( $(date +%s) - t0 )) s (sha256 $(sha256sum "$deb" | cut -d' ' -f1))"
 done
 log "done in $(( $(date +%s) - start )) s"

@@ -54,8 +54,14 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/k8s-nokmem-e2e.XXXXXX")
 # the runner is killed before its Drop guards run, tear that testbed down from here.
 # shellcheck source=tests/e2e/testbed.sh
 . "$top/tests/e2e/testbed.sh"
+vm_pid=
 cleanup() {
     local rc=$?
+    # the background boots (their own process group): their EXIT traps stop qemu and clean up
+    if [ -n "$vm_pid" ] && kill -0 "$vm_pid" 2>/dev/null; then
+        kill -TERM -- "-$vm_pid" 2>/dev/null || true
+        wait "$vm_pid" 2>/dev/null || true
+    fi
     tb_reap "$work" "$keep"
     if [ "$keep" -eq 1 ]; then
         log "kept the artifacts in $work"
@@ -97,20 +103,34 @@ step "pause binary"
 gcc -static -Os -Wall -Wextra -Werror -o "$work/pause" tests/e2e/images/pause.c ||
     die "gcc -static failed on tests/e2e/images/pause.c (apt-get install gcc libc6-dev)"
 
+# The qemu boots keep one core busy (TCG, -smp 1) for minutes; the scenarios mostly wait on
+# the booted container. So the boots run in the background, one after the other, while the
+# scenarios run; their output is shown after the scenarios'. setsid: their own process group,
+# which cleanup() stops on an early exit.
+step "in the background: a real kernel under qemu TCG (tests/e2e/qemu.sh), then a booted arm64 node (tests/e2e/arm64.sh)"
+# shellcheck disable=SC2016 # expanded by the inner shell
+setsid bash -c '
+    t=$(date +%s); "$1"/tests/e2e/qemu.sh "$3" >"$2/qemu.log" 2>&1; echo "$? $(($(date +%s) - t))" >"$2/qemu.rc"
+    t=$(date +%s); "$1"/tests/e2e/arm64.sh >"$2/arm64.log" 2>&1; echo "$? $(($(date +%s) - t))" >"$2/arm64.rc"
+' vms "$top" "$work" "$deb" &
+vm_pid=$!
+
 step "scenarios (cargo test --test e2e -- --ignored)"
 rc=0
 E2E_ARTIFACTS=$work K8S_NOKMEM_KEEP_TMP=$keep \
     cargo test --locked --test e2e -- --ignored --nocapture --test-threads=1 || rc=$?
 
-step "a real kernel under qemu TCG (tests/e2e/qemu.sh)"
-qrc=0
-tests/e2e/qemu.sh "$deb" || qrc=$?
-[ "$qrc" -eq 0 ] || rc=1
-
-step "a booted arm64 node under qemu TCG (tests/e2e/arm64.sh)"
-arc=0
-tests/e2e/arm64.sh || arc=$?
-[ "$arc" -eq 0 ] || rc=1
+step "wait for the qemu boots"
+wait "$vm_pid" || true
+vm_pid=
+for vm in "qemu:a real kernel under qemu TCG (tests/e2e/qemu.sh)" \
+    "arm64:a booted arm64 node under qemu TCG (tests/e2e/arm64.sh)"; do
+    name=${vm%%:*}
+    read -r vrc secs 2>/dev/null <"$work/$name.rc" || { vrc=1; secs="?"; }
+    log "--- ${vm#*:}: exit $vrc in $secs s"
+    cat "$work/$name.log" >&2 2>/dev/null || true
+    [ "$vrc" -eq 0 ] || rc=1
+done
 if [ "$rc" -ne 0 ]; then
     log "FAILED: at least one scenario failed (see the FAIL lines above)"
     exit 1
