@@ -21,10 +21,11 @@ Builds what the scenarios need (cached under ${K8S_NOKMEM_CACHE:-/var/cache/k8s-
     missing) and four repacked later versions of it (tests/e2e/make-variants.sh): the same
     payload; a changed runc; runc and the shipped conffile changed; the conffile changed again;
   - a static pause binary from tests/e2e/images/pause.c;
-then runs the scenarios (tests/e2e/main.rs, `cargo test --test e2e -- --ignored`) and
-the real-kernel boots under qemu (tests/e2e/qemu.sh) and the booted arm64 node
-(tests/e2e/arm64.sh: the arm64 .deb from $K8S_NOKMEM_DEB_DIR or target/debian,
-scripts/build-deb.sh --arch arm64), which print one PASS/FAIL line each. Exit status: 0 when every scenario passed, 1 otherwise,
+then runs the scenarios (tests/e2e/main.rs, `cargo test --test e2e -- --ignored`) and,
+beside them in the background (their output shown after the scenarios'), the real-kernel
+boots under qemu (tests/e2e/qemu.sh) and the booted arm64 node (tests/e2e/arm64.sh: the
+arm64 .deb from $K8S_NOKMEM_DEB_DIR or target/debian, scripts/build-deb.sh --arch arm64),
+which print one PASS/FAIL line each. Exit status: 0 when every scenario passed, 1 otherwise,
 2 when something could not be built.
 
   --keep   keep the testbed directory (upper layer, logs) and the artifacts
