@@ -44,6 +44,19 @@ pub enum StateError {
     Newer { path: PathBuf, version: u64 },
 }
 
+impl StateError {
+    /// The one thing to do about it (a report's `fix`).
+    pub fn fix(&self) -> &'static str {
+        match self {
+            StateError::File(_) => "run the command as root; the state file must be readable",
+            StateError::Bad { .. } => {
+                "move the state file away and run `k8s-nokmem install`: it is rebuilt from the diversions"
+            }
+            StateError::Newer { .. } => "upgrade k8s-nokmem (`apt install k8s-nokmem`): a newer k8s-nokmem wrote the state file",
+        }
+    }
+}
+
 /// What was at a target path before we diverted it. Read from the disk by
 /// `Original::probe` and described by `Original::describe`, in `crate::targets`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

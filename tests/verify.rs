@@ -1183,6 +1183,43 @@ fn an_installed_node_checks_payload_diversions_and_the_running_kubelet() {
     );
 }
 
+/// A state file verify cannot read (a newer k8s-nokmem wrote it, or it is damaged) is
+/// reported, naming the file and what to do, never read as "nothing swapped here".
+#[test]
+fn a_state_file_verify_cannot_read_is_unknown_naming_it_and_the_fix() {
+    let n = installed_node();
+    let state = n.abs("var/lib/k8s-nokmem/state.json");
+    let good = fs::read_to_string(&state).unwrap();
+    for (text, says, fix) in [
+        (
+            good.replacen("\"version\": 1", "\"version\": 7", 1),
+            "has version 7",
+            "upgrade k8s-nokmem",
+        ),
+        (
+            "{ not json".to_string(),
+            "is not valid",
+            "move the state file away",
+        ),
+    ] {
+        assert_ne!(text, good);
+        fs::write(&state, &text).unwrap();
+        let r = verify_node(&fixture("4.4-nokmem"), &n.path, &["--json"]);
+        assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+        let report = r.json();
+        let c = check(&report, "state");
+        assert_eq!(c["status"], "unknown", "{c:#}");
+        assert_contains(
+            c["summary"].as_str().unwrap(),
+            &[&state.display().to_string(), says],
+            format!("{c:#}"),
+        );
+        assert_contains(c["fix"].as_str().unwrap(), &[fix], format!("{c:#}"));
+        // the rest is still checked, at the configured paths
+        assert_eq!(check(&report, "payload")["status"], "ok", "{report:#}");
+    }
+}
+
 /// A copy of /bin/sleep named kubelet, grown to 20 GiB with a hole (a sparse file: reading
 /// it all takes minutes), world-readable and executable, under the node root (where the
 /// running-kubelet check looks when --root is not /).

@@ -139,6 +139,26 @@ pub fn read_to_string(path: &Path, limit: usize) -> Result<String, FileError> {
         .with_path("read", path)
 }
 
+/// Bytes this thread read (the kernel's `rchar`, `/proc/thread-self/io`) while `f` ran, less
+/// the reads of that file itself: tests prove a file was not read whole by counting bytes,
+/// not by timing.
+#[cfg(test)]
+pub(super) fn bytes_read_during<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    fn rchar() -> (u64, u64) {
+        let text = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+        let rchar = text
+            .lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|v| v.parse().ok())
+            .expect("rchar in /proc/thread-self/io");
+        (rchar, text.len() as u64)
+    }
+    let (before, own) = rchar();
+    let out = f();
+    let (after, _) = rchar();
+    (out, after.saturating_sub(before + own))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,8 +187,12 @@ mod tests {
         // a sparse file far beyond the bound: refused after reading the bound, not read whole
         let big = dir.path().join("big");
         fs::File::create(&big).unwrap().set_len(4 << 30).unwrap();
-        let started = std::time::Instant::now();
-        assert!(read_to_string(&big, PROC_TEXT_MAX).is_err());
-        assert!(started.elapsed().as_secs() < 2);
+        let (got, read) = bytes_read_during(|| read_to_string(&big, PROC_TEXT_MAX));
+        assert!(got.is_err());
+        // (the bound and one more buffer, not the 4 GiB)
+        assert!(read < 2 * PROC_TEXT_MAX as u64, "{read} bytes read");
+        // the count sees reads: the small file's 3 bytes
+        let (_, read) = bytes_read_during(|| read_to_string(&small, 3).unwrap());
+        assert_eq!(read, 3);
     }
 }

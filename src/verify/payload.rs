@@ -127,7 +127,25 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
         }
     };
     let dpkg = Dpkg::new(root);
-    let state = State::load(root).unwrap_or_default();
+    // An unreadable state (a newer k8s-nokmem wrote it, or it is damaged) leaves only the
+    // configured paths to check: say so, never pass it off as the empty state.
+    let state = match State::load(root) {
+        Ok(s) => s,
+        Err(e) => {
+            checks.push(
+                Check::new(
+                    "state",
+                    Status::Unknown,
+                    format!(
+                        "only the configured paths were checked: {}",
+                        error_chain(&e)
+                    ),
+                )
+                .fix(e.fix()),
+            );
+            State::default()
+        }
+    };
     let targets = match targets::resolve(
         root,
         &settings.config,
