@@ -92,7 +92,7 @@ pub fn run(settings: &Settings) -> VerifyReport {
         kernel_log_check(&probes),
     ];
     // what is installed
-    checks.extend(payload::checks(settings, &mut metrics));
+    checks.extend(payload::checks(settings, &probes, &mut metrics));
 
     // is the fix in effect, and what will put it in effect
     let inputs = verdict_inputs(settings, &probes, rule, &checks, &metrics);

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::evidence::{self, Evidence};
-use super::probes::{step, Settings};
+use super::probes::{step, Probes, Settings};
 use super::report::{Check, Metrics, Status};
 use super::running;
 use crate::config::SkewPolicy;
@@ -18,7 +18,7 @@ use crate::dpkg::{self, Dpkg};
 use crate::manifest::{Manifest, ManifestError};
 use crate::notes::error_chain;
 use crate::paths::{self, Root};
-use crate::state::{State, STATE_FILE};
+use crate::state::{State, StateError, STATE_FILE};
 use crate::targets::{self, InPlace, Target, Underneath};
 use log::debug;
 
@@ -40,8 +40,8 @@ fn installed(root: &Root) -> bool {
             .exists()
 }
 
-pub fn checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
-    let mut checks = installed_checks(settings, metrics);
+pub fn checks(settings: &Settings, probes: &Probes, metrics: &mut Metrics) -> Vec<Check> {
+    let mut checks = installed_checks(settings, &probes.state, metrics);
     if let Some(check) = journal_check(&settings.root) {
         checks.insert(0, check);
     }
@@ -88,7 +88,11 @@ fn journal_check(root: &Root) -> Option<Check> {
     }
 }
 
-fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
+fn installed_checks(
+    settings: &Settings,
+    state: &Result<State, StateError>,
+    metrics: &mut Metrics,
+) -> Vec<Check> {
     let root = &settings.root;
     let shown = root.describe(paths::MANIFEST_FILE);
     let manifest = match Manifest::installed(root) {
@@ -129,7 +133,8 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
     let dpkg = Dpkg::new(root);
     // An unreadable state (a newer k8s-nokmem wrote it, or it is damaged) leaves only the
     // configured paths to check: say so, never pass it off as the empty state.
-    let state = match State::load(root) {
+    let empty = State::default();
+    let state = match state {
         Ok(s) => s,
         Err(e) => {
             checks.push(
@@ -143,7 +148,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
                 )
                 .fix(e.fix()),
             );
-            State::default()
+            &empty
         }
     };
     let targets = match targets::resolve(
@@ -151,7 +156,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
         &settings.config,
         &manifest,
         diversions.as_deref().unwrap_or(&[]),
-        &state,
+        state,
         &dpkg,
     ) {
         Ok(t) => t,
@@ -182,7 +187,7 @@ fn installed_checks(settings: &Settings, metrics: &mut Metrics) -> Vec<Check> {
         checks.push(running_kubelet_check(settings, kubelet, size, in_place));
         checks.push(skew_check(settings, &dpkg, kubelet));
     }
-    checks.push(underneath_check(&dpkg, &targets, &state, metrics));
+    checks.push(underneath_check(&dpkg, &targets, state, metrics));
     checks
 }
 

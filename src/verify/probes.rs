@@ -1,7 +1,8 @@
 //! Where `verify` looks ([`Settings`]) and what it reads there about the kernel and the
 //! cgroups ([`Probes`]), read once, each read logged with its duration ([`step`]). The
 //! checks and the rule judge these reads; none of them reads the node again. (What is
-//! installed is read by `payload`, which checks it as it goes.)
+//! installed is read by `payload`, which checks it as it goes; the swap's state file is
+//! read here, once, for the swap time and for `payload`.)
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, UNIX_EPOCH};
@@ -14,6 +15,7 @@ use crate::cmdline::{Loader, NextBoot};
 use crate::config::Config;
 use crate::notes::error_chain;
 use crate::paths::Root;
+use crate::state::{State, StateError};
 
 /// Everything `verify` looks at, resolved from flags and config.
 #[derive(Debug, Clone)]
@@ -61,6 +63,8 @@ pub struct Probes {
     pub count_in: Option<Hierarchy>,
     /// The walk of `count_in` (with the kmem files when it is the memory hierarchy).
     pub walked: Option<Result<Walk, CgroupError>>,
+    /// The swap's state (`R/var/lib/k8s-nokmem/state.json`; a missing file is the empty state).
+    pub state: Result<State, StateError>,
     /// When the payload was swapped in (seconds since the epoch; None: not installed).
     pub swap: Option<i64>,
     /// `num_cgroups` of the memory controller in `PROC/cgroups` (live and zombie).
@@ -107,7 +111,8 @@ impl Probes {
                 )
             })
         });
-        let swap = swap_time(&settings.root);
+        let state = State::load(&settings.root);
+        let swap = swap_time(&settings.root, &state);
         let memory_cgroups = step("proc-cgroups", || {
             cgroup::read_memory_cgroup_count(&settings.proc_root)
         });
@@ -128,6 +133,7 @@ impl Probes {
             memory,
             count_in,
             walked,
+            state,
             swap,
             memory_cgroups,
             kernel_log,
@@ -155,15 +161,15 @@ pub fn step<T, E: std::error::Error>(name: &str, f: impl FnOnce() -> Result<T, E
 /// `R/var/lib/k8s-nokmem/state.json` (stamped by the install's record step), else the
 /// file's mtime (state files from before that stamp; the record step is the install's last
 /// write). None when not installed.
-fn swap_time(root: &Root) -> Option<i64> {
-    let path = crate::state::State::path(root);
+fn swap_time(root: &Root, state: &Result<State, StateError>) -> Option<i64> {
+    let path = State::path(root);
     let from_file = std::fs::metadata(&path)
         .ok()?
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs() as i64);
-    match crate::state::State::load(root) {
+    match state {
         Ok(state) => state
             .targets
             .values()
@@ -172,7 +178,7 @@ fn swap_time(root: &Root) -> Option<i64> {
             .map(|t| t as i64)
             .or(from_file),
         Err(e) => {
-            debug!("{}: using the state file's mtime", error_chain(&e));
+            debug!("{}: using the state file's mtime", error_chain(e));
             from_file
         }
     }
