@@ -18,7 +18,7 @@ use crate::dpkg::{self, Dpkg};
 use crate::manifest::{Manifest, ManifestError};
 use crate::notes::error_chain;
 use crate::paths::{self, Root};
-use crate::state::{State, StateError, STATE_FILE};
+use crate::state::{State, StateError};
 use crate::targets::{self, InPlace, Target, Underneath};
 use log::debug;
 
@@ -34,10 +34,7 @@ const REINSTALL: &str =
 
 /// True when the package is (or was) installed here: dpkg knows it, or the swap left state.
 fn installed(root: &Root) -> bool {
-    matches!(Dpkg::new(root).version(paths::PACKAGE), Ok(Some(_)))
-        || root
-            .join(Path::new(paths::STATE_DIR).join(STATE_FILE))
-            .exists()
+    matches!(Dpkg::new(root).version(paths::PACKAGE), Ok(Some(_))) || State::path(root).exists()
 }
 
 pub fn checks(settings: &Settings, probes: &Probes, metrics: &mut Metrics) -> Vec<Check> {
@@ -141,10 +138,7 @@ fn installed_checks(
                 Check::new(
                     "state",
                     Status::Unknown,
-                    format!(
-                        "only the configured paths were checked: {}",
-                        error_chain(&e)
-                    ),
+                    format!("only the configured paths were checked: {}", error_chain(e)),
                 )
                 .fix(e.fix()),
             );
