@@ -115,10 +115,7 @@ impl Executor<'_> {
         let same = fs::symlink_metadata(&dst)
             .is_ok_and(|m| m.dev() == kept.dev() && m.ino() == kept.ino());
         if same {
-            crate::fs::remove_file_if_exists(&aside)?;
-            if let Some(dir) = dst.parent() {
-                crate::fs::sync_dir(dir)?;
-            }
+            remove_then_sync_dir(&aside)?;
         } else {
             // fsyncs the directory itself
             crate::fs::rename(&aside, &dst).with_context(|| {
@@ -178,12 +175,7 @@ impl Executor<'_> {
     }
 
     pub(in crate::journal) fn remove_ours(&self, path: &Path) -> anyhow::Result<()> {
-        let dst = self.root.join(path);
-        crate::fs::remove_file_if_exists(&dst)?;
-        if let Some(dir) = dst.parent() {
-            crate::fs::sync_dir(dir)?;
-        }
-        Ok(())
+        remove_then_sync_dir(&self.root.join(path))
     }
 
     pub(in crate::journal) fn undo_place(
@@ -322,11 +314,7 @@ impl Executor<'_> {
                 )));
             }
         }
-        crate::fs::remove_file_if_exists(&src)?;
-        if let Some(dir) = src.parent() {
-            crate::fs::sync_dir(dir)?;
-        }
-        Ok(())
+        remove_then_sync_dir(&src)
     }
 
     pub(in crate::journal) fn undivert(
@@ -403,4 +391,16 @@ impl Executor<'_> {
             .retain(|_, t| ours.iter().any(|d| d.path == t.path));
         Ok(state)
     }
+}
+
+/// Remove `file` if it exists and fsync its directory once either way: the removal fsyncs
+/// it itself; with nothing to remove, what an earlier step or run changed there (an unlink,
+/// a new link) is made durable all the same.
+fn remove_then_sync_dir(file: &Path) -> anyhow::Result<()> {
+    if !crate::fs::remove_file_if_exists(file)? {
+        if let Some(dir) = file.parent() {
+            crate::fs::sync_dir(dir)?;
+        }
+    }
+    Ok(())
 }
