@@ -73,7 +73,7 @@ impl Executor<'_> {
         if !self.exists(path) {
             return Ok(false);
         }
-        self.remove_synced(&aside)?;
+        crate::fs::remove_file_if_exists(&aside)?;
         if let Err(e) = fs::hard_link(&dst, &aside) {
             debug!(
                 "cannot link '{}' to '{}' ({e}): renaming it",
@@ -126,13 +126,6 @@ impl Executor<'_> {
             })?;
         }
         Ok(Some(Did::OkBecause("the previous payload is back".into())))
-    }
-
-    /// Remove a file if it exists, then fsync its directory (`remove_file_if_exists` does
-    /// both).
-    pub(in crate::journal) fn remove_synced(&self, file: &Path) -> anyhow::Result<()> {
-        crate::fs::remove_file_if_exists(file)?;
-        Ok(())
     }
 
     /// Copy the payload to `path`'s temp file, hashing while copying; a mismatch with the
@@ -256,7 +249,7 @@ impl Executor<'_> {
         foreign_to: Option<&Path>,
     ) -> anyhow::Result<Did> {
         crate::fs::remove_file_if_exists(&self.temp_of(path))?;
-        self.remove_synced(&self.aside_of(path))?;
+        crate::fs::remove_file_if_exists(&self.aside_of(path))?;
         if !self.diversions.held(path, divert_to)? {
             return Ok(Did::OkBecause("not diverted".into()));
         }
