@@ -185,8 +185,8 @@ pub fn remove(root: &Root) -> Result<(), CmdlineError> {
         debug!("kernel cmdline: no {} to remove", root.describe(DROPIN));
         return Ok(());
     }
+    // the removal fsynced the drop-in's directory
     if let Some(dir) = path.parent() {
-        fs::sync_dir(dir).map_err(CmdlineError::Remove)?;
         if std::fs::remove_dir(dir).is_ok() {
             if let Some(up) = dir.parent() {
                 fs::sync_dir(up).map_err(CmdlineError::Remove)?;

@@ -115,10 +115,10 @@ pub fn run(
             ..
         } = step
         {
-            if let Err(e) = node.remove_synced(&node.aside_of(path)) {
+            if let Err(e) = crate::fs::remove_file_if_exists(&node.aside_of(path)) {
                 warn!(
                     "failed to delete the previous payload kept aside: {}",
-                    error_chain(e.as_ref())
+                    error_chain(&e)
                 );
             }
         }

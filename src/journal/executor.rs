@@ -314,7 +314,7 @@ impl<'a> Executor<'a> {
             } => {
                 // a previous payload kept aside by an earlier run whose cleanup was cut
                 // short: never to be put back by this transaction
-                self.remove_synced(&self.aside_of(path))?;
+                fs::remove_file_if_exists(&self.aside_of(path))?;
                 self.stage(path, payload, sha256)?;
                 Ok(Did::Ok)
             }

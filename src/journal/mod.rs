@@ -35,8 +35,8 @@
 //! step that was only begun, or one that never ran, is harmless.
 //!
 //! Modules: [`file`] (the journal file: load, save, finish), [`step`] (the [`Step`] model and
-//! its labels), [`failpoint`] (fault injection), [`executor`] (executes the operations a step takes on
-//! the node: services, files, diversions through [`crate::divert::DivertCache`]) and
+//! its labels), [`failpoint`] (fault injection), [`executor`] (the operations a step takes
+//! on the node: services, files, diversions through [`crate::divert::DivertCache`]) and
 //! [`engine`] (run, rollback, recover).
 //!
 //! Fault injection (test-only): `K8S_NOKMEM_FAILPOINT=<step>[:error|:abort]`, `<step>`

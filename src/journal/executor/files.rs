@@ -73,7 +73,7 @@ impl Executor<'_> {
         if !self.exists(path) {
             return Ok(false);
         }
-        self.remove_synced(&aside)?;
+        crate::fs::remove_file_if_exists(&aside)?;
         if let Err(e) = fs::hard_link(&dst, &aside) {
             debug!(
                 "cannot link '{}' to '{}' ({e}): renaming it",
@@ -115,10 +115,7 @@ impl Executor<'_> {
         let same = fs::symlink_metadata(&dst)
             .is_ok_and(|m| m.dev() == kept.dev() && m.ino() == kept.ino());
         if same {
-            crate::fs::remove_file_if_exists(&aside)?;
-            if let Some(dir) = dst.parent() {
-                crate::fs::sync_dir(dir)?;
-            }
+            remove_then_sync_dir(&aside)?;
         } else {
             // fsyncs the directory itself
             crate::fs::rename(&aside, &dst).with_context(|| {
@@ -129,13 +126,6 @@ impl Executor<'_> {
             })?;
         }
         Ok(Some(Did::OkBecause("the previous payload is back".into())))
-    }
-
-    /// Remove a file if it exists, then fsync its directory (`remove_file_if_exists` does
-    /// both).
-    pub(in crate::journal) fn remove_synced(&self, file: &Path) -> anyhow::Result<()> {
-        crate::fs::remove_file_if_exists(file)?;
-        Ok(())
     }
 
     /// Copy the payload to `path`'s temp file, hashing while copying; a mismatch with the
@@ -178,12 +168,7 @@ impl Executor<'_> {
     }
 
     pub(in crate::journal) fn remove_ours(&self, path: &Path) -> anyhow::Result<()> {
-        let dst = self.root.join(path);
-        crate::fs::remove_file_if_exists(&dst)?;
-        if let Some(dir) = dst.parent() {
-            crate::fs::sync_dir(dir)?;
-        }
-        Ok(())
+        remove_then_sync_dir(&self.root.join(path))
     }
 
     pub(in crate::journal) fn undo_place(
@@ -264,7 +249,7 @@ impl Executor<'_> {
         foreign_to: Option<&Path>,
     ) -> anyhow::Result<Did> {
         crate::fs::remove_file_if_exists(&self.temp_of(path))?;
-        self.remove_synced(&self.aside_of(path))?;
+        crate::fs::remove_file_if_exists(&self.aside_of(path))?;
         if !self.diversions.held(path, divert_to)? {
             return Ok(Did::OkBecause("not diverted".into()));
         }
@@ -322,11 +307,7 @@ impl Executor<'_> {
                 )));
             }
         }
-        crate::fs::remove_file_if_exists(&src)?;
-        if let Some(dir) = src.parent() {
-            crate::fs::sync_dir(dir)?;
-        }
-        Ok(())
+        remove_then_sync_dir(&src)
     }
 
     pub(in crate::journal) fn undivert(
@@ -403,4 +384,16 @@ impl Executor<'_> {
             .retain(|_, t| ours.iter().any(|d| d.path == t.path));
         Ok(state)
     }
+}
+
+/// Remove `file` if it exists and fsync its directory once either way: the removal fsyncs
+/// it itself; with nothing to remove, what an earlier step or run changed there (an unlink,
+/// a new link) is made durable all the same.
+fn remove_then_sync_dir(file: &Path) -> anyhow::Result<()> {
+    if !crate::fs::remove_file_if_exists(file)? {
+        if let Some(dir) = file.parent() {
+            crate::fs::sync_dir(dir)?;
+        }
+    }
+    Ok(())
 }
