@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use common::repo;
 
-/// Every `.rs` file under `dir`, sorted.
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
+/// Every file under `dir` (subdirectories included), sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut entries: Vec<_> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -22,12 +22,20 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     entries.sort();
     for path in entries {
         if path.is_dir() {
-            out.extend(rust_files(&path));
-        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.extend(files_under(&path));
+        } else {
             out.push(path);
         }
     }
     out
+}
+
+/// Every `.rs` file under `dir`, sorted.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect()
 }
 
 /// The code of a file without its comments and its `#[cfg(test)]` module (tests may look
@@ -266,20 +274,10 @@ fn words(text: &str) -> BTreeSet<String> {
 #[test]
 fn readme_layout_names_every_module_unit_and_script() {
     let rows = layout_rows();
-    let mut files = Vec::new();
-    for dir in ["src", "systemd", "scripts"] {
-        let mut stack = vec![repo().join(dir)];
-        while let Some(d) = stack.pop() {
-            for entry in fs::read_dir(&d).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    files.push(path);
-                }
-            }
-        }
-    }
+    let mut files: Vec<PathBuf> = ["src", "systemd", "scripts"]
+        .iter()
+        .flat_map(|dir| files_under(&repo().join(dir)))
+        .collect();
     for entry in fs::read_dir(repo().join("tests/e2e")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|x| x == "sh") {
@@ -301,27 +299,26 @@ fn readme_layout_names_every_module_unit_and_script() {
         }
         let stem = name.trim_end_matches(".rs");
         // the rows of the longest path that holds the file
-        let holders: Vec<&(String, String)> = rows
+        let holders: Vec<(usize, &(String, String))> = rows
             .iter()
-            .filter(|(p, _)| rel.starts_with(p.trim_end_matches("*.rs")))
+            .map(|row| (row.0.trim_end_matches("*.rs"), row))
+            .filter(|(dir, _)| rel.starts_with(dir))
+            .map(|(dir, row)| (dir.len(), row))
             .collect();
-        let longest = holders
+        let longest = holders.iter().map(|(len, _)| *len).max();
+        let rows_of: Vec<&(String, String)> = holders
             .iter()
-            .map(|(p, _)| p.trim_end_matches("*.rs").len())
-            .max();
-        let text: String = holders
+            .filter(|(len, _)| Some(*len) == longest)
+            .map(|(_, row)| *row)
+            .collect();
+        let text: String = rows_of
             .iter()
-            .filter(|(p, _)| Some(p.trim_end_matches("*.rs").len()) == longest)
             .map(|(_, what)| what.as_str())
             .collect::<Vec<_>>()
             .join(" ");
         let named = words(&text);
         if !(named.contains(name) || named.contains(stem)) {
-            let row = holders
-                .iter()
-                .map(|(p, _)| p.as_str())
-                .find(|p| Some(p.trim_end_matches("*.rs").len()) == longest)
-                .unwrap_or("none");
+            let row = rows_of.first().map_or("none", |(p, _)| p.as_str());
             missing.push(format!("{rel} (row `{row}`)"));
         }
     }

@@ -109,11 +109,15 @@ gcc -static -Os -Wall -Wextra -Werror -o "$work/pause" tests/e2e/images/pause.c 
 # scenarios run; their output is shown after the scenarios'. setsid: their own process group,
 # which cleanup() stops on an early exit.
 step "in the background: a real kernel under qemu TCG (tests/e2e/qemu.sh), then a booted arm64 node (tests/e2e/arm64.sh)"
+# boot DIR NAME COMMAND...: COMMAND's output in DIR/NAME.log, "STATUS SECONDS" in DIR/NAME.rc
+boot() {
+    local t=$SECONDS rc=0
+    "${@:3}" >"$1/$2.log" 2>&1 || rc=$?
+    echo "$rc $((SECONDS - t))" >"$1/$2.rc"
+}
+export -f boot
 # shellcheck disable=SC2016 # expanded by the inner shell
-setsid bash -c '
-    t=$(date +%s); "$1"/tests/e2e/qemu.sh "$3" >"$2/qemu.log" 2>&1; echo "$? $(($(date +%s) - t))" >"$2/qemu.rc"
-    t=$(date +%s); "$1"/tests/e2e/arm64.sh >"$2/arm64.log" 2>&1; echo "$? $(($(date +%s) - t))" >"$2/arm64.rc"
-' vms "$top" "$work" "$deb" &
+setsid bash -c 'boot "$1" qemu tests/e2e/qemu.sh "$2"; boot "$1" arm64 tests/e2e/arm64.sh' vms "$work" "$deb" &
 vm_pid=$!
 
 step "scenarios (cargo test --test e2e -- --ignored)"
